@@ -1,0 +1,91 @@
+"""Functional API: :func:`basis_conv2d` and the weight-vs-fused cost model."""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from ._checks import ConvGeometry, check_inputs
+from .kernels_limits import MAX_BASIS_CHANNELS
+
+MODES = ("fused", "weight", "auto")
+
+# Cost-model constants (FLOP/shape only, until measured timings exist -- see the bench issue).
+# The fused kernel must do clearly fewer MACs than the dense conv to pay for running at a lower
+# fraction of peak than cuDNN: we assume >= 60% of cuDNN's efficiency, so fused wins when
+# fused_MACs < 0.6 x dense_MACs. Below ~2k output pixels a launch is mostly fixed cost and the
+# single dense conv of weight modification wins.
+FUSED_EFFICIENCY = 0.6
+MIN_FUSED_PIXELS = 2048
+
+
+def choose_mode(g: ConvGeometry, device: torch.device | str = "cpu") -> str:
+    """``"fused"`` or ``"weight"`` for one call shape, by the FLOP/shape cost model."""
+    device = torch.device(device)
+    macs = g.macs()
+    if macs["fused"] >= FUSED_EFFICIENCY * macs["dense"]:
+        return "weight"  # no real saving (stems with C_in*k^2 < C_b, C_b close to C_out)
+    if device.type == "cuda":
+        if g.C_b > MAX_BASIS_CHANNELS:
+            return "weight"  # the fused kernel holds C_b in one tile; cuDNN does the rest
+        if g.pixels < MIN_FUSED_PIXELS:
+            return "weight"
+    return "fused"
+
+
+def _autocast(*tensors):
+    """Under autocast, run in the autocast dtype like F.conv2d does (params included)."""
+    dev = next(t.device.type for t in tensors if t is not None)
+    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        return tuple(
+            t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors
+        )
+    return tensors
+
+
+def basis_conv2d(
+    x: torch.Tensor,
+    basis: torch.Tensor,
+    coeff: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    keep_basis: bool = True,
+    mode: str = "fused",
+) -> torch.Tensor:
+    """Basis convolution: ``Z = conv2d(x, basis)``, then ``cat(Z, coeff.Z)`` (``keep_basis``)
+    or ``coeff.Z``, plus ``bias``.
+
+    Args:
+        x: ``(N, C_in, H, W)``, contiguous or channels_last; the output has the same format.
+        basis: ``(C_b, C_in, kH, kW)`` basis filters.
+        coeff: ``(C_out - C_b, C_b)`` if ``keep_basis`` else ``(C_out, C_b)``.
+        bias: ``(C_out,)`` or None.
+        stride, padding, dilation: int or pair. Only ``groups=1`` exists.
+        mode: ``"fused"`` (the registered op: Triton on CUDA, plain PyTorch on CPU),
+            ``"weight"`` (build ``W = [B; coeff.B]`` and run one dense conv), or ``"auto"``
+            (:func:`choose_mode`).
+
+    dtypes: float16/bfloat16/float32 on CUDA (fp32 uses TF32 iff
+    ``torch.backends.cudnn.allow_tf32``), float32/float64 on CPU; accumulation in fp32.
+    Under autocast, all arguments are cast to the autocast dtype first.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor):
+        x, basis, coeff, bias = _autocast(x, basis, coeff, bias)
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
+    if mode == "auto":
+        mode = choose_mode(g, x.device)
+    if mode == "weight":
+        return reference.weight_modified(
+            x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis
+        )
+    need_z = (not keep_basis) and coeff.requires_grad and torch.is_grad_enabled()
+    out, _ = torch.ops.tritonbasis.basis_conv2d(
+        x, basis, coeff, bias, list(g.stride), list(g.padding), list(g.dilation),
+        bool(keep_basis), need_z,
+    )
+    return out

@@ -1,0 +1,332 @@
+"""The registered ops, ``torch.ops.tritonbasis.*``, and the one place that decides which
+implementation runs.
+
+Registration route: ``torch.library.custom_op`` + ``register_fake`` + ``register_autograd``
+(available since torch 2.4; our floor is 2.6). The op is opaque to ``torch.compile`` (no graph
+break, the compiled graph calls it), which is what we want: the kernels autotune themselves and
+Inductor must not re-trace them. See README "Developer notes" for the probe of the routes.
+
+Ops:
+* ``tritonbasis::basis_conv2d(x, basis, coeff, bias?, stride, padding, dilation, keep_basis,
+  need_z) -> (out, z_saved)``; ``z_saved`` is Z for the full form when the backward will need it
+  (d coeff), else an empty tensor. The keep-basis form never saves Z: it is ``out[:, :C_b] - bias``.
+* ``tritonbasis::basis_conv2d_backward(grad, x, basis, coeff, out, z_saved, bias?, stride,
+  padding, dilation, keep_basis, output_mask) -> (dx, dbasis, dcoeff, dbias)``; gradients not in
+  ``output_mask`` come back empty and are never computed.
+
+Implementation choice (per call, at run time, so it also holds inside compiled graphs):
+``TRITONBASIS_BACKEND=auto|torch|triton`` or :func:`set_backend` / :func:`use_backend`.
+``auto``: Triton on CUDA for fp16/bf16/fp32 and C_b <= 256, plain PyTorch otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Sequence
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from . import reference
+from ._checks import ConvGeometry, check_inputs, output_memory_format
+
+BACKENDS = ("auto", "torch", "triton")
+_state = threading.local()
+
+# --------------------------------------------------------------------------------------------
+# Backend selection
+
+
+def get_backend() -> str:
+    """The requested backend: :func:`set_backend`/:func:`use_backend` if set, else the
+    ``TRITONBASIS_BACKEND`` environment variable, else ``"auto"``."""
+    name = getattr(_state, "backend", None) or os.environ.get("TRITONBASIS_BACKEND", "auto")
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(
+            f"TRITONBASIS_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}"
+        )
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Force the implementation for this thread (``None`` returns to the environment variable)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}")
+    _state.backend = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager form of :func:`set_backend`; restores the previous choice on exit."""
+    prev = getattr(_state, "backend", None)
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _state.backend = prev
+
+
+def triton_import_error() -> str | None:
+    """None if triton imports, else why not."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def triton_supports(x: torch.Tensor, g: ConvGeometry) -> str | None:
+    """None if the Triton kernels can run this call on a GPU, else the reason."""
+    from .kernels_limits import MAX_BASIS_CHANNELS
+
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {x.dtype} (the Triton kernels take float16, bfloat16, float32)"
+    if g.C_b > MAX_BASIS_CHANNELS:
+        return (
+            f"C_b={g.C_b} > {MAX_BASIS_CHANNELS}: the whole basis block must fit one tile "
+            "(use mode='weight' or the torch backend)"
+        )
+    return None
+
+
+def resolve_backend(x: torch.Tensor, g: ConvGeometry) -> str:
+    """``"torch"`` or ``"triton"`` for this call; raises a clear error if ``triton`` was forced
+    and cannot run."""
+    name = get_backend()
+    if name == "torch":
+        return "torch"
+    err = triton_import_error()
+    if name == "auto":
+        if x.device.type == "cuda" and err is None and triton_supports(x, g) is None:
+            return "triton"
+        return "torch"
+    # forced triton
+    if err is not None:
+        raise RuntimeError(f"TRITONBASIS_BACKEND=triton but triton cannot be imported ({err})")
+    why = triton_supports(x, g)
+    if why is not None:
+        raise ValueError(f"TRITONBASIS_BACKEND=triton cannot run this call: {why}")
+    if x.device.type == "cuda":
+        return "triton"
+    if x.device.type == "cpu":
+        from . import _triton
+
+        if _triton.interpreted():
+            return "triton"
+        raise RuntimeError(
+            "TRITONBASIS_BACKEND=triton on CPU tensors runs the Triton kernels through the "
+            "interpreter, which needs TRITON_INTERPRET=1 in the environment before triton is "
+            "imported (the kernels were already compiled for GPU). Use a CUDA tensor, set "
+            "TRITON_INTERPRET=1 at process start, or TRITONBASIS_BACKEND=torch."
+        )
+    raise RuntimeError(f"TRITONBASIS_BACKEND=triton cannot run on device {x.device}")
+
+
+def _impl(x: torch.Tensor, g: ConvGeometry):
+    if resolve_backend(x, g) == "triton":
+        from . import _triton
+
+        return _triton
+    return reference
+
+
+# --------------------------------------------------------------------------------------------
+# Forward op
+
+
+@torch.library.custom_op("tritonbasis::basis_conv2d", mutates_args=())
+def basis_conv2d_op(
+    x: torch.Tensor,
+    basis: torch.Tensor,
+    coeff: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    keep_basis: bool,
+    need_z: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
+    return _impl(x, g).forward(x, basis, coeff, bias, g, need_z)
+
+
+@basis_conv2d_op.register_fake
+def _(x, basis, coeff, bias, stride, padding, dilation, keep_basis, need_z):
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
+    fmt = output_memory_format(x)
+    out = torch.empty(
+        (g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt
+    )
+    if need_z and not keep_basis:
+        z = torch.empty((g.N, g.C_b, g.Ho, g.Wo), dtype=x.dtype, device=x.device,
+                        memory_format=fmt)
+    else:
+        z = x.new_empty(0)
+    return out, z
+
+
+# --------------------------------------------------------------------------------------------
+# Backward op
+
+
+@torch.library.custom_op("tritonbasis::basis_conv2d_backward", mutates_args=())
+def basis_conv2d_backward_op(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    basis: torch.Tensor,
+    coeff: torch.Tensor,
+    out: torch.Tensor,
+    z_saved: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    keep_basis: bool,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation,
+                        keep_basis, output_mask)
+    return _impl(x, g).backward(grad, x, basis, coeff, out, z_saved, bias, g,
+                                tuple(bool(m) for m in output_mask))
+
+
+def _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation,
+                    keep_basis, output_mask) -> ConvGeometry:
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
+    expect = (g.N, g.C_out, g.Ho, g.Wo)
+    if tuple(grad.shape) != expect:
+        raise ValueError(f"grad must have the output's shape {expect}, got {tuple(grad.shape)}")
+    if grad.dtype != x.dtype or grad.device != x.device:
+        raise ValueError("grad must match x in dtype and device")
+    if len(output_mask) != 4:
+        raise ValueError("output_mask must have 4 entries (x, basis, coeff, bias)")
+    if output_mask[2] and g.C_rest:
+        if keep_basis and tuple(out.shape) != expect:
+            raise ValueError("d coeff (keep-basis form) needs the forward output `out`")
+        if not keep_basis and tuple(z_saved.shape) != (g.N, g.C_b, g.Ho, g.Wo):
+            raise ValueError("d coeff (full form) needs Z saved by the forward (need_z=True)")
+    if output_mask[3] and bias is None:
+        raise ValueError("output_mask asks for d bias but bias is None")
+    return g
+
+
+@basis_conv2d_backward_op.register_fake
+def _(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation, keep_basis,
+      output_mask):
+    _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation,
+                    keep_basis, output_mask)
+    need_x, need_b, need_c, need_bias = output_mask
+    e = grad.new_empty(0)
+    dx = (
+        torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                    memory_format=output_memory_format(x))
+        if need_x else e
+    )
+    return (
+        dx,
+        basis.new_empty(basis.shape) if need_b else e,
+        coeff.new_empty(coeff.shape) if need_c else e,
+        bias.new_empty(bias.shape) if need_bias else e,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+
+
+def _setup_context(ctx, inputs, output):
+    x, basis, coeff, bias, stride, padding, dilation, keep_basis, need_z = inputs
+    out, z_saved = output
+    # x, basis, coeff and bias are inputs (alive anyway). The output is saved only when
+    # d coeff is needed: in the keep-basis form Z = out[:, :C_b] - bias. Saving it means an
+    # in-place op on the output (e.g. ReLU(inplace=True) right after this conv) is reported by
+    # autograd's version check instead of silently corrupting d coeff.
+    need_c = ctx.needs_input_grad[2]
+    ctx.save_for_backward(
+        x, basis, coeff, bias,
+        out if (need_c and keep_basis) else None,
+        z_saved if (need_c and not keep_basis) else None,
+    )
+    ctx.geometry = (tuple(stride), tuple(padding), tuple(dilation), bool(keep_basis))
+    ctx.mark_non_differentiable(z_saved)
+
+
+def _backward(ctx, grad_out, _grad_z):
+    x, basis, coeff, bias, out, z = ctx.saved_tensors
+    stride, padding, dilation, keep_basis = ctx.geometry
+    need = ctx.needs_input_grad
+    mask = [bool(need[0]), bool(need[1]), bool(need[2]), bool(need[3])]
+    empty = grad_out.new_empty(0)
+    dx, db, dc, dbias = torch.ops.tritonbasis.basis_conv2d_backward(
+        grad_out, x, basis, coeff, empty if out is None else out, empty if z is None else z,
+        bias, list(stride), list(padding), list(dilation), keep_basis, mask,
+    )
+    return (
+        dx if mask[0] else None,
+        db if mask[1] else None,
+        dc if mask[2] else None,
+        dbias if mask[3] else None,
+        None, None, None, None, None,
+    )
+
+
+basis_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOP formulas (FlopCounterMode reports basis FLOPs, not dense ones)
+
+
+def _geometry_from_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
+                          keep_basis) -> dict:
+    N, C_in, H, W = x_shape
+    C_b, _, KH, KW = basis_shape
+    C_rest = coeff_shape[0]
+    Ho = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    return dict(P=N * Ho * Wo, Pin=N * H * W, C_in=C_in, C_b=C_b, K=KH * KW, C_rest=C_rest,
+                C_out=C_rest + (C_b if keep_basis else 0))
+
+
+def basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
+                       keep_basis) -> int:
+    """2 x MACs of the fused forward: conv over C_b filters + the (C_rest x C_b) combination."""
+    s = _geometry_from_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
+                              keep_basis)
+    return 2 * s["P"] * (s["C_b"] * s["C_in"] * s["K"] + s["C_rest"] * s["C_b"])
+
+
+@register_flop_formula(torch.ops.tritonbasis.basis_conv2d)
+def _fwd_flops(x_shape, basis_shape, coeff_shape, bias_shape, stride, padding, dilation,
+               keep_basis, need_z, *args, out_shape=None, **kwargs) -> int:
+    return basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
+                              keep_basis)
+
+
+def basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
+                                keep_basis, output_mask) -> int:
+    s = _geometry_from_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
+                              keep_basis)
+    need_x, need_b, need_c, _ = output_mask
+    conv = s["P"] * s["C_b"] * s["C_in"] * s["K"]
+    macs = 0
+    if need_x or need_b:
+        macs += s["P"] * s["C_rest"] * s["C_b"]  # dZ
+    if need_x:
+        macs += conv  # dX (as cuDNN counts dgrad: same MACs as the forward conv)
+    if need_b:
+        macs += conv  # d basis
+    if need_c:
+        macs += s["P"] * s["C_rest"] * s["C_b"]  # d coeff
+    return 2 * macs
+
+
+@register_flop_formula(torch.ops.tritonbasis.basis_conv2d_backward)
+def _bwd_flops(grad_shape, x_shape, basis_shape, coeff_shape, out_shape_, z_shape, bias_shape,
+               stride, padding, dilation, keep_basis, output_mask, *args, out_shape=None,
+               **kwargs) -> int:
+    return basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding,
+                                       dilation, keep_basis, output_mask)
