@@ -1,0 +1,46 @@
+"""Test-session setup.
+
+The Triton kernels are decorated when ``tritonbasis.kernels`` is first imported, and
+``TRITON_INTERPRET=1`` must be in the environment by then for them to run on CPU. So: without
+CUDA we set it here, before anything imports tritonbasis' kernels (``import torch`` does not
+import triton; ``torch.utils.flop_counter`` does, but the decision is made per kernel at
+decoration time). With CUDA the kernels run for real and the interpreter is left off.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# The matrix tests must not silently pick up a developer's forced backend.
+os.environ.pop("TRITONBASIS_BACKEND", None)
+
+import pytest  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _triton_ok() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+HAS_TRITON = _triton_ok()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    import tritonbasis
+
+    yield
+    tritonbasis.set_backend(None)

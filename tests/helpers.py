@@ -1,0 +1,176 @@
+"""Shared test helpers: case construction and error bounds derived from dtype and reduction
+length (never tuned until green).
+
+Bound: a dot product of K terms computed in a float format with unit roundoff u has error
+<= gamma * sum_i |a_i b_i| with gamma ~ K u worst case, ~ sqrt(K) u for random rounding. The
+sum of |terms| is computed exactly as the same reference on |inputs| in float64, so each element
+gets its own bound: |actual - ref| <= C * u_eff * sqrt(K) * ref_abs + tiny, with C = 8. That can
+fail: a wrong tap, stride or channel shows up as an O(1) relative error.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+import tritonbasis as tb
+
+# Unit roundoff of the arithmetic actually used. fp32 on CUDA may be TF32 (10-bit mantissa).
+UNIT = {
+    torch.float64: 2.0**-53,
+    torch.float32: 2.0**-24,
+    "tf32": 2.0**-11,
+    torch.float16: 2.0**-11,
+    torch.bfloat16: 2.0**-8,
+}
+
+
+@dataclass
+class Case:
+    N: int = 2
+    C_in: int = 4
+    H: int = 7
+    W: int = 7
+    C_b: int = 5
+    C_rest: int = 3
+    k: int = 3
+    stride: int = 1
+    padding: int = 1
+    dilation: int = 1
+    bias: bool = True
+    keep_basis: bool = True
+    channels_last: bool = False
+
+    @property
+    def C_out(self) -> int:
+        return self.C_rest + (self.C_b if self.keep_basis else 0)
+
+    def id(self) -> str:
+        return (
+            f"n{self.N}_ci{self.C_in}_{self.H}x{self.W}_cb{self.C_b}_r{self.C_rest}_k{self.k}"
+            f"_s{self.stride}_p{self.padding}_d{self.dilation}"
+            f"{'_bias' if self.bias else ''}_{'keep' if self.keep_basis else 'full'}"
+            f"_{'cl' if self.channels_last else 'nchw'}"
+        )
+
+    def valid(self) -> bool:
+        if not self.keep_basis and self.C_rest < self.C_b:
+            return False
+        eff = self.dilation * (self.k - 1) + 1
+        return self.H + 2 * self.padding >= eff and self.W + 2 * self.padding >= eff
+
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    keep_basis=self.keep_basis)
+
+    def make(self, dtype=torch.float32, device="cpu", requires_grad=False):
+        """(x, basis, coeff, bias) with unit-scale outputs (weights ~ 1/sqrt(fan_in))."""
+        g = torch.Generator().manual_seed(zlib.crc32(self.id().encode()))
+
+        def r(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(
+                device=device, dtype=dtype
+            )
+
+        x = r(self.N, self.C_in, self.H, self.W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        basis = r(self.C_b, self.C_in, self.k, self.k, scale=1 / math.sqrt(self.C_in * self.k**2))
+        coeff = r(self.C_rest, self.C_b, scale=1 / math.sqrt(self.C_b))
+        bias = r(self.C_out) if self.bias else None
+        ts = (x, basis, coeff, bias)
+        if requires_grad:
+            ts = tuple(t.requires_grad_() if t is not None else None for t in ts)
+        return ts
+
+    def reduction_lengths(self) -> dict[str, int]:
+        """K of every output: forward (conv taps + the combination), dx, d basis, d coeff."""
+        ho = (self.H + 2 * self.padding - self.dilation * (self.k - 1) - 1) // self.stride + 1
+        wo = (self.W + 2 * self.padding - self.dilation * (self.k - 1) - 1) // self.stride + 1
+        pix = self.N * ho * wo
+        return {
+            "out": self.C_in * self.k**2 * (1 + self.C_b),  # Z then coeff.Z, nested
+            "x": (self.C_rest + 1) * self.C_b * self.k**2,
+            "basis": pix * (self.C_rest + 1),
+            "coeff": pix * self.C_in * self.k**2,
+            "bias": pix,
+        }
+
+
+def reference_with_bounds(case: Case, inputs, grad_out=None):
+    """float64 reference output and gradients, plus sum-of-|terms| for each (same math on
+    |inputs| and |grad|)."""
+    x, basis, coeff, bias = inputs
+
+    def run(ts, g_out, absval):
+        ts = [None if t is None else t.detach().double() for t in ts]
+        if absval:
+            ts = [None if t is None else t.abs() for t in ts]
+        ts = [None if t is None else t.requires_grad_() for t in ts]
+        y = tb.basis_conv2d_reference(*ts, **case.kwargs())
+        grads = None
+        if g_out is not None:
+            g = g_out.detach().double()
+            y.backward(g.abs() if absval else g)
+            grads = {k: (None if t is None else t.grad)
+                     for k, t in zip(("x", "basis", "coeff", "bias"), ts)}
+        return y.detach(), grads
+
+    y, grads = run(inputs, grad_out, False)
+    y_abs, grads_abs = run(inputs, grad_out, True)
+    return (y, grads), (y_abs, grads_abs)
+
+
+def assert_bounded(actual, ref, ref_abs, unit, K, name, C=8.0):
+    """|actual - ref| <= C * unit * sqrt(K) * ref_abs + C * unit * max(ref_abs) / 1e3."""
+    assert actual.shape == ref.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(ref.shape)}"
+    a = actual.detach().double().cpu()
+    ref, ref_abs = ref.cpu(), ref_abs.cpu()
+    floor = C * unit * (ref_abs.max().item() if ref_abs.numel() else 0.0) * 1e-3
+    bound = C * unit * math.sqrt(K) * ref_abs + floor
+    err = (a - ref).abs()
+    bad = err > bound
+    if bad.any():
+        i = int(bad.flatten().nonzero()[0])
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{err.numel()} elements out of bound; first at flat "
+            f"index {i}: got {a.flatten()[i].item():.6g}, want {ref.flatten()[i].item():.6g}, "
+            f"err {err.flatten()[i].item():.3g} > bound {bound.flatten()[i].item():.3g} "
+            f"(max err {err.max().item():.3g}, unit {unit:.3g}, K {K})"
+        )
+
+
+def unit_for(dtype: torch.dtype, device: str) -> float:
+    if dtype == torch.float32 and device == "cuda" and torch.backends.cudnn.allow_tf32:
+        return UNIT["tf32"]
+    return UNIT[dtype]
+
+
+def check_case(case: Case, dtype=torch.float32, device="cpu", backend="auto", grads=True):
+    """Run the op (forward and backward) and compare everything with the float64 reference."""
+    inputs = case.make(dtype=dtype, device=device, requires_grad=grads)
+    with tb.use_backend(backend):
+        y = tb.basis_conv2d(*inputs, **case.kwargs())
+        g_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
+                            dtype=torch.float64).to(device=device, dtype=dtype)
+        if case.channels_last:
+            g_out = g_out.contiguous(memory_format=torch.channels_last)
+        if grads:
+            y.backward(g_out)
+    want_fmt = torch.channels_last if case.channels_last else torch.contiguous_format
+    assert y.is_contiguous(memory_format=want_fmt), f"output format should be {want_fmt}"
+    assert y.dtype == dtype
+    (ry, rg), (ay, ag) = reference_with_bounds(case, inputs, g_out if grads else None)
+    unit = unit_for(dtype, device)
+    K = case.reduction_lengths()
+    assert_bounded(y, ry, ay, unit, K["out"], "out")
+    if grads:
+        for name, t in zip(("x", "basis", "coeff", "bias"), inputs):
+            if t is None:
+                continue
+            assert t.grad is not None, f"no gradient for {name}"
+            assert_bounded(t.grad, rg[name], ag[name], unit, K[name], f"d{name}")
+    return y
