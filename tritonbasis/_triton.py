@@ -150,7 +150,8 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
     _, configs = _kernels()
     need_x, need_b, need_c, need_bias = mask
     empty = grad.new_empty(0)
-    dx = dbasis = dcoeff = dbias = empty
+    # distinct empties: a custom op's outputs must not alias each other
+    dx, dbasis, dcoeff, dbias = (grad.new_empty(0) for _ in range(4))
     M = g.pixels
     need_dz = need_x or need_b
     if need_dz or need_bias:

@@ -219,17 +219,20 @@ def _(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation, keep
     _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation,
                     keep_basis, output_mask)
     need_x, need_b, need_c, need_bias = output_mask
-    e = grad.new_empty(0)
+
+    def e():  # distinct empties: outputs must not alias each other
+        return grad.new_empty(0)
+
     dx = (
         torch.empty(x.shape, dtype=x.dtype, device=x.device,
                     memory_format=output_memory_format(x))
-        if need_x else e
+        if need_x else e()
     )
     return (
         dx,
-        basis.new_empty(basis.shape) if need_b else e,
-        coeff.new_empty(coeff.shape) if need_c else e,
-        bias.new_empty(bias.shape) if need_bias else e,
+        basis.new_empty(basis.shape) if need_b else e(),
+        coeff.new_empty(coeff.shape) if need_c else e(),
+        bias.new_empty(bias.shape) if need_bias else e(),
     )
 
 

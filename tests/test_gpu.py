@@ -1,0 +1,68 @@
+"""GPU tier: the Triton kernels on CUDA, autotuned, in fp32 (TF32 on and off), fp16, bf16, at
+the kernel-tier shapes, larger ResNet-like shapes, and one size whose offsets pass 2**31.
+Skipped, with the reason, without CUDA."""
+
+import pytest
+import torch
+from conftest import HAS_CUDA, HAS_TRITON
+from helpers import Case, check_case
+from test_kernels import CASES as SMALL
+
+import tritonbasis as tb
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (GPU tier)"),
+    pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable"),
+]
+
+LARGE = [
+    Case(N=8, C_in=64, H=32, W=32, C_b=16, C_rest=48, channels_last=True),
+    Case(N=8, C_in=128, H=16, W=16, C_b=32, C_rest=96, channels_last=True),
+    Case(N=8, C_in=256, H=8, W=8, C_b=64, C_rest=192, stride=1, channels_last=True),
+    Case(N=8, C_in=128, H=16, W=16, C_b=64, C_rest=192, stride=2, channels_last=True),
+    Case(N=4, C_in=64, H=28, W=28, C_b=16, C_rest=48, channels_last=False, bias=False),
+    Case(N=4, C_in=96, H=14, W=14, C_b=256, C_rest=256, channels_last=True, keep_basis=False),
+    Case(N=4, C_in=32, H=15, W=15, C_b=48, C_rest=64, k=5, padding=2, dilation=2),
+]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", SMALL + LARGE, ids=[c.id() for c in SMALL + LARGE])
+def test_gpu_kernels(case, dtype):
+    check_case(case, dtype=dtype, device="cuda", backend="triton")
+
+
+@pytest.mark.parametrize("case", LARGE[:3], ids=[c.id() for c in LARGE[:3]])
+def test_gpu_fp32_ieee(case):
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        check_case(case, dtype=torch.float32, device="cuda", backend="triton")
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+
+
+def test_gpu_auto_picks_triton():
+    case = LARGE[0]
+    x = case.make(device="cuda")[0]
+    g = tb.check_inputs(*case.make(device="cuda"), **{k: v for k, v in case.kwargs().items()})
+    assert tb.ops.resolve_backend(x, g) == "triton"
+
+
+@pytest.mark.slow
+def test_gpu_int64_offsets():
+    """x with > 2**31 elements: offsets need int64. Check the last images (largest offsets)."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip(f"needs ~24 GiB free GPU memory, have {free / 2**30:.1f}")
+    N, C, H, W = 2048, 16, 256, 256  # 2**31 elements
+    x = torch.randn(N, C, H, W, device="cuda", dtype=torch.bfloat16)
+    basis = torch.randn(8, C, 3, 3, device="cuda", dtype=torch.bfloat16) / 12
+    coeff = torch.randn(8, 8, device="cuda", dtype=torch.bfloat16) / 3
+    with tb.use_backend("triton"):
+        y = tb.basis_conv2d(x, basis, coeff, None, padding=1)
+    ref = tb.basis_conv2d_reference(x[-2:].double(), basis.double(), coeff.double(), None,
+                                    padding=1)
+    torch.testing.assert_close(y[-2:].double(), ref, rtol=3e-2, atol=3e-2)
