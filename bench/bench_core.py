@@ -71,52 +71,7 @@ def run(args) -> dict:
     N = args.batch if not args.quick else 8
     records = []
     for C, px in shapes:
-        cb = C // args.ratio
-        gen = torch.Generator().manual_seed(0)
-
-        def mk(*s, scale=1.0):
-            return (torch.randn(*s, generator=gen) * scale).to(device, dtype)
-
-        # rotate inputs so caches do not flatter the repeated calls
-        xs = [mk(N, C, px, px).contiguous(memory_format=fmt).requires_grad_() for _ in range(3)]
-        basis = mk(cb, C, 3, 3, scale=(C * 9) ** -0.5).requires_grad_()
-        coeff = mk(C - cb, cb, scale=cb**-0.5).requires_grad_()
-        dense_w = mk(C, C, 3, 3, scale=(C * 9) ** -0.5).contiguous(memory_format=fmt)
-        dense_w.requires_grad_()
-        it = {"i": 0}
-
-        def nx():
-            it["i"] = (it["i"] + 1) % len(xs)
-            return xs[it["i"]]
-
-        providers = {
-            "dense_cudnn": lambda: F.conv2d(nx(), dense_w, None, 1, 1),
-            "unfused_eager": lambda: basis_conv2d_reference(nx(), basis, coeff, None, 1, 1),
-            "weight_mod": lambda: weight_modified(nx(), basis, coeff, None, 1, 1),
-            "fused": lambda: tb.basis_conv2d(nx(), basis, coeff, None, 1, 1, mode="fused"),
-        }
-        g = tb.check_inputs(xs[0], basis, coeff, None, 1, 1, 1, True)
-        macs = g.macs()
-        for direction in ("fwd", "fwd+bwd"):
-            for name, f in providers.items():
-                if direction == "fwd":
-                    def fn(f=f):
-                        with torch.no_grad():
-                            f()
-                else:
-                    def fn(f=f):
-                        f().sum().backward()
-                med, p20, p80 = _timer(fn, device, args.warmup, args.reps)
-                basis_flops = 2 * macs["fused"] * (1 if direction == "fwd" else 3)
-                records.append({
-                    "case": f"resnet18_cifar_{C}ch_{px}px",
-                    "shape": {"N": N, "C_in": C, "C_out": C, "C_b": cb, "H": px, "W": px,
-                              "k": 3, "stride": 1, "padding": 1, "dilation": 1},
-                    "dtype": args.dtype, "layout": args.layout, "direction": direction,
-                    "provider": name, "median_ms": med, "p20_ms": p20, "p80_ms": p80,
-                    "tflops": basis_flops / (med * 1e-3) / 1e12,
-                })
-                print(f"{C:4d}ch {px:3d}px {direction:8s} {name:14s} {med:9.3f} ms")
+        records += _bench_shape(C, px, N, device, dtype, fmt, args)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()})",
@@ -130,6 +85,56 @@ def run(args) -> dict:
                      "reps": args.reps, "backend": tb.get_backend(), "quick": args.quick},
         "records": records,
     }
+
+
+def _bench_shape(C, px, N, device, dtype, fmt, args) -> list[dict]:
+    cb = C // args.ratio
+    gen = torch.Generator().manual_seed(0)
+
+    def mk(*s, scale=1.0):
+        return (torch.randn(*s, generator=gen) * scale).to(device, dtype)
+
+    # rotate inputs so caches do not flatter the repeated calls
+    xs = [mk(N, C, px, px).contiguous(memory_format=fmt).requires_grad_() for _ in range(3)]
+    basis = mk(cb, C, 3, 3, scale=(C * 9) ** -0.5).requires_grad_()
+    coeff = mk(C - cb, cb, scale=cb**-0.5).requires_grad_()
+    dense_w = mk(C, C, 3, 3, scale=(C * 9) ** -0.5).contiguous(memory_format=fmt)
+    dense_w.requires_grad_()
+    it = {"i": 0}
+
+    def nx():
+        it["i"] = (it["i"] + 1) % len(xs)
+        return xs[it["i"]]
+
+    providers = {
+        "dense_cudnn": lambda: F.conv2d(nx(), dense_w, None, 1, 1),
+        "unfused_eager": lambda: basis_conv2d_reference(nx(), basis, coeff, None, 1, 1),
+        "weight_mod": lambda: weight_modified(nx(), basis, coeff, None, 1, 1),
+        "fused": lambda: tb.basis_conv2d(nx(), basis, coeff, None, 1, 1, mode="fused"),
+    }
+    macs = tb.check_inputs(xs[0], basis, coeff, None, 1, 1, 1, True).macs()
+    records = []
+    for direction in ("fwd", "fwd+bwd"):
+        for name, f in providers.items():
+            if direction == "fwd":
+                def fn(f=f):
+                    with torch.no_grad():
+                        f()
+            else:
+                def fn(f=f):
+                    f().sum().backward()
+            med, p20, p80 = _timer(fn, device, args.warmup, args.reps)
+            basis_flops = 2 * macs["fused"] * (1 if direction == "fwd" else 3)
+            records.append({
+                "case": f"resnet18_cifar_{C}ch_{px}px",
+                "shape": {"N": N, "C_in": C, "C_out": C, "C_b": cb, "H": px, "W": px,
+                          "k": 3, "stride": 1, "padding": 1, "dilation": 1},
+                "dtype": args.dtype, "layout": args.layout, "direction": direction,
+                "provider": name, "median_ms": med, "p20_ms": p20, "p80_ms": p80,
+                "tflops": basis_flops / (med * 1e-3) / 1e12,
+            })
+            print(f"{C:4d}ch {px:3d}px {direction:8s} {name:14s} {med:9.3f} ms")
+    return records
 
 
 def _triton_version() -> str | None:

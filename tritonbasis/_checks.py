@@ -22,7 +22,8 @@ def pair(v, name: str) -> tuple[int, int]:
     try:
         items = tuple(v)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {type(v).__name__}") from None
+        kind = type(v).__name__
+        raise TypeError(f"{name} must be an int or a pair of ints, got {kind}") from None
     if len(items) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
     return items  # type: ignore[return-value]
@@ -129,12 +130,9 @@ def check_inputs(
             raise ValueError(
                 f"C_b={C_b} is out of range: with keep_basis=False it must be <= C_out={C_out}"
             )
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != C_out:
-            form = "C_b + coeff rows" if keep_basis else "coeff rows"
-            raise ValueError(
-                f"bias must have shape ({C_out},) = ({form},), got {tuple(bias.shape)}"
-            )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != C_out):
+        form = "C_b + coeff rows" if keep_basis else "coeff rows"
+        raise ValueError(f"bias must have shape ({C_out},) = ({form},), got {tuple(bias.shape)}")
     for name, t in (("basis", basis), ("coeff", coeff), ("bias", bias)):
         if t is None:
             continue

@@ -160,11 +160,13 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
             _empty_4d((g.N, g.C_b, g.Ho, g.Wo), grad, torch.channels_last)
             if need_dz else empty
         )
-        db32 = torch.zeros(g.C_out, device=grad.device, dtype=torch.float32) if need_bias else empty
+        # db32 is always a real fp32 buffer: autotune's reset_to_zero zeroes whatever is passed
+        # as db_ptr, so a dummy must never alias a live tensor such as grad.
+        db32 = torch.zeros(g.C_out if need_bias else 1, device=grad.device, dtype=torch.float32)
         _launch(
             "grad_z",
             lambda meta: (_cdiv(M, meta["BLOCK_M"]),),
-            grad, coeff, dz if need_dz else grad, db32 if need_bias else grad,
+            grad, coeff, dz if need_dz else db32, db32,
             M, g.C_b, g.C_rest, g.Ho, g.Wo,
             *grad.stride(), *coeff.stride(), *(dz.stride() if need_dz else (0, 0, 0, 0)),
             KEEP_BASIS=g.keep_basis, STORE_DZ=need_dz, NEED_DBIAS=need_bias,

@@ -100,7 +100,6 @@ def grad_basis_outputs(grad, coeff, g: ConvGeometry) -> torch.Tensor:
 def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
     """Gradients ``(dx, dbasis, dcoeff, dbias)``; an unrequested one is an empty tensor."""
     need_x, need_b, need_c, need_bias = mask
-    empty = grad.new_empty(0)
     # distinct empties: a custom op's outputs must not alias each other
     dx, dbasis, dcoeff, dbias = (grad.new_empty(0) for _ in range(4))
     if need_x or need_b:
