@@ -167,3 +167,21 @@ def test_autocast_casts_params_like_conv():
     ref = tb.basis_conv2d_reference(x.double(), layer.basis.double(), layer.coeff.double(),
                                     layer.bias.double(), padding=1)
     torch.testing.assert_close(y.double(), ref, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("keep_basis", [True, False], ids=["keep", "full"])
+def test_empty_batch_like_conv2d(keep_basis, backend):
+    """N = 0 gives an empty output of the right shape and zero parameter gradients, as
+    nn.Conv2d does (models can see empty batches)."""
+    layer = tb.BasisConv2d(4, 8, 3, 3, stride=2, padding=1, keep_basis=keep_basis,
+                           mode="fused").to(DEVICE)
+    x = torch.randn(0, 4, 9, 9, device=DEVICE, requires_grad=True)
+    with tb.use_backend(backend):
+        y = layer(x)
+        y.sum().backward()
+    conv = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1).to(DEVICE)
+    assert y.shape == conv(x).shape
+    assert x.grad.shape == x.shape
+    for p in layer.parameters():
+        assert p.grad is not None and p.grad.abs().sum().item() == 0.0

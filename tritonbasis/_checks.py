@@ -110,7 +110,7 @@ def check_inputs(
         raise ValueError(f"basis expects {C_in_b} input channels but x has {C_in}")
     if C_b < 1:
         raise ValueError(f"basis must hold at least one filter (C_b >= 1), got C_b={C_b}")
-    if min(N, C_in, H, W, KH, KW) < 1:
+    if min(C_in, H, W, KH, KW) < 1:  # N == 0 is fine: an empty output, as nn.Conv2d
         raise ValueError(
             f"empty input or filter: x {tuple(x.shape)}, basis {tuple(basis.shape)}"
         )

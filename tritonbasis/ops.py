@@ -53,8 +53,12 @@ def get_backend() -> str:
 
 def set_backend(name: str | None) -> None:
     """Force the implementation for this thread (``None`` returns to the environment variable)."""
-    if name is not None and name not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}")
+    if name is not None:
+        if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
+            raise ValueError(
+                f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}"
+            )
+        name = name.strip().lower()
     _state.backend = name
 
 
@@ -96,7 +100,7 @@ def resolve_backend(x: torch.Tensor, g: ConvGeometry) -> str:
     """``"torch"`` or ``"triton"`` for this call; raises a clear error if ``triton`` was forced
     and cannot run."""
     name = get_backend()
-    if name == "torch":
+    if name == "torch" or g.N == 0:  # an empty batch launches nothing: the torch path
         return "torch"
     err = triton_import_error()
     if name == "auto":
