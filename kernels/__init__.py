@@ -5,9 +5,9 @@ that check arguments, allocate and build grids are in ``tritonbasis/_triton.py``
 package imports triton; ``tritonbasis`` itself imports it lazily, so the package works without
 triton (CPU path).
 
-Kernels deliberately call no other ``@triton.jit`` helpers: the compile tier re-wraps each
-kernel as a ``JITFunction`` when the process runs under ``TRITON_INTERPRET=1``, and a nested
-interpreted helper would not compile.
+Under ``TRITON_INTERPRET=1`` these are interpreted functions, and so are triton's own
+``@jit`` helpers (``tl.zeros``, ``tl.cdiv``): a process cannot both interpret and compile them,
+so the compile tier (``tritonbasis.aot``) compiles in worker processes started without it.
 """
 
 from .backward import basis_conv_grad_x_kernel, basis_conv_grad_z_kernel, channel_wgrad_kernel

@@ -22,12 +22,13 @@ def basis_conv_grad_z_kernel(
     c_ptr,  # coeff (C_rest, C_b)
     dz_ptr,  # dZ out (N, C_b, Ho, Wo) -- written only if STORE_DZ
     db_ptr,  # d bias, fp32 (C_out,), zero-initialised -- accumulated only if NEED_DBIAS
+    p_ptr,  # perm (C_out,): computed channel c lives in G's channel perm[c] (HAS_PERM)
     M, C_b, C_rest, Ho, Wo,
     sg_n, sg_c, sg_h, sg_w,
     sc_o, sc_b,
     sd_n, sd_c, sd_h, sd_w,
     KEEP_BASIS: tl.constexpr, STORE_DZ: tl.constexpr, NEED_DBIAS: tl.constexpr,
-    INT64: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_PERM: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_CB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -47,14 +48,18 @@ def basis_conv_grad_z_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_CB), dtype=tl.float32)
     if KEEP_BASIS:
+        if HAS_PERM:
+            oc_b = tl.load(p_ptr + offs_cb, mask=cb_ok, other=0)
+        else:
+            oc_b = offs_cb
         gb = tl.load(
-            g_pix[:, None] + offs_cb[None, :] * sg_c,
+            g_pix[:, None] + oc_b[None, :] * sg_c,
             mask=m_ok[:, None] & cb_ok[None, :],
             other=0.0,
         ).to(tl.float32)
         acc += gb
-        if NEED_DBIAS:
-            tl.atomic_add(db_ptr + offs_cb, tl.sum(gb, axis=0), mask=cb_ok)
+        if NEED_DBIAS:  # d bias is indexed by output channel
+            tl.atomic_add(db_ptr + oc_b, tl.sum(gb, axis=0), mask=cb_ok)
         c_off = C_b
     else:
         c_off = 0
@@ -62,8 +67,12 @@ def basis_conv_grad_z_kernel(
     for j0 in range(0, C_rest, BLOCK_N):
         jj = j0 + offs_n
         j_ok = jj < C_rest
+        if HAS_PERM:
+            oc = tl.load(p_ptr + c_off + jj, mask=j_ok, other=0)
+        else:
+            oc = c_off + jj
         gr = tl.load(
-            g_pix[:, None] + (c_off + jj)[None, :] * sg_c,
+            g_pix[:, None] + oc[None, :] * sg_c,
             mask=m_ok[:, None] & j_ok[None, :],
             other=0.0,
         )
@@ -75,7 +84,7 @@ def basis_conv_grad_z_kernel(
             )
             acc = tl.dot(gr, cj, acc, input_precision=PRECISION)
         if NEED_DBIAS:
-            tl.atomic_add(db_ptr + c_off + jj, tl.sum(gr.to(tl.float32), axis=0), mask=j_ok)
+            tl.atomic_add(db_ptr + oc, tl.sum(gr.to(tl.float32), axis=0), mask=j_ok)
     if STORE_DZ:
         dz_pix = dz_ptr + n * sd_n + oh * sd_h + ow * sd_w
         tl.store(
@@ -152,7 +161,9 @@ def basis_conv_grad_x_kernel(
 def channel_wgrad_kernel(
     a_ptr,  # A (N, CA, Ho, Wo), any strides: dZ for d basis, G_r for d coeff
     x_ptr,  # X (N, CX, H, W), any strides: x for d basis, Z's source for d coeff
-    s_ptr,  # per-channel shift of X (CX,) -- read only if HAS_SHIFT (the bias inside Y)
+    s_ptr,  # per-channel shift of X, indexed like X's channels -- read only if HAS_SHIFT
+    ap_ptr,  # (CA,) channel of A for each a -- read only if A_PERM (G_r under a permutation)
+    xp_ptr,  # (CX,) channel of X (and of the shift) for each x -- read only if X_PERM
     o_ptr,  # out, fp32 (CA, CX, KH, KW), zero-initialised, accumulated atomically
     M, CA, CX, H, W, Ho, Wo, SPLIT,
     sa_n, sa_c, sa_h, sa_w,
@@ -160,7 +171,8 @@ def channel_wgrad_kernel(
     so_a, so_x, so_h, so_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KW: tl.constexpr,
-    HAS_SHIFT: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_SHIFT: tl.constexpr, A_PERM: tl.constexpr, X_PERM: tl.constexpr,
+    INT64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     pid_a = tl.program_id(0)
@@ -176,8 +188,16 @@ def channel_wgrad_kernel(
     a_ok = offs_a < CA
     offs_x = pid_x * BLOCK_X + tl.arange(0, BLOCK_X)
     x_ok = offs_x < CX
+    if A_PERM:
+        ch_a = tl.load(ap_ptr + offs_a, mask=a_ok, other=0)
+    else:
+        ch_a = offs_a
+    if X_PERM:
+        ch_x = tl.load(xp_ptr + offs_x, mask=x_ok, other=0)
+    else:
+        ch_x = offs_x
     if HAS_SHIFT:
-        shift = tl.load(s_ptr + offs_x, mask=x_ok, other=0.0).to(tl.float32)
+        shift = tl.load(s_ptr + ch_x, mask=x_ok, other=0.0).to(tl.float32)
 
     chunk = tl.cdiv(tl.cdiv(M, BLOCK_P), SPLIT) * BLOCK_P
     p_lo = pid_s * chunk
@@ -197,12 +217,12 @@ def channel_wgrad_kernel(
         iw = ow * stride_w - pad_w + kw * dil_w
         in_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         at = tl.load(
-            a_ptr + (n * sa_n + oh * sa_h + ow * sa_w)[None, :] + offs_a[:, None] * sa_c,
+            a_ptr + (n * sa_n + oh * sa_h + ow * sa_w)[None, :] + ch_a[:, None] * sa_c,
             mask=a_ok[:, None] & p_ok[None, :],
             other=0.0,
         )
         xt = tl.load(
-            x_ptr + (n * sx_n + ih * sx_h + iw * sx_w)[:, None] + offs_x[None, :] * sx_c,
+            x_ptr + (n * sx_n + ih * sx_h + iw * sx_w)[:, None] + ch_x[None, :] * sx_c,
             mask=in_ok[:, None] & x_ok[None, :],
             other=0.0,
         )

@@ -27,6 +27,9 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "m64_k16_n64_w4_s2": _cfg(4, 2, BLOCK_M=64, BLOCK_K=16, BLOCK_N=64),
         "m32_k64_n64_w4_s3": _cfg(4, 3, BLOCK_M=32, BLOCK_K=64, BLOCK_N=64),
         "m32_k32_n32_w2_s3": _cfg(2, 3, BLOCK_M=32, BLOCK_K=32, BLOCK_N=32),
+        # few remaining channels (C_rest <= 32, e.g. C_b = C_out/2 on 64-channel layers)
+        "m128_k32_n32_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_K=32, BLOCK_N=32),
+        "m64_k64_n32_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_K=64, BLOCK_N=32),
     },
     "grad_z": {
         "m128_n64_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=64),
@@ -72,8 +75,17 @@ KEYS: dict[str, list[str]] = {
 RESET_TO_ZERO: dict[str, list[str]] = {"grad_z": ["db_ptr"], "wgrad": ["o_ptr"]}
 
 # Largest basis block the fused kernels hold in registers (BLOCK_M x BLOCK_CB fp32 accumulator
-# per program). Above it the op falls back to weight modification (one cuDNN conv).
-MAX_BLOCK_CB = 256
+# per program). 128, measured by the compile tier (bench/results/compile-report-*): at 256 every
+# forward config spills on sm_90 (104 B to 6.5 KB) and one needs more shared memory than sm_80
+# has. Above it the op falls back (weight modification / the torch path).
+MAX_BLOCK_CB = 128
+
+# Register model (see `acc_registers`) budget per thread, by operand element size and layout.
+# Calibrated on the compile tier's sm_80/sm_90 reports (bench/results/compile-report-*): with
+# 16-bit NHWC operands, configs estimated <= 128 compiled without spills and those at 144-152
+# spilled; NCHW operands (strided channel loads, no 16-byte vectors) and fp32 operands spill
+# earlier. A heuristic, checked config by config by tests/test_compile_tier.py.
+ACC_BUDGET = {(2, False): 128, (2, True): 96, (4, False): 100, (4, True): 80}
 
 
 def _pow2_at_least(v: int, lo: int = 16) -> int:
@@ -88,9 +100,36 @@ def block_cb(c_b: int) -> int:
     return _pow2_at_least(c_b)
 
 
+def acc_registers(kernel: str, cfg: dict, block_cb_: int = 16, elem_bytes: int = 2) -> float:
+    """Estimated 32-bit registers per thread held by a program's tiles: the fp32 accumulators
+    (BLOCK_M x BLOCK_CB for Z or dZ, plus the BLOCK_M x BLOCK_N epilogue/prologue tile for fwd
+    and grad_z; BLOCK_M x BLOCK_N for grad_x; BLOCK_A x BLOCK_X for wgrad) plus the operand
+    tiles of one K step and the coefficient tile, at ``elem_bytes`` per element."""
+    b, threads = cfg["blocks"], 32 * cfg["num_warps"]
+    w = elem_bytes / 4
+    if kernel == "fwd":
+        m, k, n, cb = b["BLOCK_M"], b["BLOCK_K"], b["BLOCK_N"], block_cb_
+        return (m * cb + m * n + (m * k + k * cb + cb * n) * w) / threads
+    if kernel == "grad_z":
+        m, n, cb = b["BLOCK_M"], b["BLOCK_N"], block_cb_
+        return (m * cb + (m * n + n * cb) * w) / threads
+    if kernel == "grad_x":
+        m, n, k = b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"]
+        return (m * n + (m * k + k * n) * w) / threads
+    a_, x, p = b["BLOCK_A"], b["BLOCK_X"], b["BLOCK_P"]
+    return (a_ * x + (a_ * p + p * x) * w) / threads
+
+
+def budget(shape: dict) -> int:
+    """Accumulator budget for the operand element size and layout in ``shape``
+    (``elem_bytes``: 2 or 4, default 2; ``nchw``: channel stride != 1, default False)."""
+    return ACC_BUDGET[(4 if shape.get("elem_bytes", 2) >= 4 else 2, bool(shape.get("nchw")))]
+
+
 def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:
-    """Drop configs whose blocks overshoot the dimension they tile, or whose fp32 accumulators
-    exceed ~128 registers per thread. Always keeps at least one config."""
+    """Drop configs whose blocks overshoot the dimension they tile, or whose accumulators
+    exceed the register budget (they would spill). Always keeps at least one config: the one
+    with the smallest accumulator."""
     caps = {
         "fwd": {"BLOCK_K": shape.get("C_in"), "BLOCK_N": shape.get("C_rest")},
         "grad_z": {"BLOCK_N": shape.get("C_rest")},
@@ -98,29 +137,24 @@ def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:
         "wgrad": {"BLOCK_A": shape.get("CA"), "BLOCK_X": shape.get("CX")},
     }[kernel]
     bcb = shape.get("BLOCK_CB", 16)
+    eb = 4 if shape.get("elem_bytes", 2) >= 4 else 2
+    limit = budget(shape)
+    nchw = bool(shape.get("nchw"))
     kept = []
     for cfg in configs:
         b = cfg["blocks"]
         if any(v is not None and b[k] > _pow2_at_least(v) for k, v in caps.items() if k in b):
             continue
-        acc = {
-            "fwd": b.get("BLOCK_M", 0) * bcb,
-            "grad_z": b.get("BLOCK_M", 0) * bcb,
-            "grad_x": b.get("BLOCK_M", 0) * b.get("BLOCK_N", 0),
-            "wgrad": b.get("BLOCK_A", 0) * b.get("BLOCK_X", 0),
-        }[kernel]
-        if acc / (32 * cfg["num_warps"]) > 128:
+        if acc_registers(kernel, cfg, bcb, eb) > limit:
+            continue
+        # Measured by the compile tier (sm_80 and sm_90), beyond what the register model sees:
+        # strided (NCHW) operand loads spill with BLOCK_K = 64 or BLOCK_M = 128; fp32 operands
+        # spill with BLOCK_K = 64 or with 2 warps.
+        if nchw and (b.get("BLOCK_K", 0) > 32 or b.get("BLOCK_M", 0) > 64):
+            continue
+        if eb == 4 and (b.get("BLOCK_K", 0) > 32 or cfg["num_warps"] < 4):
             continue
         kept.append(cfg)
-    if not kept:  # smallest accumulator as the fallback
-        kept = [min(configs, key=lambda c: _acc_size(kernel, c, bcb))]
+    if not kept:
+        kept = [min(configs, key=lambda c: acc_registers(kernel, c, bcb, eb))]
     return kept
-
-
-def _acc_size(kernel: str, cfg: dict, bcb: int) -> int:
-    b = cfg["blocks"]
-    if kernel in ("fwd", "grad_z"):
-        return b["BLOCK_M"] * bcb
-    if kernel == "grad_x":
-        return b["BLOCK_M"] * b["BLOCK_N"]
-    return b["BLOCK_A"] * b["BLOCK_X"]

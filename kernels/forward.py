@@ -19,7 +19,8 @@ def basis_conv_fwd_kernel(
     x_ptr,  # (N, C_in, H, W), any strides
     w_ptr,  # basis (C_b, C_in, KH, KW)
     c_ptr,  # coeff (C_rest, C_b)
-    b_ptr,  # bias (C_out,) -- read only if HAS_BIAS
+    b_ptr,  # bias (C_out,), in output-channel order -- read only if HAS_BIAS
+    p_ptr,  # perm (C_out,) int: computed channel c is stored to output channel perm[c] (HAS_PERM)
     y_ptr,  # out (N, C_out, Ho, Wo)
     z_ptr,  # saved Z (N, C_b, Ho, Wo) -- written only if STORE_Z
     M, C_in, H, W, C_b, C_rest, Ho, Wo,
@@ -30,8 +31,8 @@ def basis_conv_fwd_kernel(
     sz_n, sz_c, sz_h, sz_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, KEEP_BASIS: tl.constexpr, STORE_Z: tl.constexpr,
-    INT64: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_PERM: tl.constexpr, KEEP_BASIS: tl.constexpr,
+    STORE_Z: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_CB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -81,11 +82,17 @@ def basis_conv_fwd_kernel(
     # ---- epilogue: Z is in registers (acc, fp32) -------------------------------------------
     y_pix = y_ptr + n * sy_n + oh * sy_h + ow * sy_w
     if KEEP_BASIS:
+        # output channels of the basis block: offs_cb, or perm[offs_cb] (keep-basis conversion
+        # of a trained conv keeps the original channel order without a pass over the output)
+        if HAS_PERM:
+            oc_b = tl.load(p_ptr + offs_cb, mask=cb_ok, other=0)
+        else:
+            oc_b = offs_cb
         zb = acc
         if HAS_BIAS:
-            zb += tl.load(b_ptr + offs_cb, mask=cb_ok, other=0.0).to(tl.float32)[None, :]
+            zb += tl.load(b_ptr + oc_b, mask=cb_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(
-            y_pix[:, None] + offs_cb[None, :] * sy_c,
+            y_pix[:, None] + oc_b[None, :] * sy_c,
             zb.to(y_ptr.dtype.element_ty),
             mask=m_ok[:, None] & cb_ok[None, :],
         )
@@ -112,6 +119,8 @@ def basis_conv_fwd_kernel(
         )
         out = tl.dot(zc, ct, input_precision=PRECISION)
         ch = c_off + jj
+        if HAS_PERM:
+            ch = tl.load(p_ptr + ch, mask=j_ok, other=0)
         if HAS_BIAS:
             out += tl.load(b_ptr + ch, mask=j_ok, other=0.0).to(tl.float32)[None, :]
         tl.store(

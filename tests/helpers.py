@@ -43,6 +43,7 @@ class Case:
     bias: bool = True
     keep_basis: bool = True
     channels_last: bool = False
+    perm: bool = False  # a fixed random output-channel permutation (keep-basis conversions)
 
     @property
     def C_out(self) -> int:
@@ -53,7 +54,7 @@ class Case:
             f"n{self.N}_ci{self.C_in}_{self.H}x{self.W}_cb{self.C_b}_r{self.C_rest}_k{self.k}"
             f"_s{self.stride}_p{self.padding}_d{self.dilation}"
             f"{'_bias' if self.bias else ''}_{'keep' if self.keep_basis else 'full'}"
-            f"_{'cl' if self.channels_last else 'nchw'}"
+            f"_{'cl' if self.channels_last else 'nchw'}{'_perm' if self.perm else ''}"
         )
 
     def valid(self) -> bool:
@@ -86,6 +87,14 @@ class Case:
             ts = tuple(t.requires_grad_() if t is not None else None for t in ts)
         return ts
 
+    def make_perm(self, device="cpu"):
+        if not self.perm:
+            return None
+        g = torch.Generator().manual_seed(zlib.crc32(self.id().encode()) + 1)
+        p = torch.randperm(self.C_out, generator=g)
+        assert self.C_out < 2 or not torch.equal(p, torch.arange(self.C_out)), "trivial perm"
+        return p.to(device)
+
     def reduction_lengths(self) -> dict[str, int]:
         """K of every output: forward (conv taps + the combination), dx, d basis, d coeff."""
         ho = (self.H + 2 * self.padding - self.dilation * (self.k - 1) - 1) // self.stride + 1
@@ -100,17 +109,18 @@ class Case:
         }
 
 
-def reference_with_bounds(case: Case, inputs, grad_out=None):
+def reference_with_bounds(case: Case, inputs, grad_out=None, perm=None):
     """float64 reference output and gradients, plus sum-of-|terms| for each (same math on
     |inputs| and |grad|)."""
     x, basis, coeff, bias = inputs
+    perm = None if perm is None else perm.cpu()
 
     def run(ts, g_out, absval):
         ts = [None if t is None else t.detach().double() for t in ts]
         if absval:
             ts = [None if t is None else t.abs() for t in ts]
         ts = [None if t is None else t.requires_grad_() for t in ts]
-        y = tb.basis_conv2d_reference(*ts, **case.kwargs())
+        y = tb.basis_conv2d_reference(*ts, **case.kwargs(), perm=perm)
         grads = None
         if g_out is not None:
             g = g_out.detach().double()
@@ -152,8 +162,9 @@ def unit_for(dtype: torch.dtype, device: str) -> float:
 def check_case(case: Case, dtype=torch.float32, device="cpu", backend="auto", grads=True):
     """Run the op (forward and backward) and compare everything with the float64 reference."""
     inputs = case.make(dtype=dtype, device=device, requires_grad=grads)
+    perm = case.make_perm(device)
     with tb.use_backend(backend):
-        y = tb.basis_conv2d(*inputs, **case.kwargs())
+        y = tb.basis_conv2d(*inputs, **case.kwargs(), perm=perm)
         g_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
                             dtype=torch.float64).to(device=device, dtype=dtype)
         if case.channels_last:
@@ -163,7 +174,7 @@ def check_case(case: Case, dtype=torch.float32, device="cpu", backend="auto", gr
     want_fmt = torch.channels_last if case.channels_last else torch.contiguous_format
     assert y.is_contiguous(memory_format=want_fmt), f"output format should be {want_fmt}"
     assert y.dtype == dtype
-    (ry, rg), (ay, ag) = reference_with_bounds(case, inputs, g_out if grads else None)
+    (ry, rg), (ay, ag) = reference_with_bounds(case, inputs, g_out if grads else None, perm)
     unit = unit_for(dtype, device)
     K = case.reduction_lengths()
     assert_bounded(y, ry, ay, unit, K["out"], "out")

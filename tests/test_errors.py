@@ -53,7 +53,7 @@ def _as_list(v):
 
 
 def call_raw(a):
-    return OP(a["x"], a["basis"], a["coeff"], a["bias"], _as_list(a["stride"]),
+    return OP(a["x"], a["basis"], a["coeff"], a["bias"], None, _as_list(a["stride"]),
               _as_list(a["padding"]), _as_list(a["dilation"]), a["keep_basis"], False)
 
 
@@ -203,7 +203,8 @@ def test_no_launch_fixture_is_on_the_launch_path(no_launch, form, backend):
 def test_raw_op_float_stride_rejected_by_schema(no_launch):
     a = good()
     with pytest.raises((TypeError, RuntimeError), match="stride"):
-        OP(a["x"], a["basis"], a["coeff"], a["bias"], [1.0, 1.0], [0, 0], [1, 1], True, False)
+        OP(a["x"], a["basis"], a["coeff"], a["bias"], None, [1.0, 1.0], [0, 0], [1, 1], True,
+           False)
 
 
 def test_valid_calls_pass_validation():

@@ -22,7 +22,7 @@ LARGE = [
     Case(N=8, C_in=256, H=8, W=8, C_b=64, C_rest=192, stride=1, channels_last=True),
     Case(N=8, C_in=128, H=16, W=16, C_b=64, C_rest=192, stride=2, channels_last=True),
     Case(N=4, C_in=64, H=28, W=28, C_b=16, C_rest=48, channels_last=False, bias=False),
-    Case(N=4, C_in=96, H=14, W=14, C_b=256, C_rest=256, channels_last=True, keep_basis=False),
+    Case(N=4, C_in=96, H=14, W=14, C_b=128, C_rest=256, channels_last=True, keep_basis=False),
     Case(N=4, C_in=32, H=15, W=15, C_b=48, C_rest=64, k=5, padding=2, dilation=2),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -35,6 +35,10 @@ CASES = [
          keep_basis=False, channels_last=True, bias=False),  # C_in and C_b span 2 blocks
     Case(N=3, C_in=6, C_b=3, C_rest=35, k=3, stride=2, padding=2, H=7, W=9),  # C_rest > 2 blocks
     Case(C_in=8, C_b=40, C_rest=8, k=3, padding=1, H=7, W=7, channels_last=True),  # C_b > 32
+    # output-channel permutation (keep-basis conversion of a trained conv), both formats/forms
+    Case(C_in=5, C_b=6, C_rest=21, stride=2, perm=True),
+    Case(C_in=4, C_b=3, C_rest=5, channels_last=True, bias=False, perm=True),
+    Case(C_in=4, C_b=3, C_rest=7, keep_basis=False, perm=True),
 ]
 
 

@@ -26,10 +26,18 @@ OPCHECK_CASES = [
 ]
 
 
+def _perm(case):
+    """A fixed non-trivial permutation of the output channels (or None for even-C_out cases)."""
+    if case.C_out % 2:
+        return None
+    g = torch.Generator().manual_seed(case.C_out)
+    return torch.randperm(case.C_out, generator=g).to(DEVICE)
+
+
 def _op_args(case, need_z, requires_grad=True):
     x, basis, coeff, bias = case.make(device=DEVICE, requires_grad=requires_grad)
-    return (x, basis, coeff, bias, [case.stride] * 2, [case.padding] * 2, [case.dilation] * 2,
-            case.keep_basis, need_z)
+    return (x, basis, coeff, bias, _perm(case), [case.stride] * 2, [case.padding] * 2,
+            [case.dilation] * 2, case.keep_basis, need_z)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -42,16 +50,17 @@ def test_opcheck_forward(case, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", OPCHECK_CASES[:3], ids=[c.id() for c in OPCHECK_CASES[:3]])
 def test_opcheck_backward(case, backend):
-    x, basis, coeff, bias, s, p, d, keep, _ = _op_args(case, need_z=True, requires_grad=False)
+    x, basis, coeff, bias, perm, s, p, d, keep, _ = _op_args(case, need_z=True,
+                                                             requires_grad=False)
     with tb.use_backend(backend):
-        out, z = FWD(x, basis, coeff, bias, s, p, d, keep, True)
+        out, z = FWD(x, basis, coeff, bias, perm, s, p, d, keep, True)
         grad = torch.randn_like(out)
         mask = [True, True, True, bias is not None]
-        torch.library.opcheck(BWD, (grad, x, basis, coeff, out, z, bias, s, p, d, keep, mask))
+        torch.library.opcheck(BWD, (grad, x, basis, coeff, out, z, bias, perm, s, p, d, keep,
+                                    mask))
         # a partial mask: only d coeff
-        torch.library.opcheck(
-            BWD, (grad, x, basis, coeff, out, z, bias, s, p, d, keep, [False, False, True, False])
-        )
+        torch.library.opcheck(BWD, (grad, x, basis, coeff, out, z, bias, perm, s, p, d, keep,
+                                    [False, False, True, False]))
 
 
 def test_custom_op_is_registered_in_project_namespace():
@@ -185,3 +194,29 @@ def test_empty_batch_like_conv2d(keep_basis, backend):
     assert x.grad.shape == x.shape
     for p in layer.parameters():
         assert p.grad is not None and p.grad.abs().sum().item() == 0.0
+
+
+@pytest.mark.parametrize("keep_basis", [True, False], ids=["keep", "full"])
+def test_perm_gradcheck_and_weight_mode(keep_basis):
+    """The output permutation: gradcheck (float64, torch path), and weight modification with
+    the same perm (rows of W permuted) gives the same function."""
+    case = Case(C_in=3, C_b=3, C_rest=4, stride=2, keep_basis=keep_basis, perm=True)
+    x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
+    perm = case.make_perm()
+    with tb.use_backend("torch"):
+        assert torch.autograd.gradcheck(
+            lambda *a: tb.basis_conv2d(*a, **case.kwargs(), perm=perm), (x, basis, coeff, bias))
+    fused = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=perm)
+    weight = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=perm, mode="weight")
+    torch.testing.assert_close(fused, weight, rtol=1e-12, atol=1e-12)
+    # and it really permutes: without perm the channels come out in computed order
+    plain = tb.basis_conv2d(x, basis, coeff, None, **case.kwargs())
+    torch.testing.assert_close(fused - bias[None, :, None, None], plain[:, torch.argsort(perm)])
+
+
+def test_perm_bad_input():
+    x, basis, coeff, bias = Case().make()
+    with pytest.raises(ValueError, match=r"perm must have shape \(8,\)"):
+        tb.basis_conv2d(x, basis, coeff, bias, padding=1, perm=torch.arange(7))
+    with pytest.raises(TypeError, match="perm must be an int64 or int32"):
+        tb.basis_conv2d(x, basis, coeff, bias, padding=1, perm=torch.arange(8.0))

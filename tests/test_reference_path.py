@@ -147,6 +147,12 @@ RISKY = [
     # C_b = 48 (not a power of two) with dilation 2, padding 2, channels_last
     Case(N=2, C_in=64, H=9, W=7, C_b=48, C_rest=64, k=3, stride=1, padding=2, dilation=2,
          channels_last=True),
+    # output-channel permutation (keep-basis conversions keep the original channel order)
+    Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=11, k=3, stride=2, padding=1, perm=True),
+    Case(N=2, C_in=3, H=7, W=7, C_b=5, C_rest=3, k=3, padding=1, channels_last=True,
+         bias=False, perm=True),
+    Case(N=2, C_in=16, H=7, W=7, C_b=5, C_rest=8, k=1, padding=0, keep_basis=False,
+         perm=True),
 ]
 
 CASES = PAIRWISE + [c for c in RISKY if c not in PAIRWISE]

@@ -75,6 +75,7 @@ def check_inputs(
     padding,
     dilation,
     keep_basis: bool,
+    perm: torch.Tensor | None = None,
 ) -> ConvGeometry:
     """Validate a basis convolution's arguments and return its geometry.
 
@@ -140,6 +141,18 @@ def check_inputs(
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; they must match")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; they must match")
+    if perm is not None:
+        if not isinstance(perm, torch.Tensor):
+            raise TypeError(f"perm must be a torch.Tensor or None, got {type(perm).__name__}")
+        if perm.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"perm must be an int64 or int32 tensor, got dtype {perm.dtype}")
+        if perm.dim() != 1 or perm.shape[0] != C_out:
+            raise ValueError(
+                f"perm must have shape ({C_out},) (one output channel per computed channel), "
+                f"got {tuple(perm.shape)}"
+            )
+        if perm.device != x.device:
+            raise ValueError(f"perm is on {perm.device} but x is on {x.device}; they must match")
     if min(stride) < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if min(padding) < 0:

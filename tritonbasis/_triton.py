@@ -41,6 +41,16 @@ def autotune_enabled() -> bool:
     return os.environ.get("TRITONBASIS_AUTOTUNE", "1") != "0" and not interpreted()
 
 
+# For each kernel: the operand whose dtype and channel stride decide the register budget
+# (configs.prune): 16-bit NHWC loads vectorise, fp32 or NCHW ones need more registers.
+_PRUNE_LAYOUT = {
+    "fwd": ("x_ptr", "sx_c"),
+    "grad_z": ("g_ptr", "sg_c"),
+    "grad_x": ("dz_ptr", "sx_c"),
+    "wgrad": ("x_ptr", "sx_c"),
+}
+
+
 @functools.cache
 def _autotuned(name: str):
     """The kernel wrapped in triton.autotune over its named configs (built lazily, once)."""
@@ -52,8 +62,12 @@ def _autotuned(name: str):
         for c in configs.CONFIGS[name].values()
     ]
 
+    operand, chan_stride = _PRUNE_LAYOUT[name]
+
     def early_prune(cfg_list, named_args, **kwargs):
         shape = {**named_args, **kwargs}
+        shape["elem_bytes"] = shape[operand].element_size()
+        shape["nchw"] = shape[chan_stride] != 1
         as_dicts = [{"blocks": c.kwargs, "num_warps": c.num_warps} for c in cfg_list]
         kept = configs.prune(name, as_dicts, shape)
         return [cfg_list[as_dicts.index(k)] for k in kept]
@@ -101,7 +115,7 @@ def _empty_4d(shape, like: torch.Tensor, fmt, dtype=None) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
-def forward(x, basis, coeff, bias, g: ConvGeometry, need_z: bool):
+def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     _, configs = _kernels()
     fmt = output_memory_format(x)
     y = _empty_4d((g.N, g.C_out, g.Ho, g.Wo), x, fmt)
@@ -112,21 +126,27 @@ def forward(x, basis, coeff, bias, g: ConvGeometry, need_z: bool):
     _launch(
         "fwd",
         lambda meta: (_cdiv(M, meta["BLOCK_M"]),),
-        x, basis, coeff, bias if bias is not None else x, y, z if store_z else x,
+        x, basis, coeff, bias if bias is not None else x, perm if perm is not None else x, y,
+        z if store_z else x,
         M, g.C_in, g.H, g.W, g.C_b, g.C_rest, g.Ho, g.Wo,
         *x.stride(), *basis.stride(), *coeff.stride(), *y.stride(), *zs,
         *g.stride, *g.padding, *g.dilation,
         KH=g.KH, KW=g.KW,
-        HAS_BIAS=bias is not None, KEEP_BASIS=g.keep_basis, STORE_Z=store_z,
+        HAS_BIAS=bias is not None, HAS_PERM=perm is not None, KEEP_BASIS=g.keep_basis,
+        STORE_Z=store_z,
         INT64=_needs_int64(x, y, z), PRECISION=_precision(x.dtype),
         BLOCK_CB=configs.block_cb(g.C_b),
     )
     return y, z
 
 
-def _wgrad(a, xsrc, shift, out, M, H, W, Ho, Wo, KH, KW, stride, padding, dilation, dtype):
-    """out (fp32, zeroed, (CA, CX, KH, KW)-strided) += sum over pixels of A^T X_tap."""
-    CA, CX = a.shape[1], xsrc.shape[1]
+def _wgrad(a, xsrc, shift, out, M, H, W, Ho, Wo, KH, KW, stride, padding, dilation, dtype,
+           a_perm=None, x_perm=None):
+    """out (fp32, zeroed, (CA, CX, KH, KW)-strided) += sum over pixels of A^T X_tap.
+    With a_perm / x_perm, row a of the product reads A's channel a_perm[a] (same for X and
+    the shift); CA / CX are then the permutations' lengths."""
+    CA = a.shape[1] if a_perm is None else a_perm.numel()
+    CX = xsrc.shape[1] if x_perm is None else x_perm.numel()
     if a.device.type == "cuda":
         # Split the pixel reduction until (tiles x slices) fills the GPU about twice, keeping
         # slices >= 256 pixels. SPLIT is fixed before autotuning so every trial shares it.
@@ -138,15 +158,17 @@ def _wgrad(a, xsrc, shift, out, M, H, W, Ho, Wo, KH, KW, stride, padding, dilati
     _launch(
         "wgrad",
         lambda meta: (_cdiv(CA, meta["BLOCK_A"]), _cdiv(CX, meta["BLOCK_X"]) * KH * KW, split),
-        a, xsrc, shift if shift is not None else out, out,
+        a, xsrc, shift if shift is not None else out,
+        a_perm if a_perm is not None else out, x_perm if x_perm is not None else out, out,
         M, CA, CX, H, W, Ho, Wo, split,
         *a.stride(), *xsrc.stride(), *out.stride(), *stride, *padding, *dilation,
-        KW=KW, HAS_SHIFT=shift is not None, INT64=_needs_int64(a, xsrc),
+        KW=KW, HAS_SHIFT=shift is not None, A_PERM=a_perm is not None,
+        X_PERM=x_perm is not None, INT64=_needs_int64(a, xsrc),
         PRECISION=_precision(dtype),
     )
 
 
-def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
+def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, mask):
     _, configs = _kernels()
     need_x, need_b, need_c, need_bias = mask
     empty = grad.new_empty(0)
@@ -166,10 +188,11 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
         _launch(
             "grad_z",
             lambda meta: (_cdiv(M, meta["BLOCK_M"]),),
-            grad, coeff, dz if need_dz else db32, db32,
+            grad, coeff, dz if need_dz else db32, db32, perm if perm is not None else db32,
             M, g.C_b, g.C_rest, g.Ho, g.Wo,
             *grad.stride(), *coeff.stride(), *(dz.stride() if need_dz else (0, 0, 0, 0)),
             KEEP_BASIS=g.keep_basis, STORE_DZ=need_dz, NEED_DBIAS=need_bias,
+            HAS_PERM=perm is not None,
             INT64=_needs_int64(grad), PRECISION=_precision(grad.dtype),
             BLOCK_CB=configs.block_cb(g.C_b),
         )
@@ -194,15 +217,22 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
         dbasis = db32.to(basis.dtype)
     if need_c:
         if g.C_rest:
-            g_r = grad[:, g.C_b:] if g.keep_basis else grad
+            off = g.C_b if g.keep_basis else 0
+            if perm is not None:  # G_r = G[:, perm[off:]], Z = out[:, perm[:C_b]] - bias[...]
+                g_r, a_perm = grad, perm[off:]
+            else:
+                g_r, a_perm = grad[:, off:], None
+            x_perm = None
             if g.keep_basis:
-                zsrc = out[:, : g.C_b]
-                shift = bias[: g.C_b] if bias is not None else None
+                if perm is not None:
+                    zsrc, x_perm, shift = out, perm[: g.C_b], bias
+                else:
+                    zsrc, shift = out[:, : g.C_b], (bias[: g.C_b] if bias is not None else None)
             else:
                 zsrc, shift = z_saved, None
             dc32 = torch.zeros((g.C_rest, g.C_b, 1, 1), device=coeff.device, dtype=torch.float32)
             _wgrad(g_r, zsrc, shift, dc32, M, g.Ho, g.Wo, g.Ho, g.Wo, 1, 1,
-                   (1, 1), (0, 0), (1, 1), grad.dtype)
+                   (1, 1), (0, 0), (1, 1), grad.dtype, a_perm=a_perm, x_perm=x_perm)
             dcoeff = dc32.view(g.C_rest, g.C_b).to(coeff.dtype)
         else:
             dcoeff = coeff.new_zeros(coeff.shape)

@@ -54,6 +54,7 @@ def basis_conv2d(
     dilation=1,
     keep_basis: bool = True,
     mode: str = "fused",
+    perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Basis convolution: ``Z = conv2d(x, basis)``, then ``cat(Z, coeff.Z)`` (``keep_basis``)
     or ``coeff.Z``, plus ``bias``.
@@ -67,6 +68,10 @@ def basis_conv2d(
         mode: ``"fused"`` (the registered op: Triton on CUDA, plain PyTorch on CPU),
             ``"weight"`` (build ``W = [B; coeff.B]`` and run one dense conv), or ``"auto"``
             (:func:`choose_mode`).
+        perm: optional int tensor ``(C_out,)``, a permutation: computed channel ``c`` (basis
+            outputs first, then the combined ones) is written to output channel ``perm[c]``.
+            Keep-basis conversions of trained convs use it to keep the original channel order;
+            the kernels apply it in their stores and loads. ``bias`` is in output order.
 
     dtypes: float16/bfloat16/float32 on CUDA (fp32 uses TF32 iff
     ``torch.backends.cudnn.allow_tf32``), float32/float64 on CPU; accumulation in fp32.
@@ -76,16 +81,16 @@ def basis_conv2d(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor):
         x, basis, coeff, bias = _autocast(x, basis, coeff, bias)
-    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     if mode == "auto":
         mode = choose_mode(g, x.device)
     if mode == "weight":
         return reference.weight_modified(
-            x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis
+            x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis, perm
         )
     need_z = (not keep_basis) and coeff.requires_grad and torch.is_grad_enabled()
     out, _ = torch.ops.tritonbasis.basis_conv2d(
-        x, basis, coeff, bias, list(g.stride), list(g.padding), list(g.dilation),
+        x, basis, coeff, bias, perm, list(g.stride), list(g.padding), list(g.dilation),
         bool(keep_basis), need_z,
     )
     return out

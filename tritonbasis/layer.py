@@ -69,6 +69,9 @@ class BasisConv2d(nn.Module):
         self.basis = nn.Parameter(torch.empty(basis_channels, in_channels, kh, kw, **fk))
         self.coeff = nn.Parameter(torch.empty(rows, basis_channels, **fk))
         self.bias = nn.Parameter(torch.empty(out_channels, **fk)) if bias else None
+        # Optional output-channel permutation (see basis_conv2d's ``perm``): set by
+        # ``from_conv`` in the keep-basis form so outputs keep the original channel order.
+        self.register_buffer("out_perm", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -83,20 +86,51 @@ class BasisConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return basis_conv2d(
             x, self.basis, self.coeff, self.bias, self.stride, self.padding, self.dilation,
-            self.keep_basis, mode=self.mode,
+            self.keep_basis, mode=self.mode, perm=self.out_perm,
         )
+
+    def set_out_perm(self, perm: torch.Tensor | None) -> None:
+        """Set (or clear) the output-channel permutation; checked to be a permutation."""
+        if perm is not None:
+            perm = torch.as_tensor(perm, dtype=torch.int64, device=self.basis.device)
+            if perm.shape != (self.out_channels,) or not torch.equal(
+                perm.sort().values, torch.arange(self.out_channels, device=perm.device)
+            ):
+                raise ValueError(
+                    f"out_perm must be a permutation of range({self.out_channels}), got "
+                    f"{perm.tolist() if perm.numel() <= 16 else tuple(perm.shape)}"
+                )
+        self.out_perm = perm
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # out_perm is an optional buffer: a checkpoint may have it while a fresh module has
+        # None (or the other way round); adopt the checkpoint's.
+        key = prefix + "out_perm"
+        if key in state_dict and self.out_perm is None:
+            self.out_perm = torch.empty_like(state_dict[key], device=self.basis.device)
+        elif key not in state_dict and self.out_perm is not None:
+            self.out_perm = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def resolved_mode(self, x: torch.Tensor) -> str:
         """What ``mode="auto"`` picks for input ``x`` (``"fused"`` or ``"weight"``)."""
         if self.mode != "auto":
             return self.mode
         g = check_inputs(x, self.basis, self.coeff, self.bias, self.stride, self.padding,
-                         self.dilation, self.keep_basis)
+                         self.dilation, self.keep_basis, self.out_perm)
         return choose_mode(g, x.device)
 
     def merged_weight(self) -> torch.Tensor:
         """The equivalent dense filter bank ``W`` (C_out, C_in, kH, kW)."""
-        return reference.merged_weight(self.basis, self.coeff, self.keep_basis)
+        return reference.merged_weight(self.basis, self.coeff, self.keep_basis, self.out_perm)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, spec=None, **spec_kwargs) -> BasisConv2d:
+        """A BasisConv2d initialised from a (trained) ``nn.Conv2d``; see
+        :func:`tritonbasis.init.from_conv` for the methods (SVD, pivoted QR, random)."""
+        from .init import from_conv
+
+        return from_conv(conv, spec, **spec_kwargs)
 
     @torch.no_grad()
     def to_conv(self) -> nn.Conv2d:
@@ -124,4 +158,8 @@ class BasisConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         s += f", keep_basis={self.keep_basis}, mode={self.mode!r}"
+        if self.out_perm is not None:
+            s += ", out_perm=True"
+        if not self.basis.requires_grad:
+            s += ", trainable_basis=False"
         return s

@@ -7,16 +7,19 @@ break, the compiled graph calls it), which is what we want: the kernels autotune
 Inductor must not re-trace them. See README "Developer notes" for the probe of the routes.
 
 Ops:
-* ``tritonbasis::basis_conv2d(x, basis, coeff, bias?, stride, padding, dilation, keep_basis,
-  need_z) -> (out, z_saved)``; ``z_saved`` is Z for the full form when the backward will need it
-  (d coeff), else an empty tensor. The keep-basis form never saves Z: it is ``out[:, :C_b] - bias``.
-* ``tritonbasis::basis_conv2d_backward(grad, x, basis, coeff, out, z_saved, bias?, stride,
-  padding, dilation, keep_basis, output_mask) -> (dx, dbasis, dcoeff, dbias)``; gradients not in
-  ``output_mask`` come back empty and are never computed.
+* ``tritonbasis::basis_conv2d(x, basis, coeff, bias?, perm?, stride, padding, dilation,
+  keep_basis, need_z) -> (out, z_saved)``; ``z_saved`` is Z for the full form when the backward
+  will need it (d coeff), else an empty tensor. The keep-basis form never saves Z: it is the basis
+  output channels minus their bias. ``perm`` (int, (C_out,)): computed channel c (basis outputs
+  first, then the combined ones) is output channel ``perm[c]``; the Triton kernels apply it in
+  the epilogue store and the backward loads (no extra pass). ``bias`` is in output order.
+* ``tritonbasis::basis_conv2d_backward(grad, x, basis, coeff, out, z_saved, bias?, perm?,
+  stride, padding, dilation, keep_basis, output_mask) -> (dx, dbasis, dcoeff, dbias)``; gradients
+  not in ``output_mask`` come back empty and are never computed.
 
 Implementation choice (per call, at run time, so it also holds inside compiled graphs):
 ``TRITONBASIS_BACKEND=auto|torch|triton`` or :func:`set_backend` / :func:`use_backend`.
-``auto``: Triton on CUDA for fp16/bf16/fp32 and C_b <= 256, plain PyTorch otherwise.
+``auto``: Triton on CUDA for fp16/bf16/fp32 and C_b <= 128, plain PyTorch otherwise.
 """
 
 from __future__ import annotations
@@ -147,19 +150,20 @@ def basis_conv2d_op(
     basis: torch.Tensor,
     coeff: torch.Tensor,
     bias: torch.Tensor | None,
+    perm: torch.Tensor | None,
     stride: Sequence[int],
     padding: Sequence[int],
     dilation: Sequence[int],
     keep_basis: bool,
     need_z: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
-    return _impl(x, g).forward(x, basis, coeff, bias, g, need_z)
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
+    return _impl(x, g).forward(x, basis, coeff, bias, perm, g, need_z)
 
 
 @basis_conv2d_op.register_fake
-def _(x, basis, coeff, bias, stride, padding, dilation, keep_basis, need_z):
-    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
+def _(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, need_z):
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     fmt = output_memory_format(x)
     out = torch.empty(
         (g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt
@@ -185,21 +189,22 @@ def basis_conv2d_backward_op(
     out: torch.Tensor,
     z_saved: torch.Tensor,
     bias: torch.Tensor | None,
+    perm: torch.Tensor | None,
     stride: Sequence[int],
     padding: Sequence[int],
     dilation: Sequence[int],
     keep_basis: bool,
     output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation,
-                        keep_basis, output_mask)
-    return _impl(x, g).backward(grad, x, basis, coeff, out, z_saved, bias, g,
+    g = _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding,
+                        dilation, keep_basis, output_mask)
+    return _impl(x, g).backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
                                 tuple(bool(m) for m in output_mask))
 
 
-def _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation,
+def _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
                     keep_basis, output_mask) -> ConvGeometry:
-    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis)
+    g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     expect = (g.N, g.C_out, g.Ho, g.Wo)
     if tuple(grad.shape) != expect:
         raise ValueError(f"grad must have the output's shape {expect}, got {tuple(grad.shape)}")
@@ -218,9 +223,9 @@ def _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, 
 
 
 @basis_conv2d_backward_op.register_fake
-def _(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation, keep_basis,
+def _(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation, keep_basis,
       output_mask):
-    _check_backward(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation,
+    _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
                     keep_basis, output_mask)
     need_x, need_b, need_c, need_bias = output_mask
 
@@ -245,7 +250,7 @@ def _(grad, x, basis, coeff, out, z_saved, bias, stride, padding, dilation, keep
 
 
 def _setup_context(ctx, inputs, output):
-    x, basis, coeff, bias, stride, padding, dilation, keep_basis, need_z = inputs
+    x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, need_z = inputs
     out, z_saved = output
     # x, basis, coeff and bias are inputs (alive anyway). The output is saved only when
     # d coeff is needed: in the keep-basis form Z = out[:, :C_b] - bias. Saving it means an
@@ -253,7 +258,7 @@ def _setup_context(ctx, inputs, output):
     # autograd's version check instead of silently corrupting d coeff.
     need_c = ctx.needs_input_grad[2]
     ctx.save_for_backward(
-        x, basis, coeff, bias,
+        x, basis, coeff, bias, perm,
         out if (need_c and keep_basis) else None,
         z_saved if (need_c and not keep_basis) else None,
     )
@@ -262,21 +267,21 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, _grad_z):
-    x, basis, coeff, bias, out, z = ctx.saved_tensors
+    x, basis, coeff, bias, perm, out, z = ctx.saved_tensors
     stride, padding, dilation, keep_basis = ctx.geometry
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(need[2]), bool(need[3])]
     empty = grad_out.new_empty(0)
     dx, db, dc, dbias = torch.ops.tritonbasis.basis_conv2d_backward(
         grad_out, x, basis, coeff, empty if out is None else out, empty if z is None else z,
-        bias, list(stride), list(padding), list(dilation), keep_basis, mask,
+        bias, perm, list(stride), list(padding), list(dilation), keep_basis, mask,
     )
     return (
         dx if mask[0] else None,
         db if mask[1] else None,
         dc if mask[2] else None,
         dbias if mask[3] else None,
-        None, None, None, None, None,
+        None, None, None, None, None, None,
     )
 
 
@@ -307,8 +312,8 @@ def basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilat
 
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d)
-def _fwd_flops(x_shape, basis_shape, coeff_shape, bias_shape, stride, padding, dilation,
-               keep_basis, need_z, *args, out_shape=None, **kwargs) -> int:
+def _fwd_flops(x_shape, basis_shape, coeff_shape, bias_shape, perm_shape, stride, padding,
+               dilation, keep_basis, need_z, *args, out_shape=None, **kwargs) -> int:
     return basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
                               keep_basis)
 
@@ -333,7 +338,7 @@ def basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, paddi
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d_backward)
 def _bwd_flops(grad_shape, x_shape, basis_shape, coeff_shape, out_shape_, z_shape, bias_shape,
-               stride, padding, dilation, keep_basis, output_mask, *args, out_shape=None,
-               **kwargs) -> int:
+               perm_shape, stride, padding, dilation, keep_basis, output_mask, *args,
+               out_shape=None, **kwargs) -> int:
     return basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding,
                                        dilation, keep_basis, output_mask)

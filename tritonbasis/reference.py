@@ -30,37 +30,50 @@ def combine(z: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
 
 
 def basis_conv2d_reference(
-    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True
+    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True, perm=None
 ) -> torch.Tensor:
-    """The definition of a basis convolution, in stock autograd-able PyTorch ops."""
+    """The definition of a basis convolution, in stock autograd-able PyTorch ops.
+
+    The computed channels are ``[Z; coeff.Z]`` (keep-basis) or ``coeff.Z`` (full); with
+    ``perm`` (a permutation of range(C_out)), computed channel ``c`` becomes output channel
+    ``perm[c]``. ``bias`` is indexed by output channel.
+    """
     z = F.conv2d(x, basis, None, stride, padding, dilation)
     rest = combine(z, coeff)
     y = torch.cat([z, rest], dim=1) if keep_basis else rest
+    if perm is not None:
+        y = y.index_select(1, torch.argsort(perm))
     if bias is not None:
         y = y + bias[None, :, None, None]
     return y
 
 
-def merged_weight(basis: torch.Tensor, coeff: torch.Tensor, keep_basis: bool) -> torch.Tensor:
+def merged_weight(
+    basis: torch.Tensor, coeff: torch.Tensor, keep_basis: bool, perm: torch.Tensor | None = None
+) -> torch.Tensor:
     """The dense filter bank ``W`` equal to the basis convolution: ``[B; coeff.B]`` or
-    ``coeff.B`` (weight modification)."""
+    ``coeff.B`` (weight modification), rows permuted by ``perm`` if given."""
     flat = basis.reshape(basis.shape[0], -1)
     rest = (coeff @ flat).reshape(coeff.shape[0], *basis.shape[1:])
-    return torch.cat([basis, rest], dim=0) if keep_basis else rest
+    w = torch.cat([basis, rest], dim=0) if keep_basis else rest
+    if perm is not None:
+        w = w.index_select(0, torch.argsort(perm))
+    return w
 
 
 def weight_modified(
-    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True
+    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True, perm=None
 ) -> torch.Tensor:
     """Weight-modification path: build ``W`` (cheap, once per call) and run one dense conv."""
-    return F.conv2d(x, merged_weight(basis, coeff, keep_basis), bias, stride, padding, dilation)
+    w = merged_weight(basis, coeff, keep_basis, perm)
+    return F.conv2d(x, w, bias, stride, padding, dilation)
 
 
 # --------------------------------------------------------------------------------------------
 # The CPU path of the op.
 
 
-def forward(x, basis, coeff, bias, g: ConvGeometry, need_z: bool):
+def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     """Returns ``(y, z_saved)``; ``z_saved`` is Z for the full form when asked, else empty."""
     z = F.conv2d(x, basis, None, g.stride, g.padding, g.dilation)
     rest = combine(z, coeff) if g.C_rest else None
@@ -68,6 +81,8 @@ def forward(x, basis, coeff, bias, g: ConvGeometry, need_z: bool):
         y = torch.cat([z, rest], dim=1) if rest is not None else z.clone()
     else:
         y = rest
+    if perm is not None:  # one gather here; the Triton kernel permutes in its epilogue store
+        y = y.index_select(1, torch.argsort(perm))
     if bias is not None:
         y.add_(bias[None, :, None, None])
     fmt = output_memory_format(x)
@@ -76,18 +91,24 @@ def forward(x, basis, coeff, bias, g: ConvGeometry, need_z: bool):
     return y, z_saved
 
 
-def basis_outputs(out, z_saved, bias, g: ConvGeometry) -> torch.Tensor:
-    """Z recovered for the backward: the first C_b output channels minus their bias
+def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
+    """Z recovered for the backward: the basis output channels minus their bias
     (keep-basis form, nothing extra saved), or the saved Z (full form)."""
     if not g.keep_basis:
         return z_saved
-    z = out[:, : g.C_b]
-    if bias is not None:
-        z = z - bias[None, : g.C_b, None, None]
+    if perm is None:
+        z = out[:, : g.C_b]
+        b = bias[: g.C_b] if bias is not None else None
+    else:
+        z = out.index_select(1, perm[: g.C_b])
+        b = bias[perm[: g.C_b]] if bias is not None else None
+    if b is not None:
+        z = z - b[None, :, None, None]
     return z
 
 
 def grad_basis_outputs(grad, coeff, g: ConvGeometry) -> torch.Tensor:
+    """dZ from the gradient in *computed* channel order."""
     """dZ = G_b + coeff^T . G_r (keep-basis) or coeff^T . G (full)."""
     if g.keep_basis:
         dz = grad[:, : g.C_b]
@@ -97,9 +118,12 @@ def grad_basis_outputs(grad, coeff, g: ConvGeometry) -> torch.Tensor:
     return combine(grad, coeff.t())
 
 
-def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
+def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, mask):
     """Gradients ``(dx, dbasis, dcoeff, dbias)``; an unrequested one is an empty tensor."""
     need_x, need_b, need_c, need_bias = mask
+    dbias_grad = grad  # d bias is in output-channel order
+    if perm is not None and (need_x or need_b or need_c):
+        grad = grad.index_select(1, perm)  # computed order
     # distinct empties: a custom op's outputs must not alias each other
     dx, dbasis, dcoeff, dbias = (grad.new_empty(0) for _ in range(4))
     if need_x or need_b:
@@ -114,11 +138,11 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, g: ConvGeometry, mask):
             dbasis = db_.contiguous()
     if need_c:
         if g.C_rest:
-            z = basis_outputs(out, z_saved, bias, g)
+            z = basis_outputs(out, z_saved, bias, perm, g)
             g_r = grad[:, g.C_b :] if g.keep_basis else grad
             dcoeff = torch.einsum("njhw,nchw->jc", g_r, z)
         else:
             dcoeff = coeff.new_zeros(coeff.shape)
     if need_bias:
-        dbias = grad.sum(dim=(0, 2, 3))
+        dbias = dbias_grad.sum(dim=(0, 2, 3))
     return dx, dbasis, dcoeff, dbias

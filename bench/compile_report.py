@@ -1,0 +1,196 @@
+"""Compile report: every Triton kernel x autotune config compiled ahead of time (no GPU needed)
+for the given archs and dtypes, with registers, spills, shared memory and tensor-core use.
+
+    python bench/compile_report.py [--arch 90 80] [--dtype bf16 ...] [--out bench/results]
+                                   [--layout channels_last|nchw] [--shape resnet|max-cb]
+
+Writes, per arch, ``compile-report-sm<arch>-<date>-<shortcommit>[-<suffix>].json`` (every
+report plus who/what/where) and a markdown table ``.md`` with the same name. The suffix names
+whatever differs from the default run (bf16, channels_last, representative shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+from tritonbasis import aot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SHAPES = {
+    "resnet": aot.REPRESENTATIVE,
+    # The largest basis the fused kernels accept (MAX_BLOCK_CB), in a stage-4-like layer.
+    "max-cb": aot.Shape(N=32, C_in=256, H=14, W=14, C_out=512, C_b=128),
+}
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return ""
+
+
+def _versions() -> dict:
+    import torch
+    import triton
+
+    try:
+        out = subprocess.run([aot._tool("ptxas"), "--version"], capture_output=True,
+                             text=True).stdout
+        m = re.search(r"release [\d.]+, (V[\d.]+)", out)
+        ptxas = m.group(1) if m else out.strip().splitlines()[-1]
+    except Exception:
+        ptxas = None
+    return {"triton": triton.__version__, "torch": torch.__version__, "ptxas": ptxas,
+            "python": platform.python_version()}
+
+
+def _row(r: dict) -> str:
+    if "error" in r:
+        err = r["error"].splitlines()[0][:120].replace("|", "/")
+        head = f"| {r['kernel']} | {r['config']} | {r['dtype']} | sm_{r['arch']} |"
+        return f"{head} compile error: {err} |{' |' * 5}"
+    regs = "?" if r["registers"] is None else str(r["registers"])
+    spills = "?" if r["spills"] is None else str(r["spills"])
+    tc = r["tensor_core_instr"] or "none"
+    if r["tensor_core_instr"] != r["expected_tensor_core_instr"]:
+        tc += f" (expected {r['expected_tensor_core_instr']})"
+    b = r["blocks"]
+    tile = "x".join(str(v) for v in b.values())
+    return (f"| {r['kernel']} | {r['config']} | {r['dtype']} | sm_{r['arch']} | {tile} "
+            f"w{r['num_warps']} s{r['num_stages']} | {regs} | {spills} | "
+            f"{r['shared_bytes'] / 1024:.1f} | {tc} | {'yes' if r['fits_shared'] else '**NO**'} |")
+
+
+def _findings(reports: list[dict]) -> list[str]:
+    out = []
+    for r in reports:
+        name = f"{r['kernel']}/{r['config']} {r['dtype']} sm_{r['arch']}"
+        if "error" in r:
+            out.append(f"{name}: does not compile ({r['error'].splitlines()[0][:200]})")
+            continue
+        if r["spills"]:
+            out.append(f"{name}: spills {r['spills']} B ({r['spill_store_bytes']} B stores, "
+                       f"{r['spill_load_bytes']} B loads) at {r['registers']} registers")
+        if not r["fits_shared"]:
+            out.append(f"{name}: needs {r['shared_bytes']} B shared memory, limit "
+                       f"{r['shared_limit']} B")
+        if r["tensor_core_instr"] != r["expected_tensor_core_instr"]:
+            out.append(f"{name}: MMA {r['tensor_core_instr']}, expected "
+                       f"{r['expected_tensor_core_instr']}")
+        elif r["arch"] >= 90 and r["tensor_core_instr"] != "wgmma":
+            out.append(f"{name}: mma.sync, not wgmma (tile: {r['num_warps']} warps, M block "
+                       f"{r['blocks'].get('BLOCK_M', r['blocks'].get('BLOCK_A'))}; wgmma needs "
+                       "a multiple of 4 warps and of 64 rows)")
+    return out
+
+
+def _markdown(meta: dict, reports: list[dict]) -> str:
+    v = meta["versions"]
+    s = meta["shape"]
+    lines = [
+        f"# Compile report: sm_{meta['arch']} ({', '.join(meta['dtypes'])}, {meta['layout']})",
+        "",
+        f"* triton {v['triton']}, torch {v['torch']}, ptxas {v['ptxas']}, Python {v['python']}",
+        f"* date {meta['date']}, git commit {meta['commit']}"
+        + (" (working tree had uncommitted changes)" if meta["dirty"] else ""),
+        f"* compiled on {meta['host']} (no GPU needed): triton.compile for "
+        f"GPUTarget('cuda', {meta['arch']}, 32), {meta['seconds']:.0f} s wall "
+        "(triton's on-disk compile cache applies)",
+        f"* shape: N={s['N']} C_in={s['C_in']} HxW={s['H']}x{s['W']} C_out={s['C_out']} "
+        f"C_b={s['C_b']} {s['KH']}x{s['KW']} stride={s['stride']} pad={s['padding']} "
+        f"dil={s['dilation']} bias={s['bias']} keep_basis={s['keep_basis']} "
+        f"channels_last={s['channels_last']}; arguments specialised as a real launch would be",
+        f"* shared memory limit per block: {meta['shared_limit']} B "
+        f"({meta['shared_limit'] / 1024:.0f} KiB); registers per thread: at most 255",
+        "* regs: cuobjdump; spills: ptxas -v (bytes stored + loaded), 0 when the stack frame is 0;"
+        " fp32 is TF32",
+        "",
+        "| kernel | config | dtype | arch | tile, warps, stages | regs | spills (B) | shared (KiB) "
+        "| tensor cores | fits shared |",
+        "|---|---|---|---|---|---:|---:|---:|---|---|",
+        *(_row(r) for r in reports),
+        "",
+        "## Findings",
+        "",
+    ]
+    found = _findings(reports)
+    lines += [f"* {f}" for f in found] if found else ["* none"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(aot.ARCHS))
+    p.add_argument("--dtype", nargs="+", default=["bf16"], choices=sorted(aot.DTYPES))
+    p.add_argument("--out", default=os.path.join("bench", "results"))
+    p.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="resnet")
+    p.add_argument("--kernels", nargs="+", default=None, help="default: all")
+    p.add_argument("--workers", type=int, default=None, help="default: one per CPU")
+    args = p.parse_args(argv)
+
+    ok, why = aot.toolchain_available()
+    if not ok:
+        print(f"cannot compile: {why}", file=sys.stderr)
+        return 2
+    shape = SHAPES[args.shape]
+    if args.layout == "nchw":
+        shape = aot.Shape(**{**dataclasses.asdict(shape), "channels_last": False})
+    now = dt.datetime.now(dt.timezone.utc)
+    short = _git("rev-parse", "--short", "HEAD") or "nogit"
+    meta_common = {
+        "versions": _versions(),
+        "date": now.isoformat(timespec="seconds"),
+        "commit": _git("rev-parse", "HEAD") or None,
+        "dirty": bool(_git("status", "--porcelain")),
+        "host": f"{platform.node()} ({os.cpu_count()} CPUs)",
+        "dtypes": args.dtype,
+        "layout": args.layout,
+        "shape_preset": args.shape,
+        "shape": dataclasses.asdict(shape),
+        "command": " ".join([os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])]),
+    }
+    suffix = [d for d in args.dtype if args.dtype != ["bf16"]]
+    suffix += ["nchw"] if args.layout == "nchw" else []
+    suffix += ["cbmax"] if args.shape == "max-cb" else []
+    os.makedirs(args.out, exist_ok=True)
+
+    for arch in args.arch:
+        t0 = time.perf_counter()
+
+        def progress(r):
+            state = r.get("error", "").splitlines()[0][:80] if "error" in r else (
+                f"regs={r['registers']} spills={r['spills']} shared={r['shared_bytes']}")
+            print(f"sm_{r['arch']} {r['dtype']} {r['kernel']:7s} {r['config']:22s} {state}",
+                  flush=True)
+
+        reports = aot.compile_all(archs=(arch,), dtypes=tuple(args.dtype), kernels=args.kernels,
+                                  shape=shape, workers=args.workers, progress=progress)
+        meta = {**meta_common, "arch": arch, "shared_limit": aot.SHARED_LIMIT[arch],
+                "seconds": time.perf_counter() - t0}
+        stem = "-".join([f"compile-report-sm{arch}", now.strftime("%Y-%m-%d"), short, *suffix])
+        base = os.path.join(args.out, stem)
+        with open(base + ".json", "w") as f:
+            json.dump({"meta": meta, "reports": reports}, f, indent=1)
+            f.write("\n")
+        with open(base + ".md", "w") as f:
+            f.write(_markdown(meta, reports))
+        print(f"wrote {base}.json and .md ({meta['seconds']:.0f} s)")
+    aot.shutdown_workers()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Compile tier: every kernel x autotune config compiled ahead of time for sm_90 (H100) and
+sm_80 (A100) with triton's bundled ptxas -- no GPU needed.
+
+Each config is compiled for the representative shape of :mod:`tritonbasis.aot` (ResNet-like
+3x3, C_in = C_out = 64, C_b = 32, channels_last, bias, keep-basis) with the exact arguments the
+launcher passes, and must: compile; fit the arch's shared memory per block; reach the tensor
+cores with the instruction Triton emits for that tile (wgmma on sm_90 where the tile allows it,
+mma.sync otherwise); report its registers and spills; and not spill if ``configs.prune`` keeps
+it for that shape and dtype (what the autotuner can run) or it is the FIXED config.
+
+bf16 covers every config on both archs; fp16 and fp32 (TF32) the first config of each kernel
+(compiling all of them triples the time for little new information: the tiles are the same).
+
+Configs that prune drops for a shape may spill there (the register model in ``configs.prune``
+was calibrated on these reports); ``TRITONBASIS_STRICT_COMPILE_TIER=1`` requires every config
+to be spill-free.
+
+The compiles run in worker processes (the session runs the interpreter without CUDA; see
+``aot._interpreted_process``), all selected cases in one batch on every CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+
+pytest.importorskip("triton", reason="the compile tier needs triton (a CPU-only install)")
+
+from tritonbasis.kernels import configs  # noqa: E402
+
+from tritonbasis import aot, kernels_limits  # noqa: E402
+
+_TOOLCHAIN_OK, _TOOLCHAIN_WHY = aot.toolchain_available()
+pytestmark = [
+    pytest.mark.compile_tier,
+    pytest.mark.skipif(not _TOOLCHAIN_OK, reason=_TOOLCHAIN_WHY or "no toolchain"),
+]
+
+ARCHS = (90, 80)
+STRICT = os.environ.get("TRITONBASIS_STRICT_COMPILE_TIER", "0") == "1"
+
+# The largest basis the fused kernels accept, in a ResNet stage-4-like layer (14x14, 3x3).
+MAX_CB_SHAPE = aot.Shape(N=32, C_in=256, H=14, W=14, C_out=512, C_b=configs.MAX_BLOCK_CB)
+
+
+@dataclass(frozen=True)
+class Case:
+    kernel: str
+    config: str
+    arch: int
+    dtype: str
+    shape: aot.Shape = aot.REPRESENTATIVE
+    tag: str = ""  # "" = representative shape
+
+    @property
+    def id(self) -> str:
+        return "-".join(p for p in (self.kernel, self.config, f"sm{self.arch}", self.dtype,
+                                    self.tag) if p)
+
+
+# Shapes where the register model must hold: NCHW operands and fp32 (TF32) operands, with
+# enough remaining channels (C_rest = 96) that the wide BLOCK_N configs are candidates.
+NCHW_SHAPE = aot.Shape(C_out=128, channels_last=False)
+WIDE_SHAPE = aot.Shape(C_out=128)
+
+
+def _kept(kernel: str, shape: aot.Shape, dtype: str) -> list[str]:
+    kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()),
+                         aot.prune_shape(shape, dtype))
+    return [aot.config_name(kernel, c) for c in kept]
+
+
+def _config_cases() -> list[Case]:
+    cases = []
+    for kernel in configs.CONFIGS:
+        names = list(aot.all_configs(kernel))
+        for arch in ARCHS:
+            cases += [Case(kernel, n, arch, "bf16") for n in names]
+            cases += [Case(kernel, names[0], arch, dt) for dt in ("fp16", "fp32")]
+            # every config the autotuner may run for NCHW bf16 and NHWC fp32 inputs
+            cases += [Case(kernel, n, arch, "bf16", NCHW_SHAPE, "nchw")
+                      for n in _kept(kernel, NCHW_SHAPE, "bf16")]
+            cases += [Case(kernel, n, arch, "fp32", WIDE_SHAPE, "wide")
+                      for n in _kept(kernel, WIDE_SHAPE, "fp32")]
+    return cases
+
+
+def _kept_at_max_cb(kernel: str) -> list[str]:
+    kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()),
+                         aot.prune_shape(MAX_CB_SHAPE))
+    return [aot.config_name(kernel, c) for c in kept]
+
+
+def _max_cb_cases() -> list[Case]:
+    return [Case(k, n, 90, "bf16", MAX_CB_SHAPE, "cbmax")
+            for k in ("fwd", "grad_z") for n in _kept_at_max_cb(k)]
+
+
+CONFIG_CASES = _config_cases()
+MAX_CB_CASES = _max_cb_cases()
+
+
+@pytest.fixture(scope="session")
+def compiled(request) -> dict:
+    """Reports for every Case selected in this session, compiled in one parallel batch."""
+    cases = []
+    for item in request.session.items:
+        case = getattr(item, "callspec", None) and item.callspec.params.get("case")
+        if isinstance(case, Case) and case not in cases:
+            cases.append(case)
+    jobs = [{"name": c.kernel, "config": aot.all_configs(c.kernel)[c.config], "cfg_name": c.config,
+             "arch": c.arch, "dtype": c.dtype, "shape": c.shape} for c in cases]
+    yield dict(zip(cases, aot.compile_many(jobs)))
+    aot.shutdown_workers()
+
+
+def _describe(r: dict) -> str:
+    return (f"{r['kernel']}/{r['config']} sm_{r['arch']} {r['dtype']}: regs={r['registers']} "
+            f"stack={r['stack_bytes']}B spills={r['spills']}B shared={r['shared_bytes']}B "
+            f"(limit {r['shared_limit']}B) mma={r['tensor_core_instr']}")
+
+
+def _check(case: Case, r: dict) -> None:
+    assert "error" not in r, f"{case.id} failed to compile:\n{r.get('error')}"
+    assert r["fits_shared"], f"needs more shared memory than sm_{case.arch} has: {_describe(r)}"
+    assert r["uses_tensor_cores"], f"no tensor-core instruction in the PTX: {_describe(r)}"
+    assert r["tensor_core_instr"] == r["expected_tensor_core_instr"], (
+        f"expected {r['expected_tensor_core_instr']}: {_describe(r)}"
+    )
+    # cuobjdump is there (else the module skips), so both must be known: never skip silently.
+    assert r["registers"] is not None and r["spills"] is not None, _describe(r)
+    assert r["registers"] <= aot.MAX_REGISTERS, _describe(r)
+    # The autotuner only ever runs configs that prune keeps for a shape; those must not spill.
+    # A config pruned for this shape/dtype may spill (that is why prune drops it); with
+    # TRITONBASIS_STRICT_COMPILE_TIER=1 every config must be spill-free.
+    cfg = aot.all_configs(case.kernel)[case.config]
+    kept = case.config == "FIXED" or aot.kept_by_prune(
+        case.kernel, cfg, case.shape, case.dtype)
+    if kept or STRICT:
+        assert r["spills"] == 0, (
+            f"register spills in a config prune keeps ({'kept' if kept else 'strict'}): "
+            f"{_describe(r)}")
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.id for c in CONFIG_CASES])
+def test_config_compiles_within_limits(case: Case, compiled: dict) -> None:
+    _check(case, compiled[case])
+
+
+def test_max_basis_channels_matches_kernels() -> None:
+    # tritonbasis.kernels_limits is read without importing triton; it must not drift.
+    assert kernels_limits.MAX_BASIS_CHANNELS == configs.MAX_BLOCK_CB
+    assert configs.block_cb(configs.MAX_BLOCK_CB) == configs.MAX_BLOCK_CB
+
+
+@pytest.mark.parametrize("kernel", list(configs.CONFIGS))
+def test_prune_keeps_configs_at_max_basis(kernel: str) -> None:
+    shape = aot.prune_shape(MAX_CB_SHAPE)
+    kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()), shape)
+    assert kept, "prune must keep at least one config"
+    assert all(c in configs.CONFIGS[kernel].values() for c in kept)
+    # Kept by the rule, not by prune's last-resort fallback: accumulators within the budget.
+    for c in kept:
+        regs = configs.acc_registers(kernel, c, shape["BLOCK_CB"], shape["elem_bytes"])
+        assert regs <= configs.budget(shape), (aot.config_name(kernel, c), regs)
+
+
+def test_prune_drops_what_spilled() -> None:
+    """The register model drops the configs the compile tier saw spill (bf16 NCHW fwd m128,
+    fp32 fwd m128, grad_x m128_n128 on sm_80) and keeps a spill-free m64 one."""
+    names = _kept("fwd", NCHW_SHAPE, "bf16")
+    for spilled in ("m128_k64_n64_w4_s3", "m128_k32_n64_w4_s3", "m64_k64_n128_w4_s3"):
+        assert spilled not in names, names
+    assert "m64_k32_n64_w4_s4" in names
+    names = _kept("fwd", WIDE_SHAPE, "fp32")
+    assert "m128_k32_n64_w4_s3" not in names and names, names
+    names = _kept("grad_x", WIDE_SHAPE, "fp32")
+    assert "m128_n64_k32_w4_s3" not in names and names, names
+    bf16 = aot.prune_shape(aot.REPRESENTATIVE)
+    names = [aot.config_name("grad_x", c)
+             for c in configs.prune("grad_x", list(configs.CONFIGS["grad_x"].values()), bf16)]
+    assert "m128_n128_k32_w4_s3" not in names and names, names
+
+
+@pytest.mark.parametrize("case", MAX_CB_CASES, ids=[c.id for c in MAX_CB_CASES])
+def test_kept_configs_at_max_basis_compile_sm90(case: Case, compiled: dict) -> None:
+    """C_b = MAX_BLOCK_CB: the configs prune keeps for the fused kernels (fwd, grad_z) compile
+    for sm_90 within the limits and without spilling."""
+    _check(case, compiled[case])

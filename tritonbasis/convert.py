@@ -1,0 +1,249 @@
+"""Model conversion: ``convert`` (Conv2d -> BasisConv2d by a plan), ``merge`` (back to Conv2d),
+and the conversion report.
+
+The plan maps fully qualified module names to a :class:`BasisSpec` (or its dict form, or None
+to skip): exact names first, then ``"re:<regex>"`` keys (full match, in plan order), then
+``"_default"``. Alternatively pass one spec and a ``filter_fn(module, fqn) -> bool``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .functional import FUSED_EFFICIENCY
+from .init import check_convertible, from_conv, singular_values
+from .layer import BasisConv2d
+from .spec import BasisSpec, lookup, normalize_plan
+
+
+@dataclass
+class LayerReport:
+    fqn: str
+    converted: bool
+    reason: str
+    C_in: int
+    C_out: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    C_b: int | None = None
+    keep_basis: bool | None = None
+    mode: str | None = None
+    plan_key: str = ""
+    params_before: int = 0
+    params_after: int = 0
+    out_pixels: int | None = None  # Ho*Wo per sample, if an input shape was given
+    macs_before: int = 0  # per sample if out_pixels is known, else per output pixel
+    macs_after: int = 0
+
+
+@dataclass
+class ConversionReport:
+    layers: list[LayerReport] = field(default_factory=list)
+    macs_unit: str = "per output pixel"
+
+    @property
+    def converted(self) -> list[LayerReport]:
+        return [r for r in self.layers if r.converted]
+
+    def totals(self) -> dict:
+        pb = sum(r.params_before for r in self.layers)
+        pa = sum(r.params_after for r in self.layers)
+        mb = sum(r.macs_before for r in self.layers)
+        ma = sum(r.macs_after for r in self.layers)
+        return {"conv_layers": len(self.layers), "converted": len(self.converted),
+                "conv_params_before": pb, "conv_params_after": pa,
+                "conv_macs_before": mb, "conv_macs_after": ma, "macs_unit": self.macs_unit}
+
+    def to_dict(self) -> dict:
+        return {"layers": [asdict(r) for r in self.layers], "totals": self.totals()}
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def table(self) -> str:
+        """A plain-text table, one row per conv layer, then the totals."""
+        head = f"{'layer':34s} {'shape':>16s} {'C_b':>5s} {'form':>5s} {'params':>19s} " \
+               f"{'MACs':>23s}  note"
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            shape = f"{r.C_in}->{r.C_out} {r.kernel[0]}x{r.kernel[1]}" + (
+                f"/{r.stride[0]}" if r.stride != (1, 1) else "")
+            cb = str(r.C_b) if r.converted else "-"
+            form = ("keep" if r.keep_basis else "full") if r.converted else "-"
+            p = f"{r.params_before:,}->{r.params_after:,}"
+            m = f"{_si(r.macs_before)}->{_si(r.macs_after)}"
+            note = r.mode if r.converted else r.reason
+            lines.append(f"{r.fqn[:34]:34s} {shape:>16s} {cb:>5s} {form:>5s} {p:>19s} "
+                         f"{m:>23s}  {note}")
+        t = self.totals()
+        lines.append("-" * len(head))
+        lines.append(
+            f"converted {t['converted']}/{t['conv_layers']} conv layers; conv params "
+            f"{t['conv_params_before']:,} -> {t['conv_params_after']:,} "
+            f"({_ratio(t['conv_params_before'], t['conv_params_after'])}); conv MACs "
+            f"{_si(t['conv_macs_before'])} -> {_si(t['conv_macs_after'])} "
+            f"({_ratio(t['conv_macs_before'], t['conv_macs_after'])}, {self.macs_unit})")
+        return "\n".join(lines)
+
+
+def _si(v: float) -> str:
+    for unit, s in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= unit:
+            return f"{v / unit:.2f}{s}"
+    return f"{v:.0f}"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x fewer" if b else "n/a"
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters(recurse=False))
+
+
+def _conv_macs_per_pixel(c_in, c_out, k, cb=None, rest=None) -> int:
+    if cb is None:
+        return c_out * c_in * k[0] * k[1]
+    return cb * c_in * k[0] * k[1] + rest * cb
+
+
+def _output_pixels(model: nn.Module, input_shape) -> dict[str, int]:
+    """Ho*Wo of every Conv2d for one forward on zeros of ``input_shape`` (batch 1)."""
+    sizes: dict[str, int] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d | BasisConv2d):
+            hooks.append(m.register_forward_hook(
+                lambda mod, inp, out, name=name: sizes.__setitem__(name, out.shape[-2] *
+                                                                   out.shape[-1])))
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else "cpu"
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape[-3:], device=dev))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def convert(
+    model: nn.Module,
+    plan,
+    *,
+    filter_fn=None,
+    inplace: bool = False,
+    input_shape=None,
+    return_report: bool = False,
+    require_saving: bool = True,
+):
+    """Replace ``nn.Conv2d`` modules by ``BasisConv2d`` according to ``plan``.
+
+    Args:
+        model: any module tree.
+        plan: ``{fqn | "re:<regex>" | "_default": BasisSpec | dict | None}``, or a single
+            BasisSpec/dict applied to every candidate (then usually with ``filter_fn``).
+        filter_fn: optional ``(module, fqn) -> bool``; False skips the conv.
+        inplace: modify ``model`` itself instead of a deep copy.
+        input_shape: ``(C, H, W)``; if given, MACs in the report are per sample.
+        return_report: return ``(model, ConversionReport)`` instead of the model.
+        require_saving: skip convs where the spec saves neither parameters nor MACs (default);
+            False converts them anyway (e.g. ``energy=1.0`` to check exactness).
+
+    Candidates are ``nn.Conv2d`` with groups=1 and zero padding; grouped/depthwise/transposed
+    convs, and convs where the spec would not reduce both parameters and MACs, are skipped with
+    the reason in the report.
+    """
+    if isinstance(plan, BasisSpec | dict) and (
+        isinstance(plan, BasisSpec) or set(plan) <= set(BasisSpec.__dataclass_fields__)
+    ):
+        plan = {"_default": plan}
+    plan = normalize_plan(plan)
+    if not inplace:
+        model = copy.deepcopy(model)
+    pixels = _output_pixels(model, input_shape) if input_shape is not None else {}
+    report = ConversionReport(macs_unit="per sample" if pixels else "per output pixel")
+    replacements = []
+    for fqn, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d) or isinstance(m, BasisConv2d):
+            continue
+        k = tuple(m.kernel_size)
+        px = pixels.get(fqn)
+        dense_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k) * (px or 1)
+        r = LayerReport(fqn=fqn, converted=False, reason="", C_in=m.in_channels,
+                        C_out=m.out_channels, kernel=k, stride=tuple(m.stride),
+                        params_before=_params(m), params_after=_params(m), out_pixels=px,
+                        macs_before=dense_macs, macs_after=dense_macs)
+        report.layers.append(r)
+        matched, spec, key = lookup(plan, fqn)
+        r.plan_key = key
+        if not matched or spec is None:
+            r.reason = "not in plan" if not matched else f"plan says skip ({key})"
+            continue
+        if filter_fn is not None and not filter_fn(m, fqn):
+            r.reason = "filter_fn said no"
+            continue
+        why = check_convertible(m)
+        if why:
+            r.reason = why
+            continue
+        sv = singular_values(m) if spec.energy is not None else None
+        cb = spec.channels_for(m.out_channels, sv)
+        if spec.init == "svd" and not spec.keep_basis:
+            cb = min(cb, m.in_channels * k[0] * k[1])
+        rest = m.out_channels - cb if spec.keep_basis else m.out_channels
+        new_params = cb * m.in_channels * k[0] * k[1] + rest * cb + (
+            m.out_channels if m.bias is not None else 0)
+        new_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k, cb, rest) * (px or 1)
+        if require_saving and (new_params >= r.params_before or new_macs >= dense_macs):
+            r.reason = (f"no saving at C_b={cb} (params {new_params:,} vs {r.params_before:,}, "
+                        f"MACs/px {new_macs // (px or 1):,} vs {dense_macs // (px or 1):,})")
+            continue
+        layer = from_conv(m, spec)
+        r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
+            layer.keep_basis, layer.mode
+        if spec.mode == "auto" and px:
+            r.mode = f"auto (fused MACs {new_macs / dense_macs:.2f}x dense; threshold " \
+                     f"{FUSED_EFFICIENCY})"
+        r.params_after = _params(layer)
+        r.macs_after = new_macs
+        replacements.append((fqn, layer))
+    for fqn, layer in replacements:
+        _set_submodule(model, fqn, layer)
+    return (model, report) if return_report else model
+
+
+def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def merge(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Fold every BasisConv2d back into an nn.Conv2d (``W = [B; coeff.B]``, permuted if the
+    layer has an ``out_perm``): exact up to rounding, for deployment and export."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    if isinstance(model, BasisConv2d):
+        return model.to_conv()
+    todo = [(n, m) for n, m in model.named_modules() if isinstance(m, BasisConv2d)]
+    for fqn, m in todo:
+        conv = m.to_conv()
+        conv.train(m.training)
+        _set_submodule(model, fqn, conv)
+    return model
+
+
+def candidate_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """(fqn, conv) of every conv that could be converted (groups=1, zero padding, ...)."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and not isinstance(m, BasisConv2d)
+            and check_convertible(m) is None]

@@ -1,0 +1,115 @@
+"""Initialising a ``BasisConv2d`` from a trained ``nn.Conv2d``.
+
+* full form, ``init="svd"``: SVD of the filter matrix ``H = W.view(C_out, -1) = U S V^T``;
+  basis = top-C_b right singular vectors (as filters), coeff = their coordinates. The product
+  ``coeff . basis`` is the optimal rank-C_b approximation of H (Eckart-Young: the Frobenius
+  error is the root-sum-square of the discarded singular values). The singular values are split
+  evenly (``sqrt(S)`` on each side) so neither factor starts tiny or huge under SGD.
+* keep-basis form, ``init="svd"``: choose C_b of the existing filters as the basis by
+  column-pivoted QR of ``H^T`` (LAPACK geqp3 via SciPy: a greedy column-subset selection), then
+  the other filters' coefficients by least squares. Outputs stay in the original channel order
+  through the layer's ``out_perm`` (applied inside the kernels' stores, no extra pass).
+* ``init="random"``: BasisConv2d's own init (variance-matched to nn.Conv2d); with
+  ``trainable_basis=False`` the basis is a random orthogonal set (BasisConv's fixed filters),
+  scaled to the same per-filter norm, and only the coefficients train.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .layer import BasisConv2d
+from .spec import BasisSpec, as_spec
+
+
+def check_convertible(conv: nn.Module) -> str | None:
+    """None if ``conv`` can become a BasisConv2d, else why not."""
+    if type(conv) is not nn.Conv2d and not (
+        isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
+    ):
+        return f"not an nn.Conv2d ({type(conv).__name__})"
+    if conv.groups != 1:
+        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
+        return f"{kind} conv (groups={conv.groups}): only groups=1 is supported"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}: only 'zeros' is supported"
+    if isinstance(conv.padding, str):
+        return f"padding={conv.padding!r}: only explicit padding is supported"
+    if conv.out_channels < 2:
+        return "a single output channel: nothing to share"
+    return None
+
+
+def singular_values(conv: nn.Conv2d) -> torch.Tensor:
+    h = conv.weight.detach().double().reshape(conv.out_channels, -1)
+    return torch.linalg.svdvals(h)
+
+
+def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> BasisConv2d:
+    """A BasisConv2d computing (an approximation of) ``conv``; see the module docstring."""
+    spec = as_spec(spec) if spec is not None else BasisSpec(**kw)
+    if spec is None:
+        raise ValueError("from_conv needs a BasisSpec")
+    why = check_convertible(conv)
+    if why:
+        raise ValueError(f"cannot convert: {why}")
+    w = conv.weight.detach()
+    c_out = conv.out_channels
+    h = w.double().reshape(c_out, -1)
+    sv = torch.linalg.svdvals(h) if spec.energy is not None else None
+    cb = spec.channels_for(c_out, sv)
+    if spec.init == "svd" and not spec.keep_basis:
+        cb = min(cb, h.shape[1])  # rank of H is at most C_in*k*k
+    layer = BasisConv2d(
+        conv.in_channels, c_out, conv.kernel_size, cb, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+        keep_basis=spec.keep_basis, mode=spec.mode, device=w.device, dtype=w.dtype,
+    )
+    with torch.no_grad():
+        if spec.init == "svd":
+            basis, coeff, perm = (_keep_basis_init if spec.keep_basis else _svd_init)(h, cb)
+            layer.basis.copy_(basis.reshape(layer.basis.shape))
+            layer.coeff.copy_(coeff)
+            if perm is not None:
+                layer.set_out_perm(perm.to(w.device))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        elif not spec.trainable_basis:
+            _orthogonal_basis_(layer)
+    layer.basis.requires_grad_(spec.trainable_basis)
+    return layer
+
+
+def _svd_init(h: torch.Tensor, cb: int):
+    u, s, vh = torch.linalg.svd(h, full_matrices=False)
+    root = s[:cb].sqrt()
+    basis = root[:, None] * vh[:cb]
+    coeff = u[:, :cb] * root[None, :]
+    return basis, coeff, None
+
+
+def _keep_basis_init(h: torch.Tensor, cb: int):
+    """Pivoted QR picks C_b filters that best span the others; least squares for the rest."""
+    from scipy.linalg import qr
+
+    _, _, piv = qr(h.t().numpy(), mode="economic", pivoting=True)
+    piv = torch.from_numpy(piv.astype("int64"))
+    idx, rest = piv[:cb], piv[cb:]
+    basis = h[idx]
+    if rest.numel():
+        # coeff minimises || coeff @ basis - h[rest] ||_F
+        coeff = torch.linalg.lstsq(basis.t(), h[rest].t()).solution.t()
+    else:
+        coeff = h.new_zeros(0, cb)
+    perm = torch.cat([idx, rest])  # computed channel c -> original channel perm[c]
+    return basis, coeff, perm
+
+
+def _orthogonal_basis_(layer: BasisConv2d) -> None:
+    flat = layer.basis.detach().reshape(layer.basis_channels, -1)
+    norms = flat.norm(dim=1).mean()
+    q = torch.empty_like(flat)
+    nn.init.orthogonal_(q)
+    layer.basis.copy_((q * norms / q.norm(dim=1, keepdim=True).clamp_min(1e-12))
+                      .reshape(layer.basis.shape))

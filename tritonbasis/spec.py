@@ -1,0 +1,167 @@
+"""``BasisSpec`` (how to convert one conv) and plans (fully qualified name -> spec), the JSON
+contract between the sensitivity search and conversion."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .functional import MODES
+
+INITS = ("svd", "random")
+
+
+@dataclass(frozen=True)
+class BasisSpec:
+    """How to turn one ``nn.Conv2d`` into a ``BasisConv2d``.
+
+    Exactly one of:
+      * ``ratio`` -- C_b / C_out (C_b = max(1, round(ratio * C_out)));
+      * ``basis_channels`` -- C_b itself;
+      * ``energy`` -- fraction of the filters' squared singular values to keep: the smallest
+        C_b whose cumulative sigma^2 reaches it (needs trained weights; ``energy=1.0`` is the
+        full rank and reproduces the layer exactly).
+
+    ``keep_basis``: keep-basis form (C_b of the original filters are the basis, chosen by
+    pivoted QR; the rest are least-squares combinations) or full form (SVD basis). ``init``:
+    ``"svd"`` (from the conv's weights) or ``"random"`` (from scratch). ``mode``: the layer's
+    evaluation mode (fused / weight / auto). ``trainable_basis=False`` freezes the basis.
+    """
+
+    ratio: float | None = None
+    basis_channels: int | None = None
+    energy: float | None = None
+    keep_basis: bool = False
+    init: str = "svd"
+    mode: str = "auto"
+    trainable_basis: bool = True
+
+    def __post_init__(self):
+        given = [n for n in ("ratio", "basis_channels", "energy") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "BasisSpec needs exactly one of ratio, basis_channels, energy; got "
+                + (", ".join(given) if given else "none")
+            )
+        if self.ratio is not None and not (0 < self.ratio <= 1):
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.basis_channels is not None and (
+            not isinstance(self.basis_channels, int) or self.basis_channels < 1
+        ):
+            raise ValueError(f"basis_channels must be a positive int, got {self.basis_channels}")
+        if self.energy is not None and not (0 < self.energy <= 1):
+            raise ValueError(f"energy must be in (0, 1], got {self.energy}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.energy is not None and self.init != "svd":
+            raise ValueError("energy needs init='svd' (it reads the trained filters' spectrum)")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BasisSpec:
+        if not isinstance(d, dict):
+            raise TypeError(f"a spec must be a dict, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"unknown BasisSpec field(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**d)
+
+    def channels_for(self, c_out: int, singular_values=None) -> int:
+        """C_b for a conv with ``c_out`` filters (``singular_values`` needed for energy)."""
+        if self.basis_channels is not None:
+            return min(self.basis_channels, c_out)
+        if self.ratio is not None:
+            return max(1, min(c_out, round(self.ratio * c_out)))
+        if singular_values is None:
+            raise ValueError("energy-based C_b needs the conv's singular values")
+        import torch
+
+        s2 = singular_values.double() ** 2
+        rank = len(s2)
+        if self.energy >= 1.0:
+            return min(c_out, rank)
+        frac = torch.cumsum(s2, 0) / s2.sum().clamp_min(1e-300)
+        cb = int(torch.searchsorted(frac, torch.tensor(self.energy, dtype=frac.dtype))) + 1
+        return max(1, min(cb, rank, c_out))
+
+
+SpecLike = BasisSpec | dict | None
+
+
+def as_spec(v: SpecLike) -> BasisSpec | None:
+    if v is None or isinstance(v, BasisSpec):
+        return v
+    return BasisSpec.from_dict(v)
+
+
+def normalize_plan(plan) -> dict[str, BasisSpec | None]:
+    """A plan dict with every value a BasisSpec or None; keys checked (regexes compile)."""
+    if not isinstance(plan, dict):
+        raise TypeError(f"a plan must be a dict of name -> spec, got {type(plan).__name__}")
+    out = {}
+    for k, v in plan.items():
+        if not isinstance(k, str):
+            raise TypeError(f"plan keys must be strings, got {k!r}")
+        if k.startswith("re:"):
+            try:
+                re.compile(k[3:])
+            except re.error as e:
+                raise ValueError(f"plan key {k!r} is not a valid regex: {e}") from None
+        try:
+            out[k] = as_spec(v)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"plan entry {k!r}: {e}") from None
+    return out
+
+
+def lookup(plan: dict[str, BasisSpec | None], fqn: str) -> tuple[bool, BasisSpec | None, str]:
+    """(matched, spec, key): exact name first, then the first matching ``re:`` key (full
+    match, in plan order), then ``_default``."""
+    if fqn in plan:
+        return True, plan[fqn], fqn
+    for k, v in plan.items():
+        if k.startswith("re:") and re.fullmatch(k[3:], fqn):
+            return True, v, k
+    if "_default" in plan:
+        return True, plan["_default"], "_default"
+    return False, None, ""
+
+
+def save_plan(plan, path, meta: dict | None = None) -> Path:
+    """Write a plan as JSON (atomically): ``{"plan": {name: spec-dict | null}, "meta": {...}}``."""
+    plan = normalize_plan(plan)
+    doc = {"format": "tritonbasis-plan/1",
+           "plan": {k: (None if v is None else v.to_dict()) for k, v in plan.items()}}
+    if meta:
+        doc["meta"] = meta
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_plan(path) -> dict[str, BasisSpec | None]:
+    """Read a plan JSON (either the ``save_plan`` document or a bare ``{name: spec}`` dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"plan file not found: {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"plan file {path} is not valid JSON: {e}") from None
+    plan = doc["plan"] if isinstance(doc, dict) and "plan" in doc else doc
+    return normalize_plan(plan)
+
+
