@@ -9,6 +9,7 @@ to skip): exact names first, then ``"re:<regex>"`` keys (full match, in plan ord
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -207,7 +208,9 @@ def convert(
             r.reason = (f"no saving at C_b={cb} (params {new_params:,} vs {r.params_before:,}, "
                         f"MACs/px {new_macs // (px or 1):,} vs {dense_macs // (px or 1):,})")
             continue
-        layer = from_conv(m, spec)
+        # C_b is resolved: pass it on so from_conv does not decompose the filters again
+        layer = from_conv(m, dataclasses.replace(spec, energy=None, ratio=None,
+                                                 basis_channels=cb))
         r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
             layer.keep_basis, layer.mode
         if spec.mode == "auto" and px:

@@ -57,7 +57,12 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> Ba
     w = conv.weight.detach()
     c_out = conv.out_channels
     h = w.double().reshape(c_out, -1)
-    sv = torch.linalg.svdvals(h) if spec.energy is not None else None
+    svd = None
+    if spec.init == "svd" and not spec.keep_basis:
+        svd = torch.linalg.svd(h, full_matrices=False)  # once: C_b and the factors
+        sv = svd[1]
+    else:
+        sv = torch.linalg.svdvals(h) if spec.energy is not None else None
     cb = spec.channels_for(c_out, sv)
     if spec.init == "svd" and not spec.keep_basis:
         cb = min(cb, h.shape[1])  # rank of H is at most C_in*k*k
@@ -68,7 +73,10 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> Ba
     )
     with torch.no_grad():
         if spec.init == "svd":
-            basis, coeff, perm = (_keep_basis_init if spec.keep_basis else _svd_init)(h, cb)
+            if spec.keep_basis:
+                basis, coeff, perm = _keep_basis_init(h, cb)
+            else:
+                basis, coeff, perm = _svd_init(svd, cb)
             layer.basis.copy_(basis.reshape(layer.basis.shape))
             layer.coeff.copy_(coeff)
             if perm is not None:
@@ -81,8 +89,8 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> Ba
     return layer
 
 
-def _svd_init(h: torch.Tensor, cb: int):
-    u, s, vh = torch.linalg.svd(h, full_matrices=False)
+def _svd_init(svd, cb: int):
+    u, s, vh = svd
     root = s[:cb].sqrt()
     basis = root[:, None] * vh[:cb]
     coeff = u[:, :cb] * root[None, :]
