@@ -38,11 +38,15 @@ DATASETS = ("digits", "cifar10")
 
 class TensorData(TensorDataset):
     """An in-memory ``(images, targets)`` dataset: ``.tensors`` as TensorDataset, plus
-    ``.images`` (N, C, H, W) float32, ``.targets`` (N,) int64 and ``.num_classes``."""
+    ``.images`` (N, C, H, W) float32, ``.targets`` (N,) int64, ``.num_classes`` and the
+    normalisation that was applied (``.mean``/``.std``, shape (1, C, 1, 1), or None):
+    ``images * std + mean`` gives back the pixels in [0, 1]."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, num_classes: int):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
         super().__init__(images, targets)
         self.num_classes = int(num_classes)
+        self.mean, self.std = mean, std
 
     @property
     def images(self) -> torch.Tensor:
@@ -91,7 +95,7 @@ def digits(size: int = 32, channels: int = 3, val_fraction: float = 0.25,
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     x_train = ((x_train - mean) / std).contiguous()
     x_val = ((x_val - mean) / std).contiguous()
-    return TensorData(x_train, y[it], 10), TensorData(x_val, y[iv], 10)
+    return (TensorData(x_train, y[it], 10, mean, std), TensorData(x_val, y[iv], 10, mean, std))
 
 
 def _missing_cifar10(root: Path) -> list[str]:

@@ -177,8 +177,8 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """What :func:`train` returns. ``history`` holds one dict per epoch with ``epoch``
-    (1-based), ``steps`` (optimizer steps in that epoch), ``global_step``, ``lr`` (at the
-    epoch's last step), ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (None without
+    (1-based), ``steps`` (optimizer steps in that epoch), ``global_step``, ``lr`` (the one the
+    epoch's last step used), ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (None without
     val data), ``epoch_time_s`` (train phase, data loading included), ``eval_time_s``,
     ``step_time_ms`` (mean compute time per step: from a batch in hand to the optimizer step
     done, CUDA synchronised, leaving out the epoch's first steps) and ``images_per_s``.
@@ -657,6 +657,7 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                step_lr = optimizer.param_groups[0]["lr"]  # the lr this step used
                 scheduler.step()
                 global_step += 1
                 _sync(device)
@@ -669,7 +670,7 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
                 if (i + 1) % cfg.log_every == 0 or i + 1 == steps_this:
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
                                     acc=f"{int(correct) / seen:.3f}",
-                                    lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+                                    lr=f"{step_lr:.3g}")
             bar.close()
             epoch_time = time.perf_counter() - t_epoch
             train_loss, train_acc = float(loss_sum) / seen, int(correct) / seen
@@ -685,7 +686,7 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
             mean_ms = float(np.mean(step_ms))
             row = {
                 "epoch": epoch + 1, "steps": steps_this, "global_step": global_step,
-                "lr": float(optimizer.param_groups[0]["lr"]),
+                "lr": float(step_lr),
                 "train_loss": train_loss, "train_acc": train_acc,
                 "val_loss": val_loss, "val_acc": val_acc,
                 "epoch_time_s": epoch_time, "eval_time_s": time.perf_counter() - t_eval,
