@@ -1,12 +1,19 @@
-"""``tritonbasis`` command line. For now one job, ``demo``: build a basis-conv layer, check it
-against the float64 reference on real images (scikit-learn's bundled digits, no download), and
-print its parameter/FLOP saving and a CPU/GPU timing beside the dense conv."""
+"""``tritonbasis`` command line.
+
+  demo      build a basis-conv layer, check it against the float64 reference on real images
+            (scikit-learn's bundled digits, no download), print its parameter/FLOP/time saving
+  convert   print the conversion report of a model under a plan (or one spec for every conv)
+  train     train a model (dense, or converted by a plan) on digits or a local CIFAR-10
+
+The subcommands are thin: they call the same Python API (tritonbasis.convert, .train, ...).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -97,8 +104,99 @@ def demo(args) -> int:
     return 0 if ok else 1
 
 
+def _add_model_args(p):
+    p.add_argument("--model", default="resnet18_cifar",
+                   help="resnet18_cifar (default) or a torchvision classification model name")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="channel width multiplier (resnet18_cifar only; default 1.0)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--plan", default=None, help="plan JSON (fully qualified name -> spec)")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="without --plan: convert every candidate conv at C_b = ratio * C_out")
+    p.add_argument("--keep-basis", action="store_true", help="with --ratio: keep-basis form")
+
+
+def _plan_from_args(args):
+    from .spec import BasisSpec, load_plan
+
+    if args.plan and args.ratio is not None:
+        raise SystemExit("give --plan or --ratio, not both")
+    if args.plan:
+        return load_plan(args.plan)
+    if args.ratio is not None:
+        return {"_default": BasisSpec(ratio=args.ratio, keep_basis=args.keep_basis)}
+    return None
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+    from .models import get_model
+
+    plan = _plan_from_args(args)
+    if plan is None:
+        raise SystemExit("convert needs --plan PLAN.json or --ratio R")
+    model = get_model(args.model, num_classes=args.num_classes, width=args.width)
+    _, report = convert(model, plan, input_shape=(3, args.image_size, args.image_size),
+                        return_report=True, inplace=True)
+    print(f"{args.model} (width {args.width}) at {args.image_size}x{args.image_size}, "
+          f"plan: {args.plan or f'ratio {args.ratio}'}")
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(report.to_json(indent=1))
+        print(f"report written to {args.json}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .convert import convert
+    from .data import get_data
+    from .models import get_model
+    from .train import TrainConfig, count_macs, count_params, measure_step_time, train
+
+    kw = {"size": args.image_size} if args.data == "digits" else {}
+    train_data, val_data, num_classes, info = get_data(args.data, args.data_dir, **kw)
+    model = get_model(args.model, num_classes=num_classes, width=args.width)
+    plan = _plan_from_args(args)
+    report = None
+    shape = tuple(train_data[0][0].shape)
+    if plan is not None:
+        model, report = convert(model, plan, input_shape=shape, return_report=True,
+                                inplace=True)
+        print(report.table())
+    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      schedule=args.schedule, seed=args.seed, device=args.device,
+                      max_steps=args.max_steps, num_workers=args.workers)
+    print(f"training {args.model} (width {args.width}) on {args.data} "
+          f"({len(train_data)} train / {len(val_data)} val, {shape[1]}x{shape[2]}), "
+          f"{cfg.epochs} epochs; checkpoints in {out}")
+    result = train(model, train_data, val_data, cfg, checkpoint_dir=out, resume=args.resume,
+                   progress=not args.quiet)
+    macs = count_macs(model, shape)
+    timing = measure_step_time(model, (args.batch_size, *shape), steps=args.time_steps,
+                               device=cfg.device)
+    result.extra.update({"macs_per_image": macs, "timing": timing, "data": info,
+                         "model": args.model, "width": args.width,
+                         "plan": args.plan, "ratio": args.ratio,
+                         "conversion": report.to_dict() if report else None})
+    (out / "result.json").write_text(result.to_json())
+    print()
+    print(f"{'val accuracy':24s} {100 * result.final_val_acc:.2f}% "
+          f"(best {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch})")
+    print(f"{'parameters':24s} {count_params(model):,}")
+    print(f"{'MACs per image':24s} {macs:,}")
+    print(f"{'train step (batch ' + str(args.batch_size) + ')':24s} "
+          f"{timing['train_step_ms']:.1f} ms  (p20 {timing['train_step_ms_p20']:.1f}, "
+          f"p80 {timing['train_step_ms_p80']:.1f}) on {timing['device_name']}")
+    print(f"{'inference (same batch)':24s} {timing['infer_ms']:.1f} ms")
+    print(f"result: {out / 'result.json'}")
+    return 0
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tritonbasis", description=__doc__)
+    p = argparse.ArgumentParser(prog="tritonbasis", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="check a basis-conv layer against the reference and show "
                                     "its parameter/FLOP/time saving")
@@ -108,10 +206,32 @@ def main(argv=None) -> int:
     d.add_argument("--size", type=int, default=16, help="image side in pixels (default 16)")
     d.add_argument("--reps", type=int, default=5, help="timing repetitions (default 5)")
     d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    c = sub.add_parser("convert", help="print the conversion report of a model and a plan")
+    _add_model_args(c)
+    c.add_argument("--image-size", type=int, default=32, help="input size for MACs (32)")
+    c.add_argument("--json", default=None, help="also write the report as JSON here")
+    t = sub.add_parser("train", help="train a dense or converted model; report accuracy, "
+                                     "params, MACs, step time")
+    _add_model_args(t)
+    t.add_argument("--data", default="digits", choices=["digits", "cifar10"],
+                   help="digits: scikit-learn's bundled images (default); cifar10: a local "
+                        "folder given by --data-dir (never downloaded)")
+    t.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
+    t.add_argument("--image-size", type=int, default=32, help="digits are resized to this")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "onecycle"])
+    t.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--workers", type=int, default=0, help="data loader workers")
+    t.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--time-steps", type=int, default=10, help="steps timed at the end")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    if args.cmd == "demo":
-        return demo(args)
-    return 2
+    return {"demo": demo, "convert": cmd_convert, "train": cmd_train}[args.cmd](args)
 
 
 if __name__ == "__main__":

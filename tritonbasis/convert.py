@@ -213,9 +213,10 @@ def convert(
                                                  basis_channels=cb))
         r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
             layer.keep_basis, layer.mode
-        if spec.mode == "auto" and px:
-            r.mode = f"auto (fused MACs {new_macs / dense_macs:.2f}x dense; threshold " \
-                     f"{FUSED_EFFICIENCY})"
+        if spec.mode == "auto":
+            frac = new_macs / dense_macs
+            pick = "fused" if frac < FUSED_EFFICIENCY else "weight"
+            r.mode = f"auto->{pick} (fused MACs {frac:.2f}x dense)"
         r.params_after = _params(layer)
         r.macs_after = new_macs
         replacements.append((fqn, layer))

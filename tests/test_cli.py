@@ -1,0 +1,62 @@
+"""The command line: demo, convert, train (tiny runs on the embedded digits)."""
+
+import json
+
+import pytest
+
+import tritonbasis as tb
+from tritonbasis.cli import main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("demo", "convert", "train"):
+        assert cmd in out
+
+
+def test_demo_checks_against_reference(capsys):
+    assert main(["demo", "--channels", "32", "--batch", "8", "--size", "8", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "fewer" in out
+
+
+def test_convert_prints_report(capsys, tmp_path):
+    plan = tmp_path / "plan.json"
+    tb.save_plan({"re:layer4\\..*conv[12]": {"ratio": 0.25, "keep_basis": True}}, plan)
+    rc = main(["convert", "--width", "0.25", "--plan", str(plan), "--json",
+               str(tmp_path / "r.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "layer4.1.conv2" in out and "converted 4/20" in out
+    assert json.loads((tmp_path / "r.json").read_text())["totals"]["converted"] == 4
+
+
+def test_convert_needs_a_plan():
+    with pytest.raises(SystemExit, match="--plan"):
+        main(["convert"])
+
+
+def test_train_tiny_run_writes_result_and_resumes(capsys, tmp_path):
+    args = ["train", "--width", "0.125", "--image-size", "8", "--epochs", "1",
+            "--batch-size", "64", "--ratio", "0.25", "--out", str(tmp_path), "--quiet",
+            "--time-steps", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for key in ("val accuracy", "parameters", "MACs per image", "train step"):
+        assert key in out
+    res = json.loads((tmp_path / "result.json").read_text())
+    assert res["extra"]["conversion"]["totals"]["converted"] > 0
+    assert 0.0 <= res["final_val_acc"] <= 1.0 and res["extra"]["macs_per_image"] > 0
+    assert (tmp_path / "last.pt").is_file()
+    # resuming a finished run trains nothing more and reports the same accuracy
+    assert main(args + ["--resume"]) == 0
+    res2 = json.loads((tmp_path / "result.json").read_text())
+    assert res2["final_val_acc"] == res["final_val_acc"]
+
+
+def test_train_cifar_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing_here")])
