@@ -60,3 +60,23 @@ def test_train_tiny_run_writes_result_and_resumes(capsys, tmp_path):
 def test_train_cifar_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing_here")])
+
+
+def test_search_cli_tiny_run(capsys, tmp_path):
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main(["search", "--width", "0.125", "--image-size", "8", "--epochs", "1",
+                   "--probe-steps", "2", "--max-drop", "3", "--out", str(tmp_path),
+                   "--quiet", "--no-final"])
+    finally:
+        torch.set_num_threads(prev)
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "chosen" in out and "layer4.1.conv2" in out
+    plan = tb.load_plan(tmp_path / "plan.json")
+    assert len(plan) == 20
+    # its plan is what `tritonbasis train --plan` consumes
+    assert main(["convert", "--width", "0.125", "--plan", str(tmp_path / "plan.json")]) == 0

@@ -4,6 +4,8 @@
             (scikit-learn's bundled digits, no download), print its parameter/FLOP/time saving
   convert   print the conversion report of a model under a plan (or one spec for every conv)
   train     train a model (dense, or converted by a plan) on digits or a local CIFAR-10
+  search    layer-sensitivity search: which convs tolerate a basis (the main job; with no
+            arguments it runs on the embedded digits in a few minutes on a CPU)
 
 The subcommands are thin: they call the same Python API (tritonbasis.convert, .train, ...).
 """
@@ -194,6 +196,51 @@ def cmd_train(args) -> int:
     return 0
 
 
+SEARCH_DEFAULT = {"model": "resnet18_cifar", "width": 0.25, "image_size": 16, "epochs": 8}
+
+
+def cmd_search(args) -> int:
+    from .data import get_data
+    from .models import get_model
+    from .search import SearchConfig, sensitivity_search
+
+    kw = {"size": args.image_size} if args.data == "digits" else {}
+    train_data, val_data, num_classes, info = get_data(args.data, args.data_dir, **kw)
+    torch.manual_seed(args.seed)
+    model = get_model(args.model, num_classes=num_classes, width=args.width)
+    out = Path(args.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
+    spec = {"ratio": args.ratio, "keep_basis": args.keep_basis}
+    cfg = SearchConfig(spec=spec, max_drop=args.max_drop, baseline_epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, probe_steps=args.probe_steps,
+                       probe_lr=args.probe_lr, probe_only_converted=args.probe_only_converted,
+                       gain=args.gain, final=not args.no_final, seed=args.seed,
+                       device=args.device)
+    is_default = (args.data == "digits" and args.model == SEARCH_DEFAULT["model"]
+                  and args.width == SEARCH_DEFAULT["width"])
+    print(f"tritonbasis search: {args.model} (width {args.width}) on {args.data} "
+          f"({len(train_data)} train / {len(val_data)} val, "
+          f"{'x'.join(map(str, info['input_shape'][1:]))} px), C_b = {args.ratio} C_out, "
+          f"budget {args.max_drop} pp -> {out}")
+    if is_default:
+        print("  (default run sized for a CPU: a quarter-width ResNet18 on 16x16 digits; for "
+              "the real experiment use --data cifar10 --data-dir DIR --width 1 on a GPU)")
+    identity = {"model": args.model, "width": args.width, "data": info}
+    report = sensitivity_search(model, train_data, val_data, config=cfg, out=out,
+                                identity=identity, progress=not args.quiet)
+    print()
+    print(report.table())
+    print()
+    s = report.selection
+    print(f"chosen {len(s['chosen'])}/{len(report.layers)} layers, predicted drop "
+          f"{s['predicted_drop']:.2f} pp, verified {s['verified_drop']:.2f} pp "
+          f"(budget {args.max_drop}); zero-shot vs probe Spearman rho "
+          f"{report.spearman_zero_shot_vs_probe}; {report.seconds:.0f} s")
+    print(f"outputs: {out}/report.json, plan.json, summary.md, sensitivity.png, tradeoff.png")
+    print(f"next: tritonbasis train --plan {out}/plan.json --width {args.width} "
+          f"--image-size {args.image_size}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tritonbasis", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -230,8 +277,37 @@ def main(argv=None) -> int:
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--time-steps", type=int, default=10, help="steps timed at the end")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    se = sub.add_parser("search", help="layer-sensitivity search (the main job)")
+    se.add_argument("--model", default=SEARCH_DEFAULT["model"])
+    se.add_argument("--width", type=float, default=SEARCH_DEFAULT["width"],
+                    help=f"channel width (default {SEARCH_DEFAULT['width']}: CPU-sized)")
+    se.add_argument("--data", default="digits", choices=["digits", "cifar10"])
+    se.add_argument("--data-dir", default=None)
+    se.add_argument("--image-size", type=int, default=SEARCH_DEFAULT["image_size"],
+                    help="digits are resized to this (default 16)")
+    se.add_argument("--ratio", type=float, default=0.25, help="C_b / C_out (default 0.25)")
+    se.add_argument("--keep-basis", action="store_true")
+    se.add_argument("--max-drop", type=float, default=0.5,
+                    help="accuracy budget in percentage points (default 0.5)")
+    se.add_argument("--epochs", type=int, default=SEARCH_DEFAULT["epochs"],
+                    help="baseline / final training budget (default 8)")
+    se.add_argument("--batch-size", type=int, default=128)
+    se.add_argument("--lr", type=float, default=0.05)
+    se.add_argument("--probe-steps", type=int, default=20)
+    se.add_argument("--probe-lr", type=float, default=0.01)
+    se.add_argument("--probe-only-converted", action="store_true",
+                    help="probes fine-tune only the converted conv and BN layers")
+    se.add_argument("--gain", default="macs", choices=["macs", "params", "time"])
+    se.add_argument("--no-final", action="store_true",
+                    help="skip training the chosen and naive models")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--device", default=None)
+    se.add_argument("--out", default=None, help="output folder (default runs/search-<time>); "
+                                                "an existing one is resumed")
+    se.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    return {"demo": demo, "convert": cmd_convert, "train": cmd_train}[args.cmd](args)
+    return {"demo": demo, "convert": cmd_convert, "train": cmd_train,
+            "search": cmd_search}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""The layer-sensitivity search: a tiny end-to-end search, a deliberately fragile layer,
+kill-and-resume equality, and refusal of mismatched or corrupt state."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import tritonbasis as tb
+from tritonbasis import search as S
+from tritonbasis.data import digits
+from tritonbasis.models import resnet18_cifar
+from tritonbasis.train import TrainConfig, evaluate, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # bitwise-reproducible CPU runs, and fast on the 2-core CI machine
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def data8():
+    return digits(size=8, seed=0)
+
+
+def _tiny_config(**kw):
+    base = dict(spec={"ratio": 0.25}, max_drop=2.0, baseline_epochs=2, batch_size=64,
+                lr=0.05, probe_steps=4, probe_lr=0.01, time_batch=8, time_steps=2,
+                final=True, seed=0)
+    base.update(kw)
+    return S.SearchConfig(**base)
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return resnet18_cifar(num_classes=10, width=0.125)
+
+
+def _strip_timing(d):
+    """Wall-clock measurements differ run to run; everything else must not."""
+    if isinstance(d, dict):
+        return {k: _strip_timing(v) for k, v in d.items()
+                if not (k.endswith("_ms") or k in ("seconds", "timing_device"))}
+    if isinstance(d, list):
+        return [_strip_timing(v) for v in d]
+    return d
+
+
+def test_tiny_search_end_to_end(data8, tmp_path):
+    train_data, val_data = data8
+    rep = S.sensitivity_search(_tiny_model(), train_data, val_data, config=_tiny_config(),
+                               out=tmp_path, progress=False, log=lambda *a: None)
+    sel = rep.selection
+    assert sel["within_budget"]
+    if sel["chosen"]:
+        assert sel["verified_drop"] <= rep.config["max_drop"]
+        assert sel["verifications"][-1]["layers"] == sorted(sel["chosen"])
+    assert len(rep.layers) == 20  # every conv of resnet18_cifar saves something at 1/4
+    for r in rep.layers:
+        for k in ("zero_shot_drop", "probe_drop", "macs_saved", "params_saved",
+                  "time_dense_ms", "time_basis_ms"):
+            assert k in r, k
+        assert r["macs_saved"] > 0
+    assert set(rep.final) == {"dense", "chosen", "naive"}
+    assert rep.final["naive"]["params"] < rep.final["chosen"]["params"] <= \
+        rep.final["dense"]["params"]
+    assert rep.final["naive"]["converted"] == 20
+    # outputs: JSON report, plan, summary, plots
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["selection"]["chosen"] == sel["chosen"]
+    for f in ("plan.json", "summary.md", "sensitivity.png", "tradeoff.png"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    # the plan converts exactly the chosen layers
+    plan = tb.load_plan(tmp_path / "plan.json")
+    conv, crep = tb.convert(_tiny_model(), plan, return_report=True)
+    assert sorted(r.fqn for r in crep.converted) == sorted(sel["chosen"])
+    assert "-1" not in rep.table()
+
+
+def _fragile_setup(data8):
+    """A small CNN trained on digits whose convs c1 and c3 are trained as rank-4 basis convs
+    and merged back into plain Conv2d (so converting them at C_b = 4 is exact), while c2 is an
+    ordinary full-rank conv: the deliberately fragile one."""
+    train_data, _ = data8
+    torch.manual_seed(0)
+    m = nn.Sequential()
+    m.add_module("c1", tb.BasisConv2d(3, 16, 3, 4, padding=1, keep_basis=False))
+    m.add_module("b1", nn.BatchNorm2d(16))
+    m.add_module("r1", nn.ReLU())
+    m.add_module("c2", nn.Conv2d(16, 16, 3, padding=1))
+    m.add_module("b2", nn.BatchNorm2d(16))
+    m.add_module("r2", nn.ReLU())
+    m.add_module("c3", tb.BasisConv2d(16, 16, 3, 4, padding=1, keep_basis=False))
+    m.add_module("b3", nn.BatchNorm2d(16))
+    m.add_module("r3", nn.ReLU())
+    m.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    m.add_module("flat", nn.Flatten())
+    m.add_module("fc", nn.Linear(16, 10))
+    train(m, train_data, None, TrainConfig(epochs=6, batch_size=64, lr=0.05, seed=0),
+          progress=False)
+    return tb.merge(m)
+
+
+def test_fragile_layer_is_ranked_most_sensitive(data8, tmp_path):
+    train_data, val_data = data8
+    m = _fragile_setup(data8)
+    _, base_acc = evaluate(m, val_data, "cpu")
+    assert base_acc > 0.5  # the model works, so a drop can show
+    cfg = _tiny_config(baseline_epochs=0, probe_steps=0, max_drop=1.0, final=False,
+                       probe_groups=False)
+    rep = S.sensitivity_search(m, train_data, val_data, config=cfg, out=tmp_path,
+                               progress=False, log=lambda *a: None)
+    rows = {r["fqn"]: r for r in rep.layers}
+    assert set(rows) == {"c1", "c2", "c3"}
+    # rank-4 layers convert exactly at C_b = 4: no drop at all (up to one flipped sample)
+    for name in ("c1", "c3"):
+        assert abs(rows[name]["zero_shot_drop"]) <= 100 / len(val_data) + 1e-9, rows[name]
+    assert rows["c2"]["probe_drop"] == max(r["probe_drop"] for r in rep.layers)
+    assert rows["c2"]["probe_drop"] > 1.0
+    assert "c2" not in rep.chosen and {"c1", "c3"} <= set(rep.chosen)
+
+
+def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
+    train_data, val_data = data8
+    cfg = _tiny_config(baseline_epochs=1, probe_steps=2)
+    ref = S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
+                               out=tmp_path / "a", progress=False, log=lambda *a: None)
+    # second run: killed during the 6th probe
+    real = S._probe
+    calls = {"n": 0}
+
+    def dying_probe(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "_probe", dying_probe)
+    with pytest.raises(KeyboardInterrupt):
+        S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
+                             out=tmp_path / "b", progress=False, log=lambda *a: None)
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
+    assert len(state["stages"]["probes"]) == 5  # finished probes were saved
+    monkeypatch.setattr(S, "_probe", real)
+    counted = {"n": 0}
+
+    def counting_probe(*a, **k):
+        counted["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(S, "_probe", counting_probe)
+    resumed = S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
+                                   out=tmp_path / "b", progress=False, log=lambda *a: None)
+    # only the unfinished probes (+ groups and verifications) ran again
+    n_layers = len(ref.layers)
+    assert counted["n"] <= n_layers - 5 + 2 + len(ref.selection["verifications"])
+    assert _strip_timing(resumed.to_dict()) == _strip_timing(ref.to_dict())
+
+
+def test_mismatched_or_corrupt_state_is_refused(data8, tmp_path):
+    train_data, val_data = data8
+    cfg = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False)
+    S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=tmp_path,
+                         progress=False, log=lambda *a: None)
+    other = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False,
+                         max_drop=0.1)
+    with pytest.raises(S.SearchStateError, match="different configuration"):
+        S.sensitivity_search(_tiny_model(), train_data, val_data, config=other, out=tmp_path,
+                             progress=False, log=lambda *a: None)
+    # another data set (identity) is refused too
+    with pytest.raises(S.SearchStateError, match="different configuration"):
+        S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=tmp_path,
+                             identity={"data": "something else"}, progress=False,
+                             log=lambda *a: None)
+    (tmp_path / "state.json").write_text("{ truncated")
+    with pytest.raises(S.SearchStateError, match="corrupt"):
+        S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=tmp_path,
+                             progress=False, log=lambda *a: None)
+
+
+def test_search_config_validation():
+    with pytest.raises(ValueError, match="exactly one of"):
+        S.SearchConfig(spec={})
+    with pytest.raises(ValueError, match="gain must be"):
+        S.SearchConfig(gain="speed")
+    with pytest.raises(ValueError, match="max_drop"):
+        S.SearchConfig(max_drop=-1)

@@ -1,0 +1,644 @@
+"""Layer-sensitivity search with skip-training: which convs can become basis convs without
+hurting the final model.
+
+Stages (each saved atomically in ``<out>/state.json``; a killed search resumes without redoing
+finished work; a state written under another configuration is refused):
+
+1. **baseline** -- train the dense model for the full budget (or take the given weights with
+   ``baseline_epochs=0``), checkpointed through :func:`tritonbasis.train.train`.
+2. **probes** -- for each candidate conv: start from the baseline weights (skip-training:
+   no training from scratch), convert only that conv (SVD init), record the *zero-shot* drop
+   (right after conversion), fine-tune briefly (``probe_steps``; optionally only the converted
+   conv and the BN layers) and record the *probe* drop in validation accuracy (percentage
+   points) and loss. Optionally the same for layer groups ("light" / "heavy" by parameter
+   count). Spearman's rho says how well the free zero-shot ranking predicts the probe ranking.
+3. **gains** -- parameters and MACs saved per layer, and the measured forward+backward time of
+   the dense conv vs the real op at that layer's shape on the current device.
+4. **selection** -- add layers by gain per unit of sensitivity while the predicted total drop
+   (sum of probe drops) stays within ``max_drop``; verify the chosen subset with one combined
+   probe; back off (drop the lowest-scoring layer) while the verified drop breaks the budget.
+5. **final** -- train the chosen-subset model and the "convert every layer" (naive) model for
+   the full budget from the same initialisation as the baseline; compare accuracy, params,
+   MACs, training step time and inference time with the dense baseline.
+
+Outputs in ``<out>``: ``report.json`` (:class:`SearchReport`), ``plan.json`` (for
+``tritonbasis convert`` / ``train --plan``), ``summary.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .convert import candidate_convs, convert
+from .spec import BasisSpec, save_plan
+from .train import TrainConfig, count_macs, count_params, evaluate, measure_step_time, train
+
+STATE_FORMAT = "tritonbasis-search-state/1"
+
+
+class SearchStateError(RuntimeError):
+    """The state folder belongs to another configuration, or is unreadable."""
+
+
+@dataclass
+class SearchConfig:
+    """Everything that determines a search's results (hashed into its state)."""
+
+    spec: dict = field(default_factory=lambda: {"ratio": 0.25})
+    max_drop: float = 0.5  # percentage points of validation accuracy
+    baseline_epochs: int = 10  # 0: the model's weights are the trained baseline
+    batch_size: int = 128
+    lr: float = 0.05
+    schedule: str = "cosine"
+    probe_steps: int = 30
+    probe_lr: float = 0.01
+    probe_only_converted: bool = False  # fine-tune only the converted conv + BN layers
+    probe_groups: bool = True
+    verify_steps: int | None = None  # combined-probe fine-tuning (default 2 x probe_steps)
+    max_backoff: int = 8
+    gain: str = "macs"  # what selection maximises per unit of sensitivity: macs|params|time
+    final: bool = True  # train chosen and naive models for the full budget
+    time_batch: int = 64
+    time_steps: int = 5
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self):
+        BasisSpec.from_dict(self.spec)  # validates
+        if self.gain not in ("macs", "params", "time"):
+            raise ValueError(f"gain must be macs, params or time, got {self.gain!r}")
+        if self.max_drop < 0:
+            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
+        if self.probe_steps < 0 or self.baseline_epochs < 0:
+            raise ValueError("probe_steps and baseline_epochs must be >= 0")
+
+    def train_config(self, epochs: int, **kw) -> TrainConfig:
+        return TrainConfig(epochs=max(1, epochs), batch_size=self.batch_size, lr=self.lr,
+                           schedule=self.schedule, seed=self.seed, device=self.device, **kw)
+
+
+@dataclass
+class SearchReport:
+    config: dict
+    identity: dict
+    baseline: dict
+    layers: list[dict]
+    groups: list[dict]
+    spearman_zero_shot_vs_probe: float | None
+    selection: dict
+    final: dict
+    plan: dict
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @property
+    def chosen(self) -> list[str]:
+        return [r["fqn"] for r in self.layers if r["chosen"]]
+
+    def table(self) -> str:
+        lines = [f"{'layer':28s} {'shape':>15s} {'C_b':>4s} {'zero-shot':>9s} {'probe':>7s} "
+                 f"{'MACs saved':>11s} {'ms saved':>8s}  chosen",
+                 "-" * 96]
+        for r in self.layers:
+            shape = f"{r['C_in']}->{r['C_out']} {r['kernel'][0]}x{r['kernel'][1]}"
+            ts = r.get("time_saved_ms")
+            lines.append(
+                f"{r['fqn'][:28]:28s} {shape:>15s} {r['C_b']:>4d} {r['zero_shot_drop']:>8.2f}p "
+                f"{r['probe_drop']:>6.2f}p {r['macs_saved']:>11,} "
+                f"{'' if ts is None else f'{ts:.3f}':>8s}  {'yes' if r['chosen'] else ''}")
+        lines.append("(drops in percentage points of validation accuracy vs the baseline)")
+        if self.final:
+            lines.append("")
+            lines.append(f"{'model':8s} {'val acc':>8s} {'params':>11s} {'MACs/img':>12s} "
+                         f"{'train step ms':>14s} {'infer ms':>9s}")
+            for name in ("dense", "chosen", "naive"):
+                f = self.final.get(name)
+                if f:
+                    lines.append(f"{name:8s} {100 * f['val_acc']:>7.2f}% {f['params']:>11,} "
+                                 f"{f['macs']:>12,} {f['train_step_ms']:>14.2f} "
+                                 f"{f['infer_ms']:>9.2f}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# state
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class _State:
+    """``state.json``: the config hash plus every finished stage's results."""
+
+    def __init__(self, out: Path, config_hash: str, identity: dict):
+        self.path = out / "state.json"
+        self.out = out
+        if self.path.exists():
+            try:
+                doc = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise SearchStateError(
+                    f"{self.path} is corrupt ({e}); delete it or use another --out folder"
+                ) from None
+            if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+                raise SearchStateError(f"{self.path} is not a tritonbasis search state")
+            if doc.get("config_hash") != config_hash:
+                raise SearchStateError(
+                    f"{self.path} was written by a search with a different configuration "
+                    f"(state {doc.get('config_hash', '?')[:12]}, now {config_hash[:12]}); "
+                    "use another --out folder, or delete the folder to start over"
+                )
+            self.doc = doc
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            self.doc = {"format": STATE_FORMAT, "config_hash": config_hash,
+                        "identity": identity, "stages": {}}
+            self.save()
+
+    def get(self, key, default=None):
+        return self.doc["stages"].get(key, default)
+
+    def put(self, key, value) -> None:
+        self.doc["stages"][key] = value
+        self.save()
+
+    def save(self) -> None:
+        _atomic_write_text(self.path, json.dumps(self.doc, indent=1, allow_nan=False))
+
+
+def config_hash(config: SearchConfig, identity: dict) -> str:
+    blob = json.dumps({"config": asdict(config), "identity": identity}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _pp(acc_base: float, acc: float) -> float:
+    """Accuracy drop in percentage points."""
+    return round(100.0 * (acc_base - acc), 4)
+
+
+def _input_shape(data) -> tuple[int, ...]:
+    return tuple(data[0][0].shape)
+
+
+def _layer_inputs(model: nn.Module, shape, fqns) -> dict[str, tuple[int, ...]]:
+    """Per-sample input shape of each conv in ``fqns`` (one forward at batch 1)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [model.get_submodule(f).register_forward_hook(
+        lambda m, i, o, f=f: shapes.__setitem__(f, tuple(i[0].shape[1:]))) for f in fqns]
+    dev = next(model.parameters()).device
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=dev))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _time_fwd_bwd(module: nn.Module, x: torch.Tensor, steps: int) -> float:
+    """Median ms of forward+backward of one layer (synchronised on CUDA)."""
+    x = x.detach().requires_grad_()
+
+    def step():
+        module(x).sum().backward()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    rho = spearmanr(a, b).statistic
+    return None if rho is None or not math.isfinite(rho) else round(float(rho), 4)
+
+
+def _convert_only(model: nn.Module, fqns, spec: BasisSpec) -> nn.Module:
+    return convert(model, {f: spec for f in fqns}, inplace=False)
+
+
+def _freeze_all_but(model: nn.Module, fqns) -> None:
+    keep = set()
+    for f in fqns:
+        keep |= {id(p) for p in model.get_submodule(f).parameters()}
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            keep |= {id(p) for p in m.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
+# --------------------------------------------------------------------------------------------
+# the search
+
+
+def sensitivity_search(
+    model: nn.Module,
+    train_data,
+    val_data,
+    *,
+    spec: BasisSpec | dict | None = None,
+    max_drop: float | None = None,
+    config: SearchConfig | None = None,
+    out: str | os.PathLike = "runs/search",
+    identity: dict | None = None,
+    progress: bool = True,
+    log=print,
+) -> SearchReport:
+    """Run (or resume) the search; see the module docstring.
+
+    Args:
+        model: the dense model (its weights are the baseline if ``baseline_epochs == 0``;
+            otherwise it is the initialisation the baseline, chosen and naive models share).
+        train_data, val_data: Datasets of ``(image, label)``.
+        spec, max_drop: shortcuts for ``config.spec`` / ``config.max_drop``.
+        config: :class:`SearchConfig`.
+        out: folder for the state, checkpoints, report, plan, summary and plots.
+        identity: JSON-able description of the model and data (part of the state hash, so a
+            state from another model or data set is refused).
+    """
+    cfg = copy.deepcopy(config) if config is not None else SearchConfig()
+    if spec is not None:
+        cfg.spec = spec.to_dict() if isinstance(spec, BasisSpec) else dict(spec)
+    if max_drop is not None:
+        cfg.max_drop = max_drop
+    cfg.__post_init__()
+    spec_obj = BasisSpec.from_dict(cfg.spec)
+    identity = dict(identity or {})
+    identity.setdefault("model_class", type(model).__name__)
+    identity.setdefault("params", count_params(model))
+    identity.setdefault("train_size", len(train_data))
+    identity.setdefault("val_size", len(val_data))
+    out = Path(out)
+    state = _State(out, config_hash(cfg, identity), identity)
+    t_start = time.perf_counter()
+    shape = _input_shape(train_data)
+    init_state = copy.deepcopy(model.state_dict())  # the shared initialisation
+
+    def bar(it, **kw):
+        if not progress:
+            return it
+        from tqdm.auto import tqdm
+
+        return tqdm(it, **kw)
+
+    # 1. baseline ------------------------------------------------------------------------
+    base_path = out / "baseline.pt"
+    baseline = state.get("baseline")
+    dense = copy.deepcopy(model)
+    if baseline is None:
+        if cfg.baseline_epochs > 0:
+            log(f"[1/5] baseline: training the dense model for {cfg.baseline_epochs} epochs")
+            res = train(dense, train_data, val_data, cfg.train_config(cfg.baseline_epochs),
+                        checkpoint_dir=out / "baseline", resume=True, progress=progress)
+            hist = res.history
+        else:
+            log("[1/5] baseline: using the given weights (baseline_epochs=0)")
+            hist = []
+        loss, acc = evaluate(dense, val_data, cfg.device, cfg.batch_size)
+        _atomic_torch_save(dense.state_dict(), base_path)
+        baseline = {"val_acc": acc, "val_loss": loss, "params": count_params(dense),
+                    "macs": count_macs(dense, shape), "history": hist}
+        state.put("baseline", baseline)
+    else:
+        log(f"[1/5] baseline: done (val acc {100 * baseline['val_acc']:.2f}%)")
+    dense.load_state_dict(torch.load(base_path, weights_only=True))
+    device = next(dense.parameters()).device
+    base_acc, base_loss = baseline["val_acc"], baseline["val_loss"]
+
+    # 2. probes --------------------------------------------------------------------------
+    cands = [f for f, _ in candidate_convs(dense)]
+    _, rep = convert(dense, {f: spec_obj for f in cands}, input_shape=shape,
+                     return_report=True)
+    layer_rows = {r.fqn: r for r in rep.layers}
+    cands = [f for f in cands if layer_rows[f].converted]  # drop convs with no saving
+    probes = state.get("probes", {})
+    todo = [f for f in cands if f not in probes]
+    if todo:
+        log(f"[2/5] probes: {len(todo)} of {len(cands)} layers to probe "
+            f"({cfg.probe_steps} fine-tuning steps each)")
+    for f in bar(todo, desc="probes", unit="layer"):
+        probes[f] = _probe(dense, [f], spec_obj, cfg, train_data, val_data, base_acc,
+                           base_loss, out / "probe_tmp", cfg.probe_steps)
+        state.put("probes", probes)
+    groups = state.get("groups")
+    if groups is None:
+        groups = []
+        if cfg.probe_groups and len(cands) >= 2:
+            by_params = sorted(cands, key=lambda f: layer_rows[f].params_before)
+            half = len(by_params) // 2
+            for name, members in (("light", by_params[:half]), ("heavy", by_params[half:])):
+                r = _probe(dense, members, spec_obj, cfg, train_data, val_data, base_acc,
+                           base_loss, out / "probe_tmp", cfg.probe_steps)
+                groups.append({"group": name, "layers": members, **r,
+                               "sum_of_layer_probe_drops": round(
+                                   sum(probes[m]["probe_drop"] for m in members), 4)})
+        state.put("groups", groups)
+
+    # 3. gains ---------------------------------------------------------------------------
+    gains = state.get("gains")
+    if gains is None:
+        log("[3/5] gains: timing dense conv vs basis op per layer shape")
+        in_shapes = _layer_inputs(dense, shape, cands)
+        converted = _convert_only(dense, cands, spec_obj)
+        gains = {}
+        for f in bar(cands, desc="timing", unit="layer"):
+            x = torch.randn(cfg.time_batch, *in_shapes[f], device=device)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            t_dense = _time_fwd_bwd(dense.get_submodule(f), x, cfg.time_steps)
+            t_basis = _time_fwd_bwd(converted.get_submodule(f), x, cfg.time_steps)
+            gains[f] = {"time_dense_ms": round(t_dense, 4), "time_basis_ms": round(t_basis, 4),
+                        "time_saved_ms": round(t_dense - t_basis, 4)}
+        dense.zero_grad(set_to_none=True)
+        state.put("gains", gains)
+
+    # 4. selection -----------------------------------------------------------------------
+    rows = []
+    for f in cands:
+        lr_ = layer_rows[f]
+        g = gains[f]
+        gain = {"macs": lr_.macs_before - lr_.macs_after,
+                "params": lr_.params_before - lr_.params_after,
+                "time": g["time_saved_ms"]}[cfg.gain]
+        sens = max(probes[f]["probe_drop"], 0.0)
+        rows.append({
+            "fqn": f, "C_in": lr_.C_in, "C_out": lr_.C_out, "kernel": list(lr_.kernel),
+            "stride": list(lr_.stride), "C_b": lr_.C_b, "out_pixels": lr_.out_pixels,
+            "params_before": lr_.params_before, "params_after": lr_.params_after,
+            "params_saved": lr_.params_before - lr_.params_after,
+            "macs_before": lr_.macs_before, "macs_after": lr_.macs_after,
+            "macs_saved": lr_.macs_before - lr_.macs_after,
+            **probes[f], **g,
+            # gain per unit of sensitivity; 0.05 pp floor so insensitive layers rank by gain
+            "score": (gain / max(sens, 0.05)) if gain > 0 else 0.0,
+            "chosen": False,
+        })
+    selection = state.get("selection")
+    if selection is None:
+        selection = _select(rows, dense, spec_obj, cfg, train_data, val_data, base_acc,
+                            base_loss, out, state, log)
+        state.put("selection", selection)
+    chosen = set(selection["chosen"])
+    for r in rows:
+        r["chosen"] = r["fqn"] in chosen
+    plan = {r["fqn"]: (spec_obj.to_dict() if r["chosen"] else None) for r in rows}
+    rho = _spearman([r["zero_shot_drop"] for r in rows], [r["probe_drop"] for r in rows])
+
+    # 5. final ---------------------------------------------------------------------------
+    final = state.get("final", {})
+    if cfg.final:
+        final = _final(model, init_state, dense, baseline, sorted(chosen), cands, spec_obj, cfg,
+                       train_data, val_data, shape, out, state, final, progress, log)
+
+    report = SearchReport(
+        config=asdict(cfg), identity=identity,
+        baseline={k: v for k, v in baseline.items() if k != "history"},
+        layers=rows, groups=groups, spearman_zero_shot_vs_probe=rho, selection=selection,
+        final=final, plan=plan,
+        seconds=round(state.get("seconds", 0.0) + time.perf_counter() - t_start, 2),
+    )
+    state.put("seconds", report.seconds)
+    write_outputs(report, out)
+    return report
+
+
+def _probe(dense, fqns, spec, cfg, train_data, val_data, base_acc, base_loss, tmp, steps):
+    """Convert ``fqns`` of a copy of the baseline, evaluate (zero-shot), fine-tune ``steps``
+    steps, evaluate again."""
+    m = _convert_only(dense, fqns, spec)
+    zl, za = evaluate(m, val_data, cfg.device, cfg.batch_size)
+    pl, pa = zl, za
+    if steps > 0:
+        if cfg.probe_only_converted:
+            _freeze_all_but(m, fqns)
+        tc = TrainConfig(epochs=max(1, math.ceil(steps * cfg.batch_size / len(train_data))),
+                         batch_size=cfg.batch_size, lr=cfg.probe_lr, schedule="cosine",
+                         seed=cfg.seed, device=cfg.device, max_steps=steps)
+        train(m, train_data, None, tc, progress=False)
+        pl, pa = evaluate(m, val_data, cfg.device, cfg.batch_size)
+    return {"zero_shot_acc": za, "zero_shot_drop": _pp(base_acc, za),
+            "zero_shot_loss_delta": round(zl - base_loss, 6),
+            "probe_acc": pa, "probe_drop": _pp(base_acc, pa),
+            "probe_loss_delta": round(pl - base_loss, 6)}
+
+
+def _select(rows, dense, spec, cfg, train_data, val_data, base_acc, base_loss, out, state,
+            log) -> dict:
+    order = sorted((r for r in rows if r["score"] > 0), key=lambda r: -r["score"])
+    chosen, predicted = [], 0.0
+    for r in order:
+        d = max(r["probe_drop"], 0.0)
+        if predicted + d <= cfg.max_drop:
+            chosen.append(r["fqn"])
+            predicted += d
+    log(f"[4/5] selection: {len(chosen)} layers, predicted drop {predicted:.2f} pp "
+        f"(budget {cfg.max_drop} pp); verifying")
+    steps = cfg.verify_steps if cfg.verify_steps is not None else 2 * cfg.probe_steps
+    verifications = state.get("verifications", [])
+    tries = 0
+    while chosen:
+        key = sorted(chosen)
+        done = next((v for v in verifications if v["layers"] == key), None)
+        if done is None:
+            r = _probe(dense, chosen, spec, cfg, train_data, val_data, base_acc, base_loss,
+                       out / "probe_tmp", steps)
+            done = {"layers": key, **r}
+            verifications.append(done)
+            state.put("verifications", verifications)
+        log(f"      combined probe of {len(chosen)} layers: drop {done['probe_drop']:.2f} pp")
+        if done["probe_drop"] <= cfg.max_drop or tries >= cfg.max_backoff:
+            break
+        chosen = chosen[:-1]  # back off: drop the lowest-scoring chosen layer
+        tries += 1
+    return {"chosen": chosen, "predicted_drop": round(sum(
+        max(r["probe_drop"], 0.0) for r in rows if r["fqn"] in chosen), 4),
+        "verified_drop": verifications[-1]["probe_drop"] if (verifications and chosen)
+        else 0.0,
+        "within_budget": (not chosen) or verifications[-1]["probe_drop"] <= cfg.max_drop,
+        "verifications": verifications, "backoffs": tries, "max_drop": cfg.max_drop}
+
+
+def _final(model, init_state, dense, baseline, chosen, cands, spec, cfg, train_data, val_data,
+           shape, out, state, final, progress, log) -> dict:
+    def measure(m):
+        t = measure_step_time(m, (cfg.time_batch, *shape), steps=cfg.time_steps,
+                              device=cfg.device)
+        return {"params": count_params(m), "macs": count_macs(m, shape),
+                "train_step_ms": round(t["train_step_ms"], 4),
+                "infer_ms": round(t["infer_ms"], 4), "timing_device": t["device_name"]}
+
+    if "dense" not in final:
+        final["dense"] = {"val_acc": baseline["val_acc"], "val_loss": baseline["val_loss"],
+                          **measure(dense)}
+        state.put("final", final)
+    epochs = cfg.baseline_epochs
+    for name, layers in (("chosen", chosen), ("naive", cands)):
+        if name in final:
+            continue
+        log(f"[5/5] final: {name} ({len(layers)} converted layers), "
+            f"{'training ' + str(epochs) + ' epochs' if epochs else 'fine-tuning'}")
+        m = copy.deepcopy(model)
+        if epochs > 0:
+            m.load_state_dict(init_state)  # the baseline's initialisation
+        else:
+            m.load_state_dict(dense.state_dict())
+        m = _convert_only(m, layers, spec) if layers else m
+        if epochs > 0:
+            train(m, train_data, val_data, cfg.train_config(epochs),
+                  checkpoint_dir=out / f"final_{name}", resume=True, progress=progress)
+        elif layers and cfg.probe_steps:
+            train(m, train_data, None, TrainConfig(
+                epochs=1, batch_size=cfg.batch_size, lr=cfg.probe_lr, seed=cfg.seed,
+                device=cfg.device, max_steps=2 * cfg.probe_steps), progress=False)
+        loss, acc = evaluate(m, val_data, cfg.device, cfg.batch_size)
+        final[name] = {"val_acc": acc, "val_loss": loss, "converted": len(layers),
+                       "drop_pp": _pp(baseline["val_acc"], acc), **measure(m)}
+        state.put("final", final)
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_outputs(report: SearchReport, out: Path) -> dict[str, Path]:
+    out = Path(out)
+    paths = {"report": out / "report.json", "plan": out / "plan.json",
+             "summary": out / "summary.md"}
+    _atomic_write_text(paths["report"], report.to_json())
+    save_plan(report.plan, paths["plan"], meta={
+        "source": "tritonbasis search", "max_drop_pp": report.config["max_drop"],
+        "baseline_val_acc": report.baseline["val_acc"], "chosen": report.chosen})
+    _atomic_write_text(paths["summary"], summary_markdown(report))
+    with contextlib.suppress(ImportError):  # matplotlib is optional
+        paths.update(plot(report, out))
+    return paths
+
+
+def summary_markdown(report: SearchReport) -> str:
+    b = report.baseline
+    s = report.selection
+    lines = [
+        "# tritonbasis sensitivity search", "",
+        f"* model: {report.identity.get('model', report.identity.get('model_class'))}, "
+        f"data: {report.identity.get('data', '?')}",
+        f"* spec: {report.config['spec']}, budget: {report.config['max_drop']} pp",
+        f"* baseline val acc {100 * b['val_acc']:.2f}%, {b['params']:,} params, "
+        f"{b['macs']:,} MACs/image",
+        f"* chosen {len(s['chosen'])} of {len(report.layers)} layers; predicted drop "
+        f"{s['predicted_drop']:.2f} pp, verified {s['verified_drop']:.2f} pp, "
+        f"{s['backoffs']} back-offs",
+        f"* zero-shot vs probe ranking (Spearman rho): {report.spearman_zero_shot_vs_probe}",
+        f"* {report.seconds:.0f} s", "",
+        "```", report.table(), "```", "",
+    ]
+    if report.groups:
+        lines += ["| group | layers | probe drop (pp) | sum of its layers' drops |",
+                  "|---|---|---|---|"]
+        lines += [f"| {g['group']} | {len(g['layers'])} | {g['probe_drop']:.2f} | "
+                  f"{g['sum_of_layer_probe_drops']:.2f} |" for g in report.groups]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: SearchReport, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    rows = report.layers
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [r["zero_shot_drop"] for r in rows], 0.4,
+               label="zero-shot", color="#bbbbbb")
+        ax.bar([x + 0.2 for x in xs], [r["probe_drop"] for r in rows], 0.4,
+               label=f"probe ({report.config['probe_steps']} steps)",
+               color=["#d62728" if r["chosen"] else "#1f77b4" for r in rows])
+        ax.set_xticks(list(xs), [r["fqn"] for r in rows], rotation=70, ha="right", fontsize=7)
+        ax.set_ylabel("val accuracy drop (pp)")
+        ax.set_yscale("symlog", linthresh=1.0)
+        top = max([r["zero_shot_drop"] for r in rows] + [r["probe_drop"] for r in rows] + [1])
+        ax.set_ylim(top=top * 2)
+        ax.set_title("sensitivity per layer (red: chosen)")
+        ax.legend()
+        fig.tight_layout()
+        paths["sensitivity_png"] = out / "sensitivity.png"
+        fig.savefig(paths["sensitivity_png"], dpi=120)
+        plt.close(fig)
+    if report.final:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for name, color in (("dense", "k"), ("chosen", "#d62728"), ("naive", "#1f77b4")):
+            f = report.final.get(name)
+            if not f:
+                continue
+            for ax, key in zip(axes, ("train_step_ms", "params")):
+                ax.scatter(f[key], 100 * f["val_acc"], c=color, s=60, label=name)
+                ax.annotate(name, (f[key], 100 * f["val_acc"]), textcoords="offset points",
+                            xytext=(5, 5))
+        axes[0].set_xlabel(f"training step time (ms, batch {report.config['time_batch']})")
+        axes[1].set_xlabel("parameters")
+        for ax in axes:
+            ax.set_ylabel("val accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle("accuracy vs cost: dense / chosen / naive")
+        fig.tight_layout()
+        paths["tradeoff_png"] = out / "tradeoff.png"
+        fig.savefig(paths["tradeoff_png"], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+__all__ = ["SearchConfig", "SearchReport", "SearchStateError", "config_hash", "plot",
+           "sensitivity_search", "summary_markdown", "write_outputs"]
