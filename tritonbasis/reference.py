@@ -73,8 +73,19 @@ def weight_modified(
 # The CPU path of the op.
 
 
+def _compute_layout(t: torch.Tensor) -> torch.Tensor:
+    """On CPU, run the convolutions in channels_last: mkldnn's NCHW convolution backward is ~2x
+    slower than its NHWC one at ResNet shapes (12.9 vs 6.0 ms at 64x128x16x16, C_b = 32),
+    far more than the ~1 ms layout copy. Results go back to the input's format at the end."""
+    if t.device.type == "cpu" and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     """Returns ``(y, z_saved)``; ``z_saved`` is Z for the full form when asked, else empty."""
+    fmt = output_memory_format(x)
+    x = _compute_layout(x)
     z = F.conv2d(x, basis, None, g.stride, g.padding, g.dilation)
     rest = combine(z, coeff) if g.C_rest else None
     if g.keep_basis:
@@ -85,7 +96,6 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
         y = y.index_select(1, torch.argsort(perm))
     if bias is not None:
         y.add_(bias[None, :, None, None])
-    fmt = output_memory_format(x)
     y = y.contiguous(memory_format=fmt)
     z_saved = z.contiguous(memory_format=fmt) if (need_z and not g.keep_basis) else x.new_empty(0)
     return y, z_saved
@@ -127,10 +137,10 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, m
     # distinct empties: a custom op's outputs must not alias each other
     dx, dbasis, dcoeff, dbias = (grad.new_empty(0) for _ in range(4))
     if need_x or need_b:
-        dz = grad_basis_outputs(grad, coeff, g)
+        dz = grad_basis_outputs(_compute_layout(grad), coeff, g)
         dx_, db_, _ = torch.ops.aten.convolution_backward(
-            dz, x, basis, None, list(g.stride), list(g.padding), list(g.dilation),
-            False, [0, 0], 1, [need_x, need_b, False],
+            _compute_layout(dz), _compute_layout(x), basis, None, list(g.stride),
+            list(g.padding), list(g.dilation), False, [0, 0], 1, [need_x, need_b, False],
         )
         if need_x:
             dx = dx_.contiguous(memory_format=output_memory_format(x))
