@@ -44,3 +44,14 @@ def _restore_backend():
 
     yield
     tritonbasis.set_backend(None)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models and batches: intra-op threads only add synchronisation (and when another
+    process shares the 2 cores, OpenMP's spinning threads slow them 5-20x); one thread also
+    makes CPU runs bitwise reproducible. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -62,17 +62,10 @@ def test_train_cifar_missing_folder_is_a_clear_error(tmp_path):
         main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing_here")])
 
 
-def test_search_cli_tiny_run(capsys, tmp_path):
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rc = main(["search", "--width", "0.125", "--image-size", "8", "--epochs", "1",
-                   "--probe-steps", "2", "--max-drop", "3", "--out", str(tmp_path),
-                   "--quiet", "--no-final"])
-    finally:
-        torch.set_num_threads(prev)
+def test_search_cli_tiny_run(capsys, tmp_path, one_thread):
+    rc = main(["search", "--width", "0.125", "--image-size", "8", "--epochs", "1",
+               "--probe-steps", "2", "--max-drop", "3", "--out", str(tmp_path),
+               "--quiet", "--no-final"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "chosen" in out and "layer4.1.conv2" in out

@@ -15,12 +15,8 @@ from tritonbasis.train import TrainConfig, evaluate, train
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # bitwise-reproducible CPU runs, and fast on the 2-core CI machine
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+def _one_thread(one_thread):
+    """Bitwise-reproducible CPU runs, fast on the 2-core CI machine (conftest's fixture)."""
 
 
 @pytest.fixture(scope="module")

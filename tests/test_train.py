@@ -33,14 +33,8 @@ TIMING_KEYS = {"epoch_time_s", "eval_time_s", "step_time_ms", "images_per_s"}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """These models and batches are tiny: intra-op threads only add synchronisation, and when
-    another test process shares the 2 cores, OpenMP's spinning threads slow them 5-20x. One
-    thread, restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs single-threaded (conftest's ``one_thread``)."""
 
 
 @pytest.fixture(scope="module")
