@@ -235,3 +235,13 @@ def test_from_conv_rejects_unsupported():
         tb.from_conv(nn.ConvTranspose2d(8, 8, 3), tb.BasisSpec(ratio=0.5))
     layer = tb.BasisConv2d.from_conv(nn.Conv2d(8, 16, 3), ratio=0.5)
     assert layer.basis_channels == 8
+
+
+def test_unknown_or_non_conv_names_in_a_plan_are_clear_errors():
+    m = _model("resnet18")
+    with pytest.raises(ValueError, match=r"'layer9.0.conv1' \(no such module\).*conv1"):
+        tb.convert(m, {"layer9.0.conv1": {"ratio": 0.5}})
+    with pytest.raises(ValueError, match=r"'fc' \(a Linear, not a Conv2d\)"):
+        tb.convert(m, {"fc": {"ratio": 0.5}})
+    # regex and _default keys may match nothing
+    tb.convert(m, {"re:nothing.*": {"ratio": 0.5}, "_default": None})

@@ -168,6 +168,7 @@ def convert(
     ):
         plan = {"_default": plan}
     plan = normalize_plan(plan)
+    _check_exact_names(model, plan)
     if not inplace:
         model = copy.deepcopy(model)
     pixels = _output_pixels(model, input_shape) if input_shape is not None else {}
@@ -223,6 +224,25 @@ def convert(
     for fqn, layer in replacements:
         _set_submodule(model, fqn, layer)
     return (model, report) if return_report else model
+
+
+def _check_exact_names(model: nn.Module, plan: dict) -> None:
+    """Exact plan keys must name Conv2d modules of the model: a typo would otherwise silently
+    leave a layer unconverted (regex and ``_default`` keys may match nothing)."""
+    modules = dict(model.named_modules())
+    bad = []
+    for k in plan:
+        if k == "_default" or k.startswith("re:"):
+            continue
+        m = modules.get(k)
+        if m is None:
+            bad.append(f"{k!r} (no such module)")
+        elif not isinstance(m, nn.Conv2d):
+            bad.append(f"{k!r} (a {type(m).__name__}, not a Conv2d)")
+    if bad:
+        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
+        hint = ", ".join(convs[:6]) + (", ..." if len(convs) > 6 else "")
+        raise ValueError(f"plan names {', '.join(bad)}; the model's convs are: {hint}")
 
 
 def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
