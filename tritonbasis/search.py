@@ -567,10 +567,16 @@ def write_outputs(report: SearchReport, out: Path) -> dict[str, Path]:
 def summary_markdown(report: SearchReport) -> str:
     b = report.baseline
     s = report.selection
+    ident = report.identity
+    data = ident.get("data", "?")
+    if isinstance(data, dict):
+        shape = "x".join(map(str, data.get("input_shape", [])[1:]))
+        data = (f"{data.get('name', '?')} ({data.get('train_size', '?')} train / "
+                f"{data.get('val_size', '?')} val, {shape} px)")
+    width = f" width {ident['width']}" if "width" in ident else ""
     lines = [
         "# tritonbasis sensitivity search", "",
-        f"* model: {report.identity.get('model', report.identity.get('model_class'))}, "
-        f"data: {report.identity.get('data', '?')}",
+        f"* model: {ident.get('model', ident.get('model_class'))}{width}, data: {data}",
         f"* spec: {report.config['spec']}, budget: {report.config['max_drop']} pp",
         f"* baseline val acc {100 * b['val_acc']:.2f}%, {b['params']:,} params, "
         f"{b['macs']:,} MACs/image",
