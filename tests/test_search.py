@@ -75,7 +75,6 @@ def test_tiny_search_end_to_end(data8, tmp_path):
     plan = tb.load_plan(tmp_path / "plan.json")
     conv, crep = tb.convert(_tiny_model(), plan, return_report=True)
     assert sorted(r.fqn for r in crep.converted) == sorted(sel["chosen"])
-    assert "-1" not in rep.table()
 
 
 def _fragile_setup(data8):

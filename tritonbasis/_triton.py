@@ -12,10 +12,15 @@ IEEE fp32. Accumulation is always fp32. Outside CUDA (the interpreter) the flag 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import os
+import warnings
+from pathlib import Path
 
 import torch
 
+from . import tune_cache
 from ._checks import ConvGeometry, output_memory_format
 
 _INT32_MAX = 2**31 - 1
@@ -80,12 +85,118 @@ def _autotuned(name: str):
     )(kernels.KERNELS[name])
 
 
+# --------------------------------------------------------------------------------------------
+# Persistent autotune results (tritonbasis.tune_cache): a launch whose key was tuned before, in
+# any process on the same GPU with the same triton and kernel source, runs the stored config
+# directly instead of re-tuning.
+
+
+@functools.cache
+def triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+@functools.cache
+def source_hash(name: str | None = None) -> str:
+    """sha256 (16 hex digits) of the source files of kernel ``name`` (all kernels if None) and
+    of ``kernels/configs.py``: any edit of a kernel's module or of the configs changes it."""
+    kernels, configs = _kernels()
+    names = [name] if name is not None else sorted(kernels.KERNELS)
+    files = {Path(inspect.getsourcefile(getattr(kernels.KERNELS[n], "fn", kernels.KERNELS[n])))
+             for n in names}
+    files.add(Path(configs.__file__))
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def _arg_names(name: str) -> tuple[str, ...]:
+    fn = _kernels()[0].KERNELS[name]
+    names = getattr(fn, "arg_names", None)
+    if names is None:
+        names = list(inspect.signature(getattr(fn, "fn", fn)).parameters)
+    return tuple(names)
+
+
+@functools.cache
+def _known_configs(name: str) -> list[dict]:
+    return list(_kernels()[1].CONFIGS[name].values())
+
+
+def _scalar(v):
+    if isinstance(v, bool | int | float | str) or v is None:
+        return v
+    return str(v)
+
+
+def tune_key(name: str, args: tuple, kwargs: dict) -> tuple:
+    """What the best config of a launch depends on: the values of ``configs.KEYS[name]`` (as
+    triton.autotune's key), the dtypes of the tensor arguments (as triton adds them) and
+    whether the layout operand is NCHW (``configs.prune`` depends on it; triton's key does not
+    see it)."""
+    _, configs = _kernels()
+    named = dict(zip(_arg_names(name), args))
+    named.update(kwargs)
+    vals = [_scalar(named[k]) for k in configs.KEYS[name]]
+    dtypes = [str(v.dtype) for v in named.values() if isinstance(v, torch.Tensor)]
+    _, chan_stride = _PRUNE_LAYOUT[name]
+    return (*vals, *dtypes, named[chan_stride] != 1)
+
+
+_CACHE_BROKEN: list[str] = []  # set once when computing a cache key failed (then: no cache)
+
+
+def _cache_ident(name: str, args: tuple, kwargs: dict) -> tuple | None:
+    if _CACHE_BROKEN or not tune_cache.enabled():
+        return None
+    try:
+        dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+        return (name, tune_cache.device_name(dev), triton_version(), source_hash(name),
+                tune_key(name, args, kwargs))
+    except Exception as e:  # never let the cache break a launch
+        _CACHE_BROKEN.append(repr(e))
+        warnings.warn(f"tritonbasis: autotune cache disabled for this process ({e!r})",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _config_dict(cfg) -> dict:
+    """A triton.Config as the cache stores it (the shape of kernels/configs.py's entries)."""
+    return {"blocks": dict(cfg.kwargs), "num_warps": int(cfg.num_warps),
+            "num_stages": int(cfg.num_stages)}
+
+
+def _launch_config(name: str, grid, cfg: dict, args, kwargs) -> None:
+    kernels, _ = _kernels()
+    kernels.KERNELS[name][grid(cfg["blocks"])](
+        *args, **kwargs, **cfg["blocks"], num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"]
+    )
+
+
 def _launch(name: str, grid, *args, **kwargs):
     """Launch kernel ``name``: autotuned, or with its FIXED config (interpreter, tests,
-    TRITONBASIS_AUTOTUNE=0). ``grid`` is a function of the config's block sizes."""
+    TRITONBASIS_AUTOTUNE=0). ``grid`` is a function of the config's block sizes.
+
+    Autotuned launches first look the launch key up in the on-disk cache
+    (:mod:`tritonbasis.tune_cache`) and run a cached config directly; otherwise triton.autotune
+    tunes (or reuses its in-process result) and its ``best_config`` is stored."""
     kernels, configs = _kernels()
     if autotune_enabled():
-        _autotuned(name)[lambda meta: grid(meta)](*args, **kwargs)
+        ident = _cache_ident(name, args, kwargs)
+        if ident is not None:
+            cfg = tune_cache.lookup_config(*ident)
+            if cfg is not None and cfg in _known_configs(name):
+                _launch_config(name, grid, cfg, args, kwargs)
+                return
+        tuner = _autotuned(name)
+        tuner[lambda meta: grid(meta)](*args, **kwargs)
+        if ident is not None and getattr(tuner, "best_config", None) is not None:
+            tune_cache.store_config(*ident, _config_dict(tuner.best_config))
     else:
         c = configs.FIXED[name]
         kernels.KERNELS[name][grid(c["blocks"])](

@@ -6,6 +6,11 @@
   train     train a model (dense, or converted by a plan) on digits or a local CIFAR-10
   search    layer-sensitivity search: which convs tolerate a basis (the main job; with no
             arguments it runs on the embedded digits in a few minutes on a CPU)
+  bench     benchmark the op against its baselines (and a model end to end); writes
+            bench/results/<gpu>-<date>-<commit>.json and .md (--quick: a CPU smoke run)
+  tune      pre-tune a model's layer shapes: autotune the kernels and time fused vs weight
+            for mode="auto" (results in the tuning cache; needs CUDA unless --device cpu)
+  profile   training steps under torch.profiler: Chrome trace, op / kernel / layer tables
 
 The subcommands are thin: they call the same Python API (tritonbasis.convert, .train, ...).
 """
@@ -13,6 +18,7 @@ The subcommands are thin: they call the same Python API (tritonbasis.convert, .t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -241,6 +247,84 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_from_args
+
+    return run_from_args(args)
+
+
+def _converted_model(args, default_ratio=None):
+    """The model of --model/--width/--num-classes converted by --plan or --ratio (or, with
+    neither, by ``default_ratio`` on every candidate conv if given)."""
+    from .convert import convert
+    from .models import get_model
+    from .spec import BasisSpec
+
+    plan = _plan_from_args(args)
+    if plan is None and default_ratio is not None:
+        plan = {"_default": BasisSpec(ratio=default_ratio, keep_basis=args.keep_basis)}
+    model = get_model(args.model, num_classes=args.num_classes, width=args.width)
+    report = None
+    if plan is not None:
+        model, report = convert(model, plan, input_shape=(3, args.image_size, args.image_size),
+                                return_report=True, inplace=True)
+    return model, report
+
+
+def cmd_tune(args) -> int:
+    from . import tune_cache
+
+    if args.show:
+        print(json.dumps(tune_cache.summary(), indent=1))
+        return 0
+    if args.device is None and not torch.cuda.is_available():
+        print("tritonbasis tune: no CUDA device, nothing to tune. The Triton kernels autotune "
+              "on a GPU, and the fused-vs-weight timings that mode='auto' reads are GPU "
+              "measurements; on this machine mode='auto' uses the FLOP model. "
+              "(--device cpu times the CPU torch paths into the cache anyway.)")
+        return 0
+    from .bench import tune_model
+
+    device = torch.device(args.device or "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but CUDA is not available")
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    model, report = _converted_model(args, default_ratio=0.25)
+    n = sum(1 for r in report.layers if r.converted) if report else 0
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    print(f"tritonbasis tune: {args.model} (width {args.width}), {n} converted convs, input "
+          f"{shape}, {dtype}, {args.layout}, objective {args.objective}, on "
+          f"{tune_cache.device_name(device)}; cache: {tune_cache.cache_dir()}")
+    rows = tune_model(model.to(device), shape, device=device, dtype=dtype, layout=args.layout,
+                      objective=args.objective, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms,
+                      min_reps=args.min_reps)
+    tuned = [r for r in rows if r["mode"]]
+    print(f"{len(tuned)} layer shapes timed ({sum(r['mode'] == 'fused' for r in tuned)} fused, "
+          f"{sum(r['mode'] == 'weight' for r in tuned)} weight; "
+          f"{sum(r['mode'] != r['flop_model'] for r in tuned)} differ from the FLOP model), "
+          f"{len(rows) - len(tuned)} skipped; mode='auto' now uses these timings "
+          f"(TRITONBASIS_TUNE_CACHE=0 ignores them)")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from .profiling import profile_training
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but CUDA is not available")
+    model, report = _converted_model(args, default_ratio=0.25)
+    batch = args.batch or (256 if device.type == "cuda" else 16)
+    out = Path(args.out or f"runs/profile-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = sum(1 for r in report.layers if r.converted) if report else 0
+    print(f"tritonbasis profile: {args.model} (width {args.width}), {n} BasisConv2d layers, "
+          f"batch {batch} at {args.image_size}x{args.image_size}, {args.steps} steps -> {out}")
+    profile_training(model, (batch, 3, args.image_size, args.image_size), steps=args.steps,
+                     out_dir=out, device=device, amp=not args.no_amp, warmup=args.warmup,
+                     nvtx=args.nvtx, trace=not args.no_trace, row_limit=args.rows)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="tritonbasis", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -305,9 +389,55 @@ def main(argv=None) -> int:
     se.add_argument("--out", default=None, help="output folder (default runs/search-<time>); "
                                                 "an existing one is resumed")
     se.add_argument("--quiet", action="store_true")
+    b = sub.add_parser("bench", help="benchmark the op vs dense/unfused/compiled/weight-mod "
+                                     "baselines and a model end to end; JSON + Markdown",
+                       description="Benchmark suite (bench/README.md): cases x C_b ratios x "
+                                   "dtypes x layouts x providers x directions, plus "
+                                   "resnet18_cifar end to end. Results are written to "
+                                   "OUT/<gpu>-<date>-<commit>.json and .md, never over an "
+                                   "earlier run.")
+    from .bench import add_arguments as _bench_arguments
+
+    _bench_arguments(b)
+    tu = sub.add_parser("tune", help="pre-tune a model's layer shapes (Triton autotune + "
+                                     "fused-vs-weight timings for mode='auto', cached on disk)")
+    _add_model_args(tu)
+    tu.add_argument("--image-size", type=int, default=32, help="input size (default 32)")
+    tu.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
+    tu.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                    help="default bfloat16 on CUDA (what bf16 autocast runs), float32 on CPU")
+    tu.add_argument("--layout", default="channels_last", choices=["channels_last",
+                                                                   "contiguous"])
+    tu.add_argument("--objective", default="train", choices=["train", "infer"],
+                    help="compare forward+backward (train, default) or forward (infer)")
+    tu.add_argument("--device", default=None,
+                    help="default cuda; without CUDA the command explains and exits unless "
+                         "--device cpu (times the CPU torch paths)")
+    tu.add_argument("--warmup-ms", type=float, default=25.0)
+    tu.add_argument("--rep-ms", type=float, default=100.0)
+    tu.add_argument("--min-reps", type=int, default=10)
+    tu.add_argument("--show", action="store_true",
+                    help="print the cache location and what it holds, and exit")
+    pr = sub.add_parser("profile", help="training steps under torch.profiler: Chrome trace, "
+                                        "op/kernel/layer tables")
+    _add_model_args(pr)
+    pr.add_argument("--image-size", type=int, default=32, help="input size (default 32)")
+    pr.add_argument("--batch", type=int, default=None, help="default 256 (CUDA), 16 (CPU)")
+    pr.add_argument("--steps", type=int, default=5, help="profiled training steps (5)")
+    pr.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
+    pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    pr.add_argument("--out", default=None, help="output folder (default runs/profile-<time>)")
+    pr.add_argument("--nvtx", action="store_true",
+                    help="NVTX ranges per layer (FQN) and per step, for nsys / ncu")
+    pr.add_argument("--no-trace", action="store_true",
+                    help="no torch.profiler (to run under nsys or ncu; use with --nvtx)")
+    pr.add_argument("--no-amp", action="store_true",
+                    help="fp32 on CUDA instead of bf16 autocast + channels_last")
+    pr.add_argument("--rows", type=int, default=25, help="rows per table (25)")
     args = p.parse_args(argv)
     return {"demo": demo, "convert": cmd_convert, "train": cmd_train,
-            "search": cmd_search}[args.cmd](args)
+            "search": cmd_search, "bench": cmd_bench, "tune": cmd_tune,
+            "profile": cmd_profile}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
+from . import reference, tune_cache
 from ._checks import ConvGeometry, check_inputs
 from .kernels_limits import MAX_BASIS_CHANNELS
 
 MODES = ("fused", "weight", "auto")
 
-# Cost-model constants (FLOP/shape only, until measured timings exist -- see the bench issue).
+# Cost-model constants (the fallback when the tuning cache has no measured timing for a shape:
+# `tritonbasis tune` measures fused vs weight per layer shape, see tritonbasis.tune_cache).
 # The fused kernel must do clearly fewer MACs than the dense conv to pay for running at a lower
 # fraction of peak than cuDNN: we assume >= 60% of cuDNN's efficiency, so fused wins when
 # fused_MACs < 0.6 x dense_MACs. Below ~2k output pixels a launch is mostly fixed cost and the
@@ -20,16 +21,23 @@ MIN_FUSED_PIXELS = 2048
 
 
 def choose_mode(g: ConvGeometry, device: torch.device | str = "cpu") -> str:
-    """``"fused"`` or ``"weight"`` for one call shape, by the FLOP/shape cost model."""
+    """``"fused"`` or ``"weight"`` for one call shape.
+
+    Measured first: if the tuning cache (:mod:`tritonbasis.tune_cache`, filled by
+    ``tritonbasis tune``) has fused and weight timings for this layer shape on this device, the
+    faster one. Otherwise the FLOP/shape cost model below. Either way, ``C_b`` above the fused
+    kernel's limit on CUDA is ``"weight"`` (the kernel cannot run it)."""
     device = torch.device(device)
+    if device.type == "cuda" and g.C_b > MAX_BASIS_CHANNELS:
+        return "weight"  # the fused kernel holds C_b in one tile; cuDNN does the rest
+    measured = tune_cache.lookup_mode(g, device)
+    if measured is not None:
+        return measured
     macs = g.macs()
     if macs["fused"] >= FUSED_EFFICIENCY * macs["dense"]:
         return "weight"  # no real saving (stems with C_in*k^2 < C_b, C_b close to C_out)
-    if device.type == "cuda":
-        if g.C_b > MAX_BASIS_CHANNELS:
-            return "weight"  # the fused kernel holds C_b in one tile; cuDNN does the rest
-        if g.pixels < MIN_FUSED_PIXELS:
-            return "weight"
+    if device.type == "cuda" and g.pixels < MIN_FUSED_PIXELS:
+        return "weight"
     return "fused"
 
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 from . import reference
 from ._checks import check_inputs, pair
 from .functional import MODES, basis_conv2d, choose_mode
+from .profiling import layer_range
 
 
 class BasisConv2d(nn.Module):
@@ -83,7 +84,19 @@ class BasisConv2d(nn.Module):
             b = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -b, b)
 
+    # Profiling (tritonbasis.profiling.name_layers sets them per instance): with a name, the
+    # forward runs inside a record_function (and, with profile_nvtx, an NVTX) range of that
+    # name; None costs one attribute check. Left out under torch.compile (graphs stay whole).
+    profile_name: str | None = None
+    profile_nvtx: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.profile_name is not None and not torch.compiler.is_compiling():
+            with layer_range(self.profile_name, self.profile_nvtx and x.is_cuda):
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return basis_conv2d(
             x, self.basis, self.coeff, self.bias, self.stride, self.padding, self.dilation,
             self.keep_basis, mode=self.mode, perm=self.out_perm,
