@@ -7,14 +7,21 @@ import triton; ``torch.utils.flop_counter`` does, but the decision is made per k
 decoration time). With CUDA the kernels run for real and the interpreter is left off.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# The matrix tests must not silently pick up a developer's forced backend.
+# The matrix tests must not silently pick up a developer's forced backend, nor tuned configs
+# and measured mode timings from their ~/.cache (they would change what `auto` picks).
 os.environ.pop("TRITONBASIS_BACKEND", None)
+_CACHE = tempfile.mkdtemp(prefix="tritonbasis-test-cache-")
+os.environ["TRITONBASIS_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 
