@@ -44,7 +44,6 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from fractions import Fraction
@@ -57,6 +56,7 @@ import torch.nn.functional as F
 
 from . import reference
 from ._checks import check_inputs
+from ._io import atomic_write_text
 from .functional import basis_conv2d
 from .kernels_limits import MAX_BASIS_CHANNELS
 
@@ -898,22 +898,10 @@ def claim_result_paths(out_dir, device: torch.device, date: str, commit: str) ->
     raise RuntimeError(f"no free result name for {stem} in {out}")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(res: dict, json_path: Path, md_path: Path | None = None) -> None:
-    _atomic_write_text(Path(json_path), json.dumps(res, indent=1) + "\n")
+    atomic_write_text(Path(json_path), json.dumps(res, indent=1) + "\n")
     if md_path is not None:
-        _atomic_write_text(Path(md_path), markdown(res))
+        atomic_write_text(Path(md_path), markdown(res))
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ._io import atomic_torch_save, atomic_write_text
 from .convert import candidate_convs, convert
 from .spec import BasisSpec, save_plan
 from .train import TrainConfig, count_macs, count_params, evaluate, measure_step_time, train
@@ -140,21 +141,6 @@ class SearchReport:
 # state
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class _State:
     """``state.json``: the config hash plus every finished stage's results."""
 
@@ -191,7 +177,7 @@ class _State:
         self.save()
 
     def save(self) -> None:
-        _atomic_write_text(self.path, json.dumps(self.doc, indent=1, allow_nan=False))
+        atomic_write_text(self.path, json.dumps(self.doc, indent=1, allow_nan=False))
 
 
 def config_hash(config: SearchConfig, identity: dict) -> str:
@@ -344,7 +330,7 @@ def sensitivity_search(
             log("[1/5] baseline: using the given weights (baseline_epochs=0)")
             hist = []
         loss, acc = evaluate(dense, val_data, cfg.device, cfg.batch_size)
-        _atomic_torch_save(dense.state_dict(), base_path)
+        atomic_torch_save(dense.state_dict(), base_path)
         baseline = {"val_acc": acc, "val_loss": loss, "params": count_params(dense),
                     "macs": count_macs(dense, shape), "history": hist}
         state.put("baseline", baseline)
@@ -554,11 +540,11 @@ def write_outputs(report: SearchReport, out: Path) -> dict[str, Path]:
     out = Path(out)
     paths = {"report": out / "report.json", "plan": out / "plan.json",
              "summary": out / "summary.md"}
-    _atomic_write_text(paths["report"], report.to_json())
+    atomic_write_text(paths["report"], report.to_json())
     save_plan(report.plan, paths["plan"], meta={
         "source": "tritonbasis search", "max_drop_pp": report.config["max_drop"],
         "baseline_val_acc": report.baseline["val_acc"], "chosen": report.chosen})
-    _atomic_write_text(paths["summary"], summary_markdown(report))
+    atomic_write_text(paths["summary"], summary_markdown(report))
     with contextlib.suppress(ImportError):  # matplotlib is optional
         paths.update(plot(report, out))
     return paths

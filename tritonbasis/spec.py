@@ -4,11 +4,11 @@ contract between the sensitivity search and conversion."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ._io import atomic_write_text
 from .functional import MODES
 
 INITS = ("svd", "random")
@@ -145,10 +145,7 @@ def save_plan(plan, path, meta: dict | None = None) -> Path:
     if meta:
         doc["meta"] = meta
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from ._io import atomic_torch_save
 from .data import make_loaders
 from .layer import BasisConv2d
 
@@ -517,21 +517,8 @@ def _set_rng_state(s: dict[str, Any], generator: torch.Generator | None) -> None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a
-    reader (or a resumed run) sees the old checkpoint or the new one, never a partial file.
-    On any error -- including KeyboardInterrupt -- the temporary file is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Checkpoint write: see :mod:`tritonbasis._io` (temporary file, fsync, rename)."""
+    atomic_torch_save(obj, path)
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:

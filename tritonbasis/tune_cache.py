@@ -32,13 +32,14 @@ import datetime as dt
 import json
 import os
 import platform
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._io import atomic_write_text
 
 ENV_DIR = "TRITONBASIS_CACHE_DIR"
 ENV_ENABLE = "TRITONBASIS_TUNE_CACHE"
@@ -227,18 +228,7 @@ def _file_lock(path: Path):
 
 
 def _atomic_write(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 _CONFIGS = _Store(CONFIGS_FILE, "autotune-configs")
