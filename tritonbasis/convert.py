@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .functional import FUSED_EFFICIENCY
-from .init import check_convertible, from_conv, singular_values
+from .init import captured_energy, check_convertible, from_conv
 from .layer import BasisConv2d
 from .spec import BasisSpec, lookup, normalize_plan
 
@@ -40,6 +40,9 @@ class LayerReport:
     out_pixels: int | None = None  # Ho*Wo per sample, if an input shape was given
     macs_before: int = 0  # per sample if out_pixels is known, else per output pixel
     macs_after: int = 0
+    # fraction of the filters' squared Frobenius norm the initial basis spans (init="svd"):
+    # what an energy threshold is compared with; None for init="random"
+    captured_energy: float | None = None
 
 
 @dataclass
@@ -79,6 +82,8 @@ class ConversionReport:
             p = f"{r.params_before:,}->{r.params_after:,}"
             m = f"{_si(r.macs_before)}->{_si(r.macs_after)}"
             note = r.mode if r.converted else r.reason
+            if r.converted and r.captured_energy is not None:
+                note = f"energy {r.captured_energy:.3f}; {note}"
             lines.append(f"{r.fqn[:34]:34s} {shape:>16s} {cb:>5s} {form:>5s} {p:>19s} "
                          f"{m:>23s}  {note}")
         t = self.totals()
@@ -197,8 +202,11 @@ def convert(
         if why:
             r.reason = why
             continue
-        sv = singular_values(m) if spec.energy is not None else None
-        cb = spec.channels_for(m.out_channels, sv)
+        curve = None
+        if spec.init == "svd":
+            h = m.weight.detach().double().reshape(m.out_channels, -1)
+            curve = captured_energy(h, spec.keep_basis)
+        cb = spec.channels_for(m.out_channels, curve)
         if spec.init == "svd" and not spec.keep_basis:
             cb = min(cb, m.in_channels * k[0] * k[1])
         rest = m.out_channels - cb if spec.keep_basis else m.out_channels
@@ -220,6 +228,8 @@ def convert(
             r.mode = f"auto->{pick} (fused MACs {frac:.2f}x dense)"
         r.params_after = _params(layer)
         r.macs_after = new_macs
+        if curve is not None:
+            r.captured_energy = round(float(curve[layer.basis_channels - 1]), 6)
         replacements.append((fqn, layer))
     for fqn, layer in replacements:
         _set_submodule(model, fqn, layer)

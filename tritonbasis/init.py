@@ -46,6 +46,47 @@ def singular_values(conv: nn.Conv2d) -> torch.Tensor:
     return torch.linalg.svdvals(h)
 
 
+def _pivoted_qr(h: torch.Tensor):
+    """Column-pivoted QR of ``H^T`` (columns = filters): ``(R, pivots)``. The pivot order is a
+    greedy subset selection: filter ``piv[k]`` is the one farthest from the span of the first
+    ``k`` picks."""
+    from scipy.linalg import qr
+
+    r, piv = qr(h.t().numpy(), mode="r", pivoting=True)
+    return torch.from_numpy(r), torch.from_numpy(piv.astype("int64"))
+
+
+def captured_energy(h: torch.Tensor, keep_basis: bool, qr=None, sv=None) -> torch.Tensor:
+    """``curve[k-1]`` = fraction of ``||H||_F^2`` (``H`` = filters as rows, float64) that a
+    basis of ``k`` channels captures, for ``k = 1..C_out``: ``||P_k H||^2 / ||H||^2`` with
+    ``P_k`` the projection onto the span of the basis filters.
+
+    * full form: the top-``k`` right singular vectors (Eckart-Young: the best any ``k`` can do),
+      ``cumsum(sigma^2) / sum(sigma^2)``;
+    * keep-basis form: the first ``k`` filters of the pivoted-QR order, which the layer keeps as
+      its basis. ``||H - P_k H||^2`` is the squared norm of the trailing rows ``R[k:, :]`` of the
+      pivoted QR of ``H^T`` (rows of R below ``k`` vanish left of column ``k``), so the whole
+      curve costs one QR. It lies below the full form's curve, so the same energy threshold
+      needs a larger (or equal) ``C_b`` in the keep-basis form.
+
+    ``qr`` (``(R, pivots)``) or ``sv`` (singular values) reuse a decomposition already made.
+    """
+    total = (h * h).sum().clamp_min(1e-300)
+    c_out = h.shape[0]
+    if keep_basis:
+        r, _ = qr if qr is not None else _pivoted_qr(h)
+        rows = (r * r).sum(dim=1)  # ||R[i, :]||^2, i < min(D, C_out)
+        tail = rows.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{i >= k} rows[i]
+        resid = torch.zeros(c_out, dtype=h.dtype)
+        n = min(c_out, len(rows) - 1)
+        resid[:n] = tail[1:n + 1]  # after k = i + 1 picks, rows i+1.. remain
+        return (1.0 - resid / total).clamp(0.0, 1.0)
+    s2 = (sv if sv is not None else torch.linalg.svdvals(h)) ** 2
+    curve = torch.ones(c_out, dtype=h.dtype)
+    curve[: len(s2)] = torch.cumsum(s2, 0) / total
+    return curve.clamp(0.0, 1.0)
+
+
 def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> BasisConv2d:
     """A BasisConv2d computing (an approximation of) ``conv``; see the module docstring."""
     spec = as_spec(spec) if spec is not None else BasisSpec(**kw)
@@ -57,13 +98,16 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> Ba
     w = conv.weight.detach()
     c_out = conv.out_channels
     h = w.double().reshape(c_out, -1)
-    svd = None
-    if spec.init == "svd" and not spec.keep_basis:
-        svd = torch.linalg.svd(h, full_matrices=False)  # once: C_b and the factors
-        sv = svd[1]
-    else:
-        sv = torch.linalg.svdvals(h) if spec.energy is not None else None
-    cb = spec.channels_for(c_out, sv)
+    svd = qr = None
+    if spec.init == "svd":  # decompose once: C_b (energy rule) and the factors
+        if spec.keep_basis:
+            qr = _pivoted_qr(h)
+        else:
+            svd = torch.linalg.svd(h, full_matrices=False)
+    curve = None
+    if spec.energy is not None:
+        curve = captured_energy(h, spec.keep_basis, qr=qr, sv=svd[1] if svd is not None else None)
+    cb = spec.channels_for(c_out, curve)
     if spec.init == "svd" and not spec.keep_basis:
         cb = min(cb, h.shape[1])  # rank of H is at most C_in*k*k
     layer = BasisConv2d(
@@ -74,7 +118,7 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> Ba
     with torch.no_grad():
         if spec.init == "svd":
             if spec.keep_basis:
-                basis, coeff, perm = _keep_basis_init(h, cb)
+                basis, coeff, perm = _keep_basis_init(h, cb, qr[1])
             else:
                 basis, coeff, perm = _svd_init(svd, cb)
             layer.basis.copy_(basis.reshape(layer.basis.shape))
@@ -97,12 +141,9 @@ def _svd_init(svd, cb: int):
     return basis, coeff, None
 
 
-def _keep_basis_init(h: torch.Tensor, cb: int):
-    """Pivoted QR picks C_b filters that best span the others; least squares for the rest."""
-    from scipy.linalg import qr
-
-    _, _, piv = qr(h.t().numpy(), mode="economic", pivoting=True)
-    piv = torch.from_numpy(piv.astype("int64"))
+def _keep_basis_init(h: torch.Tensor, cb: int, piv: torch.Tensor):
+    """The first C_b filters of the pivoted-QR order are the basis; least squares for the
+    rest."""
     idx, rest = piv[:cb], piv[cb:]
     basis = h[idx]
     if rest.numel():

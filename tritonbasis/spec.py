@@ -76,23 +76,23 @@ class BasisSpec:
             )
         return cls(**d)
 
-    def channels_for(self, c_out: int, singular_values=None) -> int:
-        """C_b for a conv with ``c_out`` filters (``singular_values`` needed for energy)."""
+    def channels_for(self, c_out: int, captured=None) -> int:
+        """C_b for a conv with ``c_out`` filters. The energy rule needs ``captured``: the
+        fraction of the filters' energy a basis of ``k`` channels captures, for ``k = 1..``
+        (:func:`tritonbasis.init.captured_energy`, which differs between the two forms); C_b is
+        the smallest ``k`` that reaches ``energy``."""
         if self.basis_channels is not None:
             return min(self.basis_channels, c_out)
         if self.ratio is not None:
             return max(1, min(c_out, round(self.ratio * c_out)))
-        if singular_values is None:
-            raise ValueError("energy-based C_b needs the conv's singular values")
+        if captured is None:
+            raise ValueError("energy-based C_b needs the captured-energy curve of the filters")
         import torch
 
-        s2 = singular_values.double() ** 2
-        rank = len(s2)
-        if self.energy >= 1.0:
-            return min(c_out, rank)
-        frac = torch.cumsum(s2, 0) / s2.sum().clamp_min(1e-300)
-        cb = int(torch.searchsorted(frac, torch.tensor(self.energy, dtype=frac.dtype))) + 1
-        return max(1, min(cb, rank, c_out))
+        # 1e-12: a full-rank basis captures 1.0 up to float64 rounding (energy=1.0 -> exact)
+        reached = torch.nonzero(captured.double() >= self.energy - 1e-12)
+        cb = int(reached[0]) + 1 if len(reached) else len(captured)
+        return max(1, min(cb, c_out))
 
 
 SpecLike = BasisSpec | dict | None
