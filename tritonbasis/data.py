@@ -105,8 +105,9 @@ def _missing_cifar10(root: Path) -> list[str]:
 
 def _how_to_get_cifar10(root: Path) -> str:
     return (
-        f"Get the data with `cifar10({str(root)!r}, download=True)` (or the CLI's download "
-        f"option), or download {CIFAR10_URL} yourself and extract it in {str(root)!r} so that "
+        f"Get the data with the Python API, `tritonbasis.data.cifar10({str(root)!r}, "
+        f"download=True)` (the CLI never downloads), or download {CIFAR10_URL} yourself and "
+        f"extract it in {str(root)!r} so that "
         f"{str(root / _CIFAR10_FOLDER)!r} holds data_batch_1..5, test_batch and batches.meta."
     )
 

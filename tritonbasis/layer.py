@@ -115,15 +115,40 @@ class BasisConv2d(nn.Module):
                 )
         self.out_perm = perm
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _out_perm_problem(self, perm) -> str | None:
+        """Why ``perm`` (from a state_dict) is not a permutation of range(C_out), or None. A
+        non-permutation used to load silently: forward maps channels by argsort(perm),
+        backward by perm, which agree only for a permutation (gradients were wrong)."""
+        if not isinstance(perm, torch.Tensor):
+            return f"is a {type(perm).__name__}, not a tensor"
+        if perm.dtype not in (torch.int64, torch.int32):
+            return f"has dtype {perm.dtype}, not int64"
+        if tuple(perm.shape) != (self.out_channels,):
+            return f"has shape {tuple(perm.shape)}, expected ({self.out_channels},)"
+        if perm.device.type == "meta":
+            return None  # values unknown (meta init); checked when real weights load
+        if not torch.equal(perm.sort().values.cpu(),
+                           torch.arange(self.out_channels, dtype=perm.dtype)):
+            return f"is not a permutation of range({self.out_channels})"
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
         # out_perm is an optional buffer: a checkpoint may have it while a fresh module has
         # None (or the other way round); adopt the checkpoint's.
         key = prefix + "out_perm"
+        if key in state_dict:
+            why = self._out_perm_problem(state_dict[key])
+            if why is not None:
+                error_msgs.append(f"{key} {why}: the checkpoint is corrupt or not from this "
+                                  "layer")
+                return
         if key in state_dict and self.out_perm is None:
             self.out_perm = torch.empty_like(state_dict[key], device=self.basis.device)
         elif key not in state_dict and self.out_perm is not None:
             self.out_perm = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def resolved_mode(self, x: torch.Tensor) -> str:
         """What ``mode="auto"`` picks for input ``x`` (``"fused"`` or ``"weight"``)."""

@@ -86,6 +86,14 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _scalar_tree(v) -> bool:
+    """A JSON scalar or a (nested) list of them: what an ident or geometry may hold (a dict
+    there made every process crash with ``TypeError: unhashable``)."""
+    if isinstance(v, list):
+        return all(_scalar_tree(i) for i in v)
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
 def _tupled(v):
     """JSON lists back to (hashable) tuples, recursively."""
     if isinstance(v, list):
@@ -95,6 +103,18 @@ def _tupled(v):
 
 # --------------------------------------------------------------------------------------------
 # One JSON file: {"format": FORMAT, "kind": ..., "entries": {key: entry}}
+
+
+def _entry_ok(e: dict) -> bool:
+    """Fields the lookups index by must be JSON scalars / lists of them; the rest of an entry
+    is type-checked where it is read (``lookup_config``, ``_mode_table``)."""
+    for k in ("ident", "geometry", "key"):
+        if k in e and not (isinstance(e[k], list) and _scalar_tree(e[k])):
+            return False
+    for k in ("device", "mode", "kernel", "gpu", "triton", "src"):
+        if k in e and not (e[k] is None or isinstance(e[k], str)):
+            return False
+    return True
 
 
 class _Store:
@@ -117,9 +137,11 @@ class _Store:
         return p
 
     def _read(self, path: Path) -> dict[str, dict]:
-        """Entries in the file; {} (with a warning) if it is not valid cache JSON."""
+        """Entries in the file; {} (with a warning naming the file) if it is not valid cache
+        JSON, whatever it holds (binary, wrong types); malformed entries are dropped with a
+        warning."""
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as e:
@@ -127,7 +149,8 @@ class _Store:
                           RuntimeWarning, stacklevel=3)
             return {}
         try:
-            data = json.loads(text)
+            # UnicodeDecodeError is a ValueError: non-UTF-8 bytes are "not JSON" too
+            data = json.loads(raw.decode("utf-8"))
             why = None
             if not isinstance(data, dict):
                 why = "top level is not an object"
@@ -135,8 +158,14 @@ class _Store:
                 why = f"format {data.get('format')!r}, expected {FORMAT!r}"
             elif not isinstance(data.get("entries"), dict):
                 why = "no 'entries' object"
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            why = f"not JSON: {e}"
+        except (ValueError, RecursionError) as e:
+            why = f"not JSON: {' '.join(str(e).split())[:100]}"
+        good = {}
+        if why is None:
+            good = {k: v for k, v in data["entries"].items()
+                    if isinstance(v, dict) and _entry_ok(v)}
+            if len(good) < len(data["entries"]) and not good:
+                why = f"none of its {len(data['entries'])} entries is well-formed"
         if why is not None:
             try:
                 st = path.stat()
@@ -149,7 +178,14 @@ class _Store:
             warnings.warn(f"tritonbasis: ignoring corrupt tuning cache {path} ({why}); it will "
                           "be rewritten on the next store", RuntimeWarning, stacklevel=3)
             return {}
-        return {k: v for k, v in data["entries"].items() if isinstance(v, dict)}
+        if len(good) < len(data["entries"]):
+            seen = ("entries", str(path), len(data["entries"]))
+            if seen not in self._warned:
+                self._warned.add(seen)
+                warnings.warn(f"tritonbasis: ignoring {len(data['entries']) - len(good)} "
+                              f"malformed entries of tuning cache {path}", RuntimeWarning,
+                              stacklevel=3)
+        return good
 
     def _set(self, key: str, entries: dict[str, dict]) -> None:
         self._mem[key] = entries
