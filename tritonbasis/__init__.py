@@ -5,9 +5,10 @@ load on first use. (``torch.utils.flop_counter``, imported to register our FLOP 
 import triton when it is installed; without triton everything but the kernels works.)
 """
 
-from . import ops  # registers torch.ops.tritonbasis.*
+from . import deploy, ops  # ops registers torch.ops.tritonbasis.*
 from ._checks import ConvGeometry, check_inputs
 from .convert import ConversionReport, LayerReport, candidate_convs, convert, merge
+from .deploy import export_onnx
 from .functional import basis_conv2d, choose_mode
 from .init import from_conv
 from .layer import BasisConv2d
@@ -24,6 +25,8 @@ __all__ = [
     "LayerReport",
     "candidate_convs",
     "convert",
+    "deploy",
+    "export_onnx",
     "from_conv",
     "load_plan",
     "merge",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from . import reference, tune_cache
@@ -92,6 +94,12 @@ def basis_conv2d(
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     if mode == "auto":
         mode = choose_mode(g, x.device)
+    if "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export():
+        # ONNX knows no tritonbasis op: the same function in standard ops (tritonbasis.deploy)
+        from .deploy import basis_conv2d_standard_ops
+
+        return basis_conv2d_standard_ops(x, basis, coeff, bias, g.stride, g.padding,
+                                         g.dilation, keep_basis, perm, merged=mode == "weight")
     if mode == "weight":
         return reference.weight_modified(
             x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis, perm
