@@ -243,5 +243,6 @@ def test_unknown_or_non_conv_names_in_a_plan_are_clear_errors():
         tb.convert(m, {"layer9.0.conv1": {"ratio": 0.5}})
     with pytest.raises(ValueError, match=r"'fc' \(a Linear, not a Conv2d\)"):
         tb.convert(m, {"fc": {"ratio": 0.5}})
-    # regex and _default keys may match nothing
-    tb.convert(m, {"re:nothing.*": {"ratio": 0.5}, "_default": None})
+    # regex and _default keys may match nothing, but a pattern that selects no conv warns
+    with pytest.warns(UserWarning, match="re:nothing.*match no Conv2d"):
+        tb.convert(m, {"re:nothing.*": {"ratio": 0.5}, "_default": None})

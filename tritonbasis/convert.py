@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -233,7 +234,20 @@ def convert(
         replacements.append((fqn, layer))
     for fqn, layer in replacements:
         _set_submodule(model, fqn, layer)
+    _warn_unused_patterns(plan, report)
     return (model, report) if return_report else model
+
+
+def _warn_unused_patterns(plan: dict, report) -> None:
+    """A ``re:`` key that selects no conv is almost always a typo (it converted 0 layers
+    without a word); exact names that match nothing are an error in :func:`_check_exact_names`."""
+    used = {r.plan_key for r in report.layers}
+    unused = [k for k in plan if k.startswith("re:") and k not in used]
+    if unused:
+        warnings.warn(
+            f"plan pattern(s) {', '.join(map(repr, unused))} match no Conv2d of the model "
+            "(patterns must match the whole name, e.g. 're:layer4\\..*conv1'); nothing was "
+            "converted by them", UserWarning, stacklevel=3)
 
 
 def _check_exact_names(model: nn.Module, plan: dict) -> None:

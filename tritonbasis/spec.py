@@ -14,6 +14,27 @@ from .functional import MODES
 INITS = ("svd", "random")
 
 
+def _check_field_types(spec) -> None:
+    """Types before values: a plan written by hand with ``"ratio": "0.25"`` failed deep inside
+    with ``'<' not supported``; NaN passed every range check."""
+    import math
+
+    for name in ("ratio", "energy"):
+        v = getattr(spec, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if spec.basis_channels is not None and (isinstance(spec.basis_channels, bool)
+                                            or not isinstance(spec.basis_channels, int)):
+        raise ValueError(f"basis_channels must be a positive int, got {spec.basis_channels!r}")
+    for name in ("keep_basis", "trainable_basis"):
+        if not isinstance(getattr(spec, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(spec, name)!r}")
+    for name in ("init", "mode"):
+        if not isinstance(getattr(spec, name), str):
+            raise ValueError(f"{name} must be a string, got {getattr(spec, name)!r}")
+
+
 @dataclass(frozen=True)
 class BasisSpec:
     """How to turn one ``nn.Conv2d`` into a ``BasisConv2d``.
@@ -40,6 +61,7 @@ class BasisSpec:
     trainable_basis: bool = True
 
     def __post_init__(self):
+        _check_field_types(self)
         given = [n for n in ("ratio", "basis_channels", "energy") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
@@ -152,13 +174,20 @@ def save_plan(plan, path, meta: dict | None = None) -> Path:
 def load_plan(path) -> dict[str, BasisSpec | None]:
     """Read a plan JSON (either the ``save_plan`` document or a bare ``{name: spec}`` dict)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"plan file {path} is a directory, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"plan file not found: {path}")
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"plan file {path} is not a text (UTF-8 JSON) file") from None
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"plan file {path} is not valid JSON: {e}") from None
     plan = doc["plan"] if isinstance(doc, dict) and "plan" in doc else doc
-    return normalize_plan(plan)
+    try:
+        return normalize_plan(plan)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"plan file {path}: {e}") from None
 
 
