@@ -17,7 +17,7 @@ How each route gets there:
 * **ONNX** -- plain ``torch.onnx.export(model, (x,))`` works (the dynamo-based exporter, default
   since torch 2.9, and the legacy ``dynamo=False`` one): while ``torch.onnx.is_in_onnx_export()``
   is True, :func:`tritonbasis.basis_conv2d` traces :func:`basis_conv2d_standard_ops` instead of
-  the custom op (a hook of three lines in ``functional.py``). :func:`export_onnx` wraps it with
+  the custom op (a small hook in ``functional.py``). :func:`export_onnx` wraps it with
   clear errors for missing packages and an optional ``mode`` override. An already exported
   ``ExportedProgram`` that contains the op goes through :func:`decompose` first.
 * **AOTInductor** -- :func:`aoti_package` = ``torch.export.export`` +
