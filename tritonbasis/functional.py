@@ -32,15 +32,27 @@ def choose_mode(g: ConvGeometry, device: torch.device | str = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda" and g.C_b > MAX_BASIS_CHANNELS:
         return "weight"  # the fused kernel holds C_b in one tile; cuDNN does the rest
-    measured = tune_cache.lookup_mode(g, device)
+    # Under torch.export / torch.compile with a dynamic batch (or size), N (H, W) are symbolic:
+    # any comparison on them becomes a guard that the export's range violates ("Not all values
+    # of batch satisfy ... 86016*N < 0.6*294912*N"). The decision then uses static numbers only.
+    symbolic = _has_symbolic(g)
+    measured = None if symbolic else tune_cache.lookup_mode(g, device)
     if measured is not None:
         return measured
-    macs = g.macs()
-    if macs["fused"] >= FUSED_EFFICIENCY * macs["dense"]:
+    # per output pixel: the ratio fused/dense does not depend on how many pixels there are
+    fused_pp = g.C_b * g.C_in * g.KH * g.KW + g.C_rest * g.C_b
+    dense_pp = g.C_out * g.C_in * g.KH * g.KW
+    if fused_pp >= FUSED_EFFICIENCY * dense_pp:
         return "weight"  # no real saving (stems with C_in*k^2 < C_b, C_b close to C_out)
-    if device.type == "cuda" and g.pixels < MIN_FUSED_PIXELS:
+    # the launch-overhead rule needs the pixel count; with a symbolic one it is skipped (a
+    # model exported for any batch is exported for large ones: fused)
+    if device.type == "cuda" and not symbolic and g.pixels < MIN_FUSED_PIXELS:
         return "weight"
     return "fused"
+
+
+def _has_symbolic(g: ConvGeometry) -> bool:
+    return any(not isinstance(v, int) for v in (g.N, g.H, g.W, g.Ho, g.Wo))
 
 
 def _autocast(*tensors):
