@@ -57,9 +57,15 @@ def test_train_tiny_run_writes_result_and_resumes(capsys, tmp_path):
     assert res2["final_val_acc"] == res["final_val_acc"]
 
 
-def test_train_cifar_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing_here"):
-        main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing_here")])
+def test_train_cifar_missing_folder_is_a_clear_error(tmp_path, capsys):
+    # a known error is one line on stderr (exit 1), no traceback
+    rc = main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing_here"),
+               "--out", str(tmp_path / "run")])
+    assert rc == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tritonbasis: error:") and "nothing_here" in err
+    assert "\n" not in err and "Traceback" not in err
+    assert "download option" not in err  # the CLI has none
 
 
 def test_search_cli_tiny_run(capsys, tmp_path, one_thread):

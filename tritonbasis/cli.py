@@ -18,7 +18,9 @@ The subcommands are thin: they call the same Python API (tritonbasis.convert, .t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,20 @@ import torch.nn.functional as F
 
 from . import reference
 from ._checks import check_inputs
+from ._guard import (
+    RunLock,
+    check_writable,
+    debug_enabled,
+    device_arg,
+    known_errors,
+    nonneg_float,
+    nonneg_int,
+    one_line,
+    positive_float,
+    positive_int,
+    readable_file,
+    unit_ratio,
+)
 from .functional import basis_conv2d
 from .layer import BasisConv2d
 from .ops import resolve_backend
@@ -58,6 +74,116 @@ def _time(fn, reps: int) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return (time.perf_counter() - t) / reps * 1e3
+
+
+# --------------------------------------------------------------------------------------------
+# guards: checked before any work (see tritonbasis._guard)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``prog: error: ...``, exit 2), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+class _SubcommandErrors:
+    def __init__(self, p, cmd):
+        self.p, self.cmd = p, cmd
+
+    def error(self, message):
+        self.p.exit(2, f"tritonbasis {self.cmd}: error: {message} (see tritonbasis {self.cmd} "
+                       "-h)\n")
+
+
+class UsageError(ValueError):
+    """A refused start (exit code 2): conflicting flags, a finished run without --resume."""
+
+
+# Smallest input side a model family is meaningful at: resnet18_cifar halves the map in 3
+# stages (8 -> 4 -> 2 -> 1); torchvision's ImageNet models in 5 (32 -> 1). Below it the last
+# stages run on padding only (an --image-size 1 run "trained" without complaint).
+MIN_IMAGE_SIZE = {"resnet18_cifar": 8}
+MIN_IMAGE_SIZE_TORCHVISION = 32
+
+
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    """Cross-argument checks at parse time: one line, exit 2 (as argparse's own errors)."""
+    p = _SubcommandErrors(p, args.cmd)
+    size = getattr(args, "image_size", None)
+    model = getattr(args, "model", None)
+    if size is not None and model is not None:
+        need = MIN_IMAGE_SIZE.get(model, MIN_IMAGE_SIZE_TORCHVISION)
+        if size < need:
+            p.error(f"--image-size {size} is too small for {model} (minimum {need})")
+    if getattr(args, "plan", None) and getattr(args, "ratio", None) is not None \
+            and args.cmd in ("convert", "train", "tune", "profile"):
+        p.error("give --plan or --ratio, not both")
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        p.error("give --resume or --overwrite, not both")
+    if args.cmd == "train" and args.data == "cifar10" and args.data_dir is None:
+        p.error("--data cifar10 needs --data-dir (the folder holding cifar-10-batches-py/)")
+    if args.cmd == "search" and args.data == "cifar10" and args.data_dir is None:
+        p.error("--data cifar10 needs --data-dir (the folder holding cifar-10-batches-py/)")
+
+
+def _is_writer_rank() -> bool:
+    """Under torchrun only rank 0 writes the output folder (and holds its lock)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+TRAIN_OUTPUTS = ("last.pt", "result.json")
+# what `search --overwrite` deletes: only names the search itself writes
+SEARCH_OUTPUTS = ("state.json", "report.json", "plan.json", "summary.md", "sensitivity.png",
+                  "tradeoff.png", "baseline.pt")
+SEARCH_DIRS = ("baseline", "probe_tmp", "final_chosen", "final_naive")
+
+
+def _guard_train_out(out: Path, args) -> None:
+    """Refuse to overwrite a run unless --resume / --overwrite; with --overwrite remove its
+    files (only those train writes) once the lock is held."""
+    if not _is_writer_rank():  # under torchrun rank 0 alone checks and deletes
+        return
+    found = [n for n in TRAIN_OUTPUTS if (out / n).exists()]
+    if found and not (args.resume or args.overwrite):
+        raise UsageError(
+            f"{str(out)!r} already holds a run ({', '.join(found)}); pass --resume to continue "
+            f"it, --overwrite to replace it, or choose another --out")
+    if args.overwrite:
+        for n in found:
+            (out / n).unlink()
+
+
+def _guard_search_out(out: Path, args) -> None:
+    if not args.overwrite or not _is_writer_rank():
+        return
+    import shutil
+
+    for n in SEARCH_OUTPUTS:
+        if (out / n).is_file():
+            (out / n).unlink()
+    for n in SEARCH_DIRS:
+        if (out / n).is_dir():
+            shutil.rmtree(out / n)
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, command: str):
+    """Writable check + lock for the whole command (rank 0 only under torchrun)."""
+    if not _is_writer_rank():
+        yield out
+        return
+    existed = out.exists()
+    check_writable(out)
+    try:
+        with RunLock(out, command=command):
+            yield out
+    except BaseException:
+        # a start refused before it wrote anything leaves no empty folder behind
+        if not existed:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+        raise
 
 
 def demo(args) -> int:
@@ -115,11 +241,12 @@ def demo(args) -> int:
 def _add_model_args(p):
     p.add_argument("--model", default="resnet18_cifar",
                    help="resnet18_cifar (default) or a torchvision classification model name")
-    p.add_argument("--width", type=float, default=1.0,
+    p.add_argument("--width", type=positive_float, default=1.0,
                    help="channel width multiplier (resnet18_cifar only; default 1.0)")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--plan", default=None, help="plan JSON (fully qualified name -> spec)")
-    p.add_argument("--ratio", type=float, default=None,
+    p.add_argument("--num-classes", type=positive_int, default=10)
+    p.add_argument("--plan", default=None, type=readable_file,
+                   help="plan JSON (fully qualified name -> spec)")
+    p.add_argument("--ratio", type=unit_ratio, default=None,
                    help="without --plan: convert every candidate conv at C_b = ratio * C_out")
     p.add_argument("--keep-basis", action="store_true", help="with --ratio: keep-basis form")
 
@@ -156,39 +283,56 @@ def cmd_convert(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """Checks first (plan, config, output folder writable and not locked, no finished run
+    overwritten), then :func:`_train_run` under the folder's lock."""
+    from .train import TrainConfig
+
+    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    plan = _plan_from_args(args)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      schedule=args.schedule, seed=args.seed, device=args.device,
+                      max_steps=args.max_steps, num_workers=args.workers)
+    with _run_folder(out, "train"):
+        _guard_train_out(out, args)
+        return _train_run(args, out, plan, cfg)
+
+
+def _train_run(args, out: Path, plan, cfg) -> int:
+    from ._io import atomic_write_text
     from .convert import convert
     from .data import get_data
     from .models import get_model
-    from .train import TrainConfig, count_macs, count_params, measure_step_time, train
+    from .train import _seed_all, count_macs, count_params, measure_step_time, train
 
     kw = {"size": args.image_size} if args.data == "digits" else {}
     train_data, val_data, num_classes, info = get_data(args.data, args.data_dir, **kw)
+    # same command, same run: the model's init (and a random-init conversion) from --seed too
+    _seed_all(args.seed)
     model = get_model(args.model, num_classes=num_classes, width=args.width)
-    plan = _plan_from_args(args)
     report = None
     shape = tuple(train_data[0][0].shape)
     if plan is not None:
         model, report = convert(model, plan, input_shape=shape, return_report=True,
                                 inplace=True)
         print(report.table())
-    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      schedule=args.schedule, seed=args.seed, device=args.device,
-                      max_steps=args.max_steps, num_workers=args.workers)
     print(f"training {args.model} (width {args.width}) on {args.data} "
           f"({len(train_data)} train / {len(val_data)} val, {shape[1]}x{shape[2]}), "
           f"{cfg.epochs} epochs; checkpoints in {out}")
+    from . import distributed as D
+
     result = train(model, train_data, val_data, cfg, checkpoint_dir=out, resume=args.resume,
-                   progress=not args.quiet)
+                   progress=not args.quiet, distributed=D.is_distributed())
+    if not D.is_main():  # under torchrun rank 0 alone measures and writes the result
+        return 0
     macs = count_macs(model, shape)
     timing = measure_step_time(model, (args.batch_size, *shape), steps=args.time_steps,
                                device=cfg.device)
     result.extra.update({"macs_per_image": macs, "timing": timing, "data": info,
                          "model": args.model, "width": args.width,
                          "plan": args.plan, "ratio": args.ratio,
-                         "conversion": report.to_dict() if report else None})
-    (out / "result.json").write_text(result.to_json())
+                         "conversion": report.to_dict() if report else None,
+                         "world_size": D.world_size()})
+    atomic_write_text(out / "result.json", result.to_json())
     print()
     print(f"{'val accuracy':24s} {100 * result.final_val_acc:.2f}% "
           f"(best {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch})")
@@ -206,14 +350,10 @@ SEARCH_DEFAULT = {"model": "resnet18_cifar", "width": 0.25, "image_size": 16, "e
 
 
 def cmd_search(args) -> int:
-    from .data import get_data
-    from .models import get_model
-    from .search import SearchConfig, sensitivity_search
+    """Config checked first (nothing written for a refused start), then the output folder
+    (writable, not locked by a live search), then :func:`_search_run` under its lock."""
+    from .search import SearchConfig
 
-    kw = {"size": args.image_size} if args.data == "digits" else {}
-    train_data, val_data, num_classes, info = get_data(args.data, args.data_dir, **kw)
-    torch.manual_seed(args.seed)
-    model = get_model(args.model, num_classes=num_classes, width=args.width)
     out = Path(args.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = {"ratio": args.ratio, "keep_basis": args.keep_basis}
     cfg = SearchConfig(spec=spec, max_drop=args.max_drop, baseline_epochs=args.epochs,
@@ -221,6 +361,20 @@ def cmd_search(args) -> int:
                        probe_lr=args.probe_lr, probe_only_converted=args.probe_only_converted,
                        gain=args.gain, final=not args.no_final, seed=args.seed,
                        device=args.device)
+    with _run_folder(out, "search"):
+        _guard_search_out(out, args)
+        return _search_run(args, out, cfg)
+
+
+def _search_run(args, out: Path, cfg) -> int:
+    from .data import get_data
+    from .models import get_model
+    from .search import sensitivity_search
+
+    kw = {"size": args.image_size} if args.data == "digits" else {}
+    train_data, val_data, num_classes, info = get_data(args.data, args.data_dir, **kw)
+    torch.manual_seed(args.seed)
+    model = get_model(args.model, num_classes=num_classes, width=args.width)
     is_default = (args.data == "digits" and args.model == SEARCH_DEFAULT["model"]
                   and args.width == SEARCH_DEFAULT["width"])
     print(f"tritonbasis search: {args.model} (width {args.width}) on {args.data} "
@@ -319,27 +473,59 @@ def cmd_profile(args) -> int:
     n = sum(1 for r in report.layers if r.converted) if report else 0
     print(f"tritonbasis profile: {args.model} (width {args.width}), {n} BasisConv2d layers, "
           f"batch {batch} at {args.image_size}x{args.image_size}, {args.steps} steps -> {out}")
-    profile_training(model, (batch, 3, args.image_size, args.image_size), steps=args.steps,
-                     out_dir=out, device=device, amp=not args.no_amp, warmup=args.warmup,
-                     nvtx=args.nvtx, trace=not args.no_trace, row_limit=args.rows)
+    with _run_folder(out, "profile"):  # writable and ours before the first step
+        profile_training(model, (batch, 3, args.image_size, args.image_size),
+                         steps=args.steps, out_dir=out, device=device, amp=not args.no_amp,
+                         warmup=args.warmup, nvtx=args.nvtx, trace=not args.no_trace,
+                         row_limit=args.rows)
     return 0
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tritonbasis", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The ``tritonbasis`` command. Errors our code raises on purpose (bad values, unreadable
+    or corrupt files, a locked or read-only output folder) end as one line on stderr,
+    ``tritonbasis: error: ...``, with exit code 1 (2 for usage errors); ``--debug`` or
+    ``TRITONBASIS_DEBUG=1`` shows the traceback instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_enabled(argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("tritonbasis: interrupted (finished stages are saved; rerun with the same "
+              "arguments to resume)", file=sys.stderr)
+        return 130
+    except known_errors() as e:
+        if debug:
+            raise
+        print(f"tritonbasis: error: {one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+
+
+def _main(argv) -> int:
+    p = _Parser(prog="tritonbasis", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true",
+                   help="show Python tracebacks (also TRITONBASIS_DEBUG=1)")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="check a basis-conv layer against the reference and show "
                                     "its parameter/FLOP/time saving")
-    d.add_argument("--channels", type=int, default=128, help="C_in = C_out (default 128)")
-    d.add_argument("--ratio", type=int, default=4, help="C_b = C_out / ratio (default 4)")
-    d.add_argument("--batch", type=int, default=64, help="images (default 64)")
-    d.add_argument("--size", type=int, default=16, help="image side in pixels (default 16)")
-    d.add_argument("--reps", type=int, default=5, help="timing repetitions (default 5)")
-    d.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    d.add_argument("--channels", type=positive_int, default=128,
+                   help="C_in = C_out (default 128)")
+    d.add_argument("--ratio", type=positive_int, default=4,
+                   help="C_b = C_out / ratio (default 4)")
+    d.add_argument("--batch", type=positive_int, default=64, help="images (default 64)")
+    d.add_argument("--size", type=positive_int, default=16,
+                   help="image side in pixels (default 16)")
+    d.add_argument("--reps", type=positive_int, default=5,
+                   help="timing repetitions (default 5)")
+    d.add_argument("--device", default=None, type=device_arg,
+                   help="cpu or cuda (default: cuda if available)")
     c = sub.add_parser("convert", help="print the conversion report of a model and a plan")
     _add_model_args(c)
-    c.add_argument("--image-size", type=int, default=32, help="input size for MACs (32)")
+    c.add_argument("--image-size", type=positive_int, default=32,
+                   help="input size for MACs (32)")
     c.add_argument("--json", default=None, help="also write the report as JSON here")
     t = sub.add_parser("train", help="train a dense or converted model; report accuracy, "
                                      "params, MACs, step time")
@@ -348,46 +534,56 @@ def main(argv=None) -> int:
                    help="digits: scikit-learn's bundled images (default); cifar10: a local "
                         "folder given by --data-dir (never downloaded)")
     t.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
-    t.add_argument("--image-size", type=int, default=32, help="digits are resized to this")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--image-size", type=positive_int, default=32,
+                   help="digits are resized to this")
+    t.add_argument("--epochs", type=positive_int, default=10)
+    t.add_argument("--batch-size", type=positive_int, default=128)
+    t.add_argument("--lr", type=positive_float, default=0.05)
     t.add_argument("--schedule", default="cosine", choices=["cosine", "onecycle"])
-    t.add_argument("--max-steps", type=int, default=None, help="cap on optimizer steps")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    t.add_argument("--workers", type=int, default=0, help="data loader workers")
+    t.add_argument("--max-steps", type=positive_int, default=None,
+                   help="cap on optimizer steps")
+    t.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seeds everything: model init, conversion, shuffling (default 0)")
+    t.add_argument("--device", default=None, type=device_arg,
+                   help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--workers", type=nonneg_int, default=0, help="data loader workers")
     t.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    t.add_argument("--time-steps", type=int, default=10, help="steps timed at the end")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a finished or interrupted run in OUT (refused otherwise)")
+    t.add_argument("--time-steps", type=positive_int, default=10,
+                   help="steps timed at the end")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     se = sub.add_parser("search", help="layer-sensitivity search (the main job)")
     se.add_argument("--model", default=SEARCH_DEFAULT["model"])
-    se.add_argument("--width", type=float, default=SEARCH_DEFAULT["width"],
+    se.add_argument("--width", type=positive_float, default=SEARCH_DEFAULT["width"],
                     help=f"channel width (default {SEARCH_DEFAULT['width']}: CPU-sized)")
     se.add_argument("--data", default="digits", choices=["digits", "cifar10"])
     se.add_argument("--data-dir", default=None)
-    se.add_argument("--image-size", type=int, default=SEARCH_DEFAULT["image_size"],
+    se.add_argument("--image-size", type=positive_int, default=SEARCH_DEFAULT["image_size"],
                     help="digits are resized to this (default 16)")
-    se.add_argument("--ratio", type=float, default=0.25, help="C_b / C_out (default 0.25)")
+    se.add_argument("--ratio", type=unit_ratio, default=0.25,
+                    help="C_b / C_out (default 0.25)")
     se.add_argument("--keep-basis", action="store_true")
-    se.add_argument("--max-drop", type=float, default=0.5,
+    se.add_argument("--max-drop", type=nonneg_float, default=0.5,
                     help="accuracy budget in percentage points (default 0.5)")
-    se.add_argument("--epochs", type=int, default=SEARCH_DEFAULT["epochs"],
+    se.add_argument("--epochs", type=positive_int, default=SEARCH_DEFAULT["epochs"],
                     help="baseline / final training budget (default 8)")
-    se.add_argument("--batch-size", type=int, default=128)
-    se.add_argument("--lr", type=float, default=0.05)
-    se.add_argument("--probe-steps", type=int, default=20)
-    se.add_argument("--probe-lr", type=float, default=0.01)
+    se.add_argument("--batch-size", type=positive_int, default=128)
+    se.add_argument("--lr", type=positive_float, default=0.05)
+    se.add_argument("--probe-steps", type=nonneg_int, default=20)
+    se.add_argument("--probe-lr", type=positive_float, default=0.01)
     se.add_argument("--probe-only-converted", action="store_true",
                     help="probes fine-tune only the converted conv and BN layers")
     se.add_argument("--gain", default="macs", choices=["macs", "params", "time"])
     se.add_argument("--no-final", action="store_true",
                     help="skip training the chosen and naive models")
-    se.add_argument("--seed", type=int, default=0)
-    se.add_argument("--device", default=None)
+    se.add_argument("--seed", type=nonneg_int, default=0)
+    se.add_argument("--device", default=None, type=device_arg)
     se.add_argument("--out", default=None, help="output folder (default runs/search-<time>); "
                                                 "an existing one is resumed")
+    se.add_argument("--overwrite", action="store_true",
+                    help="delete the search files in OUT and start over (instead of resuming)")
     se.add_argument("--quiet", action="store_true")
     b = sub.add_parser("bench", help="benchmark the op vs dense/unfused/compiled/weight-mod "
                                      "baselines and a model end to end; JSON + Markdown",
@@ -402,8 +598,9 @@ def main(argv=None) -> int:
     tu = sub.add_parser("tune", help="pre-tune a model's layer shapes (Triton autotune + "
                                      "fused-vs-weight timings for mode='auto', cached on disk)")
     _add_model_args(tu)
-    tu.add_argument("--image-size", type=int, default=32, help="input size (default 32)")
-    tu.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
+    tu.add_argument("--image-size", type=positive_int, default=32,
+                    help="input size (default 32)")
+    tu.add_argument("--batch", type=positive_int, default=256, help="batch size (default 256)")
     tu.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                     help="default bfloat16 on CUDA (what bf16 autocast runs), float32 on CPU")
     tu.add_argument("--layout", default="channels_last", choices=["channels_last",
@@ -413,18 +610,20 @@ def main(argv=None) -> int:
     tu.add_argument("--device", default=None,
                     help="default cuda; without CUDA the command explains and exits unless "
                          "--device cpu (times the CPU torch paths)")
-    tu.add_argument("--warmup-ms", type=float, default=25.0)
-    tu.add_argument("--rep-ms", type=float, default=100.0)
-    tu.add_argument("--min-reps", type=int, default=10)
+    tu.add_argument("--warmup-ms", type=nonneg_float, default=25.0)
+    tu.add_argument("--rep-ms", type=positive_float, default=100.0)
+    tu.add_argument("--min-reps", type=positive_int, default=10)
     tu.add_argument("--show", action="store_true",
                     help="print the cache location and what it holds, and exit")
     pr = sub.add_parser("profile", help="training steps under torch.profiler: Chrome trace, "
                                         "op/kernel/layer tables")
     _add_model_args(pr)
-    pr.add_argument("--image-size", type=int, default=32, help="input size (default 32)")
-    pr.add_argument("--batch", type=int, default=None, help="default 256 (CUDA), 16 (CPU)")
-    pr.add_argument("--steps", type=int, default=5, help="profiled training steps (5)")
-    pr.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
+    pr.add_argument("--image-size", type=positive_int, default=32,
+                    help="input size (default 32)")
+    pr.add_argument("--batch", type=positive_int, default=None,
+                    help="default 256 (CUDA), 16 (CPU)")
+    pr.add_argument("--steps", type=positive_int, default=5, help="profiled training steps (5)")
+    pr.add_argument("--warmup", type=nonneg_int, default=2, help="untimed steps first (2)")
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     pr.add_argument("--out", default=None, help="output folder (default runs/profile-<time>)")
     pr.add_argument("--nvtx", action="store_true",
@@ -433,11 +632,17 @@ def main(argv=None) -> int:
                     help="no torch.profiler (to run under nsys or ncu; use with --nvtx)")
     pr.add_argument("--no-amp", action="store_true",
                     help="fp32 on CUDA instead of bf16 autocast + channels_last")
-    pr.add_argument("--rows", type=int, default=25, help="rows per table (25)")
+    pr.add_argument("--rows", type=positive_int, default=25, help="rows per table (25)")
     args = p.parse_args(argv)
-    return {"demo": demo, "convert": cmd_convert, "train": cmd_train,
-            "search": cmd_search, "bench": cmd_bench, "tune": cmd_tune,
-            "profile": cmd_profile}[args.cmd](args)
+    _check_args(p, args)
+    fn = {"demo": demo, "convert": cmd_convert, "train": cmd_train,
+          "search": cmd_search, "bench": cmd_bench, "tune": cmd_tune,
+          "profile": cmd_profile}[args.cmd]
+    if args.cmd in ("train", "search"):  # under torchrun: one rank of a distributed job
+        from .distributed import run_command
+
+        return run_command(fn, args)
+    return fn(args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ._io import atomic_torch_save, atomic_write_text
+from . import distributed as D
+from ._io import atomic_torch_save, atomic_write_text, content_digest, load_checkpoint
 from .convert import candidate_convs, convert
 from .spec import BasisSpec, save_plan
 from .train import TrainConfig, count_macs, count_params, evaluate, measure_step_time, train
@@ -76,17 +78,47 @@ class SearchConfig:
     device: str | None = None
 
     def __post_init__(self):
-        BasisSpec.from_dict(self.spec)  # validates
-        if self.gain not in ("macs", "params", "time"):
-            raise ValueError(f"gain must be macs, params or time, got {self.gain!r}")
-        if self.max_drop < 0:
-            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
-        if self.probe_steps < 0 or self.baseline_epochs < 0:
-            raise ValueError("probe_steps and baseline_epochs must be >= 0")
+        _validate_search_config(self)
 
     def train_config(self, epochs: int, **kw) -> TrainConfig:
         return TrainConfig(epochs=max(1, epochs), batch_size=self.batch_size, lr=self.lr,
                            schedule=self.schedule, seed=self.seed, device=self.device, **kw)
+
+
+def _validate_search_config(c: SearchConfig) -> None:
+    """Every field checked before anything is written (a NaN budget used to run the whole
+    search and die writing the report; a zero batch size left a state that blocked the
+    corrected rerun)."""
+    BasisSpec.from_dict(c.spec)  # validates
+    if c.gain not in ("macs", "params", "time"):
+        raise ValueError(f"gain must be macs, params or time, got {c.gain!r}")
+
+    def number(name, lo, lo_open=False):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"SearchConfig.{name} must be a finite number, got {v!r}")
+        if v < lo or (lo_open and v == lo):
+            raise ValueError(f"SearchConfig.{name} must be {'>' if lo_open else '>='} {lo}, "
+                             f"got {v}")
+
+    def integer(name, lo, allow_none=False):
+        v = getattr(c, name)
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"SearchConfig.{name} must be an int >= {lo}, got {v!r}")
+
+    number("max_drop", 0)
+    number("lr", 0, lo_open=True)
+    number("probe_lr", 0, lo_open=True)
+    for name in ("baseline_epochs", "probe_steps", "max_backoff", "seed"):
+        integer(name, 0)
+    for name in ("batch_size", "time_batch", "time_steps"):
+        integer(name, 1)
+    integer("verify_steps", 0, allow_none=True)
+    # the training configs the stages will build, checked now (schedule, device, ...)
+    c.train_config(c.baseline_epochs)
+    TrainConfig(epochs=1, batch_size=c.batch_size, lr=c.probe_lr, seed=c.seed, device=c.device)
 
 
 @dataclass
@@ -101,6 +133,7 @@ class SearchReport:
     final: dict
     plan: dict
     seconds: float = 0.0
+    world_size: int = 1  # ranks of the (last) run; each probe row says which rank ran it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,31 +175,43 @@ class SearchReport:
 
 
 class _State:
-    """``state.json``: the config hash plus every finished stage's results."""
+    """``state.json``: the config (and its hash) plus every finished stage's results, checked
+    against :func:`_state_problems` when read."""
 
-    def __init__(self, out: Path, config_hash: str, identity: dict):
+    def __init__(self, out: Path, config_hash: str, identity: dict, config: dict | None = None):
         self.path = out / "state.json"
         self.out = out
         if self.path.exists():
             try:
-                doc = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
+                doc = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:  # ValueError: JSON and UnicodeDecodeError
                 raise SearchStateError(
-                    f"{self.path} is corrupt ({e}); delete it or use another --out folder"
+                    f"{self.path} is corrupt ({' '.join(str(e).split())[:120]}); delete it or "
+                    "use another --out folder"
                 ) from None
             if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
                 raise SearchStateError(f"{self.path} is not a tritonbasis search state")
-            if doc.get("config_hash") != config_hash:
+            problems = _state_problems(doc)
+            if problems:
                 raise SearchStateError(
-                    f"{self.path} was written by a search with a different configuration "
-                    f"(state {doc.get('config_hash', '?')[:12]}, now {config_hash[:12]}); "
-                    "use another --out folder, or delete the folder to start over"
-                )
+                    f"{self.path} is corrupt (does not match the search-state schema: "
+                    f"{'; '.join(problems[:4])}); delete it or use another --out folder")
+            if doc["config_hash"] != config_hash:
+                diffs = _config_diffs(doc, config, identity)
+                if diffs is None or diffs:
+                    what = (f"differs in {', '.join(diffs)}" if diffs else
+                            f"state {doc['config_hash'][:12]}, now {config_hash[:12]}")
+                    raise SearchStateError(
+                        f"{self.path} was written by a search with a different configuration "
+                        f"({what}); use another --out folder, or delete the folder to start "
+                        "over")
             self.doc = doc
         else:
             out.mkdir(parents=True, exist_ok=True)
             self.doc = {"format": STATE_FORMAT, "config_hash": config_hash,
                         "identity": identity, "stages": {}}
+            if config is not None:
+                self.doc["config"] = config
             self.save()
 
     def get(self, key, default=None):
@@ -178,6 +223,108 @@ class _State:
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.doc, indent=1, allow_nan=False))
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _normalized(config: dict) -> dict:
+    """A config dict as it will run: ``device=None`` is the device it resolves to (so an
+    explicit ``--device cpu`` equals the default on a CPU machine)."""
+    c = dict(config)
+    dev = c.get("device")
+    with contextlib.suppress(RuntimeError, TypeError, ValueError):
+        c["device"] = str(torch.device(dev)) if dev is not None else _default_device()
+    return c
+
+
+def _config_diffs(doc: dict, config: dict | None, identity: dict) -> list[str] | None:
+    """Names of the fields in which the saved config/identity differs from this run's (after
+    :func:`_normalized`); None when the state predates stored configs."""
+    saved = doc.get("config")
+    if saved is None or config is None:
+        return None
+    a, b = _normalized(saved), _normalized(config)
+    diffs = [f"{k} (state {a.get(k)!r}, now {b.get(k)!r})" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]
+    si = doc.get("identity", {})
+    diffs += [f"identity.{k} (state {si.get(k)!r}, now {identity.get(k)!r})"
+              for k in sorted(set(si) | set(identity)) if si.get(k) != identity.get(k)]
+    return diffs
+
+
+_NUM = (int, float)
+# stage -> (type, {field: type}) of each value (per-layer dicts for probes/gains)
+_PROBE_FIELDS = {"zero_shot_acc": _NUM, "zero_shot_drop": _NUM, "zero_shot_loss_delta": _NUM,
+                 "probe_acc": _NUM, "probe_drop": _NUM, "probe_loss_delta": _NUM}
+_GAIN_FIELDS = {"time_dense_ms": _NUM, "time_basis_ms": _NUM, "time_saved_ms": _NUM}
+_BASELINE_FIELDS = {"val_acc": _NUM, "val_loss": _NUM, "params": int, "macs": int,
+                    "history": list}
+_SELECTION_FIELDS = {"chosen": list, "predicted_drop": _NUM, "verified_drop": _NUM,
+                     "within_budget": bool, "verifications": list, "backoffs": int,
+                     "max_drop": _NUM}
+
+
+def _fields_problems(where: str, d, fields: dict) -> list[str]:
+    if not isinstance(d, dict):
+        return [f"{where} is {type(d).__name__}, not an object"]
+    out = []
+    for k, t in fields.items():
+        v = d.get(k)
+        if k not in d:
+            out.append(f"{where} lacks {k!r}")
+        elif isinstance(v, bool) and t is not bool:
+            out.append(f"{where}.{k} is a bool")
+        elif not isinstance(v, t):
+            out.append(f"{where}.{k} is {type(v).__name__}")
+    return out
+
+
+def _state_problems(doc: dict) -> list[str]:
+    """What is wrong with a state document (empty if it matches the schema). A hand-written
+    check: a malformed state used to fail deep in the search with a KeyError or TypeError."""
+    p = []
+    if not isinstance(doc.get("config_hash"), str):
+        p.append("'config_hash' is not a string")
+    if not isinstance(doc.get("identity"), dict):
+        p.append("'identity' is not an object")
+    if "config" in doc and not isinstance(doc["config"], dict):
+        p.append("'config' is not an object")
+    st = doc.get("stages")
+    if not isinstance(st, dict):
+        return p + ["'stages' is not an object"]
+    if "baseline" in st:
+        p += _fields_problems("baseline", st["baseline"], _BASELINE_FIELDS)
+    if "baseline_sha256" in st and not isinstance(st["baseline_sha256"], str):
+        p.append("baseline_sha256 is not a string")
+    for name, fields in (("probes", _PROBE_FIELDS), ("gains", _GAIN_FIELDS)):
+        if name in st:
+            if not isinstance(st[name], dict):
+                p.append(f"{name} is not an object")
+            else:
+                for k, v in st[name].items():
+                    p += _fields_problems(f"{name}[{k!r}]", v, fields)
+    for name in ("groups", "verifications"):
+        if name in st:
+            if not isinstance(st[name], list):
+                p.append(f"{name} is not a list")
+                continue
+            for i, v in enumerate(st[name]):
+                p += _fields_problems(f"{name}[{i}]", v, {**_PROBE_FIELDS, "layers": list})
+    if "selection" in st:
+        p += _fields_problems("selection", st["selection"], _SELECTION_FIELDS)
+    if "final" in st:
+        if not isinstance(st["final"], dict):
+            p.append("final is not an object")
+        else:
+            for k, v in st["final"].items():
+                p += _fields_problems(f"final[{k!r}]", v, {"val_acc": _NUM, "params": int,
+                                                           "macs": int})
+    if "seconds" in st and (isinstance(st["seconds"], bool)
+                            or not isinstance(st["seconds"], _NUM)):
+        p.append("seconds is not a number")
+    return p
 
 
 def config_hash(config: SearchConfig, identity: dict) -> str:
@@ -239,8 +386,8 @@ def _time_fwd_bwd(module: nn.Module, x: torch.Tensor, steps: int) -> float:
 
 
 def _spearman(a: list[float], b: list[float]) -> float | None:
-    if len(a) < 3:
-        return None
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return None  # a constant ranking has no correlation (scipy warns and returns NaN)
     from scipy.stats import spearmanr
 
     rho = spearmanr(a, b).statistic
@@ -304,7 +451,9 @@ def sensitivity_search(
     identity.setdefault("train_size", len(train_data))
     identity.setdefault("val_size", len(val_data))
     out = Path(out)
-    state = _State(out, config_hash(cfg, identity), identity)
+    # under torchrun: rank 0 owns state.json (and every file); the other ranks get a replica
+    state = D.main_state(lambda: _State(out, config_hash(cfg, identity), identity,
+                                        asdict(cfg)))
     t_start = time.perf_counter()
     shape = _input_shape(train_data)
     init_state = copy.deepcopy(model.state_dict())  # the shared initialisation
@@ -324,19 +473,25 @@ def sensitivity_search(
         if cfg.baseline_epochs > 0:
             log(f"[1/5] baseline: training the dense model for {cfg.baseline_epochs} epochs")
             res = train(dense, train_data, val_data, cfg.train_config(cfg.baseline_epochs),
-                        checkpoint_dir=out / "baseline", resume=True, progress=progress)
+                        checkpoint_dir=out / "baseline", resume=True, progress=progress,
+                        distributed=D.is_distributed())
             hist = res.history
         else:
             log("[1/5] baseline: using the given weights (baseline_epochs=0)")
             hist = []
         loss, acc = evaluate(dense, val_data, cfg.device, cfg.batch_size)
-        atomic_torch_save(dense.state_dict(), base_path)
+        if D.is_main():
+            atomic_torch_save(dense.state_dict(), base_path)
         baseline = {"val_acc": acc, "val_loss": loss, "params": count_params(dense),
                     "macs": count_macs(dense, shape), "history": hist}
-        state.put("baseline", baseline)
+        # baseline.pt stays a plain state_dict (load_state_dict(torch.load(...)) works); its
+        # digest lives in the state and is checked on every resume
+        state.doc["stages"]["baseline_sha256"] = content_digest(dense.state_dict())
+        state.put("baseline", D.broadcast_object(baseline))
+        baseline = state.get("baseline")
     else:
         log(f"[1/5] baseline: done (val acc {100 * baseline['val_acc']:.2f}%)")
-    dense.load_state_dict(torch.load(base_path, weights_only=True))
+    D.load_on_main(dense, lambda: _load_baseline(base_path, state))  # rank 0 reads, broadcasts
     device = next(dense.parameters()).device
     base_acc, base_loss = baseline["val_acc"], baseline["val_loss"]
 
@@ -351,10 +506,10 @@ def sensitivity_search(
     if todo:
         log(f"[2/5] probes: {len(todo)} of {len(cands)} layers to probe "
             f"({cfg.probe_steps} fine-tuning steps each)")
-    for f in bar(todo, desc="probes", unit="layer"):
-        probes[f] = _probe(dense, [f], spec_obj, cfg, train_data, val_data, base_acc,
-                           base_loss, out / "probe_tmp", cfg.probe_steps)
-        state.put("probes", probes)
+    # spread over the ranks under torchrun (tritonbasis.distributed); saved as they finish
+    probes = D.run_probes(todo, lambda f: _probe(dense, [f], spec_obj, cfg, train_data, val_data,
+                                                 base_acc, base_loss, out / "probe_tmp",
+                                                 cfg.probe_steps), state, bar=bar)
     groups = state.get("groups")
     if groups is None:
         groups = []
@@ -367,7 +522,8 @@ def sensitivity_search(
                 groups.append({"group": name, "layers": members, **r,
                                "sum_of_layer_probe_drops": round(
                                    sum(probes[m]["probe_drop"] for m in members), 4)})
-        state.put("groups", groups)
+        state.put("groups", D.broadcast_object(groups))  # rank 0's values on every rank
+        groups = state.get("groups")
 
     # 3. gains ---------------------------------------------------------------------------
     gains = state.get("gains")
@@ -385,7 +541,8 @@ def sensitivity_search(
             gains[f] = {"time_dense_ms": round(t_dense, 4), "time_basis_ms": round(t_basis, 4),
                         "time_saved_ms": round(t_dense - t_basis, 4)}
         dense.zero_grad(set_to_none=True)
-        state.put("gains", gains)
+        state.put("gains", D.broadcast_object(gains))
+        gains = state.get("gains")
 
     # 4. selection -----------------------------------------------------------------------
     rows = []
@@ -412,7 +569,9 @@ def sensitivity_search(
     if selection is None:
         selection = _select(rows, dense, spec_obj, cfg, train_data, val_data, base_acc,
                             base_loss, out, state, log)
-        state.put("selection", selection)
+        state.put("selection", D.broadcast_object(selection))
+        selection = state.get("selection")
+    _warn_over_budget(selection, log)
     chosen = set(selection["chosen"])
     for r in rows:
         r["chosen"] = r["fqn"] in chosen
@@ -424,6 +583,7 @@ def sensitivity_search(
     if cfg.final:
         final = _final(model, init_state, dense, baseline, sorted(chosen), cands, spec_obj, cfg,
                        train_data, val_data, shape, out, state, final, progress, log)
+        final = D.broadcast_object(final)
 
     report = SearchReport(
         config=asdict(cfg), identity=identity,
@@ -431,10 +591,36 @@ def sensitivity_search(
         layers=rows, groups=groups, spearman_zero_shot_vs_probe=rho, selection=selection,
         final=final, plan=plan,
         seconds=round(state.get("seconds", 0.0) + time.perf_counter() - t_start, 2),
+        world_size=D.world_size(),
     )
     state.put("seconds", report.seconds)
-    write_outputs(report, out)
+    if D.is_main():
+        write_outputs(report, out)
     return report
+
+
+def _load_baseline(path: Path, state: _State) -> dict:
+    if not path.is_file():
+        raise SearchStateError(
+            f"{state.path} says the baseline is done but {path} is missing; delete "
+            f"{state.path.name} to start over, or restore the file")
+    return load_checkpoint(path, expect_digest=state.get("baseline_sha256"),
+                           require_checksum=False)
+
+
+def _warn_over_budget(selection: dict, log) -> str | None:
+    """The loud warning for a plan whose verified drop breaks the budget (stderr, the log and
+    summary.md): back-offs are capped by ``max_backoff``, so the search can end over budget."""
+    if selection.get("within_budget", True):
+        return None
+    msg = (f"WARNING: the chosen plan is OVER BUDGET: verified drop "
+           f"{selection['verified_drop']:.2f} pp > budget {selection['max_drop']} pp after "
+           f"{selection['backoffs']} back-offs (the max_backoff limit). Do not use plan.json "
+           f"as is: drop more layers from it, raise max_backoff, or raise the budget.")
+    print(msg, file=sys.stderr, flush=True)
+    if log is not print:
+        log(msg)
+    return msg
 
 
 def _probe(dense, fqns, spec, cfg, train_data, val_data, base_acc, base_loss, tmp, steps):
@@ -471,6 +657,7 @@ def _select(rows, dense, spec, cfg, train_data, val_data, base_acc, base_loss, o
     steps = cfg.verify_steps if cfg.verify_steps is not None else 2 * cfg.probe_steps
     verifications = state.get("verifications", [])
     tries = 0
+    done = None
     while chosen:
         key = sorted(chosen)
         done = next((v for v in verifications if v["layers"] == key), None)
@@ -487,9 +674,9 @@ def _select(rows, dense, spec, cfg, train_data, val_data, base_acc, base_loss, o
         tries += 1
     return {"chosen": chosen, "predicted_drop": round(sum(
         max(r["probe_drop"], 0.0) for r in rows if r["fqn"] in chosen), 4),
-        "verified_drop": verifications[-1]["probe_drop"] if (verifications and chosen)
-        else 0.0,
-        "within_budget": (not chosen) or verifications[-1]["probe_drop"] <= cfg.max_drop,
+        # the verification of the final chosen set (on resume it need not be the last one)
+        "verified_drop": done["probe_drop"] if (done is not None and chosen) else 0.0,
+        "within_budget": (not chosen) or done["probe_drop"] <= cfg.max_drop,
         "verifications": verifications, "backoffs": tries, "max_drop": cfg.max_drop}
 
 
@@ -520,11 +707,13 @@ def _final(model, init_state, dense, baseline, chosen, cands, spec, cfg, train_d
         m = _convert_only(m, layers, spec) if layers else m
         if epochs > 0:
             train(m, train_data, val_data, cfg.train_config(epochs),
-                  checkpoint_dir=out / f"final_{name}", resume=True, progress=progress)
+                  checkpoint_dir=out / f"final_{name}", resume=True, progress=progress,
+                  distributed=D.is_distributed())
         elif layers and cfg.probe_steps:
             train(m, train_data, None, TrainConfig(
                 epochs=1, batch_size=cfg.batch_size, lr=cfg.probe_lr, seed=cfg.seed,
-                device=cfg.device, max_steps=2 * cfg.probe_steps), progress=False)
+                device=cfg.device, max_steps=2 * cfg.probe_steps), progress=False,
+                distributed=D.is_distributed())
         loss, acc = evaluate(m, val_data, cfg.device, cfg.batch_size)
         final[name] = {"val_acc": acc, "val_loss": loss, "converted": len(layers),
                        "drop_pp": _pp(baseline["val_acc"], acc), **measure(m)}
@@ -560,8 +749,12 @@ def summary_markdown(report: SearchReport) -> str:
         data = (f"{data.get('name', '?')} ({data.get('train_size', '?')} train / "
                 f"{data.get('val_size', '?')} val, {shape} px)")
     width = f" width {ident['width']}" if "width" in ident else ""
-    lines = [
-        "# tritonbasis sensitivity search", "",
+    lines = ["# tritonbasis sensitivity search", ""]
+    if not s.get("within_budget", True):
+        lines += [f"> **WARNING: OVER BUDGET.** The chosen plan's verified drop is "
+                  f"{s['verified_drop']:.2f} pp, above the {s['max_drop']} pp budget, after "
+                  f"{s['backoffs']} back-offs (max_backoff). Do not use plan.json as is.", ""]
+    lines += [
         f"* model: {ident.get('model', ident.get('model_class'))}{width}, data: {data}",
         f"* spec: {report.config['spec']}, budget: {report.config['max_drop']} pp",
         f"* baseline val acc {100 * b['val_acc']:.2f}%, {b['params']:,} params, "

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from ._io import atomic_torch_save
+from . import distributed as D
+from ._io import load_checkpoint, save_checkpoint
 from .data import make_loaders
 from .layer import BasisConv2d
 
@@ -517,8 +518,23 @@ def _set_rng_state(s: dict[str, Any], generator: torch.Generator | None) -> None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """Checkpoint write: see :mod:`tritonbasis._io` (temporary file, fsync, rename)."""
-    atomic_torch_save(obj, path)
+    """Checkpoint write: see :mod:`tritonbasis._io` (temporary file, fsync, rename; a SHA-256
+    of the content stored inside and checked by :func:`_load_checkpoint`)."""
+    save_checkpoint(obj, path)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and verify ``last.pt``: a truncated, corrupt or tampered file is a
+    :class:`tritonbasis._io.CheckpointError` (a ValueError) naming it, never a silent restart
+    or a resume from wrong weights."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a tritonbasis training checkpoint")
+    missing = [k for k in ("epoch", "global_step", "model", "optimizer", "scheduler", "history",
+                           "config", "train_size", "steps_per_epoch", "rng") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}")
+    return ckpt
 
 
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
@@ -538,7 +554,8 @@ def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) ->
 
 def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader | None,
           config: TrainConfig | None = None, *, checkpoint_dir: str | os.PathLike | None = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
+          resume: bool = False, progress: bool = True,
+          distributed: bool = False) -> TrainResult:
     """Train ``model`` in place on ``train_data`` (a Dataset of ``(image, label)``), validating
     on ``val_data`` (Dataset, DataLoader or None) after every epoch.
 
@@ -554,6 +571,11 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
     (otherwise starts fresh); a checkpoint whose config differs in :data:`RESUME_KEYS`, whose
     data has another size, or whose weights do not fit the model is refused with a
     ``ValueError``. ``progress``: tqdm bars and per-epoch summary lines.
+
+    ``distributed=True`` (every rank of a torchrun job calls it): DistributedDataParallel with
+    ``batch_size`` as the global batch split over the ranks, rank 0 alone writing checkpoints
+    and reading them on resume -- see :mod:`tritonbasis.distributed` for what equals the
+    single-process run.
 
     Raises ``FloatingPointError`` if the training loss becomes non-finite.
     """
@@ -578,6 +600,11 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
     train_loader, _ = make_loaders(train_data, None, cfg.batch_size, cfg.num_workers,
                                    seed=cfg.seed, device=device)
     val_loader = _loader(val_data, cfg.batch_size, device, cfg.num_workers)
+    ddp = None
+    if distributed:  # this rank's slice of every global batch (tritonbasis.distributed)
+        ddp = D.DDPTraining(cfg.batch_size, len(train_data), device)
+        train_loader = ddp.loader(train_loader)
+        progress = progress and ddp.is_main
     spe = len(train_loader)
     if spe == 0:
         raise ValueError("train_data is empty")
@@ -593,10 +620,13 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
 
     history: list[dict[str, Any]] = []
     start_epoch, global_step, resumed_from = 0, 0, None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{str(ckpt_path)!r} is not a tritonbasis training checkpoint")
+    ckpt = None
+    if resume and ckpt_path is not None:
+        def read():
+            return _load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+
+        ckpt = ddp.read_checkpoint(read) if ddp else read()  # under DDP: rank 0 reads
+    if ckpt is not None:
         _check_resume_config(ckpt["config"], cfg, ckpt_path)
         if ckpt["train_size"] != len(train_data) or ckpt["steps_per_epoch"] != spe:
             raise ValueError(
@@ -620,12 +650,15 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
         if progress:
             tqdm.write(f"resumed from {ckpt_path} at epoch {start_epoch}/{n_epochs}")
 
+    net = ddp.wrap(model) if ddp else model
     prev_benchmark = torch.backends.cudnn.benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
         for epoch in range(start_epoch, n_epochs):
             steps_this = min(spe, total_steps - epoch * spe)
+            if ddp:
+                ddp.start_epoch(cfg.seed, epoch)
             model.train()
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -639,7 +672,7 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
                 t0 = time.perf_counter()
                 x, y = _to_device(x, y, device, use_amp)
                 with _autocast(device, use_amp):
-                    out = model(x)
+                    out = net(x)
                     loss = criterion(out, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -660,6 +693,9 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
                                     lr=f"{step_lr:.3g}")
             bar.close()
             epoch_time = time.perf_counter() - t_epoch
+            if ddp:  # metrics over the global batches; rank 0's BN statistics everywhere
+                loss_sum, correct, seen = ddp.sum(loss_sum, correct, seen)
+                ddp.sync_buffers(model)
             train_loss, train_acc = float(loss_sum) / seen, int(correct) / seen
             if not math.isfinite(train_loss):
                 raise FloatingPointError(
@@ -669,7 +705,9 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
             t_eval = time.perf_counter()
             val_loss = val_acc = None
             if val_loader is not None:
-                val_loss, val_acc = evaluate(model, val_loader, device, amp=use_amp)
+                val_loss, val_acc = (
+                    ddp.evaluate(model, val_data, cfg.batch_size, amp=use_amp) if ddp
+                    else evaluate(model, val_loader, device, amp=use_amp))
             mean_ms = float(np.mean(step_ms))
             row = {
                 "epoch": epoch + 1, "steps": steps_this, "global_step": global_step,
@@ -685,7 +723,7 @@ def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader 
                      else "")
                 tqdm.write(f"epoch {epoch + 1}/{n_epochs}: train loss {train_loss:.4f} acc "
                            f"{train_acc:.4f}{v}, {epoch_time:.1f} s, {mean_ms:.1f} ms/step")
-            if ckpt_path is not None:
+            if ckpt_path is not None and (ddp is None or ddp.is_main):
                 _atomic_save({
                     "format": CHECKPOINT_FORMAT,
                     "epoch": epoch + 1,
