@@ -10,14 +10,21 @@ Under ``TRITON_INTERPRET=1`` these are interpreted functions, and so are triton'
 so the compile tier (``tritonbasis.aot``) compiles in worker processes started without it.
 """
 
-from .backward import basis_conv_grad_x_kernel, basis_conv_grad_z_kernel, channel_wgrad_kernel
+from .backward import (
+    basis_conv_grad_x_kernel,
+    basis_conv_grad_z_kernel,
+    basis_conv_wgrad_kernel,
+    bwd_reduce_kernel,
+)
 from .forward import basis_conv_fwd_kernel
 
 KERNELS = {
     "fwd": basis_conv_fwd_kernel,
     "grad_z": basis_conv_grad_z_kernel,
     "grad_x": basis_conv_grad_x_kernel,
-    "wgrad": channel_wgrad_kernel,
+    "wgrad": basis_conv_wgrad_kernel,
+    # no autotune configs (a memory-bound sum): launched with FIXED["bwd_reduce"] only
+    "bwd_reduce": bwd_reduce_kernel,
 }
 
 __all__ = [
@@ -25,5 +32,6 @@ __all__ = [
     "basis_conv_fwd_kernel",
     "basis_conv_grad_x_kernel",
     "basis_conv_grad_z_kernel",
-    "channel_wgrad_kernel",
+    "basis_conv_wgrad_kernel",
+    "bwd_reduce_kernel",
 ]

@@ -31,26 +31,35 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "m128_k32_n32_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_K=32, BLOCK_N=32),
         "m64_k64_n32_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_K=64, BLOCK_N=32),
     },
+    # v2 grad_z: two dots per C_rest block, dZ += G_r coeff (M extent BLOCK_M) and the d coeff
+    # partial G_r^T Z (M extent BLOCK_N): both multiples of 64 with whole warpgroups -> wgmma.
+    # 8 warps for C_b = 128 (the 4-warp m64_n64 spills 280 B there, Triton 3.9, sm_90).
     "grad_z": {
         "m128_n64_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=64),
         "m64_n64_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_N=64),
+        "m64_n64_w8_s3": _cfg(8, 3, BLOCK_M=64, BLOCK_N=64),
         "m64_n128_w8_s3": _cfg(8, 3, BLOCK_M=64, BLOCK_N=128),
-        "m32_n64_w2_s2": _cfg(2, 2, BLOCK_M=32, BLOCK_N=64),
+        # NCHW / fp32 operands (see prune) and C_rest <= 32: mma.sync, spill-free on sm_80 and
+        # sm_90 with Triton 3.6 and 3.9 (m64_n32_w4 spilled 124-148 B on 3.6, sm_80, NCHW)
+        "m32_n32_w4_s2": _cfg(4, 2, BLOCK_M=32, BLOCK_N=32),
     },
+    # v2 grad_x: one pipelined (tap, C_b block) loop; 4 warps and BLOCK_M >= 64: wgmma only
     "grad_x": {
         "m128_n64_k32_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32),
         "m128_n128_k32_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
         "m64_n64_k64_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
         "m64_n128_k32_w4_s4": _cfg(4, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32),
-        "m32_n64_k32_w2_s3": _cfg(2, 3, BLOCK_M=32, BLOCK_N=64, BLOCK_K=32),
         "m64_n32_k16_w4_s2": _cfg(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_K=16),
     },
+    # v2 wgrad (x stationary): BLOCK_A tiles the (tap, C_b) rows -- 9 * C_b of them at stride 1,
+    # 144..1152 at the benchmark shapes -- so every config is a wgmma tile (4 warps, BLOCK_A a
+    # multiple of 64); BLOCK_X tiles C_in (>= 64 at the benchmark shapes).
     "wgrad": {
-        "a64_x64_p64_w4_s3": _cfg(4, 3, BLOCK_A=64, BLOCK_X=64, BLOCK_P=64),
         "a128_x64_p32_w4_s3": _cfg(4, 3, BLOCK_A=128, BLOCK_X=64, BLOCK_P=32),
+        "a64_x64_p64_w4_s3": _cfg(4, 3, BLOCK_A=64, BLOCK_X=64, BLOCK_P=64),
         "a64_x128_p32_w4_s3": _cfg(4, 3, BLOCK_A=64, BLOCK_X=128, BLOCK_P=32),
-        "a32_x64_p64_w4_s4": _cfg(4, 4, BLOCK_A=32, BLOCK_X=64, BLOCK_P=64),
-        "a16_x32_p64_w2_s3": _cfg(2, 3, BLOCK_A=16, BLOCK_X=32, BLOCK_P=64),
+        "a128_x32_p64_w4_s3": _cfg(4, 3, BLOCK_A=128, BLOCK_X=32, BLOCK_P=64),
+        "a64_x32_p64_w4_s4": _cfg(4, 4, BLOCK_A=64, BLOCK_X=32, BLOCK_P=64),
     },
 }
 
@@ -61,18 +70,22 @@ FIXED: dict[str, dict] = {
     "grad_z": _cfg(4, 2, BLOCK_M=32, BLOCK_N=16),
     "grad_x": _cfg(4, 2, BLOCK_M=32, BLOCK_N=16, BLOCK_K=16),
     "wgrad": _cfg(4, 2, BLOCK_A=16, BLOCK_X=16, BLOCK_P=32),
+    # backward's deterministic sum of partials (launched with this config only, on GPU too)
+    "bwd_reduce": _cfg(4, 1, BLOCK=512),
 }
 
 # Shape arguments that change the best config (the autotune cache key).
 KEYS: dict[str, list[str]] = {
     "fwd": ["M", "C_in", "C_b", "C_rest", "KH", "KW", "stride_h", "stride_w", "KEEP_BASIS"],
-    "grad_z": ["M", "C_b", "C_rest", "KEEP_BASIS", "STORE_DZ"],
-    "grad_x": ["M", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w"],
-    "wgrad": ["M", "CA", "CX", "KW", "stride_h", "stride_w"],
+    "grad_z": ["M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_DZ", "NEED_DC", "NEED_DBIAS"],
+    # grad_x / wgrad: M_KEY buckets the input pixels of the largest sub-pixel phase
+    "grad_x": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w"],
+    "wgrad": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w"],
 }
 
 # Accumulated outputs that autotune must zero between trials.
-RESET_TO_ZERO: dict[str, list[str]] = {"grad_z": ["db_ptr"], "wgrad": ["o_ptr"]}
+# (none since the v2 backward: its kernels write partials and outputs, never accumulate into them)
+RESET_TO_ZERO: dict[str, list[str]] = {}
 
 # Largest basis block the fused kernels hold in registers (BLOCK_M x BLOCK_CB fp32 accumulator
 # per program). 128, measured by the compile tier (bench/results/compile-report-*): at 256 every
@@ -111,8 +124,11 @@ def acc_registers(kernel: str, cfg: dict, block_cb_: int = 16, elem_bytes: int =
         m, k, n, cb = b["BLOCK_M"], b["BLOCK_K"], b["BLOCK_N"], block_cb_
         return (m * cb + m * n + (m * k + k * cb + cb * n) * w) / threads
     if kernel == "grad_z":
+        # v2: the dZ accumulator (BLOCK_M x BLOCK_CB fp32), the d coeff partial (BLOCK_N x
+        # BLOCK_CB fp32), the G_r, coefficient and Z tiles. Checked by compiling at C_b = 128:
+        # estimate 208 -> m64_n64_w4 spills 280 B, 104 -> m64_n64_w8 compiles spill-free.
         m, n, cb = b["BLOCK_M"], b["BLOCK_N"], block_cb_
-        return (m * cb + (m * n + n * cb) * w) / threads
+        return (m * cb + n * cb + (m * n + n * cb + m * cb) * w) / threads
     if kernel == "grad_x":
         m, n, k = b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"]
         return (m * n + (m * k + k * n) * w) / threads
@@ -134,7 +150,8 @@ def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:
         "fwd": {"BLOCK_K": shape.get("C_in"), "BLOCK_N": shape.get("C_rest")},
         "grad_z": {"BLOCK_N": shape.get("C_rest")},
         "grad_x": {"BLOCK_N": shape.get("C_in"), "BLOCK_K": shape.get("C_b")},
-        "wgrad": {"BLOCK_A": shape.get("CA"), "BLOCK_X": shape.get("CX")},
+        # v2 wgrad: BLOCK_A tiles taps * C_b rows (never fewer than 64 at 3x3), BLOCK_X C_in
+        "wgrad": {"BLOCK_X": shape.get("C_in")},
     }[kernel]
     bcb = shape.get("BLOCK_CB", 16)
     eb = 4 if shape.get("elem_bytes", 2) >= 4 else 2
@@ -154,6 +171,17 @@ def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:
             continue
         if eb == 4 and (b.get("BLOCK_K", 0) > 32 or cfg["num_warps"] < 4):
             continue
+        # v2 grad_z, measured (Triton 3.9): with NCHW or fp32 operands every BLOCK_N = 64
+        # config spills on sm_80 (mma.sync holds G_r and its transpose for the d coeff dot in
+        # registers: 40-632 B at C_b = 32); m32_n32 compiles clean on sm_80 and sm_90. With
+        # 16-bit NHWC operands BLOCK_N = 32 is left out while C_rest > 32: the d coeff dot's
+        # M extent is BLOCK_N, and 64 keeps it on wgmma (sm_90).
+        if kernel == "grad_z":
+            slow_operands = nchw or eb == 4
+            if slow_operands and b["BLOCK_N"] > 32:
+                continue
+            if not slow_operands and b["BLOCK_N"] < 64 and (shape.get("C_rest") or 64) > 32:
+                continue
         kept.append(cfg)
     if not kept:
         kept = [min(configs, key=lambda c: acc_registers(kernel, c, bcb, eb))]

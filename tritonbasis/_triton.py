@@ -53,6 +53,7 @@ _PRUNE_LAYOUT = {
     "grad_z": ("g_ptr", "sg_c"),
     "grad_x": ("dz_ptr", "sx_c"),
     "wgrad": ("x_ptr", "sx_c"),
+    "bwd_reduce": ("w1_ptr", "L1"),  # never autotuned (FIXED only); listed for completeness
 }
 
 
@@ -251,100 +252,172 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     return y, z
 
 
-def _wgrad(a, xsrc, shift, out, M, H, W, Ho, Wo, KH, KW, stride, padding, dilation, dtype,
-           a_perm=None, x_perm=None):
-    """out (fp32, zeroed, (CA, CX, KH, KW)-strided) += sum over pixels of A^T X_tap.
-    With a_perm / x_perm, row a of the product reads A's channel a_perm[a] (same for X and
-    the shift); CA / CX are then the permutations' lengths."""
-    CA = a.shape[1] if a_perm is None else a_perm.numel()
-    CX = xsrc.shape[1] if x_perm is None else x_perm.numel()
-    if a.device.type == "cuda":
-        # Split the pixel reduction until (tiles x slices) fills the GPU about twice, keeping
-        # slices >= 256 pixels. SPLIT is fixed before autotuning so every trial shares it.
-        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-        tiles = _cdiv(CA, 64) * _cdiv(CX, 64) * KH * KW
-        split = max(1, min(_cdiv(2 * sms, tiles), _cdiv(M, 256)))
-    else:  # interpreter: two slices whenever there is enough to split, so the split is tested
-        split = max(1, min(2, _cdiv(M, 64)))
-    _launch(
-        "wgrad",
-        lambda meta: (_cdiv(CA, meta["BLOCK_A"]), _cdiv(CX, meta["BLOCK_X"]) * KH * KW, split),
-        a, xsrc, shift if shift is not None else out,
-        a_perm if a_perm is not None else out, x_perm if x_perm is not None else out, out,
-        M, CA, CX, H, W, Ho, Wo, split,
-        *a.stride(), *xsrc.stride(), *out.stride(), *stride, *padding, *dilation,
-        KW=KW, HAS_SHIFT=shift is not None, A_PERM=a_perm is not None,
-        X_PERM=x_perm is not None, INT64=_needs_int64(a, xsrc),
-        PRECISION=_precision(dtype),
+def _launch_fixed(name: str, grid, *args, **kwargs):
+    """Launch kernel ``name`` with ``configs.FIXED[name]``, never autotuned: for kernels with
+    one sensible config (the backward's deterministic reduction, a memory-bound sum)."""
+    kernels, configs = _kernels()
+    c = configs.FIXED[name]
+    kernels.KERNELS[name][grid(c["blocks"])](
+        *args, **kwargs, **c["blocks"], num_warps=c["num_warps"], num_stages=c["num_stages"]
     )
 
 
+def _m_key(m: int) -> int:
+    """Autotune key of a pixel count: m rounded up to a power of two (a new batch size re-tunes
+    only when it crosses one)."""
+    return 1 << max(0, int(m) - 1).bit_length()
+
+
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _phase_step(stride: int, dil: int) -> int:
+    """Distance between two taps of one sub-pixel phase: stride / gcd(stride, dilation)."""
+    import math
+
+    return stride // math.gcd(stride, dil)
+
+
+def _phase_pixels(g: ConvGeometry) -> int:
+    """Input pixels of the largest sub-pixel phase, (0, 0)."""
+    return g.N * _cdiv(g.H, g.stride[0]) * _cdiv(g.W, g.stride[1])
+
+
+def _max_phase_taps(g: ConvGeometry) -> int:
+    """Most taps any sub-pixel phase has (all KH*KW at stride 1)."""
+    def axis(K, s, p, d):
+        return max(sum((ph + p - k * d) % s == 0 for k in range(K)) for ph in range(s))
+
+    return (axis(g.KH, g.stride[0], g.padding[0], g.dilation[0])
+            * axis(g.KW, g.stride[1], g.padding[1], g.dilation[1]))
+
+
+def _grad_z_slices(M: int, device: torch.device) -> tuple[int, int]:
+    """(programs, pixels per program) of grad_z. Each program loops over a contiguous pixel
+    chunk and keeps ONE fp32 partial row of d coeff / d bias (so the partials are P rows, not
+    one per 128-pixel tile). On CUDA: about 4 programs per SM, chunks a multiple of 128 pixels
+    (the largest BLOCK_M). In the interpreter: 64-pixel chunks (two FIXED BLOCK_M = 32 steps),
+    so the multi-step accumulation and the multi-row reduction are both exercised."""
+    if device.type == "cuda":
+        p = max(1, min(_cdiv(M, 128), 4 * _sms(device)))
+        chunk = _cdiv(_cdiv(M, p), 128) * 128
+    else:
+        chunk = 64
+    return -(-M // chunk), chunk  # (not _cdiv: a test patches _cdiv(., 64) to force 1 slice)
+
+
+def _wgrad_split(g: ConvGeometry, device: torch.device) -> int:
+    """Pixel slices of the d-basis reduction (each writes its own fp32 partial, summed by the
+    reduce launch). On CUDA: enough slices for (tiles x phases x slices) to fill the GPU about
+    twice, keeping >= 256 pixels per slice. Interpreter: two slices whenever a phase has more
+    than 64 pixels, so the split is tested."""
+    mp = _phase_pixels(g)
+    if device.type == "cuda":
+        phases = g.stride[0] * g.stride[1]
+        tiles = _cdiv(_max_phase_taps(g) * g.C_b, 128) * _cdiv(g.C_in, 64) * phases
+        return max(1, min(_cdiv(2 * _sms(device), tiles), _cdiv(mp, 256)))
+    return max(1, min(2, _cdiv(mp, 64)))
+
+
 def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, mask):
+    """At most 4 launches, no aten compute or fill op, bitwise deterministic (always, whether
+    or not torch.use_deterministic_algorithms is on: nothing here uses atomics):
+
+    1. ``grad_z`` (any gradient): dZ, per-program partials of d coeff and d bias, and the
+       K-contiguous copy of the basis that grad_x reads;
+    2. ``grad_x`` (d x): one pipelined (tap, C_b) loop per sub-pixel phase;
+    3. ``wgrad`` (d basis): x-stationary, per-slice fp32 partials;
+    4. ``bwd_reduce`` (d basis, d coeff or d bias): sums every partial in a fixed order and
+       writes the parameters' dtypes.
+
+    Buffers come from ``torch.empty`` (no fill): every partial element is written before the
+    reduce reads it. Gradients not in ``mask`` are neither computed nor allocated."""
     _, configs = _kernels()
     need_x, need_b, need_c, need_bias = mask
-    empty = grad.new_empty(0)
+    need_c = need_c and g.C_rest > 0
     # distinct empties: a custom op's outputs must not alias each other
     dx, dbasis, dcoeff, dbias = (grad.new_empty(0) for _ in range(4))
+    if mask[2] and not need_c:  # C_rest == 0: d coeff is (0, C_b), nothing to compute
+        dcoeff = coeff.new_empty(coeff.shape)
+    dev = grad.device
+    f32 = dict(device=dev, dtype=torch.float32)
     M = g.pixels
     need_dz = need_x or need_b
-    if need_dz or need_bias:
-        # dZ in NHWC: the grad_x and wgrad kernels read it as [pixels, C_b] tiles.
-        dz = (
-            _empty_4d((g.N, g.C_b, g.Ho, g.Wo), grad, torch.channels_last)
-            if need_dz else empty
-        )
-        # db32 is always a real fp32 buffer: autotune's reset_to_zero zeroes whatever is passed
-        # as db_ptr, so a dummy must never alias a live tensor such as grad.
-        db32 = torch.zeros(g.C_out if need_bias else 1, device=grad.device, dtype=torch.float32)
+    P, chunk = _grad_z_slices(M, dev)
+    LW = g.KH * g.KW * g.C_in * g.C_b
+    step_h = _phase_step(g.stride[0], g.dilation[0])
+    step_w = _phase_step(g.stride[1], g.dilation[1])
+    phases = g.stride[0] * g.stride[1]
+    mp = _phase_pixels(g)
+
+    if need_dz or need_c or need_bias:
+        # dZ in NHWC: grad_x and wgrad read it as [pixels, C_b] tiles.
+        dz = _empty_4d((g.N, g.C_b, g.Ho, g.Wo), grad, torch.channels_last) if need_dz else None
+        wt = torch.empty(LW if need_x else 0, dtype=basis.dtype, device=dev)
+        wsc = torch.empty((P, g.C_rest, g.C_b) if need_c else (0,), **f32)
+        wsb = torch.empty((P, g.C_out) if need_bias else (0,), **f32)
+        if need_c:
+            zsrc = out if g.keep_basis else z_saved
+        else:
+            zsrc = grad
+        stand_in = wsb if need_bias else wsc  # never read: flags are off for absent operands
         _launch(
             "grad_z",
-            lambda meta: (_cdiv(M, meta["BLOCK_M"]),),
-            grad, coeff, dz if need_dz else db32, db32, perm if perm is not None else db32,
-            M, g.C_b, g.C_rest, g.Ho, g.Wo,
+            lambda meta: (P,),
+            grad, coeff, dz if need_dz else grad, zsrc,
+            bias if bias is not None else grad, perm if perm is not None else grad,
+            wsc if need_c else stand_in, wsb if need_bias else stand_in,
+            basis, wt if need_x else grad,
+            M, _m_key(M), g.C_b, g.C_rest, g.C_in, g.KW, LW if need_x else 0, chunk,
+            _cdiv(LW, P),
+            g.Ho, g.Wo,
             *grad.stride(), *coeff.stride(), *(dz.stride() if need_dz else (0, 0, 0, 0)),
-            KEEP_BASIS=g.keep_basis, STORE_DZ=need_dz, NEED_DBIAS=need_bias,
-            HAS_PERM=perm is not None,
-            INT64=_needs_int64(grad), PRECISION=_precision(grad.dtype),
-            BLOCK_CB=configs.block_cb(g.C_b),
+            *zsrc.stride(), *basis.stride(),
+            KEEP_BASIS=g.keep_basis, STORE_DZ=need_dz, NEED_DC=need_c, NEED_DBIAS=need_bias,
+            HAS_BIAS=bias is not None, HAS_PERM=perm is not None, COPY_W=need_x,
+            INT64=_needs_int64(grad, zsrc), PRECISION=_precision(grad.dtype),
+            BLOCK_CB=configs.block_cb(g.C_b), BLOCK_W=512,
         )
-        if need_bias:
-            dbias = db32.to(grad.dtype)
     if need_x:
         dx = _empty_4d((g.N, g.C_in, g.H, g.W), x, output_memory_format(x))
-        Mx = g.N * g.H * g.W
         _launch(
             "grad_x",
-            lambda meta: (_cdiv(Mx, meta["BLOCK_M"]), _cdiv(g.C_in, meta["BLOCK_N"])),
-            dz, basis, dx,
-            Mx, g.C_in, g.H, g.W, g.C_b, g.Ho, g.Wo,
-            *dz.stride(), *basis.stride(), *dx.stride(),
-            *g.stride, *g.padding, *g.dilation,
+            lambda meta: (phases * _cdiv(mp, meta["BLOCK_M"]), _cdiv(g.C_in, meta["BLOCK_N"])),
+            dz, wt, dx,
+            g.N, _m_key(mp), g.C_in, g.H, g.W, g.C_b, g.Ho, g.Wo,
+            *dz.stride(), *dx.stride(),
+            *g.stride, *g.padding, *g.dilation, step_h, step_w,
             KH=g.KH, KW=g.KW, INT64=_needs_int64(dz, dx), PRECISION=_precision(grad.dtype),
         )
+    split = _wgrad_split(g, dev) if need_b else 0
     if need_b:
-        db32 = torch.zeros(basis.shape, device=basis.device, dtype=torch.float32)
-        _wgrad(dz, x, None, db32, M, g.H, g.W, g.Ho, g.Wo, g.KH, g.KW,
-               g.stride, g.padding, g.dilation, grad.dtype)
-        dbasis = db32.to(basis.dtype)
+        wsw = torch.empty((split, LW), **f32)
+        rows = _max_phase_taps(g) * g.C_b
+        _launch(
+            "wgrad",
+            lambda meta: (_cdiv(rows, meta["BLOCK_A"]), _cdiv(g.C_in, meta["BLOCK_X"]),
+                          phases * split),
+            dz, x, wsw,
+            g.N, _m_key(mp), g.C_in, g.H, g.W, g.C_b, g.Ho, g.Wo, split,
+            *dz.stride(), *x.stride(),
+            *g.stride, *g.padding, *g.dilation, step_h, step_w,
+            KH=g.KH, KW=g.KW, INT64=_needs_int64(dz, x), PRECISION=_precision(grad.dtype),
+        )
+        dbasis = torch.empty(basis.shape, dtype=basis.dtype, device=dev)
     if need_c:
-        if g.C_rest:
-            off = g.C_b if g.keep_basis else 0
-            if perm is not None:  # G_r = G[:, perm[off:]], Z = out[:, perm[:C_b]] - bias[...]
-                g_r, a_perm = grad, perm[off:]
-            else:
-                g_r, a_perm = grad[:, off:], None
-            x_perm = None
-            if g.keep_basis:
-                if perm is not None:
-                    zsrc, x_perm, shift = out, perm[: g.C_b], bias
-                else:
-                    zsrc, shift = out[:, : g.C_b], (bias[: g.C_b] if bias is not None else None)
-            else:
-                zsrc, shift = z_saved, None
-            dc32 = torch.zeros((g.C_rest, g.C_b, 1, 1), device=coeff.device, dtype=torch.float32)
-            _wgrad(g_r, zsrc, shift, dc32, M, g.Ho, g.Wo, g.Ho, g.Wo, 1, 1,
-                   (1, 1), (0, 0), (1, 1), grad.dtype, a_perm=a_perm, x_perm=x_perm)
-            dcoeff = dc32.view(g.C_rest, g.C_b).to(coeff.dtype)
-        else:
-            dcoeff = coeff.new_zeros(coeff.shape)
+        dcoeff = torch.empty(coeff.shape, dtype=coeff.dtype, device=dev)
+    if need_bias:
+        dbias = torch.empty(bias.shape, dtype=bias.dtype, device=dev)
+    if need_b or need_c or need_bias:
+        segs = [(wsw, dbasis, split, LW) if need_b else None,
+                (wsc, dcoeff, P, g.C_rest * g.C_b) if need_c else None,
+                (wsb, dbias, P, g.C_out) if need_bias else None]
+        live = next(s for s in segs if s is not None)
+        segs = [s if s is not None else (live[0], live[1], 0, 0) for s in segs]
+        _launch_fixed(
+            "bwd_reduce",
+            lambda meta: (sum(_cdiv(s[3], meta["BLOCK"]) for s in segs),),
+            *(v for s in segs for v in s),
+        )
     return dx, dbasis, dcoeff, dbias

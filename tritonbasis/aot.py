@@ -152,51 +152,78 @@ def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, a
             "STORE_Z": store_z, "INT64": False, "PRECISION": precision,
             "BLOCK_CB": _block_cb(s.C_b),
         }
-    elif name == "grad_z":
-        # db_ptr is always a real fp32 buffer (also the stand-in for an absent perm).
-        ptrs = {"g_ptr": t, "c_ptr": t, "dz_ptr": t, "db_ptr": "fp32", "p_ptr": "fp32"}
+    elif name in ("grad_z", "grad_x", "wgrad", "bwd_reduce"):
+        ptrs, ints, const = _backward_launch_args(name, t, s, arch, precision, geom,
+                                                  x_st, w_st, c_st, y_st, dz_st)
+    else:
+        raise KeyError(f"unknown kernel {name!r}")
+    return ptrs, ints, const
+
+
+def _backward_launch_args(name, t, s, arch, precision, geom, x_st, w_st, c_st, y_st, dz_st):
+    """launch_args of the v2 backward kernels (mirrors ``_triton.backward``: every gradient
+    requested, bias as the shape says, no perm; keep in sync)."""
+    import math
+
+    def m_key(m):  # as _triton._m_key
+        return 1 << max(0, int(m) - 1).bit_length()
+
+    phases = s.stride * s.stride
+    step = s.stride // math.gcd(s.stride, s.dilation)
+    mp = s.N * _cdiv(s.H, s.stride) * _cdiv(s.W, s.stride)  # pixels of the largest phase
+    lw = s.KH * s.KW * s.C_in * s.C_b
+    bgeom = {**geom, "step_h": step, "step_w": step}
+    if name == "grad_z":
+        sms = SMS.get(arch, 132)
+        p = max(1, min(_cdiv(s.M, 128), 4 * sms))
+        chunk = _cdiv(_cdiv(s.M, p), 128) * 128
+        p = _cdiv(s.M, chunk)
+        z_st = y_st if s.keep_basis else _strides4(s.C_b, s.Ho, s.Wo, s.channels_last)
+        ptrs = {"g_ptr": t, "c_ptr": t, "dz_ptr": t, "z_ptr": t, "b_ptr": t, "p_ptr": t,
+                "wsc_ptr": "fp32", "wsb_ptr": "fp32", "w_ptr": t, "wt_ptr": t}
         ints = {
-            "M": s.M, "C_b": s.C_b, "C_rest": s.C_rest, "Ho": s.Ho, "Wo": s.Wo,
+            "M": s.M, "M_KEY": m_key(s.M), "C_b": s.C_b, "C_rest": s.C_rest,
+            "C_in": s.C_in, "KW": s.KW, "LW": lw, "CHUNK": chunk, "W_CHUNK": _cdiv(lw, p),
+            "Ho": s.Ho, "Wo": s.Wo,
             **dict(zip(("sg_n", "sg_c", "sg_h", "sg_w"), y_st)),
             **dict(zip(("sc_o", "sc_b"), c_st)),
             **dict(zip(("sd_n", "sd_c", "sd_h", "sd_w"), dz_st)),
+            **dict(zip(("sz_n", "sz_c", "sz_h", "sz_w"), z_st)),
+            **dict(zip(("sw_o", "sw_c", "sw_h", "sw_w"), w_st)),
         }
         const = {
-            "KEEP_BASIS": s.keep_basis, "STORE_DZ": True, "NEED_DBIAS": s.bias,
-            "HAS_PERM": False, "INT64": False, "PRECISION": precision,
-            "BLOCK_CB": _block_cb(s.C_b),
+            "KEEP_BASIS": s.keep_basis, "STORE_DZ": True, "NEED_DC": s.C_rest > 0,
+            "NEED_DBIAS": s.bias, "HAS_BIAS": s.bias, "HAS_PERM": False, "COPY_W": True,
+            "INT64": False, "PRECISION": precision, "BLOCK_CB": _block_cb(s.C_b),
+            "BLOCK_W": 512,
         }
-    elif name == "grad_x":
-        ptrs = {"dz_ptr": t, "w_ptr": t, "dx_ptr": t}
-        ints = {
-            "M": s.N * s.H * s.W, "C_in": s.C_in, "H": s.H, "W": s.W, "C_b": s.C_b,
-            "Ho": s.Ho, "Wo": s.Wo,
-            **dict(zip(("sd_n", "sd_c", "sd_h", "sd_w"), dz_st)),
-            **dict(zip(("sw_o", "sw_c", "sw_h", "sw_w"), w_st)),
-            **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st)),
-            **geom,
+    elif name in ("grad_x", "wgrad"):
+        common = {
+            "N": s.N, "M_KEY": m_key(mp), "C_in": s.C_in, "H": s.H, "W": s.W,
+            "C_b": s.C_b, "Ho": s.Ho, "Wo": s.Wo,
+            **dict(zip(("sd_n", "sd_c", "sd_h", "sd_w"), dz_st)), **bgeom,
         }
         const = {"KH": s.KH, "KW": s.KW, "INT64": False, "PRECISION": precision}
-    elif name == "wgrad":
-        # d basis: A = dZ (C_b channels), X = x (C_in), out fp32 (C_b, C_in, KH, KW); no shift,
-        # so s_ptr (and the absent perms) are the fp32 output buffer. SPLIT as the launcher
-        # computes it.
-        tiles = _cdiv(s.C_b, 64) * _cdiv(s.C_in, 64) * s.KH * s.KW
-        split = max(1, min(_cdiv(2 * SMS.get(arch, 132), tiles), _cdiv(s.M, 256)))
-        ptrs = {"a_ptr": t, "x_ptr": t, "s_ptr": "fp32", "ap_ptr": "fp32", "xp_ptr": "fp32",
-                "o_ptr": "fp32"}
-        ints = {
-            "M": s.M, "CA": s.C_b, "CX": s.C_in, "H": s.H, "W": s.W, "Ho": s.Ho, "Wo": s.Wo,
-            "SPLIT": split,
-            **dict(zip(("sa_n", "sa_c", "sa_h", "sa_w"), dz_st)),
-            **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st)),
-            **dict(zip(("so_a", "so_x", "so_h", "so_w"), w_st)),
-            **geom,
-        }
-        const = {"KW": s.KW, "HAS_SHIFT": False, "A_PERM": False, "X_PERM": False,
-                 "INT64": False, "PRECISION": precision}
-    else:
-        raise KeyError(f"unknown kernel {name!r}")
+        if name == "grad_x":
+            ptrs = {"dz_ptr": t, "wt_ptr": t, "dx_ptr": t}
+            ints = {**common, **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st))}
+        else:
+            def axis_taps(K, st, p, d):
+                return max(sum((ph + p - k * d) % st == 0 for k in range(K)) for ph in range(st))
+
+            taps = (axis_taps(s.KH, s.stride, s.padding, s.dilation)
+                    * axis_taps(s.KW, s.stride, s.padding, s.dilation))
+            tiles = _cdiv(taps * s.C_b, 128) * _cdiv(s.C_in, 64) * phases
+            split = max(1, min(_cdiv(2 * SMS.get(arch, 132), tiles), _cdiv(mp, 256)))
+            ptrs = {"dz_ptr": t, "x_ptr": t, "ws_ptr": "fp32"}
+            ints = {**common, "SPLIT": split,
+                    **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st))}
+    else:  # bwd_reduce: d basis (slices of wgrad), d coeff and d bias (rows of grad_z)
+        ptrs = {"w1_ptr": "fp32", "o1_ptr": t, "w2_ptr": "fp32", "o2_ptr": t,
+                "w3_ptr": "fp32", "o3_ptr": t}
+        ints = {"S1": 4, "L1": lw, "S2": 256, "L2": s.C_rest * s.C_b, "S3": 256,
+                "L3": s.C_out}
+        const = {}
     return ptrs, ints, const
 
 
