@@ -126,7 +126,14 @@ class RunLock:
         raise RunLockedError(f"could not take the lock {str(self.path)!r} (another process "
                              "keeps creating it)")
 
+    def _raw(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return None
+
     def _handle_existing(self) -> None:
+        seen = self._raw()
         holder = self._read_holder()
         here = socket.gethostname()
         if holder is None:
@@ -157,6 +164,10 @@ class RunLock:
                 f"{holder.get('host')!r} (started {holder.get('started', '?')}); this host "
                 f"cannot check whether it still runs. If it does not, delete "
                 f"{str(self.path)!r}")
+        # Two processes may find the same stale lock: remove it only if it is still the file we
+        # judged (the other one may have replaced it with its own live lock meanwhile).
+        if self._raw() != seen:
+            return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
