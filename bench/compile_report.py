@@ -3,10 +3,18 @@ for the given archs and dtypes, with registers, spills, shared memory and tensor
 
     python bench/compile_report.py [--arch 90 80] [--dtype bf16 ...] [--out bench/results]
                                    [--layout channels_last|nchw] [--shape resnet|max-cb]
+    python bench/compile_report.py --bench [--ratios 1/4 ...] [--arch 90]
 
 Writes, per arch, ``compile-report-sm<arch>-<date>-<shortcommit>[-<suffix>].json`` (every
 report plus who/what/where) and a markdown table ``.md`` with the same name. The suffix names
 whatever differs from the default run (bf16, channels_last, representative shape).
+
+``--bench``: per benchmark case shape (``tritonbasis.aot.bench_shapes``: the ResNet18-CIFAR
+cases of ``tritonbasis bench`` at batch 256, C_b = ratio * C_out, keep-basis, channels_last
+bf16) and per kernel, the configs ``configs.prune`` keeps there (what the autotuner can run),
+with tensor_core_instr, wgmma shapes, spills, registers, shared_bytes, loops and pipelined
+loops; the name carries the triton version (``compile-report-bench-sm90-triton3.6.0-...``), so
+one run per triton install gives one report each.
 """
 
 from __future__ import annotations
@@ -46,13 +54,13 @@ def _versions() -> dict:
     import triton
 
     try:
-        out = subprocess.run([aot._tool("ptxas"), "--version"], capture_output=True,
+        out = subprocess.run([aot._tool("ptxas", 90), "--version"], capture_output=True,
                              text=True).stdout
         m = re.search(r"release [\d.]+, (V[\d.]+)", out)
         ptxas = m.group(1) if m else out.strip().splitlines()[-1]
     except Exception:
         ptxas = None
-    return {"triton": triton.__version__, "torch": torch.__version__, "ptxas": ptxas,
+    return {"triton": triton.__version__, "torch": torch.__version__, "ptxas": ptxas,  # sm_90
             "python": platform.python_version()}
 
 
@@ -96,6 +104,103 @@ def _findings(reports: list[dict]) -> list[str]:
     return out
 
 
+def _bench_jobs(arch: int, ratios) -> list[dict]:
+    from tritonbasis.kernels import configs
+
+    jobs = []
+    for tag, shape in aot.bench_shapes(ratios=ratios).items():
+        ps = aot.prune_shape(shape, "bf16", arch)
+        for name in configs.CONFIGS:
+            if name == "fwd_reduce" and ps["SPLIT_K"] == 1:
+                continue  # only launched with split-K
+            for cfg in configs.prune(name, list(configs.CONFIGS[name].values()), ps):
+                jobs.append({"name": name, "config": cfg, "cfg_name": aot.config_name(name, cfg),
+                             "arch": arch, "dtype": "bf16", "shape": shape, "tag": tag,
+                             "split_k": ps["SPLIT_K"]})
+    return jobs
+
+
+def _bench_markdown(meta: dict, reports: list[dict]) -> str:
+    v = meta["versions"]
+    lines = [
+        f"# Compile report, benchmark shapes: sm_{meta['arch']}, triton {v['triton']}",
+        "",
+        f"* triton {v['triton']}, torch {v['torch']}, ptxas {v['ptxas']}, Python {v['python']}",
+        f"* date {meta['date']}, git commit {meta['commit']}"
+        + (" (working tree had uncommitted changes)" if meta["dirty"] else ""),
+        f"* compiled on {meta['host']} (no GPU): triton.compile for GPUTarget('cuda', "
+        f"{meta['arch']}, 32), {meta['seconds']:.0f} s wall (triton's on-disk compile cache "
+        "applies)",
+        f"* shapes: tritonbasis bench group resnet18_cifar (batch 256), C_b = "
+        f"{', '.join(meta['ratios'])} of C_out, keep-basis, no bias, channels_last, bf16; per "
+        "kernel the configs configs.prune keeps there (split-K as the launcher picks it with "
+        f"{aot.SMS[meta['arch']]} SMs)",
+        "* regs: cuobjdump; spills: ptxas -v (bytes stored + loaded); loops: scf.for in the "
+        "TTGIR, pipelined: those issuing async copies (cp.async / TMA)",
+        "",
+        "| shape | kernel | config | split-K | regs | spills (B) | shared (KiB) | MMA | wgmma "
+        "shapes | loops (pipelined) |",
+        "|---|---|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in reports:
+        if "error" in r:
+            lines.append(f"| {r['tag']} | {r['kernel']} | {r['config']} | | compile error: "
+                         f"{r['error'].splitlines()[0][:100].replace('|', '/')} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['tag']} | {r['kernel']} | {r['config']} | {r['split_k']} | {r['registers']} "
+            f"| {r['spills']} | {r['shared_bytes'] / 1024:.0f} | {r['tensor_core_instr']} | "
+            f"{' '.join(r.get('wgmma_shapes', []))} | {r.get('loops')} "
+            f"({r.get('pipelined_loops')}) |")
+    bad = [r for r in reports if "error" in r or r["spills"] != 0
+           or r["tensor_core_instr"] != "wgmma"]
+    lines += ["", "## Findings", ""]
+    if not bad:
+        lines.append(f"* every kept config ({len(reports)}) compiles to wgmma with 0 spills")
+    for r in bad:
+        why = r.get("error", "").splitlines()[0][:200] if "error" in r else (
+            f"MMA {r['tensor_core_instr']}, spills {r['spills']} B")
+        lines.append(f"* {r['tag']} {r['kernel']}/{r['config']}: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def _bench_main(args, meta_common: dict, short: str, now) -> int:
+    import triton
+
+    for arch in args.arch:
+        t0 = time.perf_counter()
+        jobs = _bench_jobs(arch, args.ratios)
+        extra = [{"tag": j.pop("tag"), "split_k": j.pop("split_k")} for j in jobs]
+
+        def progress(r):
+            state = r.get("error", "").splitlines()[0][:80] if "error" in r else (
+                f"regs={r['registers']} spills={r['spills']} {r['tensor_core_instr']}")
+            print(f"sm_{r['arch']} {r['kernel']:10s} {r['config']:22s} {state}", flush=True)
+
+        reports = aot.compile_many(jobs, args.workers, progress)
+        for r, e in zip(reports, extra):
+            r.update(e)
+        meta = {**meta_common, "arch": arch, "ratios": list(args.ratios),
+                "shapes": {t: dataclasses.asdict(s)
+                           for t, s in aot.bench_shapes(ratios=args.ratios).items()},
+                "seconds": time.perf_counter() - t0}
+        meta.pop("shape", None)
+        stem = "-".join([f"compile-report-bench-sm{arch}", f"triton{triton.__version__}",
+                         now.strftime("%Y-%m-%d"), short])
+        base = os.path.join(args.out, stem)
+        _io_write(base + ".json", json.dumps({"meta": meta, "reports": reports}, indent=1) + "\n")
+        _io_write(base + ".md", _bench_markdown(meta, reports))
+        print(f"wrote {base}.json and .md ({meta['seconds']:.0f} s)")
+    aot.shutdown_workers()
+    return 0
+
+
+def _io_write(path: str, text: str) -> None:
+    from tritonbasis._io import atomic_write_text  # the project's one atomic-write helper
+
+    atomic_write_text(path, text)
+
+
 def _markdown(meta: dict, reports: list[dict]) -> str:
     v = meta["versions"]
     s = meta["shape"]
@@ -132,14 +237,20 @@ def _markdown(meta: dict, reports: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(aot.ARCHS))
+    p.add_argument("--arch", type=int, nargs="+", default=None, choices=sorted(aot.ARCHS),
+                   help="default: 90 80 (90 with --bench)")
     p.add_argument("--dtype", nargs="+", default=["bf16"], choices=sorted(aot.DTYPES))
     p.add_argument("--out", default=os.path.join("bench", "results"))
     p.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last")
     p.add_argument("--shape", choices=sorted(SHAPES), default="resnet")
     p.add_argument("--kernels", nargs="+", default=None, help="default: all")
     p.add_argument("--workers", type=int, default=None, help="default: one per CPU")
+    p.add_argument("--bench", action="store_true",
+                   help="the configs prune keeps at each benchmark shape (sm_90 by default)")
+    p.add_argument("--ratios", nargs="+", default=["1/4"], help="C_b / C_out (with --bench)")
     args = p.parse_args(argv)
+    if args.arch is None:
+        args.arch = [90] if args.bench else [90, 80]
 
     ok, why = aot.toolchain_available()
     if not ok:
@@ -166,6 +277,8 @@ def main(argv=None) -> int:
     suffix += ["nchw"] if args.layout == "nchw" else []
     suffix += ["cbmax"] if args.shape == "max-cb" else []
     os.makedirs(args.out, exist_ok=True)
+    if args.bench:
+        return _bench_main(args, meta_common, short, now)
 
     for arch in args.arch:
         t0 = time.perf_counter()

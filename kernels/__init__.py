@@ -16,10 +16,13 @@ from .backward import (
     basis_conv_wgrad_kernel,
     bwd_reduce_kernel,
 )
-from .forward import basis_conv_fwd_kernel
+from .forward import basis_conv_fwd_kernel, basis_conv_fwd_reduce_kernel
 
+# One entry per kernel: name -> @jit function (configs.CONFIGS / FIXED / KEYS use the same names;
+# tritonbasis.aot compiles every entry).
 KERNELS = {
     "fwd": basis_conv_fwd_kernel,
+    "fwd_reduce": basis_conv_fwd_reduce_kernel,  # second launch of a split-K forward
     "grad_z": basis_conv_grad_z_kernel,
     "grad_x": basis_conv_grad_x_kernel,
     "wgrad": basis_conv_wgrad_kernel,
@@ -30,6 +33,7 @@ KERNELS = {
 __all__ = [
     "KERNELS",
     "basis_conv_fwd_kernel",
+    "basis_conv_fwd_reduce_kernel",
     "basis_conv_grad_x_kernel",
     "basis_conv_grad_z_kernel",
     "basis_conv_wgrad_kernel",

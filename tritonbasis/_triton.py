@@ -50,6 +50,7 @@ def autotune_enabled() -> bool:
 # (configs.prune): 16-bit NHWC loads vectorise, fp32 or NCHW ones need more registers.
 _PRUNE_LAYOUT = {
     "fwd": ("x_ptr", "sx_c"),
+    "fwd_reduce": ("c_ptr", "sy_c"),
     "grad_z": ("g_ptr", "sg_c"),
     "grad_x": ("dz_ptr", "sx_c"),
     "wgrad": ("x_ptr", "sx_c"),
@@ -227,28 +228,59 @@ def _empty_4d(shape, like: torch.Tensor, fmt, dtype=None) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
 
 
+def fwd_split_k(M: int, C_in: int, KH: int, KW: int, C_b: int, device: torch.device) -> int:
+    """Split-K factor of a forward launch (``configs.split_k`` with the device's SM count);
+    1 outside CUDA (the interpreter): tests force a split by patching this function."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return _kernels()[1].split_k(M, C_in, KH, KW, C_b, sms)
+
+
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
+    """1 launch (``fwd``), or 2 with split-K (``fwd`` into an fp32 workspace, ``fwd_reduce``
+    for the epilogue). The basis is passed with C_in contiguous (channels_last): a basis that
+    is not already laid out that way is copied once per call (C_b * C_in * KH * KW elements,
+    at most 128 * 512 * 9 * 2 B = 1.2 MB at the benchmark shapes; none for a 1x1 conv's
+    contiguous basis or a channels_last parameter)."""
     _, configs = _kernels()
     fmt = output_memory_format(x)
     y = _empty_4d((g.N, g.C_out, g.Ho, g.Wo), x, fmt)
     store_z = need_z and not g.keep_basis
     z = _empty_4d((g.N, g.C_b, g.Ho, g.Wo), x, fmt) if store_z else x.new_empty(0)
     zs = z.stride() if store_z else (0, 0, 0, 0)
+    if basis.stride(1) != 1:
+        basis = basis.contiguous(memory_format=torch.channels_last)
     M = g.pixels
+    m_key = configs.m_bucket(M)
+    bcb = configs.block_cb(g.C_b)
+    split = fwd_split_k(M, g.C_in, g.KH, g.KW, g.C_b, x.device)
+    ws = (torch.empty((split, M, bcb), device=x.device, dtype=torch.float32) if split > 1
+          else x)
+    flags = dict(HAS_BIAS=bias is not None, HAS_PERM=perm is not None, KEEP_BASIS=g.keep_basis,
+                 STORE_Z=store_z, INT64=_needs_int64(x, y, z), PRECISION=_precision(x.dtype),
+                 SPLIT_K=split, BLOCK_CB=bcb)
+    bias_ = bias if bias is not None else x
+    perm_ = perm if perm is not None else x
+    z_ = z if store_z else x
     _launch(
         "fwd",
-        lambda meta: (_cdiv(M, meta["BLOCK_M"]),),
-        x, basis, coeff, bias if bias is not None else x, perm if perm is not None else x, y,
-        z if store_z else x,
-        M, g.C_in, g.H, g.W, g.C_b, g.C_rest, g.Ho, g.Wo,
+        lambda meta: (_cdiv(M, meta["BLOCK_M"]), split),
+        x, basis, coeff, bias_, perm_, y, z_, ws,
+        M, m_key, g.C_in, g.H, g.W, g.C_b, g.C_rest, g.Ho, g.Wo,
         *x.stride(), *basis.stride(), *coeff.stride(), *y.stride(), *zs,
         *g.stride, *g.padding, *g.dilation,
-        KH=g.KH, KW=g.KW,
-        HAS_BIAS=bias is not None, HAS_PERM=perm is not None, KEEP_BASIS=g.keep_basis,
-        STORE_Z=store_z,
-        INT64=_needs_int64(x, y, z), PRECISION=_precision(x.dtype),
-        BLOCK_CB=configs.block_cb(g.C_b),
+        KH=g.KH, KW=g.KW, **flags,
     )
+    if split > 1:
+        _launch(
+            "fwd_reduce",
+            lambda meta: (_cdiv(M, meta["BLOCK_M"]),),
+            ws, coeff, bias_, perm_, y, z_,
+            M, m_key, g.C_b, g.C_rest, g.Ho, g.Wo,
+            *coeff.stride(), *y.stride(), *zs,
+            **flags,
+        )
     return y, z
 
 

@@ -87,6 +87,29 @@ class Shape:
 REPRESENTATIVE = Shape()
 
 
+def bench_shapes(group: str = "resnet18_cifar", ratios=("1/4",)) -> dict[str, Shape]:
+    """The benchmark cases of ``tritonbasis bench`` (:data:`tritonbasis.bench.GROUPS`) as
+    compile shapes, one per case and C_b / C_out ratio, named ``<case>.cb<C_b>``: keep-basis,
+    no bias, channels_last, as the benchmark runs them. Cases whose C_b exceeds the fused
+    kernels' limit (they run another path) are left out."""
+    from fractions import Fraction
+
+    from tritonbasis.bench import GROUPS
+    from tritonbasis.kernels_limits import MAX_BASIS_CHANNELS
+
+    out = {}
+    for c in GROUPS[group]:
+        for r in ratios:
+            cb = c.c_b(Fraction(r))
+            if cb > MAX_BASIS_CHANNELS:
+                continue
+            out[f"{c.name}.cb{cb}"] = Shape(
+                N=c.N, C_in=c.C_in, H=c.H, W=c.W, C_out=c.C_out, C_b=cb, KH=c.k, KW=c.k,
+                stride=c.stride, padding=c.padding, dilation=c.dilation, bias=False,
+                keep_basis=True, channels_last=True)
+    return out
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -131,27 +154,39 @@ def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, a
     y_st = _strides4(s.C_out, s.Ho, s.Wo, cl)
     dz_st = _strides4(s.C_b, s.Ho, s.Wo, True)
 
-    if name == "fwd":
+    if name in ("fwd", "fwd_reduce"):
+        from tritonbasis.kernels import configs
+
         store_z = not s.keep_basis  # need_z (training) and the full form
         z_st = _strides4(s.C_b, s.Ho, s.Wo, cl) if store_z else (0, 0, 0, 0)
-        ptrs = {"x_ptr": t, "w_ptr": t, "c_ptr": t, "b_ptr": t, "p_ptr": t, "y_ptr": t,
-                "z_ptr": t}
-        ints = {
-            "M": s.M, "C_in": s.C_in, "H": s.H, "W": s.W, "C_b": s.C_b, "C_rest": s.C_rest,
+        # the launcher passes the basis with C_in contiguous: a (C_b, C_in, 1, 1) contiguous
+        # basis as it is, any other one as a channels_last copy
+        wk_st = (s.C_in, 1, 1, 1) if s.KH == s.KW == 1 else _strides4(s.C_in, s.KH, s.KW, True)
+        split = configs.split_k(s.M, s.C_in, s.KH, s.KW, s.C_b, SMS.get(arch, 132))
+        epi_ints = {
+            "M": s.M, "M_KEY": configs.m_bucket(s.M), "C_b": s.C_b, "C_rest": s.C_rest,
             "Ho": s.Ho, "Wo": s.Wo,
-            **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st)),
-            **dict(zip(("sw_o", "sw_c", "sw_h", "sw_w"), w_st)),
             **dict(zip(("sc_o", "sc_b"), c_st)),
             **dict(zip(("sy_n", "sy_c", "sy_h", "sy_w"), y_st)),
             **dict(zip(("sz_n", "sz_c", "sz_h", "sz_w"), z_st)),
+        }
+        ptrs = {"x_ptr": t, "w_ptr": t, "c_ptr": t, "b_ptr": t, "p_ptr": t, "y_ptr": t,
+                "z_ptr": t, "ws_ptr": "fp32" if split > 1 else t}
+        ints = {
+            **epi_ints, "C_in": s.C_in, "H": s.H, "W": s.W,
+            **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st)),
+            **dict(zip(("sw_o", "sw_c", "sw_h", "sw_w"), wk_st)),
             **geom,
         }
         const = {
             "KH": s.KH, "KW": s.KW, "HAS_BIAS": s.bias, "HAS_PERM": False,
             "KEEP_BASIS": s.keep_basis,
             "STORE_Z": store_z, "INT64": False, "PRECISION": precision,
-            "BLOCK_CB": _block_cb(s.C_b),
+            "SPLIT_K": split, "BLOCK_CB": _block_cb(s.C_b),
         }
+        if name == "fwd_reduce":  # the split-K epilogue launch (compiled whatever SPLIT_K is)
+            ptrs = {**ptrs, "ws_ptr": "fp32"}
+            const = {**const, "SPLIT_K": max(split, 2)}
     elif name in ("grad_z", "grad_x", "wgrad", "bwd_reduce"):
         ptrs, ints, const = _backward_launch_args(name, t, s, arch, precision, geom,
                                                   x_st, w_st, c_st, y_st, dz_st)
@@ -227,12 +262,17 @@ def _backward_launch_args(name, t, s, arch, precision, geom, x_st, w_st, c_st, y
     return ptrs, ints, const
 
 
-def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16") -> dict:
+def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90) -> dict:
     """The argument dict ``configs.prune`` sees for ``shape`` (all kernels' keys), with the
-    operand element size and layout that set its register budget."""
+    operand element size and layout that set its register budget, and the forward's split-K
+    factor as the launcher picks it on a GPU with ``SMS[arch]`` SMs."""
+    from tritonbasis.kernels import configs
+
     return {
         "C_in": shape.C_in, "C_rest": shape.C_rest, "C_b": shape.C_b, "CA": shape.C_b,
-        "CX": shape.C_in, "BLOCK_CB": _block_cb(shape.C_b),
+        "CX": shape.C_in, "BLOCK_CB": _block_cb(shape.C_b), "KH": shape.KH, "KW": shape.KW,
+        "SPLIT_K": configs.split_k(shape.M, shape.C_in, shape.KH, shape.KW, shape.C_b,
+                                   SMS.get(arch, 132)),
         "elem_bytes": 4 if dtype == "fp32" else 2, "nchw": not shape.channels_last,
     }
 
@@ -295,9 +335,24 @@ def build_source(name: str, blocks: dict, dtype: str = "bf16", shape: Shape = RE
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
-def _tool(name: str) -> str:
+def _tool(name: str, arch: int | None = None) -> str:
+    """Path of triton's bundled CUDA tool ``name``. For ``ptxas`` with an ``arch``: the one
+    triton itself runs for that arch (``get_ptxas(arch)``). Triton 3.9 emits PTX ISA 9.x for
+    sm_90 and assembles it with its newer ``ptxas-blackwell`` (CUDA 13.x); the legacy
+    ``ptxas`` it still bundles (CUDA 12.9, PTX <= 8.8) rejects that PTX ("Unsupported .version
+    9.4"), which is why the v1 compile tier reported ``spills=None`` under triton 3.9."""
     from triton import knobs
 
+    if name == "ptxas" and arch is not None:
+        try:
+            from triton.backends.nvidia.compiler import get_ptxas
+        except ImportError:  # older triton: one ptxas for every arch
+            pass
+        else:
+            try:
+                return get_ptxas(arch).path
+            except TypeError:  # get_ptxas() without an arch argument
+                return get_ptxas().path
     return getattr(knobs.nvidia, name.replace("-", "_")).path
 
 
@@ -308,9 +363,9 @@ def toolchain_available() -> tuple[bool, str]:
         from triton.backends.compiler import GPUTarget  # noqa: F401
     except Exception as e:  # pragma: no cover - depends on the environment
         return False, f"triton not importable: {e!r}"
-    for tool in ("ptxas", "cuobjdump"):
+    for tool, arch in (("ptxas", None), ("ptxas", 90), ("cuobjdump", None)):
         try:
-            path = _tool(tool)
+            path = _tool(tool, arch)
             subprocess.run([path, "--version"], check=True, capture_output=True, timeout=60)
         except Exception as e:
             return False, f"triton's bundled {tool} is not usable: {e!r}"
@@ -347,7 +402,7 @@ def _ptxas_spills(ptx: str, arch: int) -> dict:
         with open(src, "w") as f:
             f.write(ptx)
         gpu = sm_arch_from_capability(arch)
-        cmd = [_tool("ptxas"), "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src,
+        cmd = [_tool("ptxas", arch), "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src,
                "-o", os.path.join(d, "k.o")]
         try:
             run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
@@ -376,7 +431,8 @@ def config_name(name: str, cfg: dict) -> str:
 
 # The M extent of every tl.dot in each kernel (all of a kernel's dots share it): fwd's conv and
 # epilogue dots are BLOCK_M x ..., wgrad's is BLOCK_A x BLOCK_X.
-_DOT_M = {"fwd": "BLOCK_M", "grad_z": "BLOCK_M", "grad_x": "BLOCK_M", "wgrad": "BLOCK_A"}
+_DOT_M = {"fwd": "BLOCK_M", "fwd_reduce": "BLOCK_M", "grad_z": "BLOCK_M", "grad_x": "BLOCK_M",
+          "wgrad": "BLOCK_A"}
 
 
 def expected_tensor_core_instr(name: str, config: dict, arch: int) -> str:
@@ -398,6 +454,33 @@ def _tensor_core_instr(ptx: str) -> str | None:
     if re.search(r"\bmma\.sync", ptx):
         return "mma.sync"
     return None
+
+
+def _wgmma_shapes(ptx: str) -> list[str]:
+    """The distinct wgmma instruction shapes in the PTX, e.g. ``["m64n128k16"]``."""
+    return sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx)))
+
+
+def _loop_facts(ttgir: str) -> dict:
+    """Loops of the kernel after Triton's pipeliner, from its TTGIR: ``loops`` (``scf.for``
+    ops) and ``pipelined_loops`` (those whose body issues asynchronous global->shared copies,
+    ``async_copy_global_to_local`` (cp.async) or a TMA copy: the software-pipelined ones)."""
+    lines = ttgir.splitlines()
+    loops = pipelined = 0
+    for i, line in enumerate(lines):
+        if "scf.for" not in line:
+            continue
+        loops += 1
+        depth, body = 0, []
+        for ln in lines[i:]:
+            body.append(ln)
+            depth += ln.count("{") - ln.count("}")
+            if depth <= 0 and len(body) > 1:
+                break
+        text = "\n".join(body[1:])
+        if "async_copy_global_to_local" in text or "async_tma_copy" in text:
+            pipelined += 1
+    return {"loops": loops, "pipelined_loops": pipelined}
 
 
 def _interpreted_process() -> bool:
@@ -569,6 +652,7 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
             registers = info.get("registers")
     shared = int(compiled.metadata.shared)
     instr = _tensor_core_instr(ptx)
+    loops = _loop_facts(compiled.asm.get("ttgir", ""))
     report = {
         "kernel": name,
         "config": cfg_name or config_name(name, config),
@@ -590,6 +674,9 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
         "tensor_core_instr": instr,
         "uses_tensor_cores": instr is not None,
         "expected_tensor_core_instr": expected_tensor_core_instr(name, config, arch),
+        "wgmma_shapes": _wgmma_shapes(ptx),
+        "async_copies": bool(re.search(r"\bcp\.async\b", ptx)),
+        **loops,
         "compile_seconds": round(seconds, 3),
         "shape": dataclasses.asdict(shape),
     }

@@ -157,7 +157,11 @@ def basis_conv2d_op(
     keep_basis: bool,
     need_z: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # check_inputs validates perm (metadata always; values once per tensor, see
+    # _checks.check_perm); the kernels read it with unit stride.
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
+    if perm is not None:
+        perm = perm.contiguous()
     return _impl(x, g).forward(x, basis, coeff, bias, perm, g, need_z)
 
 
@@ -198,6 +202,8 @@ def basis_conv2d_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g = _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding,
                         dilation, keep_basis, output_mask)
+    if perm is not None:  # validated by check_inputs; the kernels read it with unit stride
+        perm = perm.contiguous()
     return _impl(x, g).backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
                                 tuple(bool(m) for m in output_mask))
 
