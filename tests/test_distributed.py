@@ -16,6 +16,7 @@ baseline numbers. Not compared: timings (``*_ms``, seconds) and ``rank``/``world
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,16 @@ def test_killed_rank_resumes_without_redoing_probes(dist_search, tmp_path):
                                                           .read_text()))
     assert set(rep["final"]) == {"dense", "chosen", "naive"}
     assert rep["final"]["naive"]["converted"] == len(rep["layers"])
+
+
+def test_batch_that_does_not_split_is_refused_before_any_state(tmp_path):
+    out = tmp_path / "odd"
+    p = _torchrun([*SEARCH, "--batch-size", "63", "--out", str(out)], cwd=tmp_path)
+    assert p.returncode != 0
+    assert "must split evenly over 2 ranks" in p.stderr
+    # one line from our ranks (torchrun itself then prints its own launcher traceback)
+    assert not re.search(r'File ".*tritonbasis/\w+\.py"', p.stderr)
+    assert not (out / "state.json").exists()  # the corrected rerun is not blocked
 
 
 # --------------------------------------------------------------------------------------------

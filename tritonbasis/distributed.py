@@ -51,8 +51,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["DDPTraining", "all_gather_object", "broadcast_module", "broadcast_object",
-           "init", "is_distributed", "is_main", "launched", "load_on_main", "main_state",
-           "on_main", "rank", "run_command", "run_probes", "shutdown", "world_size"]
+           "check_global_batch", "init", "is_distributed", "is_main", "launched",
+           "load_on_main", "main_state", "on_main", "rank", "run_command", "run_probes",
+           "shutdown", "world_size"]
 
 # Collective timeout. A rank waits in a collective while another finishes a longer probe of
 # the same round or rank 0 writes a checkpoint; NCCL's default watchdog (10 min) would kill a
@@ -230,6 +231,15 @@ def load_on_main(module: nn.Module, load: Callable[[], dict]) -> None:
 
 # --------------------------------------------------------------------------------------------
 # search
+
+
+def check_global_batch(batch_size: int, train_size: int) -> None:
+    """Under DDP, before anything is written: ``batch_size`` (the global batch) must split
+    evenly over the ranks and the training set must hold one global batch -- found at the
+    baseline's first step instead, the error would leave a state.json behind that refuses the
+    corrected rerun as another configuration."""
+    if is_distributed():
+        DDPTraining(batch_size, train_size, torch.device("cpu"))
 
 
 class _StateReplica:

@@ -451,6 +451,8 @@ def sensitivity_search(
     identity.setdefault("train_size", len(train_data))
     identity.setdefault("val_size", len(val_data))
     out = Path(out)
+    if cfg.baseline_epochs > 0 or cfg.final:  # these stages train with DDP under torchrun
+        D.check_global_batch(cfg.batch_size, len(train_data))
     # under torchrun: rank 0 owns state.json (and every file); the other ranks get a replica
     state = D.main_state(lambda: _State(out, config_hash(cfg, identity), identity,
                                         asdict(cfg)))
