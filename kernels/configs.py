@@ -57,6 +57,10 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "m64_n64_k64_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
         "m64_n128_k32_w4_s4": _cfg(4, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32),
         "m64_n32_k16_w4_s2": _cfg(4, 2, BLOCK_M=64, BLOCK_N=32, BLOCK_K=16),
+        # C_b = 16 (64-channel layers at C_b = C_out/4): BLOCK_K is capped at 16 there, and a
+        # BLOCK_N = 64 tile covers C_in = 64 in one program, so dZ is gathered once per tap
+        "m128_n64_k16_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=16),
+        "m64_n64_k16_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16),
     },
     # v2 wgrad (x stationary): BLOCK_A tiles the (tap, C_b) rows -- 9 * C_b of them at stride 1,
     # 144..1152 at the benchmark shapes -- so every config is a wgmma tile (4 warps, BLOCK_A a

@@ -72,7 +72,7 @@ def test_kernels_subpackage_is_the_repo_folder():
     import tritonbasis.kernels as k
 
     assert Path(k.__file__).resolve().parent.name == "kernels"
-    assert set(k.KERNELS) == {"fwd", "grad_z", "grad_x", "wgrad", "bwd_reduce"}
+    assert set(k.KERNELS) == {"fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad", "bwd_reduce"}
 
 
 @pytest.mark.slow
