@@ -189,14 +189,45 @@ def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(two_runs, tmp_path):
 # refused starts: exit 2 (usage) or 1, one line, nothing written
 
 
+class _InProcess:
+    """A finished in-process CLI call, shaped like subprocess.CompletedProcess."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _main_inprocess(capsys, *args):
+    from tritonbasis.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse: exit 2 after printing its one line
+        rc = e.code
+    out = capsys.readouterr()
+    return _InProcess(rc, out.out, out.err)
+
+
+# One of each kind as a real subprocess (the console path: exit code, stderr, no traceback);
+# the rest of the matrix in-process, where the same main() refuses them (saves ~1 min of
+# interpreter start-ups on CI).
+def test_bad_arguments_in_a_subprocess(tmp_path):
+    out = tmp_path / "s"
+    _refused(_cli(*TINY_SEARCH, "--out", out, "--max-drop", "nan"), 2,
+             "tritonbasis search: error:", "--max-drop", "finite")
+    _refused(_cli(*TINY_TRAIN, "--out", out, "--epochs", "0"), 2,
+             "tritonbasis train: error:", "--epochs")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("bad", [
     ["--max-drop", "nan"], ["--max-drop", "inf"], ["--max-drop", "-1"], ["--batch-size", "0"],
     ["--lr", "-1"], ["--epochs", "0"], ["--image-size", "3"], ["--ratio", "0"],
     ["--probe-steps", "x"],
 ], ids=lambda b: " ".join(b))
-def test_search_bad_arguments_fail_at_parse_time(bad, tmp_path):
+def test_search_bad_arguments_fail_at_parse_time(bad, tmp_path, capsys):
     out = tmp_path / "s"
-    r = _cli(*TINY_SEARCH, "--out", out, *bad)
+    r = _main_inprocess(capsys, *TINY_SEARCH, "--out", out, *bad)
     _refused(r, 2, "tritonbasis search: error:", bad[0])
     assert not out.exists()
 
@@ -207,10 +238,10 @@ def test_search_bad_arguments_fail_at_parse_time(bad, tmp_path):
     ["train", "--device", "tpu"], ["demo", "--channels", "0"], ["demo", "--size", "0"],
     ["demo", "--ratio", "0"], ["convert", "--ratio", "1.5"],
 ], ids=lambda c: " ".join(c))
-def test_cli_bad_arguments_fail_at_parse_time(cmd, tmp_path):
+def test_cli_bad_arguments_fail_at_parse_time(cmd, tmp_path, capsys):
     out = tmp_path / "t"
     extra = ["--out", out] if cmd[0] == "train" else []
-    r = _cli(*cmd, *extra)
+    r = _main_inprocess(capsys, *cmd, *extra)
     _refused(r, 2, f"tritonbasis {cmd[0]}: error:")
     assert not out.exists()
 

@@ -2,7 +2,9 @@
 hurting the final model.
 
 Stages (each saved atomically in ``<out>/state.json``; a killed search resumes without redoing
-finished work; a state written under another configuration is refused):
+finished work; a state written under another configuration is refused, naming the differing
+fields; ``state.json`` is checked against its schema and ``baseline.pt`` against the digest
+recorded in it, so a corrupt file is an error, never trusted):
 
 1. **baseline** -- train the dense model for the full budget (or take the given weights with
    ``baseline_epochs=0``), checkpointed through :func:`tritonbasis.train.train`.

@@ -4,7 +4,9 @@ per-epoch metrics, atomic checkpoints and exact resume; plus evaluation, paramet
 and step-time measurement.
 
 Checkpoints hold only tensors and primitive containers (RNG states as tensors, the config as a
-plain dict), so they load with ``torch.load(path, weights_only=True)``. Reports are JSON
+plain dict), so they load with ``torch.load(path, weights_only=True)``; they carry a SHA-256 of
+their content (key ``"sha256"``, :func:`tritonbasis._io.save_checkpoint`), checked on resume: a
+corrupt or truncated ``last.pt`` is an error naming it, never a silent restart. Reports are JSON
 (:meth:`TrainResult.to_json`), never pickle.
 
 Reproducibility: on CPU two runs with the same config, seed and initial model give identical
