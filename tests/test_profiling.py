@@ -160,7 +160,7 @@ def test_triton_kernels_have_readable_names():
         from triton.backends.compiler import GPUTarget
         from tritonbasis import aot
         from tritonbasis.kernels import configs
-        for name in ("fwd", "grad_z", "grad_x", "wgrad"):
+        for name in ("fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad", "bwd_reduce"):
             c = configs.FIXED[name]
             src = aot.build_source(name, dict(c["blocks"]))
             k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
@@ -186,8 +186,12 @@ def test_gpu_trace_shows_triton_kernels_by_name(tmp_path):
                        {"_default": tb.BasisSpec(ratio=0.25, keep_basis=True, mode="fused")})
     s = profiling.profile_training(model, (32, 3, 32, 32), steps=2, warmup=1, device="cuda",
                                    out_dir=tmp_path, log=lambda *a: None)
-    assert set(s["tritonbasis_kernels_seen"]) == set(profiling.KERNEL_NAMES)
+    # every kernel of a training step; the split-K forward's second launch runs only where
+    # configs.split_k splits (small M), which may or may not happen at this batch
+    always = set(profiling.KERNEL_NAMES) - {"basis_conv_fwd_reduce_kernel"}
+    seen = set(s["tritonbasis_kernels_seen"])
+    assert always <= seen <= set(profiling.KERNEL_NAMES)
     trace = (tmp_path / "trace.json").read_text()
-    for k in profiling.KERNEL_NAMES:
+    for k in always:
         assert k in trace
     assert "layer2.0.conv1" in trace

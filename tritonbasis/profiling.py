@@ -9,7 +9,8 @@ without a name (the default) do nothing extra: one attribute check; under ``torc
 the ranges are left out so compiled graphs stay whole.
 
 Triton kernels appear in traces under their function names -- ``basis_conv_fwd_kernel``,
-``basis_conv_grad_z_kernel``, ``basis_conv_grad_x_kernel``, ``channel_wgrad_kernel`` (the
+``basis_conv_fwd_reduce_kernel``, ``basis_conv_grad_z_kernel``, ``basis_conv_grad_x_kernel``,
+``basis_conv_wgrad_kernel``, ``bwd_reduce_kernel`` (the
 cubin entry is the ``@triton.jit`` function's name) -- and the op's CPU side as
 ``tritonbasis::basis_conv2d`` / ``tritonbasis::basis_conv2d_backward``. See docs/profiling.md.
 """
@@ -28,8 +29,9 @@ import torch
 __all__ = ["KERNEL_NAMES", "layer_range", "name_layers", "profile_training"]
 
 # The compiled kernels' entry names (what profilers and `ncu --kernel-name` see).
-KERNEL_NAMES = ("basis_conv_fwd_kernel", "basis_conv_grad_z_kernel",
-                "basis_conv_grad_x_kernel", "channel_wgrad_kernel")
+KERNEL_NAMES = ("basis_conv_fwd_kernel", "basis_conv_fwd_reduce_kernel",
+                "basis_conv_grad_z_kernel", "basis_conv_grad_x_kernel", "basis_conv_wgrad_kernel",
+                "bwd_reduce_kernel")
 
 
 @contextlib.contextmanager
