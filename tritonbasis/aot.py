@@ -132,11 +132,11 @@ def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, a
     sizes: ``(pointer_dtypes, int_values, constexprs)``, each keyed by argument name.
 
     Mirrors the launcher line by line (keep it in sync): activations and ``G`` follow x's
-    memory format, dZ is always NHWC, the fp32 accumulation buffers (grad_z's ``db_ptr``,
-    wgrad's ``o_ptr``) are fp32, and an unused pointer gets the tensor the launcher passes in
-    its place. wgrad is the d-basis launch (the conv's taps, no shift). No output-channel
-    permutation (``perm=None``): the perm pointers get the launcher's stand-ins and HAS_PERM /
-    A_PERM / X_PERM are False. Entries for arguments a kernel does not have are ignored, so
+    memory format, dZ is always NHWC, the backward's partial-sum workspaces (grad_z's
+    ``wsc_ptr`` / ``wsb_ptr``, wgrad's ``ws_ptr``, bwd_reduce's inputs) are fp32, and an unused
+    pointer gets the tensor the launcher passes in its place. The backward kernels are compiled
+    with every gradient requested. No output-channel permutation (``perm=None``): the perm
+    pointers get the launcher's stand-ins and HAS_PERM is False. Entries for arguments a kernel does not have are ignored, so
     this tolerates kernels with or without those arguments."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
