@@ -15,8 +15,9 @@ import argparse
 import json
 import sys
 
-from tritonbasis import aot
 from tritonbasis.kernels import configs
+
+from tritonbasis import aot
 
 
 def main() -> int:

@@ -136,8 +136,9 @@ def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, a
     ``wsc_ptr`` / ``wsb_ptr``, wgrad's ``ws_ptr``, bwd_reduce's inputs) are fp32, and an unused
     pointer gets the tensor the launcher passes in its place. The backward kernels are compiled
     with every gradient requested. No output-channel permutation (``perm=None``): the perm
-    pointers get the launcher's stand-ins and HAS_PERM is False. Entries for arguments a kernel does not have are ignored, so
-    this tolerates kernels with or without those arguments."""
+    pointers get the launcher's stand-ins and HAS_PERM is False. Entries for arguments a
+    kernel does not have are ignored, so this tolerates kernels with or without those
+    arguments."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     t = DTYPES[dtype]
