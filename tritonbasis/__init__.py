@@ -12,6 +12,7 @@ from .deploy import export_onnx
 from .functional import basis_conv2d, choose_mode
 from .init import from_conv
 from .layer import BasisConv2d
+from .modes import tune
 from .ops import get_backend, set_backend, use_backend
 from .reference import basis_conv2d_reference, merged_weight
 from .spec import BasisSpec, load_plan, save_plan
@@ -40,5 +41,6 @@ __all__ = [
     "merged_weight",
     "ops",
     "set_backend",
+    "tune",
     "use_backend",
 ]

@@ -1269,13 +1269,16 @@ def layer_geometries(model: torch.nn.Module, input_shape) -> list[tuple[list[str
 def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfloat16",
                layout: str = "channels_last", objective: str = "train",
                warmup_ms: float = 25.0, rep_ms: float = 100.0, min_reps: int = 10,
-               log=print) -> list[dict]:
+               log=print, measure=None) -> list[dict]:
     """Pre-tune every distinct BasisConv2d shape of ``model`` at ``input_shape`` on
     ``device``: run the fused op forward and backward (on CUDA this autotunes the Triton
     kernels; the best configs land in the tuning cache), time ``mode="fused"`` against
     ``mode="weight"`` (forward, forward+backward) and store the timings and the faster mode in
     the cache, which ``mode="auto"`` then uses (``objective``: ``train`` compares
-    forward+backward, ``infer`` forward). Returns one row per shape."""
+    forward+backward, ``infer`` forward). Returns one row per shape.
+
+    ``measure(mode, layer, in_shape) -> {"fwd": ms, "fwd+bwd": ms}`` replaces the timer (tests
+    inject one); the default times the call with :func:`time_call`."""
     from . import tune_cache
     from ._triton import source_hash, triton_version
     from .ops import resolve_backend
@@ -1315,9 +1318,10 @@ def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfl
         dys = [torch.randn(g.N, g.C_out, g.Ho, g.Wo, device=device, dtype=tdtype,
                            generator=gen).contiguous(memory_format=fmt) for _ in range(2)]
         for mode in ("fused", "weight"):
-            row[f"{mode}_ms"] = _time_modes(
+            row[f"{mode}_ms"] = (measure(mode, m, tuple(in_shape)) if measure is not None
+                                 else _time_modes(
                 mode, xs, dys, basis, coeff, bias, perm, m, device=device,
-                warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps)
+                warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps))
         key = "fwd+bwd" if objective == "train" else "fwd"
         row["mode"] = "fused" if row["fused_ms"][key] <= row["weight_ms"][key] else "weight"
         with tune_cache_disabled():

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from .functional import FUSED_EFFICIENCY
+from ._checks import check_inputs
 from .init import captured_energy, check_convertible, from_conv
 from .layer import BasisConv2d
+from .modes import decide, decide_per_pixel
 from .spec import BasisSpec, lookup, normalize_plan
 
 
@@ -119,15 +120,16 @@ def _conv_macs_per_pixel(c_in, c_out, k, cb=None, rest=None) -> int:
     return cb * c_in * k[0] * k[1] + rest * cb
 
 
-def _output_pixels(model: nn.Module, input_shape) -> dict[str, int]:
-    """Ho*Wo of every Conv2d for one forward on zeros of ``input_shape`` (batch 1)."""
-    sizes: dict[str, int] = {}
+def _output_pixels(model: nn.Module, input_shape) -> dict[str, tuple[int, tuple]]:
+    """``{fqn: (Ho*Wo, input shape (C, H, W))}`` of every Conv2d for one forward on zeros of
+    ``input_shape`` (batch 1)."""
+    sizes: dict[str, tuple[int, tuple]] = {}
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d | BasisConv2d):
             hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: sizes.__setitem__(name, out.shape[-2] *
-                                                                   out.shape[-1])))
+                lambda mod, inp, out, name=name: sizes.__setitem__(
+                    name, (out.shape[-2] * out.shape[-1], tuple(inp[0].shape[1:])))))
     p = next(model.parameters(), None)
     dev = p.device if p is not None else "cpu"
     was_training = model.training
@@ -140,6 +142,24 @@ def _output_pixels(model: nn.Module, input_shape) -> dict[str, int]:
         for h in hooks:
             h.remove()
     return sizes
+
+
+def _resolve(layer: BasisConv2d, in_chw, batch: int, device) -> str:
+    """What ``mode="auto"`` will run for ``layer`` (tritonbasis.modes): with the input size
+    known, the decision for a call of ``batch`` images of it (meta tensors: no memory, no
+    compute); without, the per-pixel rule. The layer remembers it (``layer.resolved``)."""
+    if layer.mode != "auto":
+        return layer.mode
+    if in_chw is None:
+        mode = decide_per_pixel(layer.in_channels, layer.out_channels, layer.basis_channels,
+                                layer.kernel_size, layer.keep_basis, device)
+    else:
+        x = torch.empty(batch, *in_chw, device="meta")
+        g = check_inputs(x, layer.basis.to("meta"), layer.coeff.to("meta"), None, layer.stride,
+                         layer.padding, layer.dilation, layer.keep_basis)
+        mode = decide(g, device)
+    layer.set_resolved(mode, device)
+    return mode
 
 
 def convert(
@@ -160,7 +180,11 @@ def convert(
             BasisSpec/dict applied to every candidate (then usually with ``filter_fn``).
         filter_fn: optional ``(module, fqn) -> bool``; False skips the conv.
         inplace: modify ``model`` itself instead of a deep copy.
-        input_shape: ``(C, H, W)``; if given, MACs in the report are per sample.
+        input_shape: ``(C, H, W)`` or ``(N, C, H, W)``; if given, MACs in the report are per
+            sample, and ``mode="auto"`` layers are resolved for calls of N images (1 for a
+            3-d shape) of that size; without it, by the per-pixel rule. Either way the layer
+            keeps the resolved mode (``layer.resolved``; :func:`tritonbasis.tune` measures
+            instead) and the report's ``mode`` says what will run, e.g. ``auto->weight``.
         return_report: return ``(model, ConversionReport)`` instead of the model.
         require_saving: skip convs where the spec saves neither parameters nor MACs (default);
             False converts them anyway (e.g. ``energy=1.0`` to check exactness).
@@ -177,7 +201,11 @@ def convert(
     _check_exact_names(model, plan)
     if not inplace:
         model = copy.deepcopy(model)
-    pixels = _output_pixels(model, input_shape) if input_shape is not None else {}
+    probe = _output_pixels(model, input_shape) if input_shape is not None else {}
+    pixels = {k: v[0] for k, v in probe.items()}
+    batch = int(input_shape[0]) if input_shape is not None and len(input_shape) == 4 else 1
+    p0 = next(model.parameters(), None)
+    device = p0.device if p0 is not None else torch.device("cpu")
     report = ConversionReport(macs_unit="per sample" if pixels else "per output pixel")
     replacements = []
     for fqn, m in model.named_modules():
@@ -223,10 +251,9 @@ def convert(
                                                  basis_channels=cb))
         r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
             layer.keep_basis, layer.mode
-        if spec.mode == "auto":
-            frac = new_macs / dense_macs
-            pick = "fused" if frac < FUSED_EFFICIENCY else "weight"
-            r.mode = f"auto->{pick} (fused MACs {frac:.2f}x dense)"
+        if layer.mode == "auto":
+            in_chw = probe[fqn][1] if fqn in probe else None
+            r.mode = f"auto->{_resolve(layer, in_chw, batch, device)}"
         r.params_after = _params(layer)
         r.macs_after = new_macs
         if curve is not None:

@@ -6,53 +6,19 @@ import sys
 
 import torch
 
-from . import reference, tune_cache
+from . import reference
 from ._checks import ConvGeometry, check_inputs
-from .kernels_limits import MAX_BASIS_CHANNELS
+
+# The decision lives in tritonbasis.modes (constants re-exported here for old imports).
+from .modes import FUSED_EFFICIENCY, MIN_FUSED_PIXELS, _has_symbolic, decide  # noqa: F401
 
 MODES = ("fused", "weight", "auto")
 
-# Cost-model constants (the fallback when the tuning cache has no measured timing for a shape:
-# `tritonbasis tune` measures fused vs weight per layer shape, see tritonbasis.tune_cache).
-# The fused kernel must do clearly fewer MACs than the dense conv to pay for running at a lower
-# fraction of peak than cuDNN: we assume >= 60% of cuDNN's efficiency, so fused wins when
-# fused_MACs < 0.6 x dense_MACs. Below ~2k output pixels a launch is mostly fixed cost and the
-# single dense conv of weight modification wins.
-FUSED_EFFICIENCY = 0.6
-MIN_FUSED_PIXELS = 2048
 
-
-def choose_mode(g: ConvGeometry, device: torch.device | str = "cpu") -> str:
-    """``"fused"`` or ``"weight"`` for one call shape.
-
-    Measured first: if the tuning cache (:mod:`tritonbasis.tune_cache`, filled by
-    ``tritonbasis tune``) has fused and weight timings for this layer shape on this device, the
-    faster one. Otherwise the FLOP/shape cost model below. Either way, ``C_b`` above the fused
-    kernel's limit on CUDA is ``"weight"`` (the kernel cannot run it)."""
-    device = torch.device(device)
-    if device.type == "cuda" and g.C_b > MAX_BASIS_CHANNELS:
-        return "weight"  # the fused kernel holds C_b in one tile; cuDNN does the rest
-    # Under torch.export / torch.compile with a dynamic batch (or size), N (H, W) are symbolic:
-    # any comparison on them becomes a guard that the export's range violates ("Not all values
-    # of batch satisfy ... 86016*N < 0.6*294912*N"). The decision then uses static numbers only.
-    symbolic = _has_symbolic(g)
-    measured = None if symbolic else tune_cache.lookup_mode(g, device)
-    if measured is not None:
-        return measured
-    # per output pixel: the ratio fused/dense does not depend on how many pixels there are
-    fused_pp = g.C_b * g.C_in * g.KH * g.KW + g.C_rest * g.C_b
-    dense_pp = g.C_out * g.C_in * g.KH * g.KW
-    if fused_pp >= FUSED_EFFICIENCY * dense_pp:
-        return "weight"  # no real saving (stems with C_in*k^2 < C_b, C_b close to C_out)
-    # the launch-overhead rule needs the pixel count; with a symbolic one it is skipped (a
-    # model exported for any batch is exported for large ones: fused)
-    if device.type == "cuda" and not symbolic and g.pixels < MIN_FUSED_PIXELS:
-        return "weight"
-    return "fused"
-
-
-def _has_symbolic(g: ConvGeometry) -> bool:
-    return any(not isinstance(v, int) for v in (g.N, g.H, g.W, g.Ho, g.Wo))
+def choose_mode(g: ConvGeometry, device: torch.device | str = "cpu", timings=None) -> str:
+    """``"fused"`` or ``"weight"`` for one call shape: :func:`tritonbasis.modes.decide`
+    (measured ``timings`` > the tuning cache > the cost model calibrated per device type)."""
+    return decide(g, device, timings)
 
 
 def _autocast(*tensors):

@@ -64,7 +64,15 @@ class BasisConv2d(nn.Module):
         self.padding = pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
         self.keep_basis = bool(keep_basis)
-        self.mode = mode
+        self.mode = mode  # as asked: "auto", "fused" or "weight"
+        # What "auto" runs, decided once (plain attributes, not in the state_dict, so old and
+        # new checkpoints load alike): ``resolved`` set by convert / tune / set_resolved for
+        # ``resolved_device`` (a device type); else memoised per (device type, input shape) on
+        # the first forward (tritonbasis.modes.decide: in-memory tables, no disk read after
+        # the first per process).
+        self.resolved: str | None = None
+        self.resolved_device: str | None = None
+        self._mode_memo: dict[tuple, str] = {}
         fk = {"device": device, "dtype": dtype}
         rows = out_channels - basis_channels if keep_basis else out_channels
         self.basis = nn.Parameter(torch.empty(basis_channels, in_channels, kh, kw, **fk))
@@ -89,6 +97,9 @@ class BasisConv2d(nn.Module):
     # name; None costs one attribute check. Left out under torch.compile (graphs stay whole).
     profile_name: str | None = None
     profile_nvtx: bool = False
+    # class defaults: modules pickled whole before these attributes existed still unpickle
+    resolved: str | None = None
+    resolved_device: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.profile_name is not None and not torch.compiler.is_compiling():
@@ -97,10 +108,43 @@ class BasisConv2d(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.mode
+        if mode == "auto":
+            mode = self._auto_mode(x)
         return basis_conv2d(
             x, self.basis, self.coeff, self.bias, self.stride, self.padding, self.dilation,
-            self.keep_basis, mode=self.mode, perm=self.out_perm,
+            self.keep_basis, mode=mode, perm=self.out_perm,
         )
+
+    def _auto_mode(self, x: torch.Tensor) -> str:
+        """What ``mode="auto"`` runs for ``x``: the resolved mode for this device type, else
+        the memoised decision for (device type, shape), else decide once and remember."""
+        dev = x.device.type
+        if self.resolved is not None and self.resolved_device == dev:
+            return self.resolved
+        if torch.compiler.is_compiling():
+            # traced: no memo writes and no shape-keyed dict (a symbolic N must not be hashed
+            # into a guard); choose_mode handles symbolic shapes with static numbers only
+            return "auto"
+        key = (dev, tuple(x.shape))
+        memo = self.__dict__.get("_mode_memo")
+        if memo is None:
+            memo = self.__dict__["_mode_memo"] = {}
+        mode = memo.get(key)
+        if mode is None:
+            g = check_inputs(x, self.basis, self.coeff, self.bias, self.stride, self.padding,
+                             self.dilation, self.keep_basis, self.out_perm)
+            mode = memo[key] = choose_mode(g, x.device)
+        return mode
+
+    def set_resolved(self, mode: str | None, device="cpu") -> None:
+        """Fix what ``mode="auto"`` runs on ``device``'s type (``"fused"``/``"weight"``), or
+        forget it (None: decided again per input shape on the next forward)."""
+        if mode not in (None, "fused", "weight"):
+            raise ValueError(f"resolved mode must be 'fused', 'weight' or None, got {mode!r}")
+        self.resolved = mode
+        self.resolved_device = None if mode is None else torch.device(device).type
+        self._mode_memo = {}
 
     def set_out_perm(self, perm: torch.Tensor | None) -> None:
         """Set (or clear) the output-channel permutation; checked to be a permutation."""
@@ -154,9 +198,7 @@ class BasisConv2d(nn.Module):
         """What ``mode="auto"`` picks for input ``x`` (``"fused"`` or ``"weight"``)."""
         if self.mode != "auto":
             return self.mode
-        g = check_inputs(x, self.basis, self.coeff, self.bias, self.stride, self.padding,
-                         self.dilation, self.keep_basis, self.out_perm)
-        return choose_mode(g, x.device)
+        return self._auto_mode(x)
 
     def merged_weight(self) -> torch.Tensor:
         """The equivalent dense filter bank ``W`` (C_out, C_in, kH, kW)."""
@@ -196,6 +238,8 @@ class BasisConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         s += f", keep_basis={self.keep_basis}, mode={self.mode!r}"
+        if self.mode == "auto" and self.resolved is not None:
+            s += f" (runs {self.resolved!r} on {self.resolved_device})"
         if self.out_perm is not None:
             s += ", out_perm=True"
         if not self.basis.requires_grad:

@@ -46,6 +46,8 @@ import torch.nn as nn
 from . import distributed as D
 from ._io import atomic_torch_save, atomic_write_text, content_digest, load_checkpoint
 from .convert import candidate_convs, convert
+from .layer import BasisConv2d
+from .modes import from_timings
 from .spec import BasisSpec, save_plan
 from .train import TrainConfig, count_macs, count_params, evaluate, measure_step_time, train
 
@@ -149,16 +151,19 @@ class SearchReport:
 
     def table(self) -> str:
         lines = [f"{'layer':28s} {'shape':>15s} {'C_b':>4s} {'zero-shot':>9s} {'probe':>7s} "
-                 f"{'MACs saved':>11s} {'ms saved':>8s}  chosen",
-                 "-" * 96]
+                 f"{'MACs saved':>11s} {'ms saved':>8s} {'runs':>6s}  chosen",
+                 "-" * 103]
         for r in self.layers:
             shape = f"{r['C_in']}->{r['C_out']} {r['kernel'][0]}x{r['kernel'][1]}"
             ts = r.get("time_saved_ms")
             lines.append(
                 f"{r['fqn'][:28]:28s} {shape:>15s} {r['C_b']:>4d} {r['zero_shot_drop']:>8.2f}p "
                 f"{r['probe_drop']:>6.2f}p {r['macs_saved']:>11,} "
-                f"{'' if ts is None else f'{ts:.3f}':>8s}  {'yes' if r['chosen'] else ''}")
-        lines.append("(drops in percentage points of validation accuracy vs the baseline)")
+                f"{'' if ts is None else f'{ts:.3f}':>8s} {r.get('mode') or '':>6s}  "
+                f"{'yes' if r['chosen'] else ''}")
+        lines.append("(drops in percentage points of validation accuracy vs the baseline; "
+                     "runs: the mode a converted layer runs, the faster of fused and weight "
+                     "in the search's timing)")
         if self.final:
             lines.append("")
             lines.append(f"{'model':8s} {'val acc':>8s} {'params':>11s} {'MACs/img':>12s} "
@@ -541,9 +546,19 @@ def sensitivity_search(
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             t_dense = _time_fwd_bwd(dense.get_submodule(f), x, cfg.time_steps)
-            t_basis = _time_fwd_bwd(converted.get_submodule(f), x, cfg.time_steps)
-            gains[f] = {"time_dense_ms": round(t_dense, 4), "time_basis_ms": round(t_basis, 4),
-                        "time_saved_ms": round(t_dense - t_basis, 4)}
+            # both paths of the converted layer: the faster one is the mode it will run
+            # (tritonbasis.modes.decide with these timings), and its time is the basis time
+            layer = converted.get_submodule(f)
+            t = {}
+            for mode in ("fused", "weight"):
+                layer.mode = mode
+                t[mode] = _time_fwd_bwd(layer, x, cfg.time_steps)
+            layer.mode = "auto"
+            mode = from_timings(t)
+            gains[f] = {"time_dense_ms": round(t_dense, 4), "time_basis_ms": round(t[mode], 4),
+                        "time_saved_ms": round(t_dense - t[mode], 4),
+                        "time_fused_ms": round(t["fused"], 4),
+                        "time_weight_ms": round(t["weight"], 4), "mode": mode}
         dense.zero_grad(set_to_none=True)
         state.put("gains", D.broadcast_object(gains))
         gains = state.get("gains")
@@ -586,7 +601,8 @@ def sensitivity_search(
     final = state.get("final", {})
     if cfg.final:
         final = _final(model, init_state, dense, baseline, sorted(chosen), cands, spec_obj, cfg,
-                       train_data, val_data, shape, out, state, final, progress, log)
+                       train_data, val_data, shape, out, state, final, progress, log,
+                       gains=gains)
         final = D.broadcast_object(final)
 
     report = SearchReport(
@@ -684,8 +700,20 @@ def _select(rows, dense, spec, cfg, train_data, val_data, base_acc, base_loss, o
         "verifications": verifications, "backoffs": tries, "max_drop": cfg.max_drop}
 
 
+def _apply_modes(model: nn.Module, fqns, gains: dict, device) -> None:
+    """Run each converted layer in the mode the search measured faster (its ``gains`` row);
+    a state from before modes were recorded falls back to the layer's own decision."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    for f in fqns:
+        mode = gains.get(f, {}).get("mode")
+        m = model.get_submodule(f)
+        if mode in ("fused", "weight") and isinstance(m, BasisConv2d) and m.mode == "auto":
+            m.set_resolved(mode, dev)
+
+
 def _final(model, init_state, dense, baseline, chosen, cands, spec, cfg, train_data, val_data,
-           shape, out, state, final, progress, log) -> dict:
+           shape, out, state, final, progress, log, gains=None) -> dict:
+    gains = gains or {}
     def measure(m):
         t = measure_step_time(m, (cfg.time_batch, *shape), steps=cfg.time_steps,
                               device=cfg.device)
@@ -709,6 +737,7 @@ def _final(model, init_state, dense, baseline, chosen, cands, spec, cfg, train_d
         else:
             m.load_state_dict(dense.state_dict())
         m = _convert_only(m, layers, spec) if layers else m
+        _apply_modes(m, layers, gains, cfg.device)
         if epochs > 0:
             train(m, train_data, val_data, cfg.train_config(epochs),
                   checkpoint_dir=out / f"final_{name}", resume=True, progress=progress,
