@@ -398,8 +398,8 @@ NCU_KEYS = ("gpu__time_duration.sum", "dram__throughput.avg.pct_of_peak_sustaine
             "lts__throughput.avg.pct_of_peak_sustained_elapsed",
             "sm__throughput.avg.pct_of_peak_sustained_elapsed",
             "dram__bytes_read.sum", "dram__bytes_write.sum", "lts__t_bytes.sum",
-            "sm__pipe_tensor_op_hmma_cycles_active", "sm__pipe_tensor_op_gmma_cycles_active",
-            "sm__inst_executed_pipe_tensor", "launch__registers_per_thread",
+            # tensor pipes: hmma (mma.sync) and, on Hopper, gmma (wgmma) cycles / instructions
+            "sm__pipe_tensor", "sm__inst_executed_pipe_tensor", "launch__registers_per_thread",
             "launch__grid_size", "launch__block_size", "sm__warps_active.avg.pct_of_peak")
 
 
