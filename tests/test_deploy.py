@@ -217,6 +217,9 @@ def test_export_onnx_modes(tmp_path):
     own mode, and the layers' modes are restored afterwards."""
     cm, layers = _small_converted()
     layers[0].mode = "weight"
+    # auto runs its resolved mode (tritonbasis.modes; on CPU this small layer resolves to
+    # weight): fix it to fused so that "own mode" differs from mode="weight" below
+    layers[1].set_resolved("fused", "cpu")
     x = torch.randn(1, 3, 8, 8)
     tb.export_onnx(cm, (x,), tmp_path / "w.onnx", mode="weight")
     ops, _, conv_w = _graph(tmp_path / "w.onnx")
@@ -248,6 +251,8 @@ def test_export_onnx_without_onnx_packages_is_a_clear_error(monkeypatch, tmp_pat
 
 def test_decompose_replaces_the_op_with_standard_convs():
     cm, layers = _small_converted()
+    for m in layers:  # auto may resolve to weight on this CPU: the program must hold the op
+        m.mode = "fused"
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         ep = torch.export.export(cm, (x,))
