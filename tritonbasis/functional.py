@@ -32,6 +32,11 @@ def _autocast(*tensors):
     return tensors
 
 
+def onnx_exporting() -> bool:
+    """True inside ``torch.onnx.export`` (checked only once torch.onnx is imported)."""
+    return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
+
+
 def basis_conv2d(
     x: torch.Tensor,
     basis: torch.Tensor,
@@ -70,9 +75,12 @@ def basis_conv2d(
     if isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor):
         x, basis, coeff, bias = _autocast(x, basis, coeff, bias)
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
+    exporting = onnx_exporting()
     if mode == "auto":
-        mode = choose_mode(g, x.device)
-    if "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export():
+        # an ONNX graph runs on another machine: keep the factorization there (an explicit
+        # mode="weight" still exports the merged conv)
+        mode = "fused" if exporting else choose_mode(g, x.device)
+    if exporting:
         # ONNX knows no tritonbasis op: the same function in standard ops (tritonbasis.deploy)
         from .deploy import basis_conv2d_standard_ops
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from . import reference
 from ._checks import check_inputs, pair
-from .functional import MODES, basis_conv2d, choose_mode
+from .functional import MODES, basis_conv2d, choose_mode, onnx_exporting
 from .profiling import layer_range
 
 
@@ -109,7 +109,7 @@ class BasisConv2d(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.mode
-        if mode == "auto":
+        if mode == "auto" and not onnx_exporting():  # exported: factorized (functional)
             mode = self._auto_mode(x)
         return basis_conv2d(
             x, self.basis, self.coeff, self.bias, self.stride, self.padding, self.dilation,
