@@ -516,7 +516,7 @@ def run_part(part: int, out: Path, quick: bool, budget: float, pack: bool) -> in
         if missing:
             rec.update(status="skipped", rc=None, wall_s=0.0,
                        reason="no CUDA" if "cuda" in missing else "ncu not found")
-        elif quick and st.quick_skip and _importable("tritonbasis"):
+        elif quick and st.quick_skip and _importable("tritonbasis.kernels"):
             rec.update(status="skipped", rc=None, wall_s=0.0, reason=st.quick_skip)
         elif left < 10:
             rec.update(status="skipped", rc=None, wall_s=0.0,
