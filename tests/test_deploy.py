@@ -217,9 +217,6 @@ def test_export_onnx_modes(tmp_path):
     own mode, and the layers' modes are restored afterwards."""
     cm, layers = _small_converted()
     layers[0].mode = "weight"
-    # auto runs its resolved mode (tritonbasis.modes; on CPU this small layer resolves to
-    # weight): fix it to fused so that "own mode" differs from mode="weight" below
-    layers[1].set_resolved("fused", "cpu")
     x = torch.randn(1, 3, 8, 8)
     tb.export_onnx(cm, (x,), tmp_path / "w.onnx", mode="weight")
     ops, _, conv_w = _graph(tmp_path / "w.onnx")
