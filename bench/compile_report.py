@@ -120,14 +120,21 @@ def _bench_jobs(arch: int, ratios) -> list[dict]:
     return jobs
 
 
+def _provenance(meta: dict) -> list[str]:
+    """The versions / date / commit lines every compile report starts with."""
+    v = meta["versions"]
+    return [f"* triton {v['triton']}, torch {v['torch']}, ptxas {v['ptxas']}, "
+            f"Python {v['python']}",
+            f"* date {meta['date']}, git commit {meta['commit']}"
+            + (" (working tree had uncommitted changes)" if meta["dirty"] else "")]
+
+
 def _bench_markdown(meta: dict, reports: list[dict]) -> str:
     v = meta["versions"]
     lines = [
         f"# Compile report, benchmark shapes: sm_{meta['arch']}, triton {v['triton']}",
         "",
-        f"* triton {v['triton']}, torch {v['torch']}, ptxas {v['ptxas']}, Python {v['python']}",
-        f"* date {meta['date']}, git commit {meta['commit']}"
-        + (" (working tree had uncommitted changes)" if meta["dirty"] else ""),
+        *_provenance(meta),
         f"* compiled on {meta['host']} (no GPU): triton.compile for GPUTarget('cuda', "
         f"{meta['arch']}, 32), {meta['seconds']:.0f} s wall (triton's on-disk compile cache "
         "applies)",
@@ -202,14 +209,11 @@ def _io_write(path: str, text: str) -> None:
 
 
 def _markdown(meta: dict, reports: list[dict]) -> str:
-    v = meta["versions"]
     s = meta["shape"]
     lines = [
         f"# Compile report: sm_{meta['arch']} ({', '.join(meta['dtypes'])}, {meta['layout']})",
         "",
-        f"* triton {v['triton']}, torch {v['torch']}, ptxas {v['ptxas']}, Python {v['python']}",
-        f"* date {meta['date']}, git commit {meta['commit']}"
-        + (" (working tree had uncommitted changes)" if meta["dirty"] else ""),
+        *_provenance(meta),
         f"* compiled on {meta['host']} (no GPU needed): triton.compile for "
         f"GPUTarget('cuda', {meta['arch']}, 32), {meta['seconds']:.0f} s wall "
         "(triton's on-disk compile cache applies)",

@@ -210,44 +210,25 @@ def _float(s: str) -> float:
     return v
 
 
-def positive_int(s: str) -> int:
-    v = _int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _bounded(parse, ok, rule: str, name: str):
+    """An argparse type: ``parse`` the string, then require ``ok(value)`` ("must be RULE")."""
+
+    def check(s: str):
+        v = parse(s)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {v}")
+        return v
+
+    check.__name__ = name  # argparse names the type in some messages
+    return check
 
 
-def nonneg_int(s: str) -> int:
-    v = _int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def finite_float(s: str) -> float:
-    return _float(s)
-
-
-def positive_float(s: str) -> float:
-    v = _float(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def nonneg_float(s: str) -> float:
-    v = _float(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def unit_ratio(s: str) -> float:
-    """A ratio in (0, 1] (C_b / C_out)."""
-    v = _float(s)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {v}")
-    return v
+positive_int = _bounded(_int, lambda v: v >= 1, ">= 1", "positive_int")
+nonneg_int = _bounded(_int, lambda v: v >= 0, ">= 0", "nonneg_int")
+finite_float = _bounded(_float, lambda v: True, "finite", "finite_float")
+positive_float = _bounded(_float, lambda v: v > 0, "> 0", "positive_float")
+nonneg_float = _bounded(_float, lambda v: v >= 0, ">= 0", "nonneg_float")
+unit_ratio = _bounded(_float, lambda v: 0 < v <= 1, "in (0, 1]", "unit_ratio")  # C_b / C_out
 
 
 def readable_file(s: str) -> str:
