@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from tritonbasis.bench import (  # noqa: F401  (re-exported: the shared list)
+from tritonbasis.perf.bench import (  # noqa: F401  (re-exported: the shared list)
     CASES,
     DIRECTIONS,
     DTYPES,

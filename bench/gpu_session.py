@@ -111,7 +111,7 @@ def steps_for(part: int, d: Path, quick: bool) -> list[Step]:
         return [
             _install_step(force=True),
             Step("env", [PY, __file__, "env", str(d.parent / "env.json")], 60),
-            Step("probe", [PY, "bench/probe_registration.py"], 60,
+            Step("probe", [PY, "tools/probe_registration.py"], 60,
                  env={"TRITON_INTERPRET": "1"} if quick else {}),
             # test_gpu.py is the marked GPU tier (-m gpu; fp32 IEEE/tf32, fp16, bf16, > 2**31
             # element offsets)
@@ -322,7 +322,7 @@ def _git_facts() -> dict:
 
 
 def cmd_write_plan(path: str) -> int:
-    from tritonbasis.spec import save_plan
+    from tritonbasis.conversion.plan import save_plan
 
     save_plan(PLAN_L234, path, meta={"what": "layer2-4 conv1/conv2 at C_b = C_out/4, keep-basis "
                                              "(bench/gpu_session.py)"})
@@ -352,7 +352,7 @@ def cmd_ncu_driver(args) -> int:
 
     with torch.no_grad():
         y = call()  # autotune happens here, outside the profiled range
-        ref = tritonbasis.reference.basis_conv2d_reference(
+        ref = tritonbasis.op.reference.basis_conv2d_reference(
             x.double(), basis.double(), coeff.double(), None, 1, 1, 1, True)
         err = ((y.double() - ref).norm() / ref.norm()).item()
         for _ in range(args.warmup):

@@ -21,7 +21,7 @@ import cases
 import pytest
 import torch
 
-from tritonbasis import bench as tbb
+from tritonbasis.perf import bench as tbb
 
 SELECTED = cases.selected()
 _state: dict = {}

@@ -7,7 +7,7 @@ triton (CPU path).
 
 Under ``TRITON_INTERPRET=1`` these are interpreted functions, and so are triton's own
 ``@jit`` helpers (``tl.zeros``, ``tl.cdiv``): a process cannot both interpret and compile them,
-so the compile tier (``tritonbasis.aot``) compiles in worker processes started without it.
+so the compile tier (``tools/aot.py``) compiles in worker processes started without it.
 """
 
 from .backward import (
@@ -19,7 +19,7 @@ from .backward import (
 from .forward import basis_conv_fwd_kernel, basis_conv_fwd_reduce_kernel
 
 # One entry per kernel: name -> @jit function (configs.CONFIGS / FIXED / KEYS use the same names;
-# tritonbasis.aot compiles every entry).
+# tools/aot.py compiles every entry).
 KERNELS = {
     "fwd": basis_conv_fwd_kernel,
     "fwd_reduce": basis_conv_fwd_reduce_kernel,  # second launch of a split-K forward

@@ -13,7 +13,7 @@ from helpers import Case, check_case
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tritonbasis as tb
-from tritonbasis._checks import check_inputs
+from tritonbasis.op.geometry import check_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -77,7 +77,7 @@ class _AtenCounter(TorchDispatchMode):
 def _count_launches(monkeypatch):
     """Yields (triton_launch_names, aten_counter). Ops the interpreter itself dispatches while
     running a kernel (copies to and from numpy) belong to that launch, not counted as aten."""
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     names: list[str] = []
     mode = _AtenCounter()
@@ -115,7 +115,7 @@ def _backward_inputs(case: Case):
 
 
 def _run_launcher(inputs, g, mask):
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     return _triton.backward(*inputs, g, mask)
 
@@ -187,7 +187,7 @@ def test_autograd_backward_is_at_most_4_launches(monkeypatch):
     x, basis, coeff, bias = case.make(device=DEVICE, requires_grad=True)
     with tb.use_backend("triton"):
         y = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=case.make_perm(DEVICE))
-        from tritonbasis import _triton
+        from tritonbasis.op import launchers as _triton
 
         names: list[str] = []
         for fn in ("_launch", "_launch_fixed"):
@@ -237,7 +237,7 @@ def test_dtype_of_every_gradient_is_the_parameters():
 def test_int64_indexing_path(monkeypatch):
     """The INT64 specialisation (taken for tensors past 2**31 elements, too big for this tier)
     gives the same gradients: forced on for a tiny case."""
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     case = Case(perm=True, stride=2, channels_last=True)
     inputs, g = _backward_inputs(case)

@@ -1,7 +1,7 @@
 """Compile tier: every kernel x autotune config compiled ahead of time for sm_90 (H100) and
 sm_80 (A100) with triton's bundled ptxas -- no GPU needed.
 
-Each config is compiled for the representative shape of :mod:`tritonbasis.aot` (ResNet-like
+Each config is compiled for the representative shape of ``tools/aot.py`` (ResNet-like
 3x3, C_in = C_out = 64, C_b = 32, channels_last, bias, keep-basis) with the exact arguments the
 launcher passes, and must: compile; fit the arch's shared memory per block; reach the tensor
 cores with the instruction Triton emits for that tile (wgmma on sm_90 where the tile allows it,
@@ -35,9 +35,10 @@ import pytest
 
 pytest.importorskip("triton", reason="the compile tier needs triton (a CPU-only install)")
 
+import aot  # tools/aot.py (pyproject: pytest's pythonpath)
 from tritonbasis.kernels import configs  # noqa: E402
 
-from tritonbasis import aot, kernels_limits  # noqa: E402
+from tritonbasis.op import geometry  # noqa: E402
 
 _TOOLCHAIN_OK, _TOOLCHAIN_WHY = aot.toolchain_available()
 pytestmark = [
@@ -178,8 +179,8 @@ def test_config_compiles_within_limits(case: Case, compiled: dict) -> None:
 
 
 def test_max_basis_channels_matches_kernels() -> None:
-    # tritonbasis.kernels_limits is read without importing triton; it must not drift.
-    assert kernels_limits.MAX_BASIS_CHANNELS == configs.MAX_BLOCK_CB
+    # tritonbasis.op.geometry's limit is read without importing triton; it must not drift.
+    assert geometry.MAX_BASIS_CHANNELS == configs.MAX_BLOCK_CB
     assert configs.block_cb(configs.MAX_BLOCK_CB) == configs.MAX_BLOCK_CB
 
 

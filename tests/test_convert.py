@@ -8,7 +8,7 @@ import torch.nn as nn
 import torchvision
 
 import tritonbasis as tb
-from tritonbasis.spec import lookup, normalize_plan
+from tritonbasis.conversion.plan import lookup, normalize_plan
 
 # Both forms on the two small models; one form each on the large ones (CI time on 2 cores).
 TORCHVISION = [("resnet18", False), ("resnet18", True), ("mobilenet_v2", False),

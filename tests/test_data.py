@@ -12,7 +12,14 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from tritonbasis.data import CIFAR10_MEAN, CIFAR10_STD, cifar10, digits, get_data, make_loaders
+from tritonbasis.recipes.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    cifar10,
+    digits,
+    get_data,
+    make_loaders,
+)
 
 # --------------------------------------------------------------------------------------------
 # digits

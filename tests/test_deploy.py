@@ -20,7 +20,7 @@ import torch.nn as nn
 from helpers import UNIT, Case, assert_bounded, reference_with_bounds
 
 import tritonbasis as tb
-from tritonbasis import deploy
+from tritonbasis.conversion import deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_onnx_export_legacy_exporter_matches(tmp_path):
 
 
 def _converted_resnet():
-    from tritonbasis.models import resnet18_cifar
+    from tritonbasis.recipes.models import resnet18_cifar
 
     torch.manual_seed(0)
     m = resnet18_cifar(width=0.25).eval()

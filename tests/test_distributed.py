@@ -27,10 +27,10 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import tritonbasis as tb
-from tritonbasis import distributed as D
 from tritonbasis.cli import main
-from tritonbasis.data import digits
-from tritonbasis.train import TrainConfig, train
+from tritonbasis.recipes import distributed as D
+from tritonbasis.recipes.data import digits
+from tritonbasis.recipes.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import tritonbasis as tb
-from tritonbasis.init import _pivoted_qr, captured_energy
+from tritonbasis.nn.decompose import _pivoted_qr, captured_energy
 
 
 def _conv(c_in=8, c_out=24, k=3, decay=0.85, seed=0) -> nn.Conv2d:

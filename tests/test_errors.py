@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import tritonbasis as tb
-import tritonbasis._triton as tb_triton
-import tritonbasis.reference as tb_reference
-from tritonbasis.ops import triton_import_error
+import tritonbasis.op.launchers as tb_triton
+import tritonbasis.op.reference as tb_reference
+from tritonbasis.op.registry import triton_import_error
 
 OP = torch.ops.tritonbasis.basis_conv2d
 

@@ -53,7 +53,8 @@ def test_kernel_path_is_really_used(monkeypatch):
     """Guard against the matrix silently running the torch path under backend='triton'."""
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    from tritonbasis import _triton, reference
+    from tritonbasis.op import launchers as _triton
+    from tritonbasis.op import reference
 
     calls = []
     monkeypatch.setattr(reference, "forward", lambda *a, **k: calls.append("torch"))
@@ -74,7 +75,7 @@ def test_int64_indexing_path(monkeypatch):
     """The INT64 variants of every kernel (normally only for > 2**31-element offsets)."""
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     monkeypatch.setattr(_triton, "_needs_int64", lambda *t: True)
     check_case(Case(C_in=6, C_b=7, C_rest=5, stride=2, channels_last=True), device=DEVICE,
@@ -85,7 +86,7 @@ def test_only_requested_gradients(monkeypatch):
     """With only x requiring grad, no d basis / d coeff / d bias work is launched."""
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     launched = []
     real = _triton._launch
@@ -103,7 +104,7 @@ def test_wgrad_split_reduction_matches_single_slice(monkeypatch):
     """d basis / d coeff with the pixel reduction split in slices == one slice."""
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     case = Case(N=2, C_in=5, C_b=6, C_rest=7, H=9, W=9)  # 162 pixels: 2 slices on CPU
     grads = []
@@ -163,7 +164,7 @@ def _count_forward_launches(monkeypatch, *args, **kwargs):
     it as one opaque op)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     launched, inside, ops = [], [], []
     real_launch, real_forward = _triton._launch, _triton.forward
@@ -226,7 +227,7 @@ def test_split_k_matches_reference(case, split, monkeypatch):
     """Split-K (fp32 workspace + reduce/epilogue launch) against the float64 reference,
     forward and gradients; 2 launches."""
     _need_kernels()
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     monkeypatch.setattr(_triton, "fwd_split_k", lambda *a, **k: split)
     check_case(case, dtype=torch.float32, device=DEVICE, backend="triton")
@@ -237,7 +238,7 @@ def test_split_k_matches_reference(case, split, monkeypatch):
 
 def test_split_k_is_deterministic_and_matches_no_split(monkeypatch):
     _need_kernels()
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     case = Case(N=2, C_in=20, C_b=6, C_rest=10, H=6, W=6, channels_last=True)
     x, basis, coeff, bias = case.make(device=DEVICE)
@@ -253,7 +254,7 @@ def test_split_k_is_deterministic_and_matches_no_split(monkeypatch):
 
 def test_int64_indexing_path_split_k(monkeypatch):
     _need_kernels()
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     monkeypatch.setattr(_triton, "_needs_int64", lambda *t: True)
     monkeypatch.setattr(_triton, "fwd_split_k", lambda *a, **k: 2)

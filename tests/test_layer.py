@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from helpers import UNIT, assert_bounded
 
 import tritonbasis as tb
-import tritonbasis.reference as tb_reference
-from tritonbasis.functional import FUSED_EFFICIENCY, MIN_FUSED_PIXELS
-from tritonbasis.kernels_limits import MAX_BASIS_CHANNELS
+import tritonbasis.op.reference as tb_reference
+from tritonbasis.nn.functional import FUSED_EFFICIENCY, MIN_FUSED_PIXELS
+from tritonbasis.op.geometry import MAX_BASIS_CHANNELS
 
 U32 = UNIT[torch.float32]
 U64 = UNIT[torch.float64]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tritonbasis.models import MODELS, get_model, list_models, resnet18_cifar
+from tritonbasis.recipes.models import MODELS, get_model, list_models, resnet18_cifar
 
 
 def _expected_params(widths, num_classes=10, in_channels=3):

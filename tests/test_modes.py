@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 import tritonbasis as tb
-from tritonbasis import modes, reference, tune_cache
+from tritonbasis.nn import modes
+from tritonbasis.op import reference, tune_cache
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +75,7 @@ def test_resolution_happens_once(monkeypatch, count_paths):
     calls = []
     real = modes.decide
     monkeypatch.setattr(modes, "decide", lambda *a, **k: calls.append(1) or real(*a, **k))
-    import tritonbasis.functional as F
+    import tritonbasis.nn.functional as F
 
     monkeypatch.setattr(F, "decide", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(2, 16, 8, 8)
@@ -106,7 +107,7 @@ def test_first_forward_reads_no_disk_after_the_first(monkeypatch):
 
 @pytest.mark.parametrize("input_shape", [None, (3, 16, 16), (64, 3, 16, 16)])
 def test_convert_report_states_the_mode_that_runs(input_shape, count_paths):
-    from tritonbasis.models import resnet18_cifar
+    from tritonbasis.recipes.models import resnet18_cifar
 
     model = resnet18_cifar(width=0.25).eval()
     conv, rep = tb.convert(model, {"_default": tb.BasisSpec(ratio=0.25)},

@@ -8,7 +8,7 @@ from conftest import HAS_CUDA, HAS_TRITON
 from helpers import Case
 
 import tritonbasis as tb
-from tritonbasis.ops import basis_conv2d_backward_flops, basis_conv2d_flops
+from tritonbasis.op.registry import basis_conv2d_backward_flops, basis_conv2d_flops
 
 FWD = torch.ops.tritonbasis.basis_conv2d.default
 BWD = torch.ops.tritonbasis.basis_conv2d_backward.default
@@ -140,7 +140,7 @@ def test_flop_counter_reports_basis_flops(keep_basis):
 
 
 def test_backend_env_var_and_context(monkeypatch):
-    from tritonbasis import reference
+    from tritonbasis.op import reference
 
     calls = []
     real = reference.forward

@@ -13,7 +13,7 @@ from conftest import HAS_CUDA, HAS_TRITON
 from helpers import Case
 
 import tritonbasis as tb
-from tritonbasis import _checks
+from tritonbasis.op import geometry as _checks
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 CASE = Case(C_in=3, C_b=3, C_rest=5, H=6, W=6)  # C_out = 8, keep-basis, bias
@@ -68,7 +68,8 @@ def test_bad_perm_is_a_clear_error_before_launch(name, backend, monkeypatch):
     perm = make()
     if perm.device.type != "meta":
         perm = perm.to(DEVICE)
-    from tritonbasis import _triton, reference
+    from tritonbasis.op import launchers as _triton
+    from tritonbasis.op import reference
 
     launched = []
     monkeypatch.setattr(reference, "forward", lambda *a, **k: launched.append("torch"))

@@ -14,8 +14,8 @@ import torch.nn as nn
 from conftest import HAS_CUDA, HAS_TRITON
 
 import tritonbasis as tb
-from tritonbasis import profiling
 from tritonbasis.cli import main
+from tritonbasis.perf import profiling
 
 
 class _Net(nn.Module):
@@ -155,7 +155,7 @@ def test_triton_kernels_have_readable_names():
     @triton.jit function names, checked by compiling each for sm_90 without a GPU."""
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    from tritonbasis.aot import toolchain_available
+    from aot import toolchain_available
 
     ok, why = toolchain_available()
     if not ok:
@@ -163,7 +163,7 @@ def test_triton_kernels_have_readable_names():
     code = textwrap.dedent("""
         import triton
         from triton.backends.compiler import GPUTarget
-        from tritonbasis import aot
+        import aot  # tools/aot.py (pyproject: pytest's pythonpath)
         from tritonbasis.kernels import configs
         for name in ("fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad", "bwd_reduce"):
             c = configs.FIXED[name]
@@ -185,7 +185,7 @@ def test_triton_kernels_have_readable_names():
 def test_gpu_trace_shows_triton_kernels_by_name(tmp_path):
     if not HAS_CUDA:
         pytest.skip("needs a CUDA GPU (GPU tier)")
-    from tritonbasis.models import resnet18_cifar
+    from tritonbasis.recipes.models import resnet18_cifar
 
     model = tb.convert(resnet18_cifar(width=0.5),
                        {"_default": tb.BasisSpec(ratio=0.25, keep_basis=True, mode="fused")})

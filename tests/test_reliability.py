@@ -23,13 +23,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import tritonbasis as tb
-from tritonbasis import search as S
-from tritonbasis import tune_cache
-from tritonbasis._guard import LOCK_NAME, RunLock, RunLockedError
-from tritonbasis._io import CheckpointError
-from tritonbasis.data import digits
-from tritonbasis.models import resnet18_cifar
-from tritonbasis.train import TrainConfig, train
+from tritonbasis.cli.guard import LOCK_NAME, RunLock, RunLockedError
+from tritonbasis.op import tune_cache
+from tritonbasis.recipes import search as S
+from tritonbasis.recipes.data import digits
+from tritonbasis.recipes.models import resnet18_cifar
+from tritonbasis.recipes.train import TrainConfig, train
+from tritonbasis.util.fileio import CheckpointError
 
 TINY_TRAIN = ["train", "--width", "0.125", "--image-size", "8", "--epochs", "1",
               "--batch-size", "64", "--max-steps", "3", "--ratio", "0.25", "--quiet",

@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 
 import tritonbasis as tb
-from tritonbasis import search as S
-from tritonbasis.data import digits
-from tritonbasis.models import resnet18_cifar
-from tritonbasis.train import TrainConfig, evaluate, train
+from tritonbasis.recipes import search as S
+from tritonbasis.recipes.data import digits
+from tritonbasis.recipes.models import resnet18_cifar
+from tritonbasis.recipes.train import TrainConfig, evaluate, train
 
 
 @pytest.fixture(autouse=True)

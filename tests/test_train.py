@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 import tritonbasis as tb
-from tritonbasis.data import digits
-from tritonbasis.models import resnet18_cifar
-from tritonbasis.train import (
+from tritonbasis.recipes.data import digits
+from tritonbasis.recipes.models import resnet18_cifar
+from tritonbasis.recipes.train import (
     RESUME_KEYS,
     TrainConfig,
     TrainResult,

@@ -15,8 +15,8 @@ import torch
 from conftest import HAS_CUDA, HAS_TRITON
 
 import tritonbasis as tb
-from tritonbasis import reference, tune_cache
-from tritonbasis.functional import choose_mode
+from tritonbasis.nn.functional import choose_mode
+from tritonbasis.op import reference, tune_cache
 
 CFG = {"blocks": {"BLOCK_M": 64, "BLOCK_K": 32, "BLOCK_N": 64}, "num_warps": 4, "num_stages": 4}
 KEY = (4096, 64, 16, 48, 3, 3, 1, 1, True, "torch.bfloat16", False)
@@ -75,7 +75,7 @@ def test_second_process_reads_the_configs(cache):
     tune_cache.store_config("grad_x", "GPU-A", "3.2.0", "src1", KEY, CFG)
     code = textwrap.dedent(f"""
         import json
-        from tritonbasis import tune_cache
+        from tritonbasis.op import tune_cache
         print(json.dumps(tune_cache.lookup_config("grad_x", "GPU-A", "3.2.0", "src1",
                                                   {KEY!r})))
     """)
@@ -152,7 +152,7 @@ class _FakeTuner:
     launches one named config and reports it as best_config."""
 
     def __init__(self, name, cfg_name, runs):
-        from tritonbasis import _triton
+        from tritonbasis.op import launchers as _triton
 
         self.kernels, configs = _triton._kernels()
         self.name, self.cfg, self.runs = name, configs.CONFIGS[name][cfg_name], runs
@@ -176,7 +176,7 @@ class _FakeTuner:
 def kernel_device():
     if not HAS_TRITON:
         pytest.skip("triton is not installed")
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     if HAS_CUDA:
         return torch.device("cuda")
@@ -198,7 +198,7 @@ def _fwd_inputs(device):
 
 @pytest.mark.kernels
 def test_launch_tunes_once_then_launches_the_cached_config(cache, kernel_device, monkeypatch):
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     runs, launched = [], []
     monkeypatch.setattr(_triton, "autotune_enabled", lambda: True)
@@ -243,7 +243,7 @@ def test_launch_tunes_once_then_launches_the_cached_config(cache, kernel_device,
 
 def _smallest(name: str) -> str:
     """The config of kernel ``name`` with the fewest tile elements (fastest to interpret)."""
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     cfgs = _triton._kernels()[1].CONFIGS[name]
     return min(cfgs, key=lambda n: math.prod(cfgs[n]["blocks"].values()))
@@ -253,7 +253,7 @@ def _smallest(name: str) -> str:
 def test_forward_backward_kernels_all_cached(cache, kernel_device, monkeypatch):
     """Every kernel of a forward+backward goes through the cache: tuned in the first
     "process", launched from the cache in the second, with the same (correct) results."""
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     runs = []
     monkeypatch.setattr(_triton, "autotune_enabled", lambda: True)
@@ -291,7 +291,7 @@ def test_forward_backward_kernels_all_cached(cache, kernel_device, monkeypatch):
 
 @pytest.mark.kernels
 def test_tune_key_sees_dtype_layout_and_shape(kernel_device):
-    from tritonbasis import _triton
+    from tritonbasis.op import launchers as _triton
 
     def key(x, c_b=8):
         basis = torch.zeros(c_b, x.shape[1], 3, 3, dtype=x.dtype)

@@ -1,45 +1,58 @@
 """tritonbasis: fused Triton kernels for basis convolutions.
 
+Layers, each a subpackage, importing one way only (docs/architecture.md):
+``cli`` -> ``perf`` -> ``recipes`` -> ``conversion`` -> ``nn`` -> ``op`` -> ``kernels``, and
+``util`` under all of them. This file only re-exports the public API.
+
 Importing this package queries no CUDA device and never imports triton itself; the kernels
 load on first use. (``torch.utils.flop_counter``, imported to register our FLOP formulas, does
 import triton when it is installed; without triton everything but the kernels works.)
 """
 
-from . import deploy, ops  # ops registers torch.ops.tritonbasis.*
-from ._checks import ConvGeometry, check_inputs
-from .convert import ConversionReport, LayerReport, candidate_convs, convert, merge
-from .deploy import export_onnx
-from .functional import basis_conv2d, choose_mode
-from .init import from_conv
-from .layer import BasisConv2d
-from .modes import tune
-from .ops import get_backend, set_backend, use_backend
-from .reference import basis_conv2d_reference, merged_weight
-from .spec import BasisSpec, load_plan, save_plan
+from .conversion import deploy
+from .conversion.convert import ConversionReport, LayerReport, candidate_convs, convert, merge
+from .conversion.deploy import export_onnx
+from .conversion.plan import load_plan, save_plan
+from .nn.functional import basis_conv2d, choose_mode
+from .nn.layer import BasisConv2d, from_conv
+from .nn.spec import BasisSpec
+from .op import registry as ops  # registers torch.ops.tritonbasis.*
+from .op.geometry import ConvGeometry, check_inputs
+from .op.reference import basis_conv2d_reference, merged_weight
+from .op.registry import get_backend, set_backend, use_backend
 
 __version__ = "0.1.0"
+
+
+def tune(model, input_shape, **kwargs):
+    """Measure fused vs weight per layer shape and resolve every ``mode="auto"`` layer to the
+    faster one: :func:`tritonbasis.perf.tune.tune` (imported on first use)."""
+    from .perf.tune import tune as _tune
+
+    return _tune(model, input_shape, **kwargs)
+
 
 __all__ = [
     "BasisConv2d",
     "BasisSpec",
     "ConversionReport",
+    "ConvGeometry",
     "LayerReport",
+    "basis_conv2d",
+    "basis_conv2d_reference",
     "candidate_convs",
+    "check_inputs",
+    "choose_mode",
     "convert",
     "deploy",
     "export_onnx",
     "from_conv",
+    "get_backend",
     "load_plan",
     "merge",
-    "save_plan",
-    "ConvGeometry",
-    "basis_conv2d",
-    "basis_conv2d_reference",
-    "check_inputs",
-    "choose_mode",
-    "get_backend",
     "merged_weight",
     "ops",
+    "save_plan",
     "set_backend",
     "tune",
     "use_backend",

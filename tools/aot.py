@@ -6,7 +6,7 @@ tensor-core instructions).
 -> PTX -> cubin with the ptxas bundled in triton) on a machine without CUDA. Each kernel is
 compiled for a *representative shape* (:class:`Shape`, ResNet-like by default: 3x3, C_in =
 C_out = 64, C_b = 32, 56x56, channels_last, bias, keep-basis form) with exactly the pointer
-dtypes, integer values and constexprs that :mod:`tritonbasis._triton` would launch it with, and
+dtypes, integer values and constexprs that :mod:`tritonbasis.op.launchers` would launch it with, and
 specialised the way ``JITFunction`` specialises a real launch (an int equal to 1 becomes a
 constexpr, pointers and ints divisible by 16 get ``tt.divisibility = 16``). So the PTX is the
 one a launch of that shape would run, not a generic variant.
@@ -19,7 +19,7 @@ memory is ``metadata.shared`` (the dynamic shared memory the launch asks for).
 A process running the Triton interpreter (TRITON_INTERPRET=1, as the test session does
 without CUDA) cannot compile: triton.language's own ``@jit`` helpers are interpreted there too
 (see :func:`_interpreted_process`). :func:`compile_kernel` then hands the work to a worker
-process (``python -m tritonbasis.aot --worker``) started without that variable;
+process (``python tools/aot.py --worker``) started without that variable;
 :func:`compile_many` / :func:`compile_all` use one worker per CPU in any process.
 
 Every triton import in this module is inside a function.
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 # Dynamic shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin):
 # H100 (sm_90) 227 KiB, A100 (sm_80) 163 KiB.
@@ -88,14 +89,14 @@ REPRESENTATIVE = Shape()
 
 
 def bench_shapes(group: str = "resnet18_cifar", ratios=("1/4",)) -> dict[str, Shape]:
-    """The benchmark cases of ``tritonbasis bench`` (:data:`tritonbasis.bench.GROUPS`) as
+    """The benchmark cases of ``tritonbasis bench`` (:data:`tritonbasis.perf.bench.GROUPS`) as
     compile shapes, one per case and C_b / C_out ratio, named ``<case>.cb<C_b>``: keep-basis,
     no bias, channels_last, as the benchmark runs them. Cases whose C_b exceeds the fused
     kernels' limit (they run another path) are left out."""
     from fractions import Fraction
 
-    from tritonbasis.bench import GROUPS
-    from tritonbasis.kernels_limits import MAX_BASIS_CHANNELS
+    from tritonbasis.op.geometry import MAX_BASIS_CHANNELS
+    from tritonbasis.perf.bench import GROUPS
 
     out = {}
     for c in GROUPS[group]:
@@ -128,7 +129,7 @@ def _block_cb(c_b: int) -> int:
 
 
 def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90):
-    """What ``tritonbasis._triton`` passes to kernel ``name`` for ``shape``, minus the block
+    """What ``tritonbasis.op.launchers`` passes to kernel ``name`` for ``shape``, minus the block
     sizes: ``(pointer_dtypes, int_values, constexprs)``, each keyed by argument name.
 
     Mirrors the launcher line by line (keep it in sync): activations and ``G`` follow x's
@@ -293,7 +294,6 @@ def _jit_function(name: str):
     helpers stay interpreted (:func:`_interpreted_process`) -- which is why compiles run in
     a clean worker there; this keeps :func:`build_source` usable for inspection anywhere."""
     from triton.runtime.jit import JITFunction
-
     from tritonbasis.kernels import KERNELS
 
     k = KERNELS[name]
@@ -496,7 +496,6 @@ def _interpreted_process() -> bool:
     worker process instead (:class:`_Worker`)."""
     import triton.language as tl
     from triton.runtime.jit import JITFunction
-
     from tritonbasis.kernels import KERNELS
 
     return not isinstance(tl.zeros, JITFunction) or not all(
@@ -509,7 +508,7 @@ class CompileError(RuntimeError):
 
 
 class _Worker:
-    """One ``python -m tritonbasis.aot --worker`` process, TRITON_INTERPRET removed from its
+    """One ``python tools/aot.py --worker`` process, TRITON_INTERPRET removed from its
     environment: one JSON job per line on stdin, one JSON result per line on stdout.
     A subprocess rather than multiprocessing: spawn would re-import the caller's ``__main__``
     and fork would inherit the interpreted triton."""
@@ -518,7 +517,7 @@ class _Worker:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tritonbasis.aot", "--worker"],
+            [sys.executable, str(Path(__file__).resolve()), "--worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env,
             text=True, bufsize=1,
         )
@@ -579,7 +578,7 @@ atexit.register(shutdown_workers)
 
 
 def _worker_main() -> None:
-    """The worker's loop (``python -m tritonbasis.aot --worker``)."""
+    """The worker's loop (``python tools/aot.py --worker``)."""
     out = sys.stdout
     sys.stdout = sys.stderr  # whatever triton prints must not corrupt the protocol
     for line in sys.stdin:
@@ -775,4 +774,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
         _worker_main()
     else:
-        sys.exit("usage: python -m tritonbasis.aot --worker  (see bench/compile_report.py)")
+        sys.exit("usage: python tools/aot.py --worker  (see tools/compile_report.py)")

@@ -1,14 +1,10 @@
-"""``BasisSpec`` (how to convert one conv) and plans (fully qualified name -> spec), the JSON
-contract between the sensitivity search and conversion."""
+"""``BasisSpec``: how to turn one conv into a basis conv (plans of them, fully qualified name
+-> spec, live in :mod:`tritonbasis.conversion.plan`)."""
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
-from ._io import atomic_write_text
 from .functional import MODES
 
 INITS = ("svd", "random")
@@ -101,8 +97,8 @@ class BasisSpec:
     def channels_for(self, c_out: int, captured=None) -> int:
         """C_b for a conv with ``c_out`` filters. The energy rule needs ``captured``: the
         fraction of the filters' energy a basis of ``k`` channels captures, for ``k = 1..``
-        (:func:`tritonbasis.init.captured_energy`, which differs between the two forms); C_b is
-        the smallest ``k`` that reaches ``energy``."""
+        (:func:`tritonbasis.nn.decompose.captured_energy`, which differs between the two
+        forms); C_b is the smallest ``k`` that reaches ``energy``."""
         if self.basis_channels is not None:
             return min(self.basis_channels, c_out)
         if self.ratio is not None:
@@ -124,70 +120,3 @@ def as_spec(v: SpecLike) -> BasisSpec | None:
     if v is None or isinstance(v, BasisSpec):
         return v
     return BasisSpec.from_dict(v)
-
-
-def normalize_plan(plan) -> dict[str, BasisSpec | None]:
-    """A plan dict with every value a BasisSpec or None; keys checked (regexes compile)."""
-    if not isinstance(plan, dict):
-        raise TypeError(f"a plan must be a dict of name -> spec, got {type(plan).__name__}")
-    out = {}
-    for k, v in plan.items():
-        if not isinstance(k, str):
-            raise TypeError(f"plan keys must be strings, got {k!r}")
-        if k.startswith("re:"):
-            try:
-                re.compile(k[3:])
-            except re.error as e:
-                raise ValueError(f"plan key {k!r} is not a valid regex: {e}") from None
-        try:
-            out[k] = as_spec(v)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"plan entry {k!r}: {e}") from None
-    return out
-
-
-def lookup(plan: dict[str, BasisSpec | None], fqn: str) -> tuple[bool, BasisSpec | None, str]:
-    """(matched, spec, key): exact name first, then the first matching ``re:`` key (full
-    match, in plan order), then ``_default``."""
-    if fqn in plan:
-        return True, plan[fqn], fqn
-    for k, v in plan.items():
-        if k.startswith("re:") and re.fullmatch(k[3:], fqn):
-            return True, v, k
-    if "_default" in plan:
-        return True, plan["_default"], "_default"
-    return False, None, ""
-
-
-def save_plan(plan, path, meta: dict | None = None) -> Path:
-    """Write a plan as JSON (atomically): ``{"plan": {name: spec-dict | null}, "meta": {...}}``."""
-    plan = normalize_plan(plan)
-    doc = {"format": "tritonbasis-plan/1",
-           "plan": {k: (None if v is None else v.to_dict()) for k, v in plan.items()}}
-    if meta:
-        doc["meta"] = meta
-    path = Path(path)
-    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def load_plan(path) -> dict[str, BasisSpec | None]:
-    """Read a plan JSON (either the ``save_plan`` document or a bare ``{name: spec}`` dict)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"plan file {path} is a directory, not a file")
-    if not path.is_file():
-        raise FileNotFoundError(f"plan file not found: {path}")
-    try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"plan file {path} is not a text (UTF-8 JSON) file") from None
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"plan file {path} is not valid JSON: {e}") from None
-    plan = doc["plan"] if isinstance(doc, dict) and "plan" in doc else doc
-    try:
-        return normalize_plan(plan)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"plan file {path}: {e}") from None
-
-

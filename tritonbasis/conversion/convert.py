@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from ._checks import check_inputs
-from .init import captured_energy, check_convertible, from_conv
-from .layer import BasisConv2d
-from .modes import decide, decide_per_pixel
-from .spec import BasisSpec, lookup, normalize_plan
+from ..nn.decompose import captured_energy, check_convertible
+from ..nn.layer import BasisConv2d, from_conv
+from ..nn.modes import decide, decide_per_pixel
+from ..nn.spec import BasisSpec
+from ..op.geometry import check_inputs
+from .plan import lookup, normalize_plan
 
 
 @dataclass

@@ -266,12 +266,12 @@ def device_arg(s: str) -> str:
 
 def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "your input or your files", not "a bug": shown as one line."""
-    from ._io import CheckpointError
+    from ..util.fileio import CheckpointError
 
     types: list[type[BaseException]] = [ValueError, OSError, RunLockedError, CheckpointError,
                                         FloatingPointError]
     with contextlib.suppress(ImportError):
-        from .search import SearchStateError
+        from ..recipes.search import SearchStateError
 
         types.append(SearchStateError)
     return tuple(types)

@@ -8,10 +8,12 @@ import math
 import torch
 import torch.nn as nn
 
-from . import reference
-from ._checks import check_inputs, pair
+from ..op import reference
+from ..op.geometry import check_inputs, pair
+from ..util.ranges import layer_range
+from . import decompose
 from .functional import MODES, basis_conv2d, choose_mode, onnx_exporting
-from .profiling import layer_range
+from .spec import BasisSpec, as_spec
 
 
 class BasisConv2d(nn.Module):
@@ -68,7 +70,7 @@ class BasisConv2d(nn.Module):
         # What "auto" runs, decided once (plain attributes, not in the state_dict, so old and
         # new checkpoints load alike): ``resolved`` set by convert / tune / set_resolved for
         # ``resolved_device`` (a device type); else memoised per (device type, input shape) on
-        # the first forward (tritonbasis.modes.decide: in-memory tables, no disk read after
+        # the first forward (tritonbasis.nn.modes.decide: in-memory tables, no disk read after
         # the first per process).
         self.resolved: str | None = None
         self.resolved_device: str | None = None
@@ -92,7 +94,7 @@ class BasisConv2d(nn.Module):
             b = 1 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -b, b)
 
-    # Profiling (tritonbasis.profiling.name_layers sets them per instance): with a name, the
+    # Profiling (tritonbasis.perf.profiling.name_layers sets them per instance): with a name, the
     # forward runs inside a record_function (and, with profile_nvtx, an NVTX) range of that
     # name; None costs one attribute check. Left out under torch.compile (graphs stay whole).
     profile_name: str | None = None
@@ -206,10 +208,7 @@ class BasisConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, spec=None, **spec_kwargs) -> BasisConv2d:
-        """A BasisConv2d initialised from a (trained) ``nn.Conv2d``; see
-        :func:`tritonbasis.init.from_conv` for the methods (SVD, pivoted QR, random)."""
-        from .init import from_conv
-
+        """A BasisConv2d initialised from a (trained) ``nn.Conv2d``; see :func:`from_conv`."""
         return from_conv(conv, spec, **spec_kwargs)
 
     @torch.no_grad()
@@ -245,3 +244,32 @@ class BasisConv2d(nn.Module):
         if not self.basis.requires_grad:
             s += ", trainable_basis=False"
         return s
+
+
+def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> BasisConv2d:
+    """A BasisConv2d computing (an approximation of) ``conv``, following ``spec`` (a
+    :class:`BasisSpec`, its dict, or its fields as keywords): ``init="svd"`` starts from the
+    decomposition of the trained filters (:mod:`tritonbasis.nn.decompose`: SVD for the full
+    form, a pivoted-QR subset of the filters for keep-basis), ``init="random"`` from the
+    layer's own variance-matched init (a fixed orthogonal basis with
+    ``trainable_basis=False``)."""
+    spec = as_spec(spec) if spec is not None else BasisSpec(**kw)
+    f = decompose.factors(conv, spec)
+    w = conv.weight
+    layer = BasisConv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, f.C_b, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+        keep_basis=spec.keep_basis, mode=spec.mode, device=w.device, dtype=w.dtype,
+    )
+    with torch.no_grad():
+        if f.basis is not None:
+            layer.basis.copy_(f.basis.reshape(layer.basis.shape))
+            layer.coeff.copy_(f.coeff)
+            if f.perm is not None:
+                layer.set_out_perm(f.perm.to(w.device))
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        elif not spec.trainable_basis:
+            layer.basis.copy_(decompose.orthogonal_basis(layer.basis))
+    layer.basis.requires_grad_(spec.trainable_basis)
+    return layer

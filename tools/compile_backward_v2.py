@@ -4,7 +4,7 @@ tensor-core instruction, spills, registers, shared memory and pipelined loops. U
 "v2 backward" section of bench/NOTES.md; run with each Triton (system python: 3.9,
 /work/venv-old: 3.6):
 
-    python bench/compile_backward_v2.py [--all] [--json OUT]
+    python tools/compile_backward_v2.py [--all] [--json OUT]
 
 ``--all``: every config, not only those ``configs.prune`` keeps for the shape.
 """
@@ -15,9 +15,8 @@ import argparse
 import json
 import sys
 
+import aot  # tools/aot.py, beside this script (tools/ is not installed)
 from tritonbasis.kernels import configs
-
-from tritonbasis import aot
 
 
 def main() -> int:

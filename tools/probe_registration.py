@@ -8,8 +8,8 @@ Routes:
                 Triton kernel and fuse around it.
 
 Run it as a separate process: on CPU set TRITON_INTERPRET=1 first.
-    TRITON_INTERPRET=1 python bench/probe_registration.py     # CPU
-    python bench/probe_registration.py                         # GPU
+    TRITON_INTERPRET=1 python tools/probe_registration.py     # CPU
+    python tools/probe_registration.py                         # GPU
 """
 
 import os

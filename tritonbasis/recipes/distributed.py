@@ -11,7 +11,7 @@ rounds of ``world_size`` (probe ``i`` of a round on rank ``i``); after each roun
 are all-gathered, and rank 0 -- the only rank that writes anything -- records them in
 ``state.json`` (its own result before the gather, so a rank killed mid-round costs only the
 probes that were still running). A resumed run, with any number of ranks, probes only what the
-state lacks. Every probe is seeded by the search seed inside :func:`tritonbasis.train.train`
+state lacks. Every probe is seeded by the search seed inside :func:`tritonbasis.recipes.train.train`
 (not by rank or order) and evaluates the whole validation set, so on CPU a probe's numbers are
 bitwise those of the single-process search. Stages that are one sequential chain (baseline
 evaluation, group probes, timings, the verified selection with its back-offs, the final
@@ -370,7 +370,7 @@ def _worker_init(rank_: int):
 
 
 class DDPTraining:
-    """What :func:`tritonbasis.train.train` does differently under DDP (see the module
+    """What :func:`tritonbasis.recipes.train.train` does differently under DDP (see the module
     docstring): loader, wrapper, per-epoch seeding, metric sums, evaluation, checkpoint
     reading and writing."""
 

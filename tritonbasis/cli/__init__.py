@@ -28,9 +28,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import reference
-from ._checks import check_inputs
-from ._guard import (
+from ..nn.functional import basis_conv2d
+from ..nn.layer import BasisConv2d
+from ..op import reference
+from ..op.geometry import check_inputs
+from ..op.registry import resolve_backend
+from .guard import (
     RunLock,
     check_writable,
     debug_enabled,
@@ -44,9 +47,6 @@ from ._guard import (
     readable_file,
     unit_ratio,
 )
-from .functional import basis_conv2d
-from .layer import BasisConv2d
-from .ops import resolve_backend
 
 
 def _digits_batch(n: int, size: int, channels: int, device, dtype) -> torch.Tensor:
@@ -252,7 +252,8 @@ def _add_model_args(p):
 
 
 def _plan_from_args(args):
-    from .spec import BasisSpec, load_plan
+    from ..conversion.plan import load_plan
+    from ..nn.spec import BasisSpec
 
     if args.plan and args.ratio is not None:
         raise SystemExit("give --plan or --ratio, not both")
@@ -264,8 +265,8 @@ def _plan_from_args(args):
 
 
 def cmd_convert(args) -> int:
-    from .convert import convert
-    from .models import get_model
+    from ..conversion.convert import convert
+    from ..recipes.models import get_model
 
     plan = _plan_from_args(args)
     if plan is None:
@@ -285,7 +286,7 @@ def cmd_convert(args) -> int:
 def cmd_train(args) -> int:
     """Checks first (plan, config, output folder writable and not locked, no finished run
     overwritten), then :func:`_train_run` under the folder's lock."""
-    from .train import TrainConfig
+    from ..recipes.train import TrainConfig
 
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     plan = _plan_from_args(args)
@@ -298,11 +299,11 @@ def cmd_train(args) -> int:
 
 
 def _train_run(args, out: Path, plan, cfg) -> int:
-    from ._io import atomic_write_text
-    from .convert import convert
-    from .data import get_data
-    from .models import get_model
-    from .train import _seed_all, count_macs, count_params, measure_step_time, train
+    from ..conversion.convert import convert
+    from ..recipes.data import get_data
+    from ..recipes.models import get_model
+    from ..recipes.train import _seed_all, count_macs, count_params, measure_step_time, train
+    from ..util.fileio import atomic_write_text
 
     kw = {"size": args.image_size} if args.data == "digits" else {}
     train_data, val_data, num_classes, info = get_data(args.data, args.data_dir, **kw)
@@ -318,7 +319,7 @@ def _train_run(args, out: Path, plan, cfg) -> int:
     print(f"training {args.model} (width {args.width}) on {args.data} "
           f"({len(train_data)} train / {len(val_data)} val, {shape[1]}x{shape[2]}), "
           f"{cfg.epochs} epochs; checkpoints in {out}")
-    from . import distributed as D
+    from ..recipes import distributed as D
 
     result = train(model, train_data, val_data, cfg, checkpoint_dir=out, resume=args.resume,
                    progress=not args.quiet, distributed=D.is_distributed())
@@ -352,7 +353,7 @@ SEARCH_DEFAULT = {"model": "resnet18_cifar", "width": 0.25, "image_size": 16, "e
 def cmd_search(args) -> int:
     """Config checked first (nothing written for a refused start), then the output folder
     (writable, not locked by a live search), then :func:`_search_run` under its lock."""
-    from .search import SearchConfig
+    from ..recipes.search import SearchConfig
 
     out = Path(args.out or f"runs/search-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = {"ratio": args.ratio, "keep_basis": args.keep_basis}
@@ -367,9 +368,9 @@ def cmd_search(args) -> int:
 
 
 def _search_run(args, out: Path, cfg) -> int:
-    from .data import get_data
-    from .models import get_model
-    from .search import sensitivity_search
+    from ..recipes.data import get_data
+    from ..recipes.models import get_model
+    from ..recipes.search import sensitivity_search
 
     kw = {"size": args.image_size} if args.data == "digits" else {}
     train_data, val_data, num_classes, info = get_data(args.data, args.data_dir, **kw)
@@ -402,7 +403,7 @@ def _search_run(args, out: Path, cfg) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_from_args
+    from ..perf.bench import run_from_args
 
     return run_from_args(args)
 
@@ -410,9 +411,9 @@ def cmd_bench(args) -> int:
 def _converted_model(args, default_ratio=None):
     """The model of --model/--width/--num-classes converted by --plan or --ratio (or, with
     neither, by ``default_ratio`` on every candidate conv if given)."""
-    from .convert import convert
-    from .models import get_model
-    from .spec import BasisSpec
+    from ..conversion.convert import convert
+    from ..nn.spec import BasisSpec
+    from ..recipes.models import get_model
 
     plan = _plan_from_args(args)
     if plan is None and default_ratio is not None:
@@ -426,7 +427,7 @@ def _converted_model(args, default_ratio=None):
 
 
 def cmd_tune(args) -> int:
-    from . import tune_cache
+    from ..op import tune_cache
 
     if args.show:
         print(json.dumps(tune_cache.summary(), indent=1))
@@ -437,7 +438,7 @@ def cmd_tune(args) -> int:
               "measurements; on this machine mode='auto' uses the FLOP model. "
               "(--device cpu times the CPU torch paths into the cache anyway.)")
         return 0
-    from .bench import tune_model
+    from ..perf.tune import tune_model
 
     device = torch.device(args.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -462,7 +463,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .profiling import profile_training
+    from ..perf.profiling import profile_training
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -592,7 +593,7 @@ def _main(argv) -> int:
                                    "resnet18_cifar end to end. Results are written to "
                                    "OUT/<gpu>-<date>-<commit>.json and .md, never over an "
                                    "earlier run.")
-    from .bench import add_arguments as _bench_arguments
+    from ..perf.bench import add_arguments as _bench_arguments
 
     _bench_arguments(b)
     tu = sub.add_parser("tune", help="pre-tune a model's layer shapes (Triton autotune + "
@@ -639,7 +640,7 @@ def _main(argv) -> int:
           "search": cmd_search, "bench": cmd_bench, "tune": cmd_tune,
           "profile": cmd_profile}[args.cmd]
     if args.cmd in ("train", "search"):  # under torchrun: one rank of a distributed job
-        from .distributed import run_command
+        from ..recipes.distributed import run_command
 
         return run_command(fn, args)
     return fn(args)

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write_text
+from ..util.fileio import atomic_write_text
 
 ENV_DIR = "TRITONBASIS_CACHE_DIR"
 ENV_ENABLE = "TRITONBASIS_TUNE_CACHE"
@@ -357,7 +357,7 @@ def geometry_key(g) -> tuple:
 def _kernel_identity() -> tuple[str, str] | None:
     """(triton version, source hash of all kernels), or None if triton cannot be imported."""
     try:
-        from . import _triton
+        from . import launchers as _triton
 
         return _triton.triton_version(), _triton.source_hash()
     except Exception:

@@ -1,15 +1,15 @@
 """Compile report: every Triton kernel x autotune config compiled ahead of time (no GPU needed)
 for the given archs and dtypes, with registers, spills, shared memory and tensor-core use.
 
-    python bench/compile_report.py [--arch 90 80] [--dtype bf16 ...] [--out bench/results]
+    python tools/compile_report.py [--arch 90 80] [--dtype bf16 ...] [--out bench/results]
                                    [--layout channels_last|nchw] [--shape resnet|max-cb]
-    python bench/compile_report.py --bench [--ratios 1/4 ...] [--arch 90]
+    python tools/compile_report.py --bench [--ratios 1/4 ...] [--arch 90]
 
 Writes, per arch, ``compile-report-sm<arch>-<date>-<shortcommit>[-<suffix>].json`` (every
 report plus who/what/where) and a markdown table ``.md`` with the same name. The suffix names
 whatever differs from the default run (bf16, channels_last, representative shape).
 
-``--bench``: per benchmark case shape (``tritonbasis.aot.bench_shapes``: the ResNet18-CIFAR
+``--bench``: per benchmark case shape (``aot.bench_shapes`` (tools/aot.py): the ResNet18-CIFAR
 cases of ``tritonbasis bench`` at batch 256, C_b = ratio * C_out, keep-basis, channels_last
 bf16) and per kernel, the configs ``configs.prune`` keeps there (what the autotuner can run),
 with tensor_core_instr, wgmma shapes, spills, registers, shared_bytes, loops and pipelined
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from tritonbasis import aot
+import aot  # tools/aot.py, beside this script (tools/ is not installed)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -203,7 +203,7 @@ def _bench_main(args, meta_common: dict, short: str, now) -> int:
 
 
 def _io_write(path: str, text: str) -> None:
-    from tritonbasis._io import atomic_write_text  # the project's one atomic-write helper
+    from tritonbasis.util.fileio import atomic_write_text  # the project's one atomic-write helper
 
     atomic_write_text(path, text)
 

@@ -1,4 +1,5 @@
-"""Initialising a ``BasisConv2d`` from a trained ``nn.Conv2d``.
+"""The decomposition of a trained ``nn.Conv2d`` into basis filters and coefficients
+(:func:`tritonbasis.from_conv` builds the layer from it).
 
 * full form, ``init="svd"``: SVD of the filter matrix ``H = W.view(C_out, -1) = U S V^T``;
   basis = top-C_b right singular vectors (as filters), coeff = their coordinates. The product
@@ -16,11 +17,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from .layer import BasisConv2d
-from .spec import BasisSpec, as_spec
+from .spec import BasisSpec
 
 
 def check_convertible(conv: nn.Module) -> str | None:
@@ -87,19 +89,28 @@ def captured_energy(h: torch.Tensor, keep_basis: bool, qr=None, sv=None) -> torc
     return curve.clamp(0.0, 1.0)
 
 
-def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> BasisConv2d:
-    """A BasisConv2d computing (an approximation of) ``conv``; see the module docstring."""
-    spec = as_spec(spec) if spec is not None else BasisSpec(**kw)
-    if spec is None:
-        raise ValueError("from_conv needs a BasisSpec")
+@dataclass(frozen=True)
+class Factors:
+    """What the decomposition of one trained conv gives: ``C_b``, and for ``init="svd"`` the
+    initial ``basis`` (C_b, C_in*kH*kW), ``coeff`` and output permutation ``perm`` (keep-basis;
+    None for the full form), all float64; None for ``init="random"``."""
+
+    C_b: int
+    basis: torch.Tensor | None = None
+    coeff: torch.Tensor | None = None
+    perm: torch.Tensor | None = None
+
+
+def factors(conv: nn.Conv2d, spec: BasisSpec) -> Factors:
+    """``C_b`` for ``conv`` under ``spec`` and, for ``init="svd"``, the initial factors (see the
+    module docstring). Decomposes the filters once (the energy rule and the factors share it)."""
     why = check_convertible(conv)
     if why:
         raise ValueError(f"cannot convert: {why}")
-    w = conv.weight.detach()
     c_out = conv.out_channels
-    h = w.double().reshape(c_out, -1)
+    h = conv.weight.detach().double().reshape(c_out, -1)
     svd = qr = None
-    if spec.init == "svd":  # decompose once: C_b (energy rule) and the factors
+    if spec.init == "svd":
         if spec.keep_basis:
             qr = _pivoted_qr(h)
         else:
@@ -108,29 +119,12 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> Ba
     if spec.energy is not None:
         curve = captured_energy(h, spec.keep_basis, qr=qr, sv=svd[1] if svd is not None else None)
     cb = spec.channels_for(c_out, curve)
-    if spec.init == "svd" and not spec.keep_basis:
+    if spec.init != "svd":
+        return Factors(cb)
+    if not spec.keep_basis:
         cb = min(cb, h.shape[1])  # rank of H is at most C_in*k*k
-    layer = BasisConv2d(
-        conv.in_channels, c_out, conv.kernel_size, cb, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-        keep_basis=spec.keep_basis, mode=spec.mode, device=w.device, dtype=w.dtype,
-    )
-    with torch.no_grad():
-        if spec.init == "svd":
-            if spec.keep_basis:
-                basis, coeff, perm = _keep_basis_init(h, cb, qr[1])
-            else:
-                basis, coeff, perm = _svd_init(svd, cb)
-            layer.basis.copy_(basis.reshape(layer.basis.shape))
-            layer.coeff.copy_(coeff)
-            if perm is not None:
-                layer.set_out_perm(perm.to(w.device))
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        elif not spec.trainable_basis:
-            _orthogonal_basis_(layer)
-    layer.basis.requires_grad_(spec.trainable_basis)
-    return layer
+        return Factors(cb, *_svd_init(svd, cb))
+    return Factors(cb, *_keep_basis_init(h, cb, qr[1]))
 
 
 def _svd_init(svd, cb: int):
@@ -155,10 +149,11 @@ def _keep_basis_init(h: torch.Tensor, cb: int, piv: torch.Tensor):
     return basis, coeff, perm
 
 
-def _orthogonal_basis_(layer: BasisConv2d) -> None:
-    flat = layer.basis.detach().reshape(layer.basis_channels, -1)
+def orthogonal_basis(basis: torch.Tensor) -> torch.Tensor:
+    """A random orthogonal set of filters shaped like ``basis``, scaled to its mean per-filter
+    norm (BasisConv's fixed filters, for ``init="random", trainable_basis=False``)."""
+    flat = basis.detach().reshape(basis.shape[0], -1)
     norms = flat.norm(dim=1).mean()
     q = torch.empty_like(flat)
     nn.init.orthogonal_(q)
-    layer.basis.copy_((q * norms / q.norm(dim=1, keepdim=True).clamp_min(1e-12))
-                      .reshape(layer.basis.shape))
+    return (q * norms / q.norm(dim=1, keepdim=True).clamp_min(1e-12)).reshape(basis.shape)

@@ -7,7 +7,7 @@ Providers, side by side in one run (every speedup is a ratio of two of them from
 
 * ``dense_cudnn``      -- ``F.conv2d`` with all ``C_out`` filters (``cudnn.benchmark=True``)
 * ``unfused_eager``    -- conv over the ``C_b`` basis filters, then the 1x1 combination, in
-  PyTorch (:func:`tritonbasis.reference.basis_conv2d_reference`)
+  PyTorch (:func:`tritonbasis.op.reference.basis_conv2d_reference`)
 * ``unfused_compiled`` -- the same pair under ``torch.compile(mode="max-autotune")`` on CUDA
   (``--compile-mode``; on CPU the default mode, recorded in the settings)
 * ``weight_mod``       -- ``W = [B; coeff.B]`` then one dense conv
@@ -33,7 +33,6 @@ large copy).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import fnmatch
@@ -54,11 +53,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import reference
-from ._checks import check_inputs
-from ._io import atomic_write_text
-from .functional import basis_conv2d
-from .kernels_limits import MAX_BASIS_CHANNELS
+from ..nn.functional import basis_conv2d
+from ..op import reference
+from ..op.geometry import MAX_BASIS_CHANNELS, check_inputs
+from ..util.fileio import atomic_write_text
 
 __all__ = [
     "CASES",
@@ -84,7 +82,6 @@ __all__ = [
     "run_from_args",
     "select_cases",
     "time_call",
-    "tune_model",
     "variants",
     "write_results",
 ]
@@ -269,7 +266,7 @@ def variants(cases, ratios, dtypes, layouts) -> list[Variant]:
 
 
 def basis_flops(v: Variant, direction: str) -> int:
-    from .ops import basis_conv2d_backward_flops, basis_conv2d_flops
+    from ..op.registry import basis_conv2d_backward_flops, basis_conv2d_flops
 
     c = v.case
     args = ((c.N, c.C_in, c.H, c.W), (v.c_b, c.C_in, c.k, c.k), (c.C_out - v.c_b, v.c_b),
@@ -604,7 +601,7 @@ def _unfused_pair(x, basis, coeff, stride, padding, dilation):
 
 def fused_unavailable(x, basis, coeff, conv: dict) -> str | None:
     """Why the ``fused`` provider would not measure the fused kernel here (None: it would)."""
-    from .ops import resolve_backend
+    from ..op.registry import resolve_backend
 
     g = check_inputs(x, basis, coeff, None, conv["stride"], conv["padding"], conv["dilation"],
                      True)
@@ -624,7 +621,7 @@ def fused_unavailable(x, basis, coeff, conv: dict) -> str | None:
 
 
 def fused_implementation(device: torch.device) -> str:
-    from .ops import get_backend, triton_import_error
+    from ..op.registry import get_backend, triton_import_error
 
     if device.type != "cuda":
         return "torch path of the op (conv over C_b filters + 1x1 conv; hand-written backward)"
@@ -731,9 +728,9 @@ def bench_variant(v: Variant, device, providers, directions, peaks, *, compile_m
 
 
 def _e2e_models(width: float, ratio: float, plan, num_classes: int = 10):
-    from .convert import convert
-    from .models import resnet18_cifar
-    from .spec import BasisSpec
+    from ..conversion.convert import convert
+    from ..nn.spec import BasisSpec
+    from ..recipes.models import resnet18_cifar
 
     torch.manual_seed(0)
     dense = resnet18_cifar(num_classes=num_classes, width=width)
@@ -746,7 +743,7 @@ def _e2e_models(width: float, ratio: float, plan, num_classes: int = 10):
 def _mode_counts(model, input_shape, device) -> dict:
     """How many BasisConv2d layer calls mode='auto' runs fused / weight at an input of
     ``input_shape`` ``(N, C, H, W)`` (the batch matters: the cost model counts pixels)."""
-    from .layer import BasisConv2d
+    from ..nn.layer import BasisConv2d
 
     counts = {"fused": 0, "weight": 0}
     hooks = []
@@ -774,8 +771,8 @@ def bench_end_to_end(device, *, quick: bool, plan=None, plan_label: str = "built
                      log=print) -> tuple[list[dict], dict]:
     """Training step (forward, loss, backward, SGD) and inference of resnet18_cifar, dense vs
     every 3x3 conv converted (C_b = ratio C_out, keep-basis, mode auto) vs ``plan``, with bf16
-    autocast + channels_last on CUDA (:func:`tritonbasis.train.measure_step_time`)."""
-    from .train import count_macs, measure_step_time
+    autocast + channels_last on CUDA (:func:`tritonbasis.recipes.train.measure_step_time`)."""
+    from ..recipes.train import count_macs, measure_step_time
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -799,7 +796,7 @@ def bench_end_to_end(device, *, quick: bool, plan=None, plan_label: str = "built
             info["variants"][name] = {"error": _short(e)}
             log(f"  e2e {name}: FAIL {_short(e)}")
             continue
-        from .layer import BasisConv2d
+        from ..nn.layer import BasisConv2d
 
         n_basis = sum(isinstance(m, BasisConv2d) for m in model.modules())
         dev_model = model.to(device)
@@ -1079,7 +1076,7 @@ def run_from_args(args, log=print) -> int:
         raise SystemExit("give --no-e2e or --e2e-only, not both")
     plan, plan_label = None, "builtin (layers 3-4 conv1/conv2 at C_b = C_out/4, keep-basis)"
     if args.plan:
-        from .spec import load_plan
+        from ..conversion.plan import load_plan
 
         plan, plan_label = load_plan(args.plan), str(args.plan)
     if not cuda and not args.quick and not args.e2e_only and args.cases is None:
@@ -1218,178 +1215,6 @@ def _triton_version() -> str | None:
 
 
 def _backend() -> str:
-    from .ops import get_backend
+    from ..op.registry import get_backend
 
     return get_backend()
-
-
-# --------------------------------------------------------------------------------------------
-# Pre-tuning a model's layer shapes (`tritonbasis tune`)
-
-
-def layer_geometries(model: torch.nn.Module, input_shape) -> list[tuple[list[str], Any, tuple]]:
-    """The distinct BasisConv2d call shapes of ``model`` at ``input_shape`` ``(N, C, H, W)``:
-    ``[(fqns, first module, its input shape at batch N), ...]``, from one forward at batch 1
-    on the model's device in eval mode (training flags restored)."""
-    from .layer import BasisConv2d
-
-    shape = tuple(int(s) for s in input_shape)
-    seen: dict[tuple, tuple[list[str], Any, tuple]] = {}
-    hooks = []
-
-    def hook_for(fqn):
-        def hook(m, inp):
-            x = inp[0]
-            in_shape = (shape[0], *x.shape[1:])
-            key = (in_shape, tuple(m.basis.shape), tuple(m.coeff.shape), m.stride, m.padding,
-                   m.dilation, m.keep_basis, m.out_perm is not None, m.bias is not None)
-            if key in seen:
-                seen[key][0].append(fqn)
-            else:
-                seen[key] = ([fqn], m, in_shape)
-        return hook
-
-    for fqn, m in model.named_modules():
-        if isinstance(m, BasisConv2d):
-            hooks.append(m.register_forward_pre_hook(hook_for(fqn)))
-    was_training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *shape[1:], device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, t in was_training.items():
-            m.training = t
-    return [(fqns, m, in_shape) for fqns, m, in_shape in seen.values()]
-
-
-def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfloat16",
-               layout: str = "channels_last", objective: str = "train",
-               warmup_ms: float = 25.0, rep_ms: float = 100.0, min_reps: int = 10,
-               log=print, measure=None) -> list[dict]:
-    """Pre-tune every distinct BasisConv2d shape of ``model`` at ``input_shape`` on
-    ``device``: run the fused op forward and backward (on CUDA this autotunes the Triton
-    kernels; the best configs land in the tuning cache), time ``mode="fused"`` against
-    ``mode="weight"`` (forward, forward+backward) and store the timings and the faster mode in
-    the cache, which ``mode="auto"`` then uses (``objective``: ``train`` compares
-    forward+backward, ``infer`` forward). Returns one row per shape.
-
-    ``measure(mode, layer, in_shape) -> {"fwd": ms, "fwd+bwd": ms}`` replaces the timer (tests
-    inject one); the default times the call with ``torch.utils.benchmark`` on CPU and
-    :func:`time_call` (CUDA events) on GPU."""
-    from . import tune_cache
-    from ._triton import source_hash, triton_version
-    from .ops import resolve_backend
-
-    if objective not in ("train", "infer"):
-        raise ValueError(f"objective must be train or infer, got {objective!r}")
-    device = torch.device(device)
-    tdtype = getattr(torch, dtype)
-    fmt = _fmt(layout)
-    dev_name = tune_cache.device_name(device)
-    rows = []
-    for fqns, m, in_shape in layer_geometries(model, input_shape):
-        gen = torch.Generator(device=device).manual_seed(0)
-
-        def mk(*s, scale=1.0, grad=True, gen=gen):
-            t = torch.randn(*s, device=device, dtype=tdtype, generator=gen) * scale
-            return (t.contiguous(memory_format=fmt) if len(s) == 4 else t).requires_grad_(grad)
-
-        xs = [mk(*in_shape) for _ in range(2)]
-        basis = mk(*m.basis.shape, scale=m.basis[0].numel() ** -0.5)
-        coeff = mk(*m.coeff.shape, scale=m.basis.shape[0] ** -0.5)
-        bias = mk(*m.bias.shape) if m.bias is not None else None
-        perm = (torch.randperm(m.out_channels, generator=torch.Generator().manual_seed(0))
-                .to(device) if m.out_perm is not None else None)
-        g = check_inputs(xs[0], basis, coeff, bias, m.stride, m.padding, m.dilation,
-                         m.keep_basis, perm)
-        backend = resolve_backend(xs[0], g)
-        row = {"layers": fqns, "shape": list(in_shape), "C_b": g.C_b, "C_out": g.C_out,
-               "k": g.KH, "stride": g.stride[0], "backend": backend,
-               "flop_model": None, "fused_ms": {}, "weight_ms": {}, "mode": None}
-        if device.type == "cuda" and backend != "triton":
-            row["skipped"] = (f"the fused op runs its torch path here (C_b={g.C_b}); "
-                              "mode='auto' uses weight")
-            rows.append(row)
-            log(f"  {fqns[0]:28s} skipped: {row['skipped']}")
-            continue
-        dys = [torch.randn(g.N, g.C_out, g.Ho, g.Wo, device=device, dtype=tdtype,
-                           generator=gen).contiguous(memory_format=fmt) for _ in range(2)]
-        for mode in ("fused", "weight"):
-            row[f"{mode}_ms"] = (measure(mode, m, tuple(in_shape)) if measure is not None
-                                 else _time_modes(
-                mode, xs, dys, basis, coeff, bias, perm, m, device=device,
-                warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps))
-        key = "fwd+bwd" if objective == "train" else "fwd"
-        row["mode"] = "fused" if row["fused_ms"][key] <= row["weight_ms"][key] else "weight"
-        with tune_cache_disabled():
-            from .functional import choose_mode
-
-            row["flop_model"] = choose_mode(g, device)
-        kernel = ((triton_version(), source_hash()) if backend == "triton" else None)
-        tune_cache.store_timing(dev_name, g, fused_ms=row["fused_ms"],
-                                weight_ms=row["weight_ms"], mode=row["mode"], dtype=dtype,
-                                layout=layout, objective=objective, kernel=kernel,
-                                extra={"layers": fqns})
-        rows.append(row)
-        log(f"  {fqns[0]:28s} x{len(fqns)} {tuple(in_shape)} C_b={g.C_b:<4d} "
-            f"fused {row['fused_ms'][key]:8.3f} ms  weight {row['weight_ms'][key]:8.3f} ms "
-            f"({key}) -> {row['mode']:6s} (FLOP model: {row['flop_model']})")
-    return rows
-
-
-def _time_modes(mode, xs, dys, basis, coeff, bias, perm, m, *, device, warmup_ms, rep_ms,
-                min_reps) -> dict[str, float]:
-    """Medians (ms) of one BasisConv2d call shape in ``mode``: fwd (no grad) and fwd+bwd."""
-    state = {"i": 0}
-    params = [p for p in (basis, coeff, bias) if p is not None]
-
-    def nxt():
-        state["i"] = (state["i"] + 1) % len(xs)
-
-    def f(x):
-        return basis_conv2d(x, basis, coeff, bias, m.stride, m.padding, m.dilation,
-                            m.keep_basis, mode=mode, perm=perm)
-
-    def fwd():
-        with torch.no_grad():
-            f(xs[state["i"]])
-
-    def fb():
-        x = xs[state["i"]]
-        torch.autograd.grad(f(x), [x, *params], dys[state["i"]])
-
-    if torch.device(device).type == "cpu":
-        # CPU: torch.utils.benchmark (thread count pinned, blocked_autorange median); the
-        # input rotation runs inside the timed statement (a dict update, ~0.1 us)
-        from torch.utils.benchmark import Timer
-
-        def timed(fn):
-            fn()  # warm-up (oneDNN primitive creation)
-            t = Timer("nxt(); fn()", globals={"nxt": nxt, "fn": fn},
-                      num_threads=torch.get_num_threads())
-            return t.blocked_autorange(min_run_time=max(rep_ms, 1.0) / 1e3).median * 1e3
-
-        return {d: timed(fn) for d, fn in (("fwd", fwd), ("fwd+bwd", fb))}
-    return {d: time_call(fn, nxt, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                         min_reps=min_reps).median_ms
-            for d, fn in (("fwd", fwd), ("fwd+bwd", fb))}
-
-
-@contextlib.contextmanager
-def tune_cache_disabled():
-    """Temporarily switch the tuning cache off (this thread's process environment)."""
-    from . import tune_cache
-
-    old = os.environ.get(tune_cache.ENV_ENABLE)
-    os.environ[tune_cache.ENV_ENABLE] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(tune_cache.ENV_ENABLE, None)
-        else:
-            os.environ[tune_cache.ENV_ENABLE] = old

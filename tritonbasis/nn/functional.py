@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from . import reference
-from ._checks import ConvGeometry, check_inputs
+from ..op import reference
+from ..op.geometry import ConvGeometry, check_inputs
 
 # The decision lives in tritonbasis.modes (constants re-exported here for old imports).
 from .modes import FUSED_EFFICIENCY, MIN_FUSED_PIXELS, _has_symbolic, decide  # noqa: F401
@@ -16,7 +16,7 @@ MODES = ("fused", "weight", "auto")
 
 
 def choose_mode(g: ConvGeometry, device: torch.device | str = "cpu", timings=None) -> str:
-    """``"fused"`` or ``"weight"`` for one call shape: :func:`tritonbasis.modes.decide`
+    """``"fused"`` or ``"weight"`` for one call shape: :func:`tritonbasis.nn.modes.decide`
     (measured ``timings`` > the tuning cache > the cost model calibrated per device type)."""
     return decide(g, device, timings)
 
@@ -81,10 +81,8 @@ def basis_conv2d(
         # mode="weight" still exports the merged conv)
         mode = "fused" if exporting else choose_mode(g, x.device)
     if exporting:
-        # ONNX knows no tritonbasis op: the same function in standard ops (tritonbasis.deploy)
-        from .deploy import basis_conv2d_standard_ops
-
-        return basis_conv2d_standard_ops(x, basis, coeff, bias, g.stride, g.padding,
+        # ONNX knows no tritonbasis op: the same function in standard ops
+        return reference.basis_conv2d_standard_ops(x, basis, coeff, bias, g.stride, g.padding,
                                          g.dilation, keep_basis, perm, merged=mode == "weight")
     if mode == "weight":
         return reference.weight_modified(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from . import tune_cache
-from .kernels_limits import MAX_BASIS_CHANNELS
+from ..op import tune_cache
+from ..op.geometry import MAX_BASIS_CHANNELS
 
 __all__ = ["CPU_MIN_BASIS", "CPU_SAVED_MACS_X_CB", "FUSED_EFFICIENCY", "MIN_FUSED_PIXELS",
            "decide", "decide_per_pixel", "from_timings"]
@@ -112,38 +112,3 @@ def decide_per_pixel(C_in: int, C_out: int, C_b: int, kernel, keep_basis: bool,
         return "weight"
     C_rest = C_out - C_b if keep_basis else C_out
     return _model(device.type, C_in, C_b, C_rest, C_out, KH, KW, None)
-
-
-def tune(model: torch.nn.Module, input_shape, *, device=None, dtype: str | None = None,
-         layout: str | None = None, objective: str = "train", log=None, measure=None,
-         **timing) -> list[dict]:
-    """Measure fused vs weight for every distinct :class:`~tritonbasis.BasisConv2d` call shape
-    of ``model`` at ``input_shape`` ``(N, C, H, W)`` on ``device`` (default: the model's),
-    store the timings in the tuning cache (:func:`tritonbasis.bench.tune_model`) and set each
-    ``mode="auto"`` layer's resolved mode to the faster one (``objective``: ``train`` compares
-    forward+backward, ``infer`` forward). Layers with a fixed mode keep it. Defaults: bfloat16
-    channels_last on CUDA, float32 contiguous on CPU. ``measure``: see ``tune_model``.
-    Returns ``tune_model``'s rows."""
-    from .bench import tune_model
-    from .layer import BasisConv2d
-
-    if len(tuple(input_shape)) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {tuple(input_shape)}")
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    dtype = dtype or ("bfloat16" if cuda else "float32")
-    layout = layout or ("channels_last" if cuda else "contiguous")
-    rows = tune_model(model, input_shape, device=device, dtype=dtype, layout=layout,
-                      objective=objective, log=log or (lambda *a, **k: None), measure=measure,
-                      **timing)
-    for row in rows:
-        # a skipped shape (CUDA, C_b beyond the kernel): the fused op would run its torch path
-        mode = row["mode"] or "weight"
-        for fqn in row["layers"]:
-            m = model.get_submodule(fqn)
-            if isinstance(m, BasisConv2d) and m.mode == "auto":
-                m.set_resolved(mode, device)
-    return rows

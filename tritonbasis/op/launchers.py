@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import tune_cache
-from ._checks import ConvGeometry, output_memory_format
+from .geometry import ConvGeometry, output_memory_format
 
 _INT32_MAX = 2**31 - 1
 

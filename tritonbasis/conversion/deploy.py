@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..op.reference import basis_conv2d_standard_ops, inverse_permutation, merged_weight
+
 __all__ = [
     "aoti_load",
     "aoti_package",
@@ -65,68 +67,6 @@ def _require(modules: Sequence[str], what: str) -> None:
             f"{what} needs {', '.join(missing)} (not installed): "
             'pip install "tritonbasis[onnx]"'
         )
-
-
-# --------------------------------------------------------------------------------------------
-# The lowering: one basis convolution in standard ops
-
-
-def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
-    """``inv`` with ``inv[perm[c]] = c`` (output channel o is computed channel ``inv[o]``).
-
-    Written as a scatter, not ``argsort``: inside an exported graph the permutation is a
-    constant buffer and ONNX constant folding evaluates a ScatterElements of constants, but it
-    leaves argsort's TopK (two outputs) in the graph to run on every inference."""
-    src = torch.arange(perm.shape[0], dtype=perm.dtype, device=perm.device)
-    return torch.zeros_like(perm).scatter(0, perm, src)
-
-
-def basis_conv2d_standard_ops(
-    x: torch.Tensor,
-    basis: torch.Tensor,
-    coeff: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    keep_basis: bool,
-    perm: torch.Tensor | None = None,
-    merged: bool = False,
-) -> torch.Tensor:
-    """The basis convolution written in standard ops that keep the factorization: a conv over
-    the basis, a 1x1 conv with the coefficients, a concat (keep-basis), the permutation and the
-    bias (see the module docstring). Same function as the op, same FLOPs.
-
-    ``merged=True`` (a layer in ``mode="weight"``): one dense conv whose weight
-    ``[B; coeff.B]`` is computed from the parameters alone, so exporters fold it to a constant.
-    """
-    stride, padding, dilation = list(stride), list(padding), list(dilation)
-    if merged:
-        return F.conv2d(x, merged_weight(basis, coeff, keep_basis, perm), bias, stride, padding,
-                        dilation)
-    z = F.conv2d(x, basis, None, stride, padding, dilation)
-    c_rest = int(coeff.shape[0])
-    if not keep_basis:
-        # computed channel c is output channel perm[c]: permute the rows once (a constant)
-        w = coeff if perm is None else coeff.index_select(0, inverse_permutation(perm))
-        return F.conv2d(z, w[:, :, None, None], bias)
-    y = torch.cat([z, F.conv2d(z, coeff[:, :, None, None])], dim=1) if c_rest else z
-    if perm is not None:
-        y = y.index_select(1, inverse_permutation(perm))
-    if bias is not None:
-        y = y + bias[None, :, None, None]
-    return y
-
-
-def merged_weight(basis: torch.Tensor, coeff: torch.Tensor, keep_basis: bool,
-                  perm: torch.Tensor | None = None) -> torch.Tensor:
-    """``tritonbasis.merged_weight`` (the dense filter bank) with the permutation applied by
-    :func:`inverse_permutation`, so the whole expression folds to a constant in ONNX."""
-    flat = basis.reshape(basis.shape[0], -1)
-    w = (coeff @ flat).reshape(coeff.shape[0], *basis.shape[1:])
-    if keep_basis:
-        w = torch.cat([basis, w], dim=0)
-    return w if perm is None else w.index_select(0, inverse_permutation(perm))
 
 
 def _op_decomposition(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis,
@@ -154,7 +94,7 @@ def decompose(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
 @contextlib.contextmanager
 def _layer_modes(model: nn.Module, mode: str | None):
     """Temporarily set every BasisConv2d's ``mode`` (None: leave them)."""
-    from .layer import BasisConv2d
+    from ..nn.layer import BasisConv2d
 
     if mode is None:
         yield
@@ -266,6 +206,6 @@ def aoti_package(
 def aoti_load(path: str | os.PathLike):
     """Load a package written by :func:`aoti_package` (registers ``torch.ops.tritonbasis.*``
     first, which a package made with ``self_contained=False`` needs). Returns a callable."""
-    from . import ops  # noqa: F401  (registers the op before the package resolves it)
+    from ..op import registry as ops  # noqa: F401  (registers the op before the package resolves it)
 
     return torch._inductor.aoti_load_package(os.fspath(path))

@@ -13,6 +13,12 @@ import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+# Limit of the Triton kernels, known without importing triton: they hold the whole (padded)
+# basis block in one tile, BLOCK_M x BLOCK_CB fp32 accumulators per program. At 256 every
+# forward config spilled registers on sm_90 in the compile tier; 128 compiles clean. Must equal
+# tritonbasis.kernels.configs.MAX_BLOCK_CB (a test checks).
+MAX_BASIS_CHANNELS = 128
+
 
 def pair(v, name: str) -> tuple[int, int]:
     """``int`` or a length-2 sequence of ints -> ``(int, int)``; anything else is a ValueError."""

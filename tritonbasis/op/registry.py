@@ -33,7 +33,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
-from ._checks import ConvGeometry, check_inputs, output_memory_format
+from .geometry import ConvGeometry, check_inputs, output_memory_format
 
 BACKENDS = ("auto", "torch", "triton")
 _state = threading.local()
@@ -87,7 +87,7 @@ def triton_import_error() -> str | None:
 
 def triton_supports(x: torch.Tensor, g: ConvGeometry) -> str | None:
     """None if the Triton kernels can run this call on a GPU, else the reason."""
-    from .kernels_limits import MAX_BASIS_CHANNELS
+    from .geometry import MAX_BASIS_CHANNELS
 
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {x.dtype} (the Triton kernels take float16, bfloat16, float32)"
@@ -119,7 +119,7 @@ def resolve_backend(x: torch.Tensor, g: ConvGeometry) -> str:
     if x.device.type == "cuda":
         return "triton"
     if x.device.type == "cpu":
-        from . import _triton
+        from . import launchers as _triton
 
         if _triton.interpreted():
             return "triton"
@@ -134,7 +134,7 @@ def resolve_backend(x: torch.Tensor, g: ConvGeometry) -> str:
 
 def _impl(x: torch.Tensor, g: ConvGeometry):
     if resolve_backend(x, g) == "triton":
-        from . import _triton
+        from . import launchers as _triton
 
         return _triton
     return reference

@@ -12,10 +12,12 @@ Two things live here, next to each other on purpose (DESIGN.md §3):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from ._checks import ConvGeometry, output_memory_format
+from .geometry import ConvGeometry, output_memory_format
 
 
 def combine(z: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
@@ -42,7 +44,7 @@ def basis_conv2d_reference(
     rest = combine(z, coeff)
     y = torch.cat([z, rest], dim=1) if keep_basis else rest
     if perm is not None:
-        y = y.index_select(1, torch.argsort(perm))
+        y = y.index_select(1, inverse_permutation(perm))
     if bias is not None:
         y = y + bias[None, :, None, None]
     return y
@@ -52,12 +54,13 @@ def merged_weight(
     basis: torch.Tensor, coeff: torch.Tensor, keep_basis: bool, perm: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The dense filter bank ``W`` equal to the basis convolution: ``[B; coeff.B]`` or
-    ``coeff.B`` (weight modification), rows permuted by ``perm`` if given."""
+    ``coeff.B`` (weight modification), rows permuted by ``perm`` if given (computed from the
+    parameters alone, so exporters fold it to a constant)."""
     flat = basis.reshape(basis.shape[0], -1)
     rest = (coeff @ flat).reshape(coeff.shape[0], *basis.shape[1:])
     w = torch.cat([basis, rest], dim=0) if keep_basis else rest
     if perm is not None:
-        w = w.index_select(0, torch.argsort(perm))
+        w = w.index_select(0, inverse_permutation(perm))
     return w
 
 
@@ -67,6 +70,58 @@ def weight_modified(
     """Weight-modification path: build ``W`` (cheap, once per call) and run one dense conv."""
     w = merged_weight(basis, coeff, keep_basis, perm)
     return F.conv2d(x, w, bias, stride, padding, dilation)
+
+
+# --------------------------------------------------------------------------------------------
+# The export lowering: one basis convolution in standard ops that keep the factorization
+# (tritonbasis.conversion.deploy: ONNX, AOTInductor)
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv`` with ``inv[perm[c]] = c`` (output channel o is computed channel ``inv[o]``).
+
+    Written as a scatter, not ``argsort``: inside an exported graph the permutation is a
+    constant buffer and ONNX constant folding evaluates a ScatterElements of constants, but it
+    leaves argsort's TopK (two outputs) in the graph to run on every inference."""
+    src = torch.arange(perm.shape[0], dtype=perm.dtype, device=perm.device)
+    return torch.zeros_like(perm).scatter(0, perm, src)
+
+
+def basis_conv2d_standard_ops(
+    x: torch.Tensor,
+    basis: torch.Tensor,
+    coeff: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    keep_basis: bool,
+    perm: torch.Tensor | None = None,
+    merged: bool = False,
+) -> torch.Tensor:
+    """The basis convolution written in standard ops that keep the factorization: a conv over
+    the basis, a 1x1 conv with the coefficients, a concat (keep-basis), the permutation and the
+    bias (see :mod:`tritonbasis.conversion.deploy`). Same function as the op, same FLOPs.
+
+    ``merged=True`` (a layer in ``mode="weight"``): one dense conv whose weight
+    ``[B; coeff.B]`` is computed from the parameters alone, so exporters fold it to a constant.
+    """
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    if merged:
+        return F.conv2d(x, merged_weight(basis, coeff, keep_basis, perm), bias, stride, padding,
+                        dilation)
+    z = F.conv2d(x, basis, None, stride, padding, dilation)
+    c_rest = int(coeff.shape[0])
+    if not keep_basis:
+        # computed channel c is output channel perm[c]: permute the rows once (a constant)
+        w = coeff if perm is None else coeff.index_select(0, inverse_permutation(perm))
+        return F.conv2d(z, w[:, :, None, None], bias)
+    y = torch.cat([z, F.conv2d(z, coeff[:, :, None, None])], dim=1) if c_rest else z
+    if perm is not None:
+        y = y.index_select(1, inverse_permutation(perm))
+    if bias is not None:
+        y = y + bias[None, :, None, None]
+    return y
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,7 +148,7 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     else:
         y = rest
     if perm is not None:  # one gather here; the Triton kernel permutes in its epilogue store
-        y = y.index_select(1, torch.argsort(perm))
+        y = y.index_select(1, inverse_permutation(perm))
     if bias is not None:
         y.add_(bias[None, :, None, None])
     y = y.contiguous(memory_format=fmt)

@@ -1,0 +1,20 @@
+"""The op layer: one basis convolution, from arguments to kernels.
+
+* :mod:`.geometry` -- argument validation and the one formula for output size and MACs;
+* :mod:`.reference` -- the plain-PyTorch definition (the oracle) and the CPU path;
+* :mod:`.launchers` -- the Triton launchers (grids, configs, workspaces); triton is imported on
+  first use only;
+* :mod:`.tune_cache` -- persisted measurements (fused vs weight timings, autotune results);
+* :mod:`.registry` -- ``torch.ops.tritonbasis.*`` (custom ops, fakes, autograd, FLOP formulas)
+  and the one place that decides which implementation runs.
+
+Imports nothing above it (``tritonbasis.util`` and ``tritonbasis.kernels`` only).
+"""
+
+from . import registry  # registers torch.ops.tritonbasis.*
+from .geometry import MAX_BASIS_CHANNELS, ConvGeometry, check_inputs
+from .reference import basis_conv2d_reference, merged_weight
+from .registry import get_backend, set_backend, use_backend
+
+__all__ = ["MAX_BASIS_CHANNELS", "ConvGeometry", "basis_conv2d_reference", "check_inputs",
+           "get_backend", "merged_weight", "registry", "set_backend", "use_backend"]

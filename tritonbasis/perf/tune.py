@@ -1,0 +1,217 @@
+"""Fused vs weight per layer shape, measured (``tritonbasis tune``, :func:`tritonbasis.tune`).
+
+:func:`tune_model` times ``mode="fused"`` against ``mode="weight"`` for every distinct
+:class:`~tritonbasis.BasisConv2d` call shape of a model (on CUDA this also autotunes the Triton
+kernels), stores the timings in the tuning cache, and :func:`tune` sets each ``mode="auto"``
+layer's resolved mode to the faster one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from ..nn.functional import basis_conv2d, choose_mode
+from ..nn.layer import BasisConv2d
+from ..op import tune_cache
+from ..op.geometry import check_inputs
+from .bench import _fmt, time_call
+
+__all__ = ["layer_geometries", "tune", "tune_cache_disabled", "tune_model"]
+
+
+def layer_geometries(model: torch.nn.Module, input_shape) -> list[tuple[list[str], Any, tuple]]:
+    """The distinct BasisConv2d call shapes of ``model`` at ``input_shape`` ``(N, C, H, W)``:
+    ``[(fqns, first module, its input shape at batch N), ...]``, from one forward at batch 1
+    on the model's device in eval mode (training flags restored)."""
+    shape = tuple(int(s) for s in input_shape)
+    seen: dict[tuple, tuple[list[str], Any, tuple]] = {}
+    hooks = []
+
+    def hook_for(fqn):
+        def hook(m, inp):
+            x = inp[0]
+            in_shape = (shape[0], *x.shape[1:])
+            key = (in_shape, tuple(m.basis.shape), tuple(m.coeff.shape), m.stride, m.padding,
+                   m.dilation, m.keep_basis, m.out_perm is not None, m.bias is not None)
+            if key in seen:
+                seen[key][0].append(fqn)
+            else:
+                seen[key] = ([fqn], m, in_shape)
+        return hook
+
+    for fqn, m in model.named_modules():
+        if isinstance(m, BasisConv2d):
+            hooks.append(m.register_forward_pre_hook(hook_for(fqn)))
+    was_training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, *shape[1:], device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, t in was_training.items():
+            m.training = t
+    return [(fqns, m, in_shape) for fqns, m, in_shape in seen.values()]
+
+
+def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfloat16",
+               layout: str = "channels_last", objective: str = "train",
+               warmup_ms: float = 25.0, rep_ms: float = 100.0, min_reps: int = 10,
+               log=print, measure=None) -> list[dict]:
+    """Pre-tune every distinct BasisConv2d shape of ``model`` at ``input_shape`` on
+    ``device``: run the fused op forward and backward (on CUDA this autotunes the Triton
+    kernels; the best configs land in the tuning cache), time ``mode="fused"`` against
+    ``mode="weight"`` (forward, forward+backward) and store the timings and the faster mode in
+    the cache, which ``mode="auto"`` then uses (``objective``: ``train`` compares
+    forward+backward, ``infer`` forward). Returns one row per shape.
+
+    ``measure(mode, layer, in_shape) -> {"fwd": ms, "fwd+bwd": ms}`` replaces the timer (tests
+    inject one); the default times the call with ``torch.utils.benchmark`` on CPU and
+    :func:`time_call` (CUDA events) on GPU."""
+    from ..op.launchers import source_hash, triton_version
+    from ..op.registry import resolve_backend
+
+    if objective not in ("train", "infer"):
+        raise ValueError(f"objective must be train or infer, got {objective!r}")
+    device = torch.device(device)
+    tdtype = getattr(torch, dtype)
+    fmt = _fmt(layout)
+    dev_name = tune_cache.device_name(device)
+    rows = []
+    for fqns, m, in_shape in layer_geometries(model, input_shape):
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        def mk(*s, scale=1.0, grad=True, gen=gen):
+            t = torch.randn(*s, device=device, dtype=tdtype, generator=gen) * scale
+            return (t.contiguous(memory_format=fmt) if len(s) == 4 else t).requires_grad_(grad)
+
+        xs = [mk(*in_shape) for _ in range(2)]
+        basis = mk(*m.basis.shape, scale=m.basis[0].numel() ** -0.5)
+        coeff = mk(*m.coeff.shape, scale=m.basis.shape[0] ** -0.5)
+        bias = mk(*m.bias.shape) if m.bias is not None else None
+        perm = (torch.randperm(m.out_channels, generator=torch.Generator().manual_seed(0))
+                .to(device) if m.out_perm is not None else None)
+        g = check_inputs(xs[0], basis, coeff, bias, m.stride, m.padding, m.dilation,
+                         m.keep_basis, perm)
+        backend = resolve_backend(xs[0], g)
+        row = {"layers": fqns, "shape": list(in_shape), "C_b": g.C_b, "C_out": g.C_out,
+               "k": g.KH, "stride": g.stride[0], "backend": backend,
+               "flop_model": None, "fused_ms": {}, "weight_ms": {}, "mode": None}
+        if device.type == "cuda" and backend != "triton":
+            row["skipped"] = (f"the fused op runs its torch path here (C_b={g.C_b}); "
+                              "mode='auto' uses weight")
+            rows.append(row)
+            log(f"  {fqns[0]:28s} skipped: {row['skipped']}")
+            continue
+        dys = [torch.randn(g.N, g.C_out, g.Ho, g.Wo, device=device, dtype=tdtype,
+                           generator=gen).contiguous(memory_format=fmt) for _ in range(2)]
+        for mode in ("fused", "weight"):
+            row[f"{mode}_ms"] = (measure(mode, m, tuple(in_shape)) if measure is not None
+                                 else _time_modes(
+                mode, xs, dys, basis, coeff, bias, perm, m, device=device,
+                warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps))
+        key = "fwd+bwd" if objective == "train" else "fwd"
+        row["mode"] = "fused" if row["fused_ms"][key] <= row["weight_ms"][key] else "weight"
+        with tune_cache_disabled():
+            row["flop_model"] = choose_mode(g, device)
+        kernel = ((triton_version(), source_hash()) if backend == "triton" else None)
+        tune_cache.store_timing(dev_name, g, fused_ms=row["fused_ms"],
+                                weight_ms=row["weight_ms"], mode=row["mode"], dtype=dtype,
+                                layout=layout, objective=objective, kernel=kernel,
+                                extra={"layers": fqns})
+        rows.append(row)
+        log(f"  {fqns[0]:28s} x{len(fqns)} {tuple(in_shape)} C_b={g.C_b:<4d} "
+            f"fused {row['fused_ms'][key]:8.3f} ms  weight {row['weight_ms'][key]:8.3f} ms "
+            f"({key}) -> {row['mode']:6s} (FLOP model: {row['flop_model']})")
+    return rows
+
+
+def _time_modes(mode, xs, dys, basis, coeff, bias, perm, m, *, device, warmup_ms, rep_ms,
+                min_reps) -> dict[str, float]:
+    """Medians (ms) of one BasisConv2d call shape in ``mode``: fwd (no grad) and fwd+bwd."""
+    state = {"i": 0}
+    params = [p for p in (basis, coeff, bias) if p is not None]
+
+    def nxt():
+        state["i"] = (state["i"] + 1) % len(xs)
+
+    def f(x):
+        return basis_conv2d(x, basis, coeff, bias, m.stride, m.padding, m.dilation,
+                            m.keep_basis, mode=mode, perm=perm)
+
+    def fwd():
+        with torch.no_grad():
+            f(xs[state["i"]])
+
+    def fb():
+        x = xs[state["i"]]
+        torch.autograd.grad(f(x), [x, *params], dys[state["i"]])
+
+    if torch.device(device).type == "cpu":
+        # CPU: torch.utils.benchmark (thread count pinned, blocked_autorange median); the
+        # input rotation runs inside the timed statement (a dict update, ~0.1 us)
+        from torch.utils.benchmark import Timer
+
+        def timed(fn):
+            fn()  # warm-up (oneDNN primitive creation)
+            t = Timer("nxt(); fn()", globals={"nxt": nxt, "fn": fn},
+                      num_threads=torch.get_num_threads())
+            return t.blocked_autorange(min_run_time=max(rep_ms, 1.0) / 1e3).median * 1e3
+
+        return {d: timed(fn) for d, fn in (("fwd", fwd), ("fwd+bwd", fb))}
+    return {d: time_call(fn, nxt, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                         min_reps=min_reps).median_ms
+            for d, fn in (("fwd", fwd), ("fwd+bwd", fb))}
+
+
+@contextlib.contextmanager
+def tune_cache_disabled():
+    """Temporarily switch the tuning cache off (this thread's process environment)."""
+
+    old = os.environ.get(tune_cache.ENV_ENABLE)
+    os.environ[tune_cache.ENV_ENABLE] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(tune_cache.ENV_ENABLE, None)
+        else:
+            os.environ[tune_cache.ENV_ENABLE] = old
+
+
+def tune(model: torch.nn.Module, input_shape, *, device=None, dtype: str | None = None,
+         layout: str | None = None, objective: str = "train", log=None, measure=None,
+         **timing) -> list[dict]:
+    """Measure fused vs weight for every distinct :class:`~tritonbasis.BasisConv2d` call shape
+    of ``model`` at ``input_shape`` ``(N, C, H, W)`` on ``device`` (default: the model's),
+    store the timings in the tuning cache (:func:`tune_model`) and set each
+    ``mode="auto"`` layer's resolved mode to the faster one (``objective``: ``train`` compares
+    forward+backward, ``infer`` forward). Layers with a fixed mode keep it. Defaults: bfloat16
+    channels_last on CUDA, float32 contiguous on CPU. ``measure``: see ``tune_model``.
+    Returns ``tune_model``'s rows."""
+    if len(tuple(input_shape)) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {tuple(input_shape)}")
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    dtype = dtype or ("bfloat16" if cuda else "float32")
+    layout = layout or ("channels_last" if cuda else "contiguous")
+    rows = tune_model(model, input_shape, device=device, dtype=dtype, layout=layout,
+                      objective=objective, log=log or (lambda *a, **k: None), measure=measure,
+                      **timing)
+    for row in rows:
+        # a skipped shape (CUDA, C_b beyond the kernel): the fused op would run its torch path
+        mode = row["mode"] or "weight"
+        for fqn in row["layers"]:
+            m = model.get_submodule(fqn)
+            if isinstance(m, BasisConv2d) and m.mode == "auto":
+                m.set_resolved(mode, device)
+    return rows
