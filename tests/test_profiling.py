@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,7 +164,7 @@ def test_triton_kernels_have_readable_names():
     code = textwrap.dedent("""
         import triton
         from triton.backends.compiler import GPUTarget
-        import aot  # tools/aot.py (pyproject: pytest's pythonpath)
+        import aot  # tools/aot.py, on PYTHONPATH below
         from tritonbasis.kernels import configs
         for name in ("fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad", "bwd_reduce"):
             c = configs.FIXED[name]
@@ -175,6 +176,8 @@ def test_triton_kernels_have_readable_names():
     """)
     # a process without TRITON_INTERPRET (the interpreter cannot compile)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -70,11 +70,15 @@ class Shape:
 
     @property
     def Ho(self) -> int:
-        return (self.H + 2 * self.padding - self.dilation * (self.KH - 1) - 1) // self.stride + 1
+        from tritonbasis.op.geometry import conv_output_size
+
+        return conv_output_size(self.H, self.KH, self.stride, self.padding, self.dilation)
 
     @property
     def Wo(self) -> int:
-        return (self.W + 2 * self.padding - self.dilation * (self.KW - 1) - 1) // self.stride + 1
+        from tritonbasis.op.geometry import conv_output_size
+
+        return conv_output_size(self.W, self.KW, self.stride, self.padding, self.dilation)
 
     @property
     def C_rest(self) -> int:

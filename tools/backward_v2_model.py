@@ -41,7 +41,9 @@ def ktime(flops, hbm, l2, e_c, l2_binding=True):
 
 
 def model(C_in, H, C_out, k, s, p):
-    Ho = (H + 2 * p - k) // s + 1
+    from tritonbasis.op.geometry import conv_output_size
+
+    Ho = conv_output_size(H, k, s, p)
     M, Min = N * Ho * Ho, N * H * H
     C_b = C_out // 4
     C_rest = C_out - C_b

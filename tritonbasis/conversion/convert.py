@@ -21,7 +21,8 @@ from ..nn.decompose import captured_energy, check_convertible
 from ..nn.layer import BasisConv2d, from_conv
 from ..nn.modes import decide, decide_per_pixel
 from ..nn.spec import BasisSpec
-from ..op.geometry import check_inputs
+from ..op.geometry import check_inputs, dense_macs, forward_macs
+from ..util.probe import module_calls
 from .plan import lookup, normalize_plan
 
 
@@ -117,32 +118,8 @@ def _params(m: nn.Module) -> int:
 
 def _conv_macs_per_pixel(c_in, c_out, k, cb=None, rest=None) -> int:
     if cb is None:
-        return c_out * c_in * k[0] * k[1]
-    return cb * c_in * k[0] * k[1] + rest * cb
-
-
-def _output_pixels(model: nn.Module, input_shape) -> dict[str, tuple[int, tuple]]:
-    """``{fqn: (Ho*Wo, input shape (C, H, W))}`` of every Conv2d for one forward on zeros of
-    ``input_shape`` (batch 1)."""
-    sizes: dict[str, tuple[int, tuple]] = {}
-    hooks = []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d | BasisConv2d):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: sizes.__setitem__(
-                    name, (out.shape[-2] * out.shape[-1], tuple(inp[0].shape[1:])))))
-    p = next(model.parameters(), None)
-    dev = p.device if p is not None else "cpu"
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape[-3:], device=dev))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return sizes
+        return dense_macs(c_in, c_out, *k)
+    return forward_macs(c_in, cb, rest, *k)["fused"]
 
 
 def _resolve(layer: BasisConv2d, in_chw, batch: int, device) -> str:
@@ -202,7 +179,9 @@ def convert(
     _check_exact_names(model, plan)
     if not inplace:
         model = copy.deepcopy(model)
-    probe = _output_pixels(model, input_shape) if input_shape is not None else {}
+    probe = ({f: (c.out_shape[-2] * c.out_shape[-1], c.in_shape) for f, c in
+              module_calls(model, input_shape, (nn.Conv2d, BasisConv2d)).items()}
+             if input_shape is not None else {})
     pixels = {k: v[0] for k, v in probe.items()}
     batch = int(input_shape[0]) if input_shape is not None and len(input_shape) == 4 else 1
     p0 = next(model.parameters(), None)

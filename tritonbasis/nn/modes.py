@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..op import tune_cache
-from ..op.geometry import MAX_BASIS_CHANNELS
+from ..op.geometry import MAX_BASIS_CHANNELS, dense_macs, forward_macs
 
 __all__ = ["CPU_MIN_BASIS", "CPU_SAVED_MACS_X_CB", "FUSED_EFFICIENCY", "MIN_FUSED_PIXELS",
            "decide", "decide_per_pixel", "from_timings"]
@@ -52,7 +52,8 @@ def from_timings(timings) -> str | None:
 
 
 def _macs_pp(C_in, C_b, C_rest, KH, KW, C_out) -> tuple[int, int]:
-    return C_b * C_in * KH * KW + C_rest * C_b, C_out * C_in * KH * KW
+    """MACs per output pixel: (fused, dense)."""
+    return forward_macs(C_in, C_b, C_rest, KH, KW)["fused"], dense_macs(C_in, C_out, KH, KW)
 
 
 def _model(device_type: str, C_in, C_b, C_rest, C_out, KH, KW, pixels) -> str:

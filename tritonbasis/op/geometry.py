@@ -63,10 +63,47 @@ class ConvGeometry:
 
     def macs(self) -> dict[str, int]:
         """Multiply-accumulates of the fused forward and of the dense conv it replaces."""
-        basis = self.pixels * self.C_b * self.C_in * self.KH * self.KW
-        combine = self.pixels * self.C_rest * self.C_b
-        dense = self.pixels * self.C_out * self.C_in * self.KH * self.KW
-        return {"basis": basis, "combine": combine, "fused": basis + combine, "dense": dense}
+        return {**forward_macs(self.C_in, self.C_b, self.C_rest, self.KH, self.KW, self.pixels),
+                "dense": dense_macs(self.C_in, self.C_out, self.KH, self.KW, self.pixels)}
+
+
+# --------------------------------------------------------------------------------------------
+# The formulas: output size and multiply-accumulates. Everything that counts (the op's FLOP
+# formula for FlopCounterMode, the conversion report, the mode decision, the benchmarks, the
+# compile tier) calls these.
+
+
+def conv_output_size(size: int, k: int, stride: int = 1, padding: int = 0,
+                     dilation: int = 1) -> int:
+    """Output length of a convolution along one axis (PyTorch's formula, floor division)."""
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def dense_macs(C_in: int, C_out: int, KH: int, KW: int, pixels: int = 1) -> int:
+    """MACs of a dense ``C_in -> C_out`` KHxKW conv over ``pixels`` output pixels."""
+    return pixels * C_out * C_in * KH * KW
+
+
+def forward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int,
+                 pixels: int = 1) -> dict[str, int]:
+    """MACs of the basis convolution's forward over ``pixels`` output pixels: ``basis`` (the
+    conv over C_b filters), ``combine`` (the ``C_rest x C_b`` coefficient product) and their
+    sum ``fused``."""
+    basis = pixels * C_b * C_in * KH * KW
+    combine = pixels * C_rest * C_b
+    return {"basis": basis, "combine": combine, "fused": basis + combine}
+
+
+def backward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int, pixels: int,
+                  output_mask) -> int:
+    """MACs of the backward for the gradients in ``output_mask`` (x, basis, coeff, bias): dZ
+    (needed by dx and d basis), dx (as cuDNN counts dgrad: the forward conv's MACs), d basis,
+    d coeff. d bias is a sum, no MACs."""
+    need_x, need_b, need_c, _ = output_mask
+    conv = pixels * C_b * C_in * KH * KW
+    combine = pixels * C_rest * C_b
+    return ((combine if (need_x or need_b) else 0) + (conv if need_x else 0)
+            + (conv if need_b else 0) + (combine if need_c else 0))
 
 
 class PermDtypeError(TypeError, ValueError):
@@ -132,10 +169,6 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
         raise ValueError(f"perm must be a permutation of range({C_out}): {why}")
     _PERM_CHECKED[key] = (weakref.ref(perm, lambda _r, k=key: _PERM_CHECKED.pop(k, None)),
                           *state)
-
-
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def check_inputs(
@@ -221,8 +254,8 @@ def check_inputs(
         raise ValueError(f"padding must be >= 0, got {padding}")
     if min(dilation) < 1:
         raise ValueError(f"dilation must be >= 1, got {dilation}")
-    Ho = _out_size(H, KH, stride[0], padding[0], dilation[0])
-    Wo = _out_size(W, KW, stride[1], padding[1], dilation[1])
+    Ho = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    Wo = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
     if Ho < 1 or Wo < 1:
         raise ValueError(
             f"output would be empty: input {H}x{W}, kernel {KH}x{KW}, stride {stride}, "

@@ -33,7 +33,14 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import reference
-from .geometry import ConvGeometry, check_inputs, output_memory_format
+from .geometry import (
+    ConvGeometry,
+    backward_macs,
+    check_inputs,
+    conv_output_size,
+    forward_macs,
+    output_memory_format,
+)
 
 BACKENDS = ("auto", "torch", "triton")
 _state = threading.local()
@@ -298,23 +305,20 @@ basis_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 # FLOP formulas (FlopCounterMode reports basis FLOPs, not dense ones)
 
 
-def _geometry_from_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                          keep_basis) -> dict:
+def _shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation) -> tuple:
+    """``(C_in, C_b, C_rest, KH, KW, output pixels)`` from the op's argument shapes."""
     N, C_in, H, W = x_shape
     C_b, _, KH, KW = basis_shape
-    C_rest = coeff_shape[0]
-    Ho = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
-    Wo = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
-    return dict(P=N * Ho * Wo, Pin=N * H * W, C_in=C_in, C_b=C_b, K=KH * KW, C_rest=C_rest,
-                C_out=C_rest + (C_b if keep_basis else 0))
+    pixels = (N * conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+              * conv_output_size(W, KW, stride[1], padding[1], dilation[1]))
+    return C_in, C_b, coeff_shape[0], KH, KW, pixels
 
 
 def basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
                        keep_basis) -> int:
     """2 x MACs of the fused forward: conv over C_b filters + the (C_rest x C_b) combination."""
-    s = _geometry_from_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                              keep_basis)
-    return 2 * s["P"] * (s["C_b"] * s["C_in"] * s["K"] + s["C_rest"] * s["C_b"])
+    return 2 * forward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding,
+                                     dilation))["fused"]
 
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d)
@@ -326,20 +330,9 @@ def _fwd_flops(x_shape, basis_shape, coeff_shape, bias_shape, perm_shape, stride
 
 def basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
                                 keep_basis, output_mask) -> int:
-    s = _geometry_from_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                              keep_basis)
-    need_x, need_b, need_c, _ = output_mask
-    conv = s["P"] * s["C_b"] * s["C_in"] * s["K"]
-    macs = 0
-    if need_x or need_b:
-        macs += s["P"] * s["C_rest"] * s["C_b"]  # dZ
-    if need_x:
-        macs += conv  # dX (as cuDNN counts dgrad: same MACs as the forward conv)
-    if need_b:
-        macs += conv  # d basis
-    if need_c:
-        macs += s["P"] * s["C_rest"] * s["C_b"]  # d coeff
-    return 2 * macs
+    """2 x MACs of the backward for the gradients in ``output_mask``."""
+    return 2 * backward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding,
+                                      dilation), output_mask)
 
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d_backward)

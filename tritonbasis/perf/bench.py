@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from ..nn.functional import basis_conv2d
 from ..op import reference
-from ..op.geometry import MAX_BASIS_CHANNELS, check_inputs
+from ..op.geometry import MAX_BASIS_CHANNELS, check_inputs, conv_output_size
 from ..util.fileio import atomic_write_text
 
 __all__ = [
@@ -140,10 +140,8 @@ class Case:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        def o(n):
-            return (n + 2 * self.padding - self.dilation * (self.k - 1) - 1) // self.stride + 1
-
-        return o(self.H), o(self.W)
+        return tuple(conv_output_size(n, self.k, self.stride, self.padding, self.dilation)
+                     for n in (self.H, self.W))
 
     def out_elems(self) -> int:
         ho, wo = self.out_hw
@@ -741,27 +739,17 @@ def _e2e_models(width: float, ratio: float, plan, num_classes: int = 10):
 
 
 def _mode_counts(model, input_shape, device) -> dict:
-    """How many BasisConv2d layer calls mode='auto' runs fused / weight at an input of
+    """How many BasisConv2d layers mode='auto' runs fused / weight at an input of
     ``input_shape`` ``(N, C, H, W)`` (the batch matters: the cost model counts pixels)."""
     from ..nn.layer import BasisConv2d
+    from ..util.probe import module_calls
 
+    n = int(input_shape[0])
     counts = {"fused": 0, "weight": 0}
-    hooks = []
-
-    def hook(m, inp):
-        counts[m.resolved_mode(inp[0])] += 1
-
-    for m in model.modules():
-        if isinstance(m, BasisConv2d):
-            hooks.append(m.register_forward_pre_hook(hook))
-    m = model
-    try:
-        m.eval()
-        with torch.no_grad():
-            m(torch.zeros(*input_shape, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
+    for call in module_calls(model, input_shape, (BasisConv2d,)).values():
+        # the decision reads metadata only: a stride-0 view stands in for the batch
+        x = torch.empty(1, device=device).expand(n, *call.in_shape)
+        counts[call.module.resolved_mode(x)] += 1
     return counts
 
 

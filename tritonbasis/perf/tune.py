@@ -18,6 +18,7 @@ from ..nn.functional import basis_conv2d, choose_mode
 from ..nn.layer import BasisConv2d
 from ..op import tune_cache
 from ..op.geometry import check_inputs
+from ..util.probe import module_calls
 from .bench import _fmt, time_call
 
 __all__ = ["layer_geometries", "tune", "tune_cache_disabled", "tune_model"]
@@ -25,39 +26,20 @@ __all__ = ["layer_geometries", "tune", "tune_cache_disabled", "tune_model"]
 
 def layer_geometries(model: torch.nn.Module, input_shape) -> list[tuple[list[str], Any, tuple]]:
     """The distinct BasisConv2d call shapes of ``model`` at ``input_shape`` ``(N, C, H, W)``:
-    ``[(fqns, first module, its input shape at batch N), ...]``, from one forward at batch 1
-    on the model's device in eval mode (training flags restored)."""
-    shape = tuple(int(s) for s in input_shape)
+    ``[(fqns, first module, its input shape at batch N), ...]`` (the shape probe:
+    :func:`tritonbasis.util.probe.module_calls`)."""
+    n = int(tuple(input_shape)[0])
     seen: dict[tuple, tuple[list[str], Any, tuple]] = {}
-    hooks = []
-
-    def hook_for(fqn):
-        def hook(m, inp):
-            x = inp[0]
-            in_shape = (shape[0], *x.shape[1:])
-            key = (in_shape, tuple(m.basis.shape), tuple(m.coeff.shape), m.stride, m.padding,
-                   m.dilation, m.keep_basis, m.out_perm is not None, m.bias is not None)
-            if key in seen:
-                seen[key][0].append(fqn)
-            else:
-                seen[key] = ([fqn], m, in_shape)
-        return hook
-
-    for fqn, m in model.named_modules():
-        if isinstance(m, BasisConv2d):
-            hooks.append(m.register_forward_pre_hook(hook_for(fqn)))
-    was_training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, *shape[1:], device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, t in was_training.items():
-            m.training = t
-    return [(fqns, m, in_shape) for fqns, m, in_shape in seen.values()]
+    for fqn, call in module_calls(model, input_shape, (BasisConv2d,)).items():
+        m = call.module
+        in_shape = (n, *call.in_shape)
+        key = (in_shape, tuple(m.basis.shape), tuple(m.coeff.shape), m.stride, m.padding,
+               m.dilation, m.keep_basis, m.out_perm is not None, m.bias is not None)
+        if key in seen:
+            seen[key][0].append(fqn)
+        else:
+            seen[key] = ([fqn], m, in_shape)
+    return list(seen.values())
 
 
 def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfloat16",

@@ -49,6 +49,7 @@ from ..nn.layer import BasisConv2d
 from ..nn.modes import from_timings
 from ..nn.spec import BasisSpec
 from ..util.fileio import atomic_torch_save, atomic_write_text, content_digest, load_checkpoint
+from ..util.probe import module_calls
 from . import distributed as D
 from .train import TrainConfig, count_macs, count_params, evaluate, measure_step_time, train
 
@@ -353,24 +354,6 @@ def _input_shape(data) -> tuple[int, ...]:
     return tuple(data[0][0].shape)
 
 
-def _layer_inputs(model: nn.Module, shape, fqns) -> dict[str, tuple[int, ...]]:
-    """Per-sample input shape of each conv in ``fqns`` (one forward at batch 1)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [model.get_submodule(f).register_forward_hook(
-        lambda m, i, o, f=f: shapes.__setitem__(f, tuple(i[0].shape[1:]))) for f in fqns]
-    dev = next(model.parameters()).device
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *shape, device=dev))
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
 def _time_fwd_bwd(module: nn.Module, x: torch.Tensor, steps: int) -> float:
     """Median ms of forward+backward of one layer (synchronised on CUDA)."""
     x = x.detach().requires_grad_()
@@ -547,7 +530,7 @@ def sensitivity_search(
     gains = state.get("gains")
     if gains is None:
         log("[3/5] gains: timing dense conv vs basis op per layer shape")
-        in_shapes = _layer_inputs(dense, shape, cands)
+        in_shapes = {f: c.in_shape for f, c in module_calls(dense, shape, fqns=cands).items()}
         converted = _convert_only(dense, cands, spec_obj)
         gains = {}
         for f in bar(cands, desc="timing", unit="layer"):
