@@ -153,6 +153,7 @@ def test_checkpoint_loads_weights_only(tmp_path, digits8):
     r = train(m, data, val_set, cfg, checkpoint_dir=tmp_path, progress=False)
     assert r.checkpoint_path == str(tmp_path / "last.pt")
     ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ck["format"] == "tritonbasis.train/1" and isinstance(ck["sha256"], str)
     assert ck["epoch"] == 1 and ck["global_step"] == r.steps == 4
     assert ck["config"] == cfg.to_dict() and isinstance(ck["config"], dict)
     assert all(torch.equal(ck["model"][k], v) for k, v in m.state_dict().items())
@@ -444,6 +445,10 @@ def test_measure_step_time_leaves_model_alone():
     for k in ("train_step_ms", "infer_ms", "train_step_ms_p20", "infer_ms_p80"):
         assert t[k] > 0, k
     assert t["train_step_ms_p20"] <= t["train_step_ms"] <= t["train_step_ms_p80"]
+    assert t["infer_ms_p20"] <= t["infer_ms"] <= t["infer_ms_p80"]
+    # the one timer (util.timing.time_fn): torch.utils.benchmark on CPU, >= steps timed calls
+    assert t["method"].startswith("torch.utils.benchmark")
+    assert t["train_step_reps"] >= 3 and t["infer_reps"] >= 3
     assert t["input_shape"] == [4, 3, 8, 8] and t["device"] == "cpu"
     assert t["dtype"] == "float32" and t["channels_last"] is False
     json.dumps(t)

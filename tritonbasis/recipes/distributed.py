@@ -50,6 +50,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .evaluation import evaluate
+
 __all__ = ["DDPTraining", "all_gather_object", "broadcast_module", "broadcast_object",
            "check_global_batch", "init", "is_distributed", "is_main", "launched",
            "load_on_main", "main_state", "on_main", "rank", "run_command", "run_probes",
@@ -441,8 +443,6 @@ class DDPTraining:
         ``world_size``-th sample (a DataLoader given instead of a Dataset is evaluated whole
         on every rank)."""
         from torch.utils.data import DataLoader, Subset
-
-        from .train import evaluate
 
         self.sync_buffers(model)
         if isinstance(val_data, DataLoader):
