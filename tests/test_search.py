@@ -11,6 +11,7 @@ import tritonbasis as tb
 from tritonbasis.recipes import search as S
 from tritonbasis.recipes.data import digits
 from tritonbasis.recipes.models import resnet18_cifar
+from tritonbasis.recipes.search import selection
 from tritonbasis.recipes.train import TrainConfig, evaluate, train
 
 
@@ -125,7 +126,8 @@ def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
     cfg = _tiny_config(baseline_epochs=1, probe_steps=2)
     ref = S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
                                out=tmp_path / "a", progress=False, log=lambda *a: None)
-    # second run: killed during the 6th probe
+    # second run: killed during the 6th probe (S._probe: the probe the orchestrator binds and
+    # hands to every stage that probes -- layers, groups, verifications)
     real = S._probe
     calls = {"n": 0}
 
@@ -185,3 +187,44 @@ def test_search_config_validation():
         S.SearchConfig(gain="speed")
     with pytest.raises(ValueError, match="max_drop"):
         S.SearchConfig(max_drop=-1)
+
+
+class _DictState:
+    """The two methods a stage uses of the search state, in memory."""
+
+    def __init__(self):
+        self.stages = {}
+
+    def get(self, key, default=None):
+        return self.stages.get(key, default)
+
+    def put(self, key, value):
+        self.stages[key] = value
+
+
+def test_selection_backs_off_to_a_verified_subset():
+    """The selection stage alone, with a probe passed in: layers alone drop 0.3 pp each but
+    'c' and 'd' together cost 5 pp (an interaction the sum cannot predict). Greedy by score
+    takes a, b, c, d (predicted 1.2 pp <= 2); verification fails until 'd' is dropped; a
+    second run on the same state re-uses the saved verifications instead of probing again."""
+    rows = [{"fqn": f, "probe_drop": 0.3, "score": s, "chosen": False}
+            for f, s in (("a", 4.0), ("b", 3.0), ("c", 2.0), ("d", 1.0))]
+    calls = []
+
+    def probe(fqns, steps):
+        calls.append((sorted(fqns), steps))
+        drop = 0.3 * len(fqns) + (5.0 if {"c", "d"} <= set(fqns) else 0.0)
+        return {"zero_shot_acc": 0.9, "zero_shot_drop": drop, "zero_shot_loss_delta": 0.0,
+                "probe_acc": 0.9, "probe_drop": round(drop, 4), "probe_loss_delta": 0.0}
+
+    cfg = _tiny_config(max_drop=2.0, probe_steps=3, max_backoff=3)
+    state = _DictState()
+    sel = selection.select(rows, probe, cfg, state, log=lambda *a: None)
+    assert sel["chosen"] == ["a", "b", "c"] and sel["backoffs"] == 1
+    assert sel["within_budget"] and sel["verified_drop"] == pytest.approx(0.9)
+    assert sel["predicted_drop"] == pytest.approx(0.9)
+    assert calls == [(["a", "b", "c", "d"], 6), (["a", "b", "c"], 6)]  # 2 x probe_steps
+    assert [v["layers"] for v in state.get("verifications")] == [["a", "b", "c", "d"],
+                                                                 ["a", "b", "c"]]
+    again = selection.select(rows, probe, cfg, state, log=lambda *a: None)
+    assert again == sel and len(calls) == 2

@@ -1,0 +1,174 @@
+"""The search's outputs: :class:`SearchReport` (``report.json``), the plan (``plan.json``),
+``summary.md`` and the PNG plots (``sensitivity.png``, ``tradeoff.png``; matplotlib is
+optional: without it the plots are left out)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ...conversion.plan import save_plan
+from ...util.fileio import atomic_write_text
+
+__all__ = ["SearchReport", "plot", "summary_markdown", "write_outputs"]
+
+
+@dataclass
+class SearchReport:
+    """A search's result, as ``report.json`` holds it: the config and identity it ran under,
+    the baseline, one row per candidate layer (shape, savings, probe drops, timings, mode,
+    score, ``chosen``), the group probes, the zero-shot-vs-probe rank correlation, the
+    selection (with its verifications), the final comparison and the plan."""
+
+    config: dict
+    identity: dict
+    baseline: dict
+    layers: list[dict]
+    groups: list[dict]
+    spearman_zero_shot_vs_probe: float | None
+    selection: dict
+    final: dict
+    plan: dict
+    seconds: float = 0.0
+    world_size: int = 1  # ranks of the (last) run; each probe row says which rank ran it
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @property
+    def chosen(self) -> list[str]:
+        return [r["fqn"] for r in self.layers if r["chosen"]]
+
+    def table(self) -> str:
+        lines = [f"{'layer':28s} {'shape':>15s} {'C_b':>4s} {'zero-shot':>9s} {'probe':>7s} "
+                 f"{'MACs saved':>11s} {'ms saved':>8s} {'runs':>6s}  chosen",
+                 "-" * 103]
+        for r in self.layers:
+            shape = f"{r['C_in']}->{r['C_out']} {r['kernel'][0]}x{r['kernel'][1]}"
+            ts = r.get("time_saved_ms")
+            lines.append(
+                f"{r['fqn'][:28]:28s} {shape:>15s} {r['C_b']:>4d} {r['zero_shot_drop']:>8.2f}p "
+                f"{r['probe_drop']:>6.2f}p {r['macs_saved']:>11,} "
+                f"{'' if ts is None else f'{ts:.3f}':>8s} {r.get('mode') or '':>6s}  "
+                f"{'yes' if r['chosen'] else ''}")
+        lines.append("(drops in percentage points of validation accuracy vs the baseline; "
+                     "runs: the mode a converted layer runs, the faster of fused and weight "
+                     "in the search's timing)")
+        if self.final:
+            lines.append("")
+            lines.append(f"{'model':8s} {'val acc':>8s} {'params':>11s} {'MACs/img':>12s} "
+                         f"{'train step ms':>14s} {'infer ms':>9s}")
+            for name in ("dense", "chosen", "naive"):
+                f = self.final.get(name)
+                if f:
+                    lines.append(f"{name:8s} {100 * f['val_acc']:>7.2f}% {f['params']:>11,} "
+                                 f"{f['macs']:>12,} {f['train_step_ms']:>14.2f} "
+                                 f"{f['infer_ms']:>9.2f}")
+        return "\n".join(lines)
+
+
+def write_outputs(report: SearchReport, out: Path) -> dict[str, Path]:
+    """``report.json``, ``plan.json``, ``summary.md`` and the plots in ``out`` (atomic
+    writes); returns their paths by kind."""
+    out = Path(out)
+    paths = {"report": out / "report.json", "plan": out / "plan.json",
+             "summary": out / "summary.md"}
+    atomic_write_text(paths["report"], report.to_json())
+    save_plan(report.plan, paths["plan"], meta={
+        "source": "tritonbasis search", "max_drop_pp": report.config["max_drop"],
+        "baseline_val_acc": report.baseline["val_acc"], "chosen": report.chosen})
+    atomic_write_text(paths["summary"], summary_markdown(report))
+    with contextlib.suppress(ImportError):  # matplotlib is optional
+        paths.update(plot(report, out))
+    return paths
+
+
+def summary_markdown(report: SearchReport) -> str:
+    b = report.baseline
+    s = report.selection
+    ident = report.identity
+    data = ident.get("data", "?")
+    if isinstance(data, dict):
+        shape = "x".join(map(str, data.get("input_shape", [])[1:]))
+        data = (f"{data.get('name', '?')} ({data.get('train_size', '?')} train / "
+                f"{data.get('val_size', '?')} val, {shape} px)")
+    width = f" width {ident['width']}" if "width" in ident else ""
+    lines = ["# tritonbasis sensitivity search", ""]
+    if not s.get("within_budget", True):
+        lines += [f"> **WARNING: OVER BUDGET.** The chosen plan's verified drop is "
+                  f"{s['verified_drop']:.2f} pp, above the {s['max_drop']} pp budget, after "
+                  f"{s['backoffs']} back-offs (max_backoff). Do not use plan.json as is.", ""]
+    lines += [
+        f"* model: {ident.get('model', ident.get('model_class'))}{width}, data: {data}",
+        f"* spec: {report.config['spec']}, budget: {report.config['max_drop']} pp",
+        f"* baseline val acc {100 * b['val_acc']:.2f}%, {b['params']:,} params, "
+        f"{b['macs']:,} MACs/image",
+        f"* chosen {len(s['chosen'])} of {len(report.layers)} layers; predicted drop "
+        f"{s['predicted_drop']:.2f} pp, verified {s['verified_drop']:.2f} pp, "
+        f"{s['backoffs']} back-offs",
+        f"* zero-shot vs probe ranking (Spearman rho): {report.spearman_zero_shot_vs_probe}",
+        f"* {report.seconds:.0f} s", "",
+        "```", report.table(), "```", "",
+    ]
+    if report.groups:
+        lines += ["| group | layers | probe drop (pp) | sum of its layers' drops |",
+                  "|---|---|---|---|"]
+        lines += [f"| {g['group']} | {len(g['layers'])} | {g['probe_drop']:.2f} | "
+                  f"{g['sum_of_layer_probe_drops']:.2f} |" for g in report.groups]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: SearchReport, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = {}
+    rows = report.layers
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [r["zero_shot_drop"] for r in rows], 0.4,
+               label="zero-shot", color="#bbbbbb")
+        ax.bar([x + 0.2 for x in xs], [r["probe_drop"] for r in rows], 0.4,
+               label=f"probe ({report.config['probe_steps']} steps)",
+               color=["#d62728" if r["chosen"] else "#1f77b4" for r in rows])
+        ax.set_xticks(list(xs), [r["fqn"] for r in rows], rotation=70, ha="right", fontsize=7)
+        ax.set_ylabel("val accuracy drop (pp)")
+        ax.set_yscale("symlog", linthresh=1.0)
+        top = max([r["zero_shot_drop"] for r in rows] + [r["probe_drop"] for r in rows] + [1])
+        ax.set_ylim(top=top * 2)
+        ax.set_title("sensitivity per layer (red: chosen)")
+        ax.legend()
+        fig.tight_layout()
+        paths["sensitivity_png"] = out / "sensitivity.png"
+        fig.savefig(paths["sensitivity_png"], dpi=120)
+        plt.close(fig)
+    if report.final:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for name, color in (("dense", "k"), ("chosen", "#d62728"), ("naive", "#1f77b4")):
+            f = report.final.get(name)
+            if not f:
+                continue
+            for ax, key in zip(axes, ("train_step_ms", "params")):
+                ax.scatter(f[key], 100 * f["val_acc"], c=color, s=60, label=name)
+                ax.annotate(name, (f[key], 100 * f["val_acc"]), textcoords="offset points",
+                            xytext=(5, 5))
+        axes[0].set_xlabel(f"training step time (ms, batch {report.config['time_batch']})")
+        axes[1].set_xlabel("parameters")
+        for ax in axes:
+            ax.set_ylabel("val accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle("accuracy vs cost: dense / chosen / naive")
+        fig.tight_layout()
+        paths["tradeoff_png"] = out / "tradeoff.png"
+        fig.savefig(paths["tradeoff_png"], dpi=120)
+        plt.close(fig)
+    return paths
