@@ -1,14 +1,17 @@
 """The one timer: library timers, not hand-written loops.
 
-* CUDA: :func:`triton.testing.do_bench` (CUDA events, the L2 cache flushed before every call,
-  warm-up and repetitions by time) or :func:`triton.testing.do_bench_cudagraph` (the calls
-  captured in a CUDA graph: no launch overhead in the number);
+* CUDA: :func:`triton.testing.do_bench` (CUDA events around every call, triton's 256 MiB L2
+  flush buffer zeroed before each, warm-up and repetitions sized by time) or
+  :func:`triton.testing.do_bench_cudagraph` (the calls captured in one CUDA graph and the
+  graph replayed: no launch overhead in the number, no L2 flush);
 * CPU (and CUDA without triton): :class:`torch.utils.benchmark.Timer`'s ``blocked_autorange``
   (thread count pinned, blocks of calls until ``min_time_s``, CUDA synchronised).
 
-Every caller (the benchmark harness, ``tritonbasis tune``, the search's per-layer timings, the
-training-step measurement, ``tritonbasis demo``) goes through :func:`time_fn`, so a number in
-one report means what it means in another.
+Every caller (the benchmark harness and its peak measurements, ``tritonbasis tune``, the
+search's per-layer timings, the training-step measurement, ``tritonbasis demo``) goes through
+:func:`time_fn`, so a number in one report means what it means in another. There is no
+per-call setup hook: a caller that rotates inputs (or needs the forward of a backward done
+beforehand) does that inside ``fn`` or before the call.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Timing", "time_fn"]
+__all__ = ["GRAPH_REPLAYS", "Timing", "time_fn"]
+
+# do_bench_cudagraph times this many replays of its one graph (a constant inside triton 3.6
+# and 3.8); time_fn sizes the graph to rep_ms / GRAPH_REPLAYS of calls so a graph timing
+# spends about rep_ms timed, like do_bench.
+GRAPH_REPLAYS = 10
 
 
 @dataclass(frozen=True)
@@ -46,36 +54,74 @@ def _triton_testing():
     return tt
 
 
+def _quantiles(ms, reps: int, method: str) -> Timing:
+    a = np.asarray(ms, dtype=np.float64)
+    p20, med, p80 = np.percentile(a, [20, 50, 80])
+    return Timing(float(med), float(p20), float(p80), int(reps), method)
+
+
 def time_fn(fn: Callable[[], Any], *, device: torch.device | str = "cpu",
             min_time_s: float = 0.2, warmup_ms: float = 25.0, rep_ms: float = 100.0,
-            cuda_graph: bool = False) -> Timing:
+            cuda_graph: bool = False, min_reps: int = 1) -> Timing:
     """Time ``fn()`` (no arguments; rotate inputs inside it if needed).
 
     The first call runs untimed (it autotunes, compiles, picks cuDNN algorithms). CUDA:
-    ``warmup_ms`` / ``rep_ms`` of calls through ``triton.testing`` (``cuda_graph``: graph
-    replays); CPU: blocks of calls for at least ``min_time_s`` through
-    ``torch.utils.benchmark``, the percentiles taken over the blocks' per-call means."""
+    ``warmup_ms`` / ``rep_ms`` of calls through ``triton.testing.do_bench``, at least
+    ``min_reps`` timed calls (a second ``do_bench`` tops a short first one up);
+    ``cuda_graph``: ``do_bench_cudagraph``, a graph of ~``rep_ms / GRAPH_REPLAYS`` of calls
+    replayed ``GRAPH_REPLAYS`` times, each replay one sample (replay time / calls). CPU:
+    blocks of calls for at least ``min_time_s`` through ``torch.utils.benchmark``, at least
+    ``min_reps`` blocks (fewer: re-timed as ``min_reps`` smaller blocks); the percentiles are
+    over the blocks' per-call means."""
     device = torch.device(device)
     fn()  # untimed first call
     tt = _triton_testing() if device.type == "cuda" else None
     if tt is not None:
         with torch.cuda.device(device):
             torch.cuda.synchronize()
-            q = [0.5, 0.2, 0.8]
             if cuda_graph:
-                med, p20, p80 = tt.do_bench_cudagraph(fn, rep=rep_ms, quantiles=q)
-                method = "triton.testing.do_bench_cudagraph"
-            else:
-                med, p20, p80 = tt.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=q)
-                method = "triton.testing.do_bench (CUDA events, L2 flushed)"
-        # do_bench sizes its repetitions from rep_ms; report that count approximately
-        reps = max(1, round(rep_ms / max(med, 1e-6)))
-        return Timing(float(med), float(p20), float(p80), reps, method)
+                return _cuda_graph(tt, fn, rep_ms)
+            return _cuda_events(tt, fn, warmup_ms, rep_ms, min_reps)
+    return _blocked(fn, min_time_s, min_reps, device)
+
+
+def _cuda_events(tt, fn, warmup_ms: float, rep_ms: float, min_reps: int) -> Timing:
+    # return_mode="all": every call's time, so reps is exact and the percentiles are ours
+    ms = list(tt.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all"))
+    for _ in range(3):  # do_bench sizes by time: a call longer than rep_ms gets 1 repetition
+        if len(ms) >= min_reps:
+            break
+        more = (min_reps - len(ms)) * float(np.median(ms)) * 1.25
+        ms += list(tt.do_bench(fn, warmup=0, rep=more, return_mode="all"))
+    return _quantiles(ms, len(ms), "triton.testing.do_bench (CUDA events per call, L2 "
+                                   "flushed before each)")
+
+
+def _cuda_graph(tt, fn, rep_ms: float) -> Timing:
+    rep = rep_ms / GRAPH_REPLAYS
+    ms = list(tt.do_bench_cudagraph(fn, rep=rep, return_mode="all"))
+    # the graph holds int(rep / estimate) calls (triton's rule); the estimate is not returned,
+    # so the count below is the same rule on the measured median
+    calls = max(1, int(rep / max(float(np.median(ms)), 1e-6)))
+    return _quantiles(ms, calls * len(ms),
+                      f"triton.testing.do_bench_cudagraph ({len(ms)} replays of a graph of "
+                      f"~{calls} calls, no L2 flush)")
+
+
+def _blocked(fn, min_time_s: float, min_reps: int, device: torch.device) -> Timing:
     from torch.utils.benchmark import Timer
 
-    m = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_time_s)
-    per_call = np.asarray(m.times, dtype=np.float64) * 1e3
-    return Timing(float(m.median * 1e3), float(np.percentile(per_call, 20)),
-                  float(np.percentile(per_call, 80)), int(len(m.raw_times) * m.number_per_run),
-                  f"torch.utils.benchmark blocked_autorange ({torch.get_num_threads()} threads)")
+    threads = torch.get_num_threads()
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_time_s)
+    per_call, number = list(m.times), m.number_per_run  # seconds per call, one per block
+    if len(per_call) < min_reps:
+        # blocked_autorange sizes blocks for timer overhead <= 0.01%, so a short budget can
+        # end after one block: time min_reps blocks of a min_reps-th of the calls instead
+        # (about the same time again, rather than min_reps - 1 more full blocks)
+        number = max(1, number * len(per_call) // min_reps)
+        per_call = [timer.timeit(number).times[0] for _ in range(min_reps)]
+    n = len(per_call) * number
+    where = "" if device.type == "cpu" else ", CUDA synchronised: triton unavailable"
+    return _quantiles(np.asarray(per_call) * 1e3, n,
+                      f"torch.utils.benchmark blocked_autorange ({threads} threads{where})")
