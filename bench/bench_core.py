@@ -1,5 +1,5 @@
 """First measurement of the fused op (issue: core op), now a preset of the benchmark suite
-(:mod:`tritonbasis.bench`, ``tritonbasis bench``): forward and forward+backward at the
+(:mod:`tritonbasis.perf.bench`, ``tritonbasis bench``): forward and forward+backward at the
 ResNet18-CIFAR 3x3 stride-1 layer shapes, C_b = C_out/4, ``dense_cudnn``, ``unfused_eager``,
 ``weight_mod`` and ``fused`` side by side, no end-to-end timing. Equivalent to
 

@@ -1,7 +1,7 @@
 """The case list shared by ``tritonbasis bench`` (the runner) and the pytest-benchmark tests in
-this folder. The cases, providers and directions live in :mod:`tritonbasis.bench` (the runner
-is installed with the package and cannot import this folder); this module picks the subset the
-pytest-benchmark tests run, from environment variables:
+this folder. The cases, providers and directions live in :mod:`tritonbasis.perf.bench` (the
+runner is installed with the package and cannot import this folder); this module picks the
+subset the pytest-benchmark tests run, from environment variables:
 
 ==============================  =============================================================
 ``TRITONBASIS_BENCH_QUICK``     ``1``: quick CPU-sized cases; ``0``: full; default: quick

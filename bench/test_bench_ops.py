@@ -1,4 +1,4 @@
-"""pytest-benchmark tests over the shared case list (bench/cases.py -> tritonbasis.bench).
+"""pytest-benchmark tests over the shared case list (bench/cases.py -> tritonbasis.perf.bench).
 
 Not part of the test suite (``python -m pytest`` collects only ``tests/``); run explicitly:
 
@@ -7,12 +7,13 @@ Not part of the test suite (``python -m pytest`` collects only ``tests/``); run 
         --benchmark-json bench/results/pytest-benchmark.json
 
 Each test times one (case, C_b, dtype, layout) x provider x direction with
-``benchmark.pedantic`` (setup -- input rotation, and the forward for ``bwd`` -- untimed; CUDA
-synchronised inside the timed call); tests are grouped by case and direction so
+``benchmark.pedantic``: the callable is the runner's own (``Problem.timed``: the input
+rotates inside the call; for ``bwd`` the forward graphs are built once beforehand), with CUDA
+synchronised inside the timed call; tests are grouped by case and direction so
 pytest-benchmark's table puts the providers side by side. Shapes, dtype, layout and the basis
-FLOPs / bytes go into ``extra_info``. ``tritonbasis bench`` is the runner with CUDA events,
-CUDA graphs, the measured roofline and the results files; this is the same work under
-pytest-benchmark's statistics.
+FLOPs / bytes go into ``extra_info``. ``tritonbasis bench`` is the runner with
+``triton.testing.do_bench`` (L2 flushed) / ``do_bench_cudagraph``, the measured roofline and
+the results files; this is the same work under pytest-benchmark's statistics.
 """
 
 from __future__ import annotations
@@ -47,20 +48,16 @@ def _sync():
 def test_basis_conv(benchmark, variant, provider, direction):
     prob = _problem(variant)
     try:
-        setup, fn, _ = prob.runner(provider, direction)
+        fn = prob.timed(provider, direction)
     except tbb.Skip as e:
         pytest.skip(str(e))
     for _ in range(3):  # autotune, cuDNN benchmark, compile: before any timed round
-        setup()
         fn()
     _sync()
 
     def timed():
         fn()
         _sync()
-
-    def round_setup():
-        setup()  # returns nothing: pedantic would read a return value as (args, kwargs)
 
     benchmark.group = f"{variant} {direction}"
     benchmark.extra_info.update({
@@ -69,4 +66,4 @@ def test_basis_conv(benchmark, variant, provider, direction):
         "basis_flops": tbb.basis_flops(variant, direction),
         "basis_bytes": tbb.basis_bytes(variant, direction), "device": str(cases.DEVICE)})
     rounds = 20 if cases.quick() else 50
-    benchmark.pedantic(timed, setup=round_setup, rounds=rounds, warmup_rounds=2, iterations=1)
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=2, iterations=1)

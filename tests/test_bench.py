@@ -1,8 +1,12 @@
 """The benchmark harness in quick mode on the CPU: the results JSON has exactly the issue's
 shape with consistent figures, files are never overwritten, the case list, the Markdown
-ratios, the timer, and the bench / tune CLI. (No timing is asserted: these check the
-instrument, not the speed.)"""
+ratios, the one timer (util.timing.time_fn: torch.utils.benchmark on CPU, triton.testing's
+do_bench / do_bench_cudagraph on CUDA, the latter checked against a stand-in), the providers'
+input rotation, the flags generated from BenchConfig, and the bench / tune CLI. (No timing is
+asserted: these check the instrument, not the speed.)"""
 
+import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -10,6 +14,7 @@ from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +22,8 @@ import tritonbasis as tb
 from tritonbasis.cli import main
 from tritonbasis.op import tune_cache
 from tritonbasis.perf import bench as tbb
+from tritonbasis.util import timing
+from tritonbasis.util.config_args import from_args
 
 TOP_KEYS = {"device", "torch", "triton", "commit", "date", "settings", "records"}
 RECORD_KEYS = {"case", "shape", "dtype", "layout", "direction", "provider", "median_ms",
@@ -109,6 +116,13 @@ def test_quick_figures_follow_from_time_flops_and_measured_peaks(quick_run):
     assert "bfloat16" in peaks["matmul_tflops"]  # the issue's bf16 matmul, always measured
     assert s["fp32_precision"] == "ieee" and s["tf32"] == {"cudnn": True, "matmul": True}
     assert s["compile_mode"] == "default" and s["compile_mode_note"]
+    # every number came from the one timer, torch.utils.benchmark on a CPU
+    assert s["timing"]["timer"] == "tritonbasis.util.timing.time_fn"
+    assert s["timing"]["method"].startswith("torch.utils.benchmark")
+    assert peaks["method"].startswith("torch.utils.benchmark blocked_autorange")
+    # no CUDA graphs on a CPU; the one note: compiled bwd's own graph without buffer donation
+    assert [(n["provider"], n["direction"]) for n in s["notes"]] == [("unfused_compiled", "bwd")]
+    assert "donated_buffer=False" in s["notes"][0]["note"]
     for r in res["records"]:
         if r["case"].startswith("e2e."):
             continue
@@ -201,13 +215,129 @@ def test_case_list_matches_the_issue():
     assert tbb.select_cases("r18.layer4.3x3.512ch.4px")[0].c_b(Fraction(1, 8)) == 64
 
 
-def test_time_call_runs_setup_before_every_call_and_reports_quantiles():
-    order = []
-    t = tbb.time_call(lambda: order.append("f"), lambda: order.append("s"),
-                      device=torch.device("cpu"), warmup_ms=0.1, rep_ms=0.1, min_reps=7)
-    assert order[:2] == ["s", "f"] and order.count("s") == order.count("f")
-    assert all(a == "s" and b == "f" for a, b in zip(order[::2], order[1::2]))
-    assert t.reps >= 7 and t.p20_ms <= t.median_ms <= t.p80_ms and t.method == "perf_counter"
+def test_time_fn_on_cpu_is_torch_benchmark_with_quantiles_and_min_reps():
+    calls = []
+    t = timing.time_fn(lambda: calls.append(1), device="cpu", min_time_s=1e-4, min_reps=7)
+    assert t.method.startswith("torch.utils.benchmark blocked_autorange")
+    assert t.p20_ms <= t.median_ms <= t.p80_ms and t.median_ms > 0
+    # reps counts timed calls: at least min_reps blocks of >= 1 call, plus the untimed first
+    assert t.reps >= 7 and len(calls) >= t.reps + 1
+    assert set(t.to_dict()) == {"median_ms", "p20_ms", "p80_ms", "reps", "method"}
+
+
+class _FakeTritonTesting:
+    """Stands in for triton.testing: records the calls, returns per-call times."""
+
+    def __init__(self, per_call):
+        self.per_call, self.calls = list(per_call), []
+
+    def do_bench(self, fn, warmup, rep, return_mode):
+        self.calls.append(("do_bench", warmup, rep, return_mode))
+        fn()
+        return self.per_call.pop(0)
+
+    def do_bench_cudagraph(self, fn, rep, return_mode):
+        self.calls.append(("do_bench_cudagraph", rep, return_mode))
+        fn()
+        return self.per_call.pop(0)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """time_fn's CUDA branch without a GPU: device context and synchronize are no-ops."""
+    import contextlib
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+
+    def install(per_call):
+        fake = _FakeTritonTesting(per_call)
+        monkeypatch.setattr(timing, "_triton_testing", lambda: fake)
+        return fake
+
+    return install
+
+
+def test_time_fn_on_cuda_is_do_bench_with_every_call_timed(fake_cuda):
+    # a 60 ms call at rep_ms=100: do_bench times 1 call; time_fn tops up to min_reps=4
+    fake = fake_cuda([[60.0], [50.0, 70.0, 80.0]])
+    t = timing.time_fn(lambda: None, device="cuda", warmup_ms=25, rep_ms=100, min_reps=4)
+    assert fake.calls[0] == ("do_bench", 25, 100, "all")
+    assert fake.calls[1][0] == "do_bench" and fake.calls[1][3] == "all"
+    assert fake.calls[1][2] == pytest.approx(3 * 60.0 * 1.25)  # 3 more calls' worth
+    assert t.reps == 4 and t.method.startswith("triton.testing.do_bench (CUDA events")
+    assert (t.p20_ms, t.median_ms, t.p80_ms) == pytest.approx(
+        tuple(np.percentile([60.0, 50.0, 70.0, 80.0], [20, 50, 80])))
+
+
+def test_time_fn_cuda_graph_is_do_bench_cudagraph_over_replays(fake_cuda):
+    replays = [0.01 + 0.001 * i for i in range(timing.GRAPH_REPLAYS)]
+    fake = fake_cuda([replays])
+    t = timing.time_fn(lambda: None, device="cuda", rep_ms=100, cuda_graph=True)
+    # one graph of rep_ms / GRAPH_REPLAYS of calls, replayed GRAPH_REPLAYS times
+    assert fake.calls == [("do_bench_cudagraph", 100 / timing.GRAPH_REPLAYS, "all")]
+    assert t.median_ms == pytest.approx(float(np.median(replays)))
+    calls = int(10.0 / np.median(replays))
+    assert t.reps == calls * timing.GRAPH_REPLAYS
+    assert "do_bench_cudagraph" in t.method and f"~{calls} calls" in t.method
+    assert "no L2 flush" in t.method
+
+
+def test_problem_rotates_inputs_inside_the_timed_call():
+    v = tbb.Variant(tbb.select_cases("quick.3x3.16ch.8px")[0], Fraction(1, 4), "float32",
+                    "contiguous")
+    prob = tbb.Problem(v, "cpu", compile_mode=None, rotate=3)
+    try:
+        for direction in tbb.DIRECTIONS:
+            fn = prob.timed("unfused_eager", direction)
+            seen = []
+            for _ in range(6):
+                fn()
+                seen.append(prob.i)
+            assert sorted(set(seen)) == [0, 1, 2], direction  # every buffer, in turn
+            assert all(b == (a + 1) % 3 for a, b in zip(seen, seen[1:])), direction
+        # bwd runs backward through the forward graph built for that buffer: the gradients
+        # equal a fresh forward + backward on the same buffer (same ops, CPU: bitwise)
+        fn = prob.timed("fused", "bwd")
+        got = fn()
+        i = prob.i
+        f = prob.forward_fn("fused")
+        want = torch.autograd.grad(f(prob.xs[i]), [prob.xs[i], *prob.params("fused")],
+                                   prob.dys[i])
+        assert len(got) == len(want) == 3
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+        with pytest.raises(ValueError, match="unknown direction"):
+            prob.timed("fused", "sideways")
+    finally:
+        prob.release()
+    assert prob._held == []
+
+
+def test_bench_flags_are_the_config_defaults():
+    p = argparse.ArgumentParser()
+    tbb.add_arguments(p)
+    args = p.parse_args([])
+    assert from_args(tbb.BenchConfig, args) == tbb.BenchConfig()
+    args = p.parse_args(["--quick", "--dtype", "all", "--layout", "contiguous", "--tf32", "off",
+                         "--no-e2e", "--cuda-graphs", "off", "--rep-ms", "3", "--e2e-steps",
+                         "2", "--compile-mode", "none"])
+    cfg = from_args(tbb.BenchConfig, args)
+    assert cfg == tbb.BenchConfig(quick=True, dtypes="all", layouts="contiguous", tf32=False,
+                                  e2e=False, cuda_graphs="off", rep_ms=3.0, e2e_steps=2,
+                                  compile_mode="none")
+    r = tbb.resolve(dataclasses.replace(cfg, device="cpu"))
+    assert r.dtypes == list(tbb.DTYPES) and r.layouts == ["contiguous"]
+    assert r.compile_mode is None and r.rep_ms == 3.0 and r.warmup_ms == 5.0
+    assert r.cases == tbb.GROUPS["quick"] and r.ratios == [Fraction(1, 4)]
+    assert from_args(tbb.BenchConfig, p.parse_args(["--e2e-only"])).ops is False
+    with pytest.raises(ValueError, match="not both"):
+        tbb.resolve(tbb.BenchConfig(e2e=False, ops=False, device="cpu"))
+    # Python callers may pass lists where the command line takes comma lists
+    r = tbb.resolve(tbb.BenchConfig(device="cpu", cases=["quick.1x1s2.16to32.8px"],
+                                    ratios=[0.5, Fraction(1, 8)], dtypes=["float32"]))
+    assert [c.name for c in r.cases] == ["quick.1x1s2.16to32.8px"]
+    assert r.ratios == [Fraction(1, 2), Fraction(1, 8)] and r.dtypes == ["float32"]
 
 
 def test_bench_cli_help_and_list(capsys):

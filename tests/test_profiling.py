@@ -137,14 +137,23 @@ def test_profile_cli_writes_trace_naming_the_layers(tmp_path, capsys, one_thread
     rows = {r["layer"]: r for r in summary["layer_table"]}
     assert all(rows[f]["calls"] == 2 and rows[f]["cpu_ms"] > 0 for f in layers)
     assert summary["steps"] == 2 and summary["files"]["trace"].endswith("trace.json")
+    # the step time comes from the one timer, outside the profiled steps
+    assert summary["step_ms"] > 0 and summary["step_ms"] == summary["step_timing"]["median_ms"]
+    assert summary["step_timing"]["method"].startswith("torch.utils.benchmark")
+    assert "ms/step without the profiler" in printed
 
 
 def test_profile_without_trace_runs_steps(tmp_path):
     model = nn.Sequential(tb.BasisConv2d(3, 8, 3, 4, padding=1), nn.Flatten(),
                           nn.Linear(8 * 4 * 4, 5))
-    s = profiling.profile_training(model, (2, 3, 4, 4), steps=1, warmup=0, device="cpu",
+    calls = []
+    model[0].register_forward_hook(lambda *a: calls.append(1))  # deep-copied with the model
+    s = profiling.profile_training(model, (2, 3, 4, 4), steps=3, warmup=1, device="cpu",
                                    trace=False, out_dir=tmp_path / "p", log=lambda *a: None)
-    assert s["files"] == {} and s["step_ms"] > 0 and s["layers"] == ["0"]
+    assert s["files"] == {} and s["layers"] == ["0"]
+    # exactly warmup + steps training steps (+ the one forward that reads the class count):
+    # nothing else runs for an external profiler to see, so no in-process timing either
+    assert len(calls) == 1 + 1 + 3 and s["step_ms"] is None
     assert not (tmp_path / "p" / "trace.json").exists()
     with pytest.raises(ValueError, match="steps"):
         profiling.profile_training(model, (2, 3, 4, 4), steps=0, out_dir=tmp_path / "p")

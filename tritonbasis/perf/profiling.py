@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 
 from ..util.ranges import layer_range
+from ..util.timing import time_fn
 
 __all__ = ["KERNEL_NAMES", "layer_range", "name_layers", "profile_training"]
 
@@ -96,13 +96,14 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
     ``trace.json`` (Chrome trace: chrome://tracing or https://ui.perfetto.dev), ``ops.txt``
     (top ops by self time), ``layers.txt`` (per-layer range times), ``kernels.txt`` (GPU
     kernels by total time, CUDA only) and ``summary.json`` (the same tables as JSON).
-    ``trace=False`` runs the steps without torch.profiler, for an external profiler (nsys,
-    ncu) -- use ``nvtx=True`` then, so the layers and steps carry NVTX ranges.
+    ``trace=False`` runs exactly ``warmup + steps`` steps without torch.profiler, for an
+    external profiler (nsys, ncu) -- use ``nvtx=True`` then, so the layers and steps carry
+    NVTX ranges; nothing else runs (so ``step_ms`` is None: the external tool's timeline is
+    the measurement).
 
-    Returns the summary dict (paths, tables, per-step wall time)."""
-    import copy
-
-    import torch.nn.functional as F
+    With ``trace=True``, ``step_ms`` (and ``step_timing``) is the step time measured by
+    :func:`tritonbasis.util.timing.time_fn` after the warm-up and before the profiled steps,
+    without the profiler's overhead. Returns the summary dict (paths, tables, step time)."""
     from torch.profiler import ProfilerActivity, profile
 
     if not isinstance(steps, int) or steps < 1:
@@ -119,6 +120,88 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
         raise ValueError(f"out_dir {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
+    m, step = _training_step(model, shape, device, use_amp, nvtx, lr)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    summary: dict[str, Any] = {"device": str(device), "input_shape": list(shape),
+                               "steps": steps, "warmup": warmup,
+                               "amp": "bf16 autocast + channels_last" if use_amp else "off",
+                               "nvtx": nvtx, "torch": torch.__version__}
+    with name_layers(m, nvtx=nvtx) as fqns:
+        summary["layers"] = fqns
+        for i in range(warmup):  # autotune, cuDNN benchmark, allocator warm-up: not profiled
+            step(-1 - i)
+        sync()
+        if not trace:
+            for i in range(steps):
+                step(i)
+            sync()
+            summary["step_ms"] = None
+            summary["files"] = {}
+            log(f"ran {steps} steps without torch.profiler ({len(fqns)} BasisConv2d layers"
+                f"{' with NVTX ranges' if nvtx else ''}); timings: the external profiler's")
+            return summary
+        # the step time without the profiler's overhead, from the one timer (its runs are
+        # not in the trace); step(None): no NVTX step range, so train_step#i are the profiled
+        t = time_fn(lambda: step(None), device=device)
+        summary["step_ms"], summary["step_timing"] = t.median_ms, t.to_dict()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities, record_shapes=False) as prof:
+            for i in range(steps):
+                step(i)
+                prof.step()
+            sync()
+
+    tables = _write_outputs(prof, out, summary, fqns, steps, cuda, row_limit)
+    log(f"profiled {steps} training steps of {shape} on {device} "
+        f"({summary['amp']}); {summary['step_ms']:.2f} ms/step without the profiler "
+        f"({t.method})")
+    _log_tables(log, summary, tables, row_limit)
+    return summary
+
+
+def _write_outputs(prof, out: Path, summary: dict, fqns: list[str], steps: int, cuda: bool,
+                   row_limit: int) -> dict[str, str]:
+    """trace.json, the op / layer / kernel tables (.txt) and summary.json into ``out``;
+    ``summary`` gains the tables and file paths. Returns the tables' text."""
+    trace_path = out / "trace.json"
+    prof.export_chrome_trace(str(trace_path))
+    sort_by = _sort_key() if cuda else "self_cpu_time_total"
+    tables = {"ops": prof.key_averages().table(sort_by=sort_by, row_limit=row_limit,
+                                               max_name_column_width=72)}
+    layer_rows, kernel_rows = _trace_tables(trace_path, fqns, steps)
+    tables["layers"] = _table(layer_rows, [("layer", "BasisConv2d (FQN)", ""),
+                                           ("calls", "calls", "d"),
+                                           ("cpu_ms_per_step", "CPU ms/step", ".3f"),
+                                           ("gpu_ms_per_step", "GPU ms/step", ".3f")])
+    if cuda:
+        tables["kernels"] = _table(kernel_rows[:row_limit], [("kernel", "GPU kernel", ""),
+                                                             ("calls", "calls", "d"),
+                                                             ("ms_per_step", "ms/step", ".3f"),
+                                                             ("pct", "% GPU", ".1f")])
+    files = {"trace": str(trace_path), "summary": str(out / "summary.json")}
+    for name, text in tables.items():
+        (out / f"{name}.txt").write_text(text + "\n")
+        files[name] = str(out / f"{name}.txt")
+    summary.update({"files": files, "sort_by": sort_by, "layer_table": layer_rows,
+                    "kernel_table": kernel_rows[:200],
+                    "tritonbasis_kernels_seen": sorted({r["kernel"] for r in kernel_rows
+                                                        if r["tritonbasis"]})})
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return tables
+
+
+def _training_step(model, shape, device, use_amp: bool, nvtx: bool, lr: float):
+    """(a copy of ``model`` on ``device``, ``step(i)``): one training step (forward,
+    cross-entropy on fixed random labels, backward, SGD with momentum) on a fixed random
+    batch; ``step(i)`` with an int runs inside the NVTX range ``train_step#i`` when ``nvtx``."""
+    import copy
+
+    import torch.nn.functional as F
+
     m = copy.deepcopy(model).to(device)
     fmt = torch.channels_last if use_amp else torch.contiguous_format
     if use_amp:
@@ -132,14 +215,11 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
     opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9)
     m.train()
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    def step(i: int):
+    def step(i: int | None):
         ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if use_amp
                else contextlib.nullcontext())
-        if nvtx:
+        ranged = nvtx and i is not None
+        if ranged:
             torch.cuda.nvtx.range_push(f"train_step#{i}")
         try:
             opt.zero_grad(set_to_none=True)
@@ -148,46 +228,16 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
             loss.backward()
             opt.step()
         finally:
-            if nvtx:
+            if ranged:
                 torch.cuda.nvtx.range_pop()
 
-    summary: dict[str, Any] = {"device": str(device), "input_shape": list(shape),
-                               "steps": steps, "warmup": warmup,
-                               "amp": "bf16 autocast + channels_last" if use_amp else "off",
-                               "nvtx": nvtx, "torch": torch.__version__}
-    with name_layers(m, nvtx=nvtx) as fqns:
-        summary["layers"] = fqns
-        for i in range(warmup):  # autotune, cuDNN benchmark, allocator warm-up: not profiled
-            step(-1 - i)
-        sync()
-        if not trace:
-            t0 = time.perf_counter()
-            for i in range(steps):
-                step(i)
-            sync()
-            summary["step_ms"] = (time.perf_counter() - t0) * 1e3 / steps
-            summary["files"] = {}
-            log(f"ran {steps} steps without torch.profiler: {summary['step_ms']:.2f} ms/step "
-                f"({len(fqns)} BasisConv2d layers{' with NVTX ranges' if nvtx else ''})")
-            return summary
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        t0 = time.perf_counter()
-        with profile(activities=activities, record_shapes=False) as prof:
-            for i in range(steps):
-                step(i)
-                prof.step()
-            sync()
-        summary["step_ms"] = (time.perf_counter() - t0) * 1e3 / steps  # with profiler overhead
+    return m, step
 
-    trace_path = out / "trace.json"
-    prof.export_chrome_trace(str(trace_path))
-    sort_by = _sort_key() if cuda else "self_cpu_time_total"
-    ops_table = prof.key_averages().table(sort_by=sort_by, row_limit=row_limit,
-                                          max_name_column_width=72)
 
-    # Tables from the exported trace (what a trace viewer shows): per layer, the CPU time of
-    # its record_function range ("user_annotation") and the GPU time of the mirrored range
-    # ("gpu_user_annotation", newer torch); per GPU kernel / memcpy / memset, its time.
+def _trace_tables(trace_path: Path, fqns: list[str], steps: int) -> tuple[list, list]:
+    """Tables from the exported trace (what a trace viewer shows): per layer, the CPU time of
+    its record_function range ("user_annotation") and the GPU time of the mirrored range
+    ("gpu_user_annotation", newer torch); per GPU kernel / memcpy / memset, its time."""
     data = json.loads(trace_path.read_text())
     events = data.get("traceEvents", []) if isinstance(data, dict) else data
     names = set(fqns)
@@ -217,39 +267,19 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
         r["ms_per_step"] = r["total_ms"] / steps
         r["pct"] = 100.0 * r["total_ms"] / total_gpu if total_gpu else None
         r["tritonbasis"] = r["kernel"] in KERNEL_NAMES
-    layers_table = _table(layer_rows, [("layer", "BasisConv2d (FQN)", ""),
-                                       ("calls", "calls", "d"),
-                                       ("cpu_ms_per_step", "CPU ms/step", ".3f"),
-                                       ("gpu_ms_per_step", "GPU ms/step", ".3f")])
-    kernels_table = _table(kernel_rows[:row_limit], [("kernel", "GPU kernel", ""),
-                                                     ("calls", "calls", "d"),
-                                                     ("ms_per_step", "ms/step", ".3f"),
-                                                     ("pct", "% GPU", ".1f")])
-    files = {"trace": str(trace_path), "ops": str(out / "ops.txt"),
-             "layers": str(out / "layers.txt"), "summary": str(out / "summary.json")}
-    (out / "ops.txt").write_text(ops_table + "\n")
-    (out / "layers.txt").write_text(layers_table + "\n")
-    if cuda:
-        files["kernels"] = str(out / "kernels.txt")
-        (out / "kernels.txt").write_text(kernels_table + "\n")
-    summary.update({"files": files, "sort_by": sort_by, "layer_table": layer_rows,
-                    "kernel_table": kernel_rows[:200],
-                    "tritonbasis_kernels_seen": sorted({r["kernel"] for r in kernel_rows
-                                                        if r["tritonbasis"]})})
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return layer_rows, kernel_rows
 
-    log(f"profiled {steps} training steps of {shape} on {device} "
-        f"({summary['amp']}): {summary['step_ms']:.2f} ms/step under the profiler")
+
+def _log_tables(log, summary: dict, tables: dict[str, str], row_limit: int) -> None:
     log("")
-    log(f"ops by {sort_by} (top {row_limit}):")
-    log(ops_table)
-    if cuda:
+    log(f"ops by {summary['sort_by']} (top {row_limit}):")
+    log(tables["ops"])
+    if "kernels" in tables:
         log(f"GPU kernels by total time (top {row_limit}; tritonbasis kernels: "
             f"{', '.join(summary['tritonbasis_kernels_seen']) or 'none'}):")
-        log(kernels_table)
+        log(tables["kernels"])
         log("")
     log("BasisConv2d layers (forward ranges named by FQN):")
-    log(layers_table if layer_rows else "  (no BasisConv2d layers in this model)")
+    log(tables["layers"] if summary["layer_table"] else "  (no BasisConv2d layers in this model)")
     log("")
-    log("files: " + ", ".join(f"{k}={v}" for k, v in files.items()))
-    return summary
+    log("files: " + ", ".join(f"{k}={v}" for k, v in summary["files"].items()))

@@ -19,7 +19,8 @@ from ..nn.layer import BasisConv2d
 from ..op import tune_cache
 from ..op.geometry import check_inputs
 from ..util.probe import module_calls
-from .bench import _fmt, time_call
+from ..util.timing import time_fn
+from .bench.providers import memory_format
 
 __all__ = ["layer_geometries", "tune", "tune_cache_disabled", "tune_model"]
 
@@ -54,8 +55,9 @@ def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfl
     forward+backward, ``infer`` forward). Returns one row per shape.
 
     ``measure(mode, layer, in_shape) -> {"fwd": ms, "fwd+bwd": ms}`` replaces the timer (tests
-    inject one); the default times the call with ``torch.utils.benchmark`` on CPU and
-    :func:`time_call` (CUDA events) on GPU."""
+    inject one); the default times the call with :func:`tritonbasis.util.timing.time_fn`
+    (``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on GPU; ``min_reps``: at
+    least that many timed calls on GPU, blocks on CPU)."""
     from ..op.launchers import source_hash, triton_version
     from ..op.registry import resolve_backend
 
@@ -63,25 +65,13 @@ def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfl
         raise ValueError(f"objective must be train or infer, got {objective!r}")
     device = torch.device(device)
     tdtype = getattr(torch, dtype)
-    fmt = _fmt(layout)
+    fmt = memory_format(layout)
     dev_name = tune_cache.device_name(device)
     rows = []
     for fqns, m, in_shape in layer_geometries(model, input_shape):
-        gen = torch.Generator(device=device).manual_seed(0)
-
-        def mk(*s, scale=1.0, grad=True, gen=gen):
-            t = torch.randn(*s, device=device, dtype=tdtype, generator=gen) * scale
-            return (t.contiguous(memory_format=fmt) if len(s) == 4 else t).requires_grad_(grad)
-
-        xs = [mk(*in_shape) for _ in range(2)]
-        basis = mk(*m.basis.shape, scale=m.basis[0].numel() ** -0.5)
-        coeff = mk(*m.coeff.shape, scale=m.basis.shape[0] ** -0.5)
-        bias = mk(*m.bias.shape) if m.bias is not None else None
-        perm = (torch.randperm(m.out_channels, generator=torch.Generator().manual_seed(0))
-                .to(device) if m.out_perm is not None else None)
-        g = check_inputs(xs[0], basis, coeff, bias, m.stride, m.padding, m.dilation,
-                         m.keep_basis, perm)
-        backend = resolve_backend(xs[0], g)
+        t = _layer_tensors(m, in_shape, device, tdtype, fmt)
+        g = t["g"]
+        backend = resolve_backend(t["xs"][0], g)
         row = {"layers": fqns, "shape": list(in_shape), "C_b": g.C_b, "C_out": g.C_out,
                "k": g.KH, "stride": g.stride[0], "backend": backend,
                "flop_model": None, "fused_ms": {}, "weight_ms": {}, "mode": None}
@@ -91,13 +81,11 @@ def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfl
             rows.append(row)
             log(f"  {fqns[0]:28s} skipped: {row['skipped']}")
             continue
-        dys = [torch.randn(g.N, g.C_out, g.Ho, g.Wo, device=device, dtype=tdtype,
-                           generator=gen).contiguous(memory_format=fmt) for _ in range(2)]
         for mode in ("fused", "weight"):
             row[f"{mode}_ms"] = (measure(mode, m, tuple(in_shape)) if measure is not None
                                  else _time_modes(
-                mode, xs, dys, basis, coeff, bias, perm, m, device=device,
-                warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps))
+                mode, t["xs"], t["dys"], t["basis"], t["coeff"], t["bias"], t["perm"], m,
+                device=device, warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps))
         key = "fwd+bwd" if objective == "train" else "fwd"
         row["mode"] = "fused" if row["fused_ms"][key] <= row["weight_ms"][key] else "weight"
         with tune_cache_disabled():
@@ -114,41 +102,55 @@ def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfl
     return rows
 
 
+def _layer_tensors(m, in_shape, device, tdtype, fmt) -> dict[str, Any]:
+    """Random inputs (two rotating x / dY buffers), weights, bias and permutation of one
+    layer call shape, and its checked geometry ``g``."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def mk(*s, scale=1.0, grad=True):
+        t = torch.randn(*s, device=device, dtype=tdtype, generator=gen) * scale
+        return (t.contiguous(memory_format=fmt) if len(s) == 4 else t).requires_grad_(grad)
+
+    xs = [mk(*in_shape) for _ in range(2)]
+    basis = mk(*m.basis.shape, scale=m.basis[0].numel() ** -0.5)
+    coeff = mk(*m.coeff.shape, scale=m.basis.shape[0] ** -0.5)
+    bias = mk(*m.bias.shape) if m.bias is not None else None
+    perm = (torch.randperm(m.out_channels, generator=torch.Generator().manual_seed(0))
+            .to(device) if m.out_perm is not None else None)
+    g = check_inputs(xs[0], basis, coeff, bias, m.stride, m.padding, m.dilation, m.keep_basis,
+                     perm)
+    dys = [mk(g.N, g.C_out, g.Ho, g.Wo, grad=False) for _ in range(2)]
+    return {"xs": xs, "dys": dys, "basis": basis, "coeff": coeff, "bias": bias, "perm": perm,
+            "g": g}
+
+
 def _time_modes(mode, xs, dys, basis, coeff, bias, perm, m, *, device, warmup_ms, rep_ms,
                 min_reps) -> dict[str, float]:
-    """Medians (ms) of one BasisConv2d call shape in ``mode``: fwd (no grad) and fwd+bwd."""
+    """Medians (ms) of one BasisConv2d call shape in ``mode``: fwd (no grad) and fwd+bwd, each
+    call on the next of the rotating inputs (a dict update inside the timed call, ~0.1 us)."""
     state = {"i": 0}
     params = [p for p in (basis, coeff, bias) if p is not None]
 
-    def nxt():
+    def nxt() -> int:
         state["i"] = (state["i"] + 1) % len(xs)
+        return state["i"]
 
     def f(x):
         return basis_conv2d(x, basis, coeff, bias, m.stride, m.padding, m.dilation,
                             m.keep_basis, mode=mode, perm=perm)
 
     def fwd():
+        x = xs[nxt()]
         with torch.no_grad():
-            f(xs[state["i"]])
+            f(x)
 
     def fb():
-        x = xs[state["i"]]
-        torch.autograd.grad(f(x), [x, *params], dys[state["i"]])
+        i = nxt()
+        torch.autograd.grad(f(xs[i]), [xs[i], *params], dys[i])
 
-    if torch.device(device).type == "cpu":
-        # CPU: torch.utils.benchmark (thread count pinned, blocked_autorange median); the
-        # input rotation runs inside the timed statement (a dict update, ~0.1 us)
-        from torch.utils.benchmark import Timer
-
-        def timed(fn):
-            fn()  # warm-up (oneDNN primitive creation)
-            t = Timer("nxt(); fn()", globals={"nxt": nxt, "fn": fn},
-                      num_threads=torch.get_num_threads())
-            return t.blocked_autorange(min_run_time=max(rep_ms, 1.0) / 1e3).median * 1e3
-
-        return {d: timed(fn) for d, fn in (("fwd", fwd), ("fwd+bwd", fb))}
-    return {d: time_call(fn, nxt, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                         min_reps=min_reps).median_ms
+    # CPU: blocks of calls for >= rep_ms (>= 1 ms), as the search's per-layer timings
+    return {d: time_fn(fn, device=device, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                       min_time_s=max(rep_ms, 1.0) / 1e3, min_reps=min_reps).median_ms
             for d, fn in (("fwd", fwd), ("fwd+bwd", fb))}
 
 
