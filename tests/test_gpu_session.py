@@ -104,6 +104,8 @@ def test_part4_quick_driver_runs_ncu_skipped(tmp_path):
         log = tf.extractfile("part4/driver_128ch16px.log").read().decode()
     rec = json.loads(log.splitlines()[-1])
     assert rec["rel_err_vs_fp64"] < 1e-4 and rec["reps"] > 0
+    assert rec["method"].startswith("torch.utils.benchmark")  # the one timer, on a CPU
+    assert rec["p20_ms"] <= rec["median_ms"] <= rec["p80_ms"]
 
 
 @needs_no_cuda
@@ -169,12 +171,47 @@ def test_ncu_summary_reads_raw_csv(tmp_path):
         '"0","basis_conv_fwd_kernel","61.5","48.25","1000"',
     ]
     (tmp_path / "ncu_128ch16px_raw.log").write_text("\n".join(rows) + "\n")
-    assert gs.cmd_ncu_summary(str(tmp_path)) == 0
+    assert gs.tools.cmd_ncu_summary(str(tmp_path)) == 0
     out = json.loads((tmp_path / "ncu_summary.json").read_text())
     (k,) = out["ncu_128ch16px_raw"]
     assert k["kernel"] == "basis_conv_fwd_kernel"
     assert k["metrics"] == {"dram__throughput.avg.pct_of_peak_sustained_elapsed": "61.5 %",
                             "lts__throughput.avg.pct_of_peak_sustained_elapsed": "48.25 %"}
+
+
+@pytest.mark.parametrize("part", [1, 2, 3])
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_every_bench_step_parses_with_the_bench_flags(part, quick, tmp_path):
+    """The bench flags are generated from BenchConfig: every `tritonbasis bench` command of
+    every part (full and dry run) must still parse, to the config it meant."""
+    import argparse
+    import dataclasses
+
+    from tritonbasis.perf import bench as tbb
+    from tritonbasis.util.config_args import from_args
+
+    gs.tools.cmd_write_plan(str(tmp_path / "plan_layer234.json"))  # part 3's --plan file
+    seen = 0
+    for st in gs.steps_for(part, tmp_path, quick):
+        cmd = st.quick_cmd if quick and st.quick_cmd is not None else st.cmd
+        if cmd[1:4] != ["-m", "tritonbasis", "bench"]:
+            continue
+        p = argparse.ArgumentParser()
+        tbb.add_arguments(p)
+        cfg = from_args(tbb.BenchConfig, p.parse_args(cmd[4:]))
+        assert cfg.out.startswith(str(tmp_path)), st.name
+        tbb.resolve(dataclasses.replace(cfg, device="cpu"))  # every choice is valid
+        seen += 1
+    assert seen >= 1
+
+
+def test_helper_commands_usage():
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_session_tools.py")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_session_tools.py"), "env"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "usage" in r.stderr
 
 
 def test_usage_errors():
@@ -209,9 +246,9 @@ def test_install_falls_back_to_a_copy_when_pip_fails(tmp_path, monkeypatch):
     """pip install -e needs setuptools >= 77 where it runs; without it the package is copied
     (kernels/ as tritonbasis/kernels) and that copy imports."""
     shim = tmp_path / "site"
-    monkeypatch.setattr(gs, "SHIM", shim)
-    monkeypatch.setattr(gs, "_pip_install", lambda: 1)
-    assert gs.cmd_install(force=True) == 0
+    monkeypatch.setattr(gs.tools, "SHIM", shim)
+    monkeypatch.setattr(gs.tools, "_pip_install", lambda: 1)
+    assert gs.tools.cmd_install(force=True) == 0
     assert (shim / "tritonbasis" / "kernels" / "forward.py").is_file()
     r = subprocess.run([sys.executable, "-c", "import tritonbasis.kernels as k; print(k.__file__)"],
                        cwd="/", capture_output=True, text=True, timeout=120,
