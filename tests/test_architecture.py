@@ -143,3 +143,15 @@ def test_modules_stay_readable(mod):
     n = len(MODULES[mod].read_text().splitlines())
     assert n <= MAX_LINES, f"{mod} has {n} lines (> {MAX_LINES}): split it where the pieces " \
                            "have names"
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists the packages (kernels/ is mapped in); a new subpackage missing
+    there is left out of wheels while editable installs and the tests still work."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(("tritonbasis", *p.parent.relative_to(PKG).parts))
+               for p in PKG.rglob("__init__.py")} | {"tritonbasis.kernels"}
+    assert listed == on_disk, (f"missing: {sorted(on_disk - listed)}, "
+                               f"stale: {sorted(listed - on_disk)}")
