@@ -86,3 +86,107 @@ def test_report_states_captured_energy_per_layer():
     # ratio specs report what they capture too (below the threshold they were not asked for)
     _, rep = tb.convert(model, {"_default": tb.BasisSpec(ratio=0.25)}, return_report=True)
     assert all(0.0 < r.captured_energy < 0.9 for r in rep.converted)
+
+
+def _weights(kind: str, c_out: int, c_in: int, k: int, seed: int) -> nn.Conv2d:
+    """float64 convs: ``random`` (flat spectrum), ``lowrank`` (rank 5 exactly) and
+    ``lowrank+noise`` (rank 5 plus 1 % noise: a sharp knee, then a flat tail)."""
+    g = torch.Generator().manual_seed(seed)
+    d = c_in * k * k
+    if kind == "random":
+        w = torch.randn(c_out, d, generator=g, dtype=torch.float64)
+    else:
+        w = torch.randn(c_out, 5, generator=g, dtype=torch.float64) @ torch.randn(
+            5, d, generator=g, dtype=torch.float64)
+        if kind == "lowrank+noise":
+            w = w + 0.01 * w.norm() / (c_out * d) ** 0.5 * torch.randn(
+                c_out, d, generator=g, dtype=torch.float64)
+    conv = nn.Conv2d(c_in, c_out, k, padding=1, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(w.reshape(conv.weight.shape))
+    return conv
+
+
+def _svd_rule(h: torch.Tensor, t: float) -> int:
+    """BasisConv's rule, written independently: the smallest k with sum_{i<k} s_i^2 >= t * sum."""
+    s2 = torch.linalg.svdvals(h) ** 2
+    frac = torch.cumsum(s2, 0) / s2.sum()
+    return int((frac >= t - 1e-12).nonzero()[0]) + 1
+
+
+SHAPES = [(24, 8, 3), (32, 3, 3), (16, 16, 1)]  # C_out < C_in*k*k; stem (27 < 32); 1x1
+KINDS = ["random", "lowrank", "lowrank+noise"]
+
+
+@pytest.mark.parametrize("t", [0.9, 0.95, 0.99])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_keep_basis_subset_reaches_the_threshold_with_the_fewest_filters(shape, kind, t):
+    c_out, c_in, k = shape
+    conv = _weights(kind, c_out, c_in, k, seed=10 * SHAPES.index(shape) + KINDS.index(kind))
+    h = conv.weight.detach().reshape(c_out, -1)
+    layer = tb.from_conv(conv, tb.BasisSpec(energy=t, keep_basis=True))
+    cb, perm = layer.basis_channels, layer.out_perm
+    svd_min = _svd_rule(h, t)
+    assert svd_min <= cb <= c_out
+    # the basis is the first C_b filters of the pivot order, kept unchanged
+    assert torch.equal(layer.basis.detach().reshape(cb, -1), h[perm[:cb]])
+    spanned = _spanned(h, h[perm[:cb]])  # projection of all filters onto the kept ones
+    assert spanned >= t - 1e-9
+    assert layer.captured_energy == pytest.approx(spanned, abs=1e-9)
+    if cb > svd_min:  # C_b grew past the SVD's: one filter fewer must fall short
+        assert _spanned(h, h[perm[:cb - 1]]) < t
+    # the layer's function: the kept filters exactly, the others their projections
+    merged = layer.merged_weight().detach().reshape(c_out, -1)
+    resid = float(((merged - h) ** 2).sum() / (h * h).sum())
+    assert resid == pytest.approx(1.0 - spanned, abs=1e-9)
+
+
+@pytest.mark.parametrize("t", [0.9, 0.95, 0.99])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_full_form_keeps_basisconvs_rank_and_the_eckart_young_error(shape, kind, t):
+    c_out, c_in, k = shape
+    conv = _weights(kind, c_out, c_in, k, seed=10 * SHAPES.index(shape) + KINDS.index(kind))
+    h = conv.weight.detach().reshape(c_out, -1)
+    layer = tb.from_conv(conv, tb.BasisSpec(energy=t, keep_basis=False))
+    cb = layer.basis_channels
+    assert cb == _svd_rule(h, t)
+    s = torch.linalg.svdvals(h)
+    err = float((layer.merged_weight().detach().reshape(c_out, -1) - h).norm())
+    assert err == pytest.approx(float(s[cb:].norm()), abs=1e-9 * float(s.norm()))
+    assert layer.captured_energy == pytest.approx(float((s[:cb] ** 2).sum() / (s ** 2).sum()),
+                                                  abs=1e-12)
+    keep = tb.from_conv(conv, tb.BasisSpec(energy=t, keep_basis=True)).basis_channels
+    assert keep >= cb
+
+
+def test_from_conv_states_captured_energy_for_every_svd_init():
+    conv = _conv()
+    h = conv.weight.detach().reshape(24, -1)
+    for keep_basis in (True, False):
+        layer = tb.from_conv(conv, tb.BasisSpec(ratio=0.25, keep_basis=keep_basis))
+        curve = captured_energy(h, keep_basis)
+        assert layer.captured_energy == pytest.approx(float(curve[layer.basis_channels - 1]))
+    assert tb.from_conv(conv, tb.BasisSpec(ratio=0.25, init="random")).captured_energy is None
+
+
+def test_report_json_has_captured_energy_per_layer():
+    import json
+
+    model = nn.Sequential(_conv(), nn.ReLU(), _conv(c_in=24, c_out=24, seed=1), nn.ReLU(),
+                          nn.Conv2d(24, 24, 3, groups=24).double())  # depthwise: skipped
+    conv_model, report = tb.convert(
+        model, {"_default": tb.BasisSpec(energy=0.95, keep_basis=True)}, return_report=True)
+    rows = json.loads(report.to_json())["layers"]
+    assert [r["captured_energy"] is not None for r in rows] == [True, True, False]
+    for r, (name, m) in zip(rows[:2], [("0", model[0]), ("2", model[2])]):
+        h = m.weight.detach().reshape(24, -1)
+        layer = conv_model.get_submodule(name)
+        assert r["fqn"] == name and r["C_b"] == layer.basis_channels
+        kept = layer.basis.detach().reshape(layer.basis_channels, -1)
+        assert r["captured_energy"] == pytest.approx(_spanned(h, kept), abs=1e-6)
+        assert r["captured_energy"] >= 0.95
+        assert r["captured_energy"] == pytest.approx(layer.captured_energy, abs=1e-6)
+    table = report.table().splitlines()
+    assert sum("energy 0." in line for line in table) == 2

@@ -9,7 +9,6 @@ to skip): exact names first, then ``"re:<regex>"`` keys (full match, in plan ord
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from ..nn.decompose import captured_energy, check_convertible
+from ..nn.decompose import check_convertible, factors
 from ..nn.layer import BasisConv2d, from_conv
 from ..nn.modes import decide, decide_per_pixel
 from ..nn.spec import BasisSpec
@@ -45,7 +44,9 @@ class LayerReport:
     macs_before: int = 0  # per sample if out_pixels is known, else per output pixel
     macs_after: int = 0
     # fraction of the filters' squared Frobenius norm the initial basis spans (init="svd"):
-    # what an energy threshold is compared with; None for init="random"
+    # the energy of the projection of all original filters onto the span of the basis, in the
+    # layer's own form (keep-basis: the kept filters; full: the top singular vectors), what an
+    # energy threshold is compared with; None for init="random"
     captured_energy: float | None = None
 
 
@@ -211,13 +212,9 @@ def convert(
         if why:
             r.reason = why
             continue
-        curve = None
-        if spec.init == "svd":
-            h = m.weight.detach().double().reshape(m.out_channels, -1)
-            curve = captured_energy(h, spec.keep_basis)
-        cb = spec.channels_for(m.out_channels, curve)
-        if spec.init == "svd" and not spec.keep_basis:
-            cb = min(cb, m.in_channels * k[0] * k[1])
+        # one decomposition sizes the layer (energy rule, rank cap) and initialises it
+        f = factors(m, spec)
+        cb = f.C_b
         rest = m.out_channels - cb if spec.keep_basis else m.out_channels
         new_params = cb * m.in_channels * k[0] * k[1] + rest * cb + (
             m.out_channels if m.bias is not None else 0)
@@ -226,9 +223,7 @@ def convert(
             r.reason = (f"no saving at C_b={cb} (params {new_params:,} vs {r.params_before:,}, "
                         f"MACs/px {new_macs // (px or 1):,} vs {dense_macs // (px or 1):,})")
             continue
-        # C_b is resolved: pass it on so from_conv does not decompose the filters again
-        layer = from_conv(m, dataclasses.replace(spec, energy=None, ratio=None,
-                                                 basis_channels=cb))
+        layer = from_conv(m, spec, factors=f)
         r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
             layer.keep_basis, layer.mode
         if layer.mode == "auto":
@@ -236,8 +231,8 @@ def convert(
             r.mode = f"auto->{_resolve(layer, in_chw, batch, device)}"
         r.params_after = _params(layer)
         r.macs_after = new_macs
-        if curve is not None:
-            r.captured_energy = round(float(curve[layer.basis_channels - 1]), 6)
+        if layer.captured_energy is not None:
+            r.captured_energy = round(layer.captured_energy, 6)
         replacements.append((fqn, layer))
     for fqn, layer in replacements:
         _set_submodule(model, fqn, layer)

@@ -13,6 +13,18 @@
 * ``init="random"``: BasisConv2d's own init (variance-matched to nn.Conv2d); with
   ``trainable_basis=False`` the basis is a random orthogonal set (BasisConv's fixed filters),
   scaled to the same per-filter norm, and only the coefficients train.
+
+The energy rule (``BasisSpec(energy=t)``) means the same in both forms: C_b is the smallest
+basis whose span holds at least a fraction ``t`` of ``||H||_F^2`` (the energy of the projection
+of all filters onto the basis), measured on *that form's own* basis (:func:`captured_energy`).
+For the full form that is BasisConv's rule, ``cumsum(sigma^2) / sum(sigma^2) >= t``. A subset
+of the original filters spans less than the top singular subspace of the same size, so the
+keep-basis form needs the same or more channels: reading C_b off the SVD spectrum and then
+keeping a filter subset of that size (what an earlier version did, issue 12) captured less
+than asked (a digits CNN at ``t = 0.9``: 0.846). So its C_b is the SVD's C_b grown until the
+subset's own curve reaches ``t`` (capped at C_out; at ``C_b = rank(H)`` the subset spans
+everything). :class:`Factors` carries the captured fraction, ``from_conv`` keeps it on the
+layer (``captured_energy``) and the conversion report prints it per layer.
 """
 
 from __future__ import annotations
@@ -93,12 +105,15 @@ def captured_energy(h: torch.Tensor, keep_basis: bool, qr=None, sv=None) -> torc
 class Factors:
     """What the decomposition of one trained conv gives: ``C_b``, and for ``init="svd"`` the
     initial ``basis`` (C_b, C_in*kH*kW), ``coeff`` and output permutation ``perm`` (keep-basis;
-    None for the full form), all float64; None for ``init="random"``."""
+    None for the full form), all float64, and ``captured``: the fraction of the filters'
+    squared Frobenius norm that the initial basis spans (:func:`captured_energy` at C_b, whatever
+    rule chose C_b); all None for ``init="random"``."""
 
     C_b: int
     basis: torch.Tensor | None = None
     coeff: torch.Tensor | None = None
     perm: torch.Tensor | None = None
+    captured: float | None = None
 
 
 def factors(conv: nn.Conv2d, spec: BasisSpec) -> Factors:
@@ -109,22 +124,21 @@ def factors(conv: nn.Conv2d, spec: BasisSpec) -> Factors:
         raise ValueError(f"cannot convert: {why}")
     c_out = conv.out_channels
     h = conv.weight.detach().double().reshape(c_out, -1)
-    svd = qr = None
-    if spec.init == "svd":
-        if spec.keep_basis:
-            qr = _pivoted_qr(h)
-        else:
-            svd = torch.linalg.svd(h, full_matrices=False)
-    curve = None
-    if spec.energy is not None:
-        curve = captured_energy(h, spec.keep_basis, qr=qr, sv=svd[1] if svd is not None else None)
-    cb = spec.channels_for(c_out, curve)
     if spec.init != "svd":
-        return Factors(cb)
+        return Factors(spec.channels_for(c_out))
+    if spec.keep_basis:
+        qr, svd = _pivoted_qr(h), None
+    else:
+        qr, svd = None, torch.linalg.svd(h, full_matrices=False)
+    # one decomposition serves the energy rule, the captured energy and the factors
+    curve = captured_energy(h, spec.keep_basis, qr=qr, sv=svd[1] if svd is not None else None)
+    cb = spec.channels_for(c_out, curve if spec.energy is not None else None)
     if not spec.keep_basis:
         cb = min(cb, h.shape[1])  # rank of H is at most C_in*k*k
-        return Factors(cb, *_svd_init(svd, cb))
-    return Factors(cb, *_keep_basis_init(h, cb, qr[1]))
+        init = _svd_init(svd, cb)
+    else:
+        init = _keep_basis_init(h, cb, qr[1])
+    return Factors(cb, *init, captured=float(curve[cb - 1]))
 
 
 def _svd_init(svd, cb: int):

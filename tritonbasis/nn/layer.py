@@ -102,6 +102,10 @@ class BasisConv2d(nn.Module):
     # class defaults: modules pickled whole before these attributes existed still unpickle
     resolved: str | None = None
     resolved_device: str | None = None
+    # Set by from_conv for init="svd" (a plain attribute, not in the state_dict): the fraction
+    # of the original filters' squared Frobenius norm that the initial basis spans (the energy
+    # of their projection onto it; see tritonbasis.nn.decompose). None otherwise.
+    captured_energy: float | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.profile_name is not None and not torch.compiler.is_compiling():
@@ -246,15 +250,22 @@ class BasisConv2d(nn.Module):
         return s
 
 
-def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> BasisConv2d:
+def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, *,
+              factors: decompose.Factors | None = None, **kw) -> BasisConv2d:
     """A BasisConv2d computing (an approximation of) ``conv``, following ``spec`` (a
     :class:`BasisSpec`, its dict, or its fields as keywords): ``init="svd"`` starts from the
     decomposition of the trained filters (:mod:`tritonbasis.nn.decompose`: SVD for the full
     form, a pivoted-QR subset of the filters for keep-basis), ``init="random"`` from the
     layer's own variance-matched init (a fixed orthogonal basis with
-    ``trainable_basis=False``)."""
+    ``trainable_basis=False``).
+
+    With ``energy=t`` both forms get the smallest basis that spans at least ``t`` of the filters'
+    energy in their own form (the keep-basis form usually needs more channels than the SVD's);
+    the layer's ``captured_energy`` says what its initial basis spans (``init="svd"``).
+    ``factors``: ``decompose.factors(conv, spec)`` already computed (the conversion does, to
+    size the layer before building it), so the filters are not decomposed twice."""
     spec = as_spec(spec) if spec is not None else BasisSpec(**kw)
-    f = decompose.factors(conv, spec)
+    f = factors if factors is not None else decompose.factors(conv, spec)
     w = conv.weight
     layer = BasisConv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, f.C_b, stride=conv.stride,
@@ -272,4 +283,5 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, **kw) -> Ba
         elif not spec.trainable_basis:
             layer.basis.copy_(decompose.orthogonal_basis(layer.basis))
     layer.basis.requires_grad_(spec.trainable_basis)
+    layer.captured_energy = f.captured
     return layer
