@@ -38,9 +38,12 @@ class BasisSpec:
     Exactly one of:
       * ``ratio`` -- C_b / C_out (C_b = max(1, round(ratio * C_out)));
       * ``basis_channels`` -- C_b itself;
-      * ``energy`` -- fraction of the filters' squared singular values to keep: the smallest
-        C_b whose cumulative sigma^2 reaches it (needs trained weights; ``energy=1.0`` is the
-        full rank and reproduces the layer exactly).
+      * ``energy`` -- fraction of the filters' energy (sum of squares) the basis must span:
+        the smallest C_b whose basis captures it (needs trained weights; ``energy=1.0`` is the
+        full rank and reproduces the layer exactly). Full form: the cumulative sigma^2 of the
+        SVD. Keep-basis form: the energy of all filters projected onto the span of the kept
+        original filters, which is at most the SVD's for the same C_b, so C_b can be larger
+        (:func:`tritonbasis.nn.decompose.captured_energy`).
 
     ``keep_basis``: keep-basis form (C_b of the original filters are the basis, chosen by
     pivoted QR; the rest are least-squares combinations) or full form (SVD basis). ``init``:
