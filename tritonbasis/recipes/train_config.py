@@ -34,7 +34,8 @@ ONECYCLE_PCT = 0.3
 
 @dataclass
 class TrainConfig:
-    """Training hyper-parameters. All fields are JSON primitives.
+    """Training hyper-parameters. All fields are JSON primitives; each field's
+    ``metadata["help"]`` is its ``tritonbasis train`` flag's help (util.config_args).
 
     * ``epochs``, ``batch_size``, ``lr`` (peak learning rate), ``momentum``, ``weight_decay``
       (not applied to BN parameters and biases, see :func:`param_groups`), ``nesterov``.
@@ -55,21 +56,30 @@ class TrainConfig:
     * ``num_workers``: DataLoader workers.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    schedule: str = "cosine"
-    warmup: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str | None = None
-    amp: bool = True
-    log_every: int = 10
-    max_steps: int | None = None
-    num_workers: int = 0
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "batch size (per process)"})
+    # 0.05: what `tritonbasis train` has always run (and what SearchConfig.lr trains with);
+    # checkpoints store it and a resume must match it (RESUME_KEYS)
+    lr: float = field(default=0.05, metadata={"help": "peak learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum, in [0, 1)"})
+    weight_decay: float = field(default=5e-4, metadata={
+        "help": "weight decay (not on BN parameters and biases)"})
+    nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum"})
+    schedule: str = field(default="cosine", metadata={
+        "help": "learning-rate schedule: cosine (linear warmup, cosine to 0) or onecycle"})
+    warmup: float = field(default=0.0, metadata={
+        "help": "warmup in epochs (fractions allowed)"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "label smoothing of the training loss, in [0, 1)"})
+    seed: int = field(default=0, metadata={"help": "seeds torch/python/numpy and the shuffling"})
+    device: str | None = field(default=None, metadata={
+        "help": "cpu or cuda (default: cuda if available)"})
+    amp: bool = field(default=True, metadata={
+        "help": "bf16 autocast + channels_last on CUDA (ignored on CPU)"})
+    log_every: int = field(default=10, metadata={
+        "help": "steps between progress-bar updates"})
+    max_steps: int | None = field(default=None, metadata={"help": "cap on optimizer steps"})
+    num_workers: int = field(default=0, metadata={"help": "data loader workers"})
 
     def __post_init__(self):
         def pos_int(name, v, allow_none=False, allow_zero=False):

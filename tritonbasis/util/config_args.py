@@ -18,11 +18,21 @@ Per field, from its annotation and default:
 * ``tuple[X, ...]`` / ``list[X]``: ``--name V [V ...]`` (``nargs="+"``), built back as that
   container.
 
+Help texts come from ``help`` (the caller's, per field) or else from the field's
+``metadata["help"]`` (``field(default=..., metadata={"help": "..."})``: the dataclass documents
+its own fields, so a new field is a documented flag without touching the command), or else
+from ``fallback_help`` (texts a command keeps for fields whose class has no metadata yet;
+entries naming no field are ignored). A ``help`` text of a bool switch says what the switch
+does (``"skip the final training"`` for ``--no-final``); a metadata text says what the field
+means, and the switch of a True field is explained from it (``"... (default: on; --no-final
+turns it off)"``).
+
 ``names`` renames a flag (``{"dtypes": "--dtype"}``; for a bool, the flag as given, e.g.
 ``{"ops": "--e2e-only"}`` for a True-by-default field is its ``store_false`` switch),
 ``choices`` restricts values, ``types`` replaces the parser type (a validator such as
 ``positive_int``), ``exclude`` leaves fields out (they keep their dataclass default in
-:func:`from_args`). Every flag needs a help text; the default is appended to it (``(default:
+:func:`from_args`). :func:`field_flags` names the flag of each field (to point a validation
+error at its flag). Every flag needs a help text; the default is appended to it (``(default:
 0.25)``) unless the text already says ``default``. Unsupported annotations are a TypeError
 naming the field: exclude the field or give it a ``types`` entry.
 """
@@ -37,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_dataclass_arguments", "dataclass_defaults", "from_args"]
+__all__ = ["add_dataclass_arguments", "dataclass_defaults", "field_flags", "from_args"]
 
 _SCALARS = (int, float, str, Path)
 
@@ -110,15 +120,49 @@ def _help(text: str, default: Any) -> str:
     return f"{text} (default: {_show(default).replace('%', '%%')})"
 
 
+def field_flags(cls, names: Mapping[str, str] | None = None,
+                choices: Mapping[str, Iterable[Any]] | None = None) -> dict[str, str]:
+    """``{field: flag}`` as :func:`add_dataclass_arguments` names them (``--no-x`` for a
+    True-by-default bool switch unless renamed; a bool with ``choices`` keeps ``--x``)."""
+    names, choices = dict(names or {}), dict(choices or {})
+    out = {}
+    for f in _fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name not in names and f.name not in choices and _default(f) is True:
+            flag = "--no-" + f.name.replace("_", "-")
+        out[f.name] = names.get(f.name, flag)
+    return out
+
+
+def _help_texts(cls, fields, help, fallback_help) -> dict[str, tuple[str, str]]:
+    """``{field: (text, where)}``, ``where`` "help" (the caller's words, a switch's own) or
+    "metadata" (the field's meaning)."""
+    out = {}
+    for f in fields:
+        if f.name in help:
+            out[f.name] = (help[f.name], "help")
+        elif f.metadata.get("help"):
+            out[f.name] = (str(f.metadata["help"]), "metadata")
+        elif f.name in fallback_help:
+            out[f.name] = (fallback_help[f.name], "help")
+    missing = [f.name for f in fields if f.name not in out]
+    if missing:
+        raise ValueError(f"no help text for {cls.__name__} fields {missing} (give "
+                         "metadata={'help': ...} or a help entry)")
+    return out
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, *,
-                            help: Mapping[str, str], exclude: Iterable[str] = (),
+                            help: Mapping[str, str] | None = None, exclude: Iterable[str] = (),
                             names: Mapping[str, str] | None = None,
                             choices: Mapping[str, Iterable[Any]] | None = None,
-                            types: Mapping[str, Callable[[str], Any]] | None = None) -> None:
+                            types: Mapping[str, Callable[[str], Any]] | None = None,
+                            fallback_help: Mapping[str, str] | None = None) -> None:
     """Add one flag per field of dataclass ``cls`` to ``parser`` (see the module docstring).
-    ``help`` must hold a text for every field not in ``exclude``; a key that is not a field
+    Every field not in ``exclude`` needs a text in ``help``, its ``metadata["help"]`` or
+    ``fallback_help``; a key of ``help``/``names``/``choices``/``types`` that is not a field
     is a ValueError (a typo would otherwise leave a flag undocumented)."""
-    exclude, names = set(exclude), dict(names or {})
+    exclude, names, help = set(exclude), dict(names or {}), dict(help or {})
     choices, types = dict(choices or {}), dict(types or {})
     fields = [f for f in _fields(cls) if f.name not in exclude]
     known = {f.name for f in _fields(cls)}
@@ -127,28 +171,27 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
         unknown = sorted(set(mapping) - known)
         if unknown:
             raise ValueError(f"{what} names fields {cls.__name__} does not have: {unknown}")
-    missing = [f.name for f in fields if f.name not in help]
-    if missing:
-        raise ValueError(f"no help text for {cls.__name__} fields {missing}")
+    texts = _help_texts(cls, fields, help, dict(fallback_help or {}))
+    flags = field_flags(cls, names, choices)
     hints = typing.get_type_hints(cls)
     for f in fields:
         default = _default(f)
         if default is dataclasses.MISSING:
             raise TypeError(f"field {f.name!r} has no default: a flag needs one")
-        flag = names.get(f.name, "--" + f.name.replace("_", "-"))
+        flag, (text, where) = flags[f.name], texts[f.name]
         kw: dict[str, Any] = {"dest": f.name, "default": default}
         kind, info = ("scalar", types[f.name]) if f.name in types else _kind(f.name, hints[f.name])
         if kind == "bool" and f.name in choices:
             yes, no = tuple(choices[f.name])
             kw.update(type=_word_bool(f.name, yes, no), metavar=f"{{{yes},{no}}}")
-            parser.add_argument(flag, help=_help(help[f.name], yes if default else no), **kw)
+            parser.add_argument(flag, help=_help(text, yes if default else no), **kw)
             continue
         if kind == "bool":
-            if f.name not in names and default:
-                flag = "--no-" + f.name.replace("_", "-")
             kw["action"] = "store_false" if default else "store_true"
+            if where == "metadata" and default:  # the field's meaning; the flag turns it off
+                text = f"{text} (default: on; {flag} turns it off)"
             # a switch is the non-default side of its field, so it is off unless given
-            parser.add_argument(flag, help=_help(help[f.name], False), **kw)
+            parser.add_argument(flag, help=_help(text, False), **kw)
             continue
         elif kind == "literal":
             kw["choices"] = list(info)
@@ -161,7 +204,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
             kw["choices"] = list(choices[f.name])
         if "choices" not in kw:  # named after the flag, not the field (--dtype DTYPE)
             kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
-        parser.add_argument(flag, help=_help(help[f.name], default), **kw)
+        parser.add_argument(flag, help=_help(text, default), **kw)
 
 
 def _word_bool(name: str, yes: str, no: str) -> Callable[[str], bool]:
