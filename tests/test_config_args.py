@@ -11,7 +11,12 @@ from typing import Literal
 
 import pytest
 
-from tritonbasis.util.config_args import add_dataclass_arguments, dataclass_defaults, from_args
+from tritonbasis.util.config_args import (
+    add_dataclass_arguments,
+    dataclass_defaults,
+    field_flags,
+    from_args,
+)
 
 
 @dataclasses.dataclass
@@ -148,3 +153,48 @@ def test_dataclass_defaults():
     d = dataclass_defaults(Cfg)
     assert d["steps"] == 3 and d["widths"] == [0.5] and d["internal"] is None
     assert set(d) == {f.name for f in dataclasses.fields(Cfg)}
+
+
+@dataclasses.dataclass
+class Documented:
+    steps: int = dataclasses.field(default=3, metadata={"help": "training steps"})
+    final: bool = dataclasses.field(default=True, metadata={"help": "run the final training"})
+    quick: bool = dataclasses.field(default=False, metadata={"help": "a short run"})
+    lr: float = 0.1  # no metadata: the caller's help or fallback_help
+
+
+def _help_of(p) -> dict[str, str]:
+    return {a.dest: a.help for a in p._actions if a.dest != "help"}
+
+
+def test_help_comes_from_field_metadata_and_the_callers_text_wins():
+    p = argparse.ArgumentParser()
+    add_dataclass_arguments(p, Documented, help={"lr": "learning rate"})
+    h = _help_of(p)
+    assert h["steps"] == "training steps (default: 3)" and h["lr"] == "learning rate (default: 0.1)"
+    assert h["quick"] == "a short run (default: off)"
+    # a True field's metadata says what the field means; its --no- switch is explained from it
+    assert h["final"] == "run the final training (default: on; --no-final turns it off)"
+    assert from_args(Documented, p.parse_args(["--no-final"])).final is False
+    p = argparse.ArgumentParser()
+    add_dataclass_arguments(p, Documented, help={"steps": "optimizer steps", "lr": "lr"})
+    assert _help_of(p)["steps"] == "optimizer steps (default: 3)"
+
+
+def test_fallback_help_fills_only_fields_without_metadata_and_ignores_unknown_names():
+    p = argparse.ArgumentParser()
+    add_dataclass_arguments(p, Documented, fallback_help={
+        "lr": "learning rate", "steps": "not used: metadata wins", "gone": "a removed field"})
+    h = _help_of(p)
+    assert h["lr"] == "learning rate (default: 0.1)" and h["steps"] == "training steps (default: 3)"
+    with pytest.raises(ValueError, match=r"no help text .*\['lr'\]"):
+        add_dataclass_arguments(argparse.ArgumentParser(), Documented)
+
+
+def test_field_flags_are_the_flags_added():
+    flags = field_flags(Cfg, {"steps": "--n-steps"}, {"tf32": ("on", "off")})
+    assert flags["steps"] == "--n-steps" and flags["final"] == "--no-final"
+    assert flags["tf32"] == "--tf32" and flags["verbose"] == "--verbose"
+    p = _parser(names={"steps": "--n-steps"})
+    options = {s for a in p._actions for s in a.option_strings}
+    assert {f for n, f in flags.items() if n != "internal"} <= options

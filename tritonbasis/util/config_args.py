@@ -21,11 +21,11 @@ Per field, from its annotation and default:
 Help texts come from ``help`` (the caller's, per field) or else from the field's
 ``metadata["help"]`` (``field(default=..., metadata={"help": "..."})``: the dataclass documents
 its own fields, so a new field is a documented flag without touching the command), or else
-from ``fallback_help`` (texts a command keeps for fields whose class has no metadata yet;
-entries naming no field are ignored). A ``help`` text of a bool switch says what the switch
-does (``"skip the final training"`` for ``--no-final``); a metadata text says what the field
-means, and the switch of a True field is explained from it (``"... (default: on; --no-final
-turns it off)"``).
+from ``fallback_help`` (texts a command keeps for fields whose class has no metadata yet,
+read as metadata; entries naming no field are ignored). A ``help`` text of a bool switch
+says what the switch does (``"skip the final training"`` for ``--no-final``); a metadata text
+says what the field means, and the switch of a True field is explained from it (``"...
+(default: on; --no-final turns it off)"``).
 
 ``names`` renames a flag (``{"dtypes": "--dtype"}``; for a bool, the flag as given, e.g.
 ``{"ops": "--e2e-only"}`` for a True-by-default field is its ``store_false`` switch),
@@ -136,15 +136,15 @@ def field_flags(cls, names: Mapping[str, str] | None = None,
 
 def _help_texts(cls, fields, help, fallback_help) -> dict[str, tuple[str, str]]:
     """``{field: (text, where)}``, ``where`` "help" (the caller's words, a switch's own) or
-    "metadata" (the field's meaning)."""
+    "metadata" (the field's meaning: its metadata or ``fallback_help`` text)."""
     out = {}
     for f in fields:
         if f.name in help:
             out[f.name] = (help[f.name], "help")
         elif f.metadata.get("help"):
             out[f.name] = (str(f.metadata["help"]), "metadata")
-        elif f.name in fallback_help:
-            out[f.name] = (fallback_help[f.name], "help")
+        elif f.name in fallback_help:  # stands in for the metadata: the field's meaning
+            out[f.name] = (fallback_help[f.name], "metadata")
     missing = [f.name for f in fields if f.name not in out]
     if missing:
         raise ValueError(f"no help text for {cls.__name__} fields {missing} (give "
