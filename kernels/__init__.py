@@ -1,9 +1,9 @@
 """Triton kernels of tritonbasis (installed as ``tritonbasis.kernels``).
 
-Only ``@triton.jit`` kernels and their autotune configs (as named data) live here; launchers
-that check arguments, allocate and build grids are in ``tritonbasis/_triton.py``. Importing this
-package imports triton; ``tritonbasis`` itself imports it lazily, so the package works without
-triton (CPU path).
+Only ``@triton.jit`` kernels and their autotune configs (as named data) live here; the
+launchers that allocate, build the grids and the kernels' arguments are in
+``tritonbasis/op/launchers.py``. Importing this package imports triton; ``tritonbasis`` itself
+imports it lazily, so the package works without triton (CPU path).
 
 Under ``TRITON_INTERPRET=1`` these are interpreted functions, and so are triton's own
 ``@jit`` helpers (``tl.zeros``, ``tl.cdiv``): a process cannot both interpret and compile them,

@@ -86,18 +86,23 @@ FIXED: dict[str, dict] = {
     "bwd_reduce": _cfg(4, 1, BLOCK=512),
 }
 
-# Shape arguments that change the best config (the autotune cache key).
+# Arguments that change the best config: triton.autotune's key (triton adds every tensor
+# argument's dtype), so also the key of its on-disk result cache (cache_results=True).
 KEYS: dict[str, list[str]] = {
     # M_KEY = m_bucket(M): M rounded up to a power of two, so a new batch size re-tunes only
     # when it crosses a power of two (the launcher passes it as an extra, unused-by-the-math
     # kernel argument: triton.autotune keys on argument values, it has no key transform).
+    # The last entry is the channel stride of the operand `prune` reads the layout from
+    # (1 for NHWC, H*W for NCHW): prune keeps other configs for NCHW, and without it in the key
+    # an NCHW launch would reuse the config tuned for an NHWC one of the same shape in memory.
     "fwd": ["M_KEY", "C_in", "C_b", "C_rest", "KH", "KW", "stride_h", "stride_w", "KEEP_BASIS",
-            "STORE_Z", "SPLIT_K"],
-    "fwd_reduce": ["M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_Z", "SPLIT_K"],
-    "grad_z": ["M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_DZ", "NEED_DC", "NEED_DBIAS"],
+            "STORE_Z", "SPLIT_K", "sx_c"],
+    "fwd_reduce": ["M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_Z", "SPLIT_K", "sy_c"],
+    "grad_z": ["M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_DZ", "NEED_DC", "NEED_DBIAS",
+               "sg_c"],
     # grad_x / wgrad: M_KEY buckets the input pixels of the largest sub-pixel phase
-    "grad_x": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w"],
-    "wgrad": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w"],
+    "grad_x": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w", "sx_c"],
+    "wgrad": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w", "sx_c"],
 }
 
 # Accumulated outputs that autotune must zero between trials.
@@ -130,10 +135,8 @@ WGMMA_BUDGET = {(2, False): 300, (2, True): 256, (4, False): 256, (4, True): 224
 
 
 def _pow2_at_least(v: int, lo: int = 16) -> int:
-    p = lo
-    while p < v:
-        p *= 2
-    return p
+    """The smallest power of two >= max(v, lo) (``lo`` a power of two)."""
+    return max(lo, 1 << (int(v) - 1).bit_length()) if v > 1 else lo
 
 
 def m_bucket(m: int) -> int:
@@ -211,8 +214,9 @@ def budget(shape: dict, kernel: str | None = None) -> int:
 
 def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:
     """Drop configs whose blocks overshoot the dimension they tile, or whose accumulators
-    exceed the register budget (they would spill). Always keeps at least one config: the one
-    with the smallest accumulator."""
+    exceed the register budget (they would spill), or that the compile tier measured spilling
+    beyond the model (rules below; ``shape["arch"]``, the compute capability as 80 / 90, when
+    known). Always keeps at least one config: the one with the smallest accumulator."""
     caps = {
         "fwd": {"BLOCK_K": shape.get("C_in"), "BLOCK_N": shape.get("C_rest")},
         "fwd_reduce": {"BLOCK_N": shape.get("C_rest")},
@@ -248,6 +252,19 @@ def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:
         if nchw and (b.get("BLOCK_K", 0) > 32 or b.get("BLOCK_M", 0) > 64):
             continue
         if eb == 4 and (b.get("BLOCK_K", 0) > 32 or cfg["num_warps"] < 4):
+            continue
+        # v2 wgrad on mma.sync GPUs (shape["arch"] < 90, e.g. A100), measured by the compile
+        # tier: with BLOCK_P = 64 and a 4096-element (32 registers / thread) accumulator,
+        # Triton 3.8 + its ptxas 12.9 allocate exactly 128 registers and spill 8-24 B
+        # (a128_x32_p64 at the representative shape and 7 of 12 benchmark shapes, a64_x64_p64
+        # at 2); Triton 3.6 (ptxas 12.8) compiled both clean (91-152 registers), and on sm_90
+        # (wgmma) both are clean on 3.6 and 3.8. The register model cannot see it (a128_x64_p32
+        # scores higher and compiles clean at 190 registers): ptxas trades a few spilled bytes
+        # for occupancy. Dropped there on every Triton; a128_x64_p32, a64_x128_p32 and
+        # a64_x32_p64 remain. Unknown arch (None): no rule.
+        arch = shape.get("arch")
+        if (kernel == "wgrad" and arch is not None and arch < 90 and b["BLOCK_P"] >= 64
+                and b["BLOCK_A"] * b["BLOCK_X"] >= 4096):
             continue
         # v2 grad_z, measured (Triton 3.9): with NCHW or fp32 operands every BLOCK_N = 64
         # config spills on sm_80 (mma.sync holds G_r and its transpose for the d coeff dot in

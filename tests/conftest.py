@@ -53,6 +53,16 @@ def _restore_backend():
     tritonbasis.set_backend(None)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_launch_scalars():
+    """Launch scalars are remembered per call shape on a GPU (tritonbasis.op.launch_plan): a
+    test that patches a plan helper must not see what an earlier test built."""
+    from tritonbasis.op import launch_plan
+
+    launch_plan.clear_caches()
+    yield
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models and batches: intra-op threads only add synchronisation (and when another

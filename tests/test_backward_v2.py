@@ -237,12 +237,13 @@ def test_dtype_of_every_gradient_is_the_parameters():
 def test_int64_indexing_path(monkeypatch):
     """The INT64 specialisation (taken for tensors past 2**31 elements, too big for this tier)
     gives the same gradients: forced on for a tiny case."""
-    from tritonbasis.op import launchers as _triton
+    from tritonbasis.op import launch_plan
 
     case = Case(perm=True, stride=2, channels_last=True)
     inputs, g = _backward_inputs(case)
     want = _run_launcher(inputs, g, (True, True, True, True))
-    monkeypatch.setattr(_triton, "_needs_int64", lambda *t: True)
+    monkeypatch.setattr(launch_plan, "_needs_int64", lambda *t: True)
+    launch_plan.clear_caches()  # (remembered launch scalars on a GPU)
     got = _run_launcher(inputs, g, (True, True, True, True))
     for a, b in zip(got, want):
         assert torch.equal(a, b)

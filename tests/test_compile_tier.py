@@ -74,9 +74,11 @@ NCHW_SHAPE = aot.Shape(C_out=128, channels_last=False)
 WIDE_SHAPE = aot.Shape(C_out=128)
 
 
-def _kept(kernel: str, shape: aot.Shape, dtype: str) -> list[str]:
+def _kept(kernel: str, shape: aot.Shape, dtype: str, arch: int = 90) -> list[str]:
+    """The configs the launchers' autotuner prunes to for ``kernel`` at ``shape`` on
+    ``sm_<arch>``."""
     kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()),
-                         aot.prune_shape(shape, dtype))
+                         aot.prune_shape(shape, dtype, arch, kernel))
     return [aot.config_name(kernel, c) for c in kept]
 
 
@@ -109,16 +111,14 @@ def _config_cases() -> list[Case]:
             cases += [Case(kernel, names[0], arch, dt) for dt in ("fp16", "fp32")]
             # every config the autotuner may run for NCHW bf16 and NHWC fp32 inputs
             cases += [Case(kernel, n, arch, "bf16", NCHW_SHAPE, "nchw")
-                      for n in _kept(kernel, NCHW_SHAPE, "bf16")]
+                      for n in _kept(kernel, NCHW_SHAPE, "bf16", arch)]
             cases += [Case(kernel, n, arch, "fp32", WIDE_SHAPE, "wide")
-                      for n in _kept(kernel, WIDE_SHAPE, "fp32")]
+                      for n in _kept(kernel, WIDE_SHAPE, "fp32", arch)]
     return cases
 
 
 def _kept_at_max_cb(kernel: str) -> list[str]:
-    kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()),
-                         aot.prune_shape(MAX_CB_SHAPE))
-    return [aot.config_name(kernel, c) for c in kept]
+    return _kept(kernel, MAX_CB_SHAPE, "bf16")
 
 
 def _max_cb_cases() -> list[Case]:
@@ -166,7 +166,7 @@ def _check(case: Case, r: dict) -> None:
     # TRITONBASIS_STRICT_COMPILE_TIER=1 every config must be spill-free.
     cfg = aot.all_configs(case.kernel)[case.config]
     kept = case.config == "FIXED" or aot.kept_by_prune(
-        case.kernel, cfg, case.shape, case.dtype)
+        case.kernel, cfg, case.shape, case.dtype, case.arch)
     if kept or STRICT:
         assert r["spills"] == 0, (
             f"register spills in a config prune keeps ({'kept' if kept else 'strict'}): "
@@ -186,7 +186,7 @@ def test_max_basis_channels_matches_kernels() -> None:
 
 @pytest.mark.parametrize("kernel", list(configs.CONFIGS))
 def test_prune_keeps_configs_at_max_basis(kernel: str) -> None:
-    shape = aot.prune_shape(MAX_CB_SHAPE)
+    shape = aot.prune_shape(MAX_CB_SHAPE, kernel=kernel)
     kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()), shape)
     assert kept, "prune must keep at least one config"
     assert all(c in configs.CONFIGS[kernel].values() for c in kept)

@@ -71,13 +71,20 @@ def test_kernel_path_is_really_used(monkeypatch):
     assert calls == ["triton"]
 
 
+def _patch_plan(monkeypatch, name, value):
+    """Replace a helper of the launch plans (tritonbasis.op.launch_plan) and forget the launch
+    scalars remembered on a GPU, so the next launch is built with the replacement."""
+    from tritonbasis.op import launch_plan
+
+    monkeypatch.setattr(launch_plan, name, value)
+    launch_plan.clear_caches()
+
+
 def test_int64_indexing_path(monkeypatch):
     """The INT64 variants of every kernel (normally only for > 2**31-element offsets)."""
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    from tritonbasis.op import launchers as _triton
-
-    monkeypatch.setattr(_triton, "_needs_int64", lambda *t: True)
+    _patch_plan(monkeypatch, "_needs_int64", lambda *t: True)
     check_case(Case(C_in=6, C_b=7, C_rest=5, stride=2, channels_last=True), device=DEVICE,
                backend="triton")
 
@@ -104,13 +111,11 @@ def test_wgrad_split_reduction_matches_single_slice(monkeypatch):
     """d basis / d coeff with the pixel reduction split in slices == one slice."""
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
-    from tritonbasis.op import launchers as _triton
-
     case = Case(N=2, C_in=5, C_b=6, C_rest=7, H=9, W=9)  # 162 pixels: 2 slices on CPU
     grads = []
     for cap in (None, 1):
         if cap == 1:
-            monkeypatch.setattr(_triton, "_cdiv", lambda a, b: 1 if b == 64 else -(-a // b))
+            _patch_plan(monkeypatch, "_cdiv", lambda a, b: 1 if b == 64 else -(-a // b))
         x, basis, coeff, bias = case.make(device=DEVICE, requires_grad=True)
         with tb.use_backend("triton"):
             tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs()).square().sum().backward()
@@ -227,9 +232,7 @@ def test_split_k_matches_reference(case, split, monkeypatch):
     """Split-K (fp32 workspace + reduce/epilogue launch) against the float64 reference,
     forward and gradients; 2 launches."""
     _need_kernels()
-    from tritonbasis.op import launchers as _triton
-
-    monkeypatch.setattr(_triton, "fwd_split_k", lambda *a, **k: split)
+    _patch_plan(monkeypatch, "fwd_split_k", lambda *a, **k: split)
     check_case(case, dtype=torch.float32, device=DEVICE, backend="triton")
     x, basis, coeff, bias = case.make(device=DEVICE)
     launched, _ = _count_forward_launches(monkeypatch, x, basis, coeff, bias, **case.kwargs())
@@ -238,13 +241,11 @@ def test_split_k_matches_reference(case, split, monkeypatch):
 
 def test_split_k_is_deterministic_and_matches_no_split(monkeypatch):
     _need_kernels()
-    from tritonbasis.op import launchers as _triton
-
     case = Case(N=2, C_in=20, C_b=6, C_rest=10, H=6, W=6, channels_last=True)
     x, basis, coeff, bias = case.make(device=DEVICE)
     outs = []
     for split in (1, 3, 3):
-        monkeypatch.setattr(_triton, "fwd_split_k", lambda *a, _s=split, **k: _s)
+        _patch_plan(monkeypatch, "fwd_split_k", lambda *a, _s=split, **k: _s)
         with tb.use_backend("triton"):
             outs.append(tb.basis_conv2d(x, basis, coeff, bias, padding=1))
     assert torch.equal(outs[1], outs[2])  # bitwise, run to run
@@ -254,10 +255,8 @@ def test_split_k_is_deterministic_and_matches_no_split(monkeypatch):
 
 def test_int64_indexing_path_split_k(monkeypatch):
     _need_kernels()
-    from tritonbasis.op import launchers as _triton
-
-    monkeypatch.setattr(_triton, "_needs_int64", lambda *t: True)
-    monkeypatch.setattr(_triton, "fwd_split_k", lambda *a, **k: 2)
+    _patch_plan(monkeypatch, "_needs_int64", lambda *t: True)
+    _patch_plan(monkeypatch, "fwd_split_k", lambda *a, **k: 2)
     check_case(Case(C_in=6, C_b=5, C_rest=7, stride=2, channels_last=True, keep_basis=False),
                device=DEVICE, backend="triton")
 

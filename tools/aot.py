@@ -5,21 +5,23 @@ tensor-core instructions).
 ``triton.compile`` with an explicit ``GPUTarget`` runs the whole pipeline (TTIR -> TTGIR -> LLIR
 -> PTX -> cubin with the ptxas bundled in triton) on a machine without CUDA. Each kernel is
 compiled for a *representative shape* (:class:`Shape`, ResNet-like by default: 3x3, C_in =
-C_out = 64, C_b = 32, 56x56, channels_last, bias, keep-basis form) with exactly the pointer
-dtypes, integer values and constexprs that :mod:`tritonbasis.op.launchers` would launch it with, and
+C_out = 64, C_b = 32, 56x56, channels_last, bias, keep-basis form) with exactly the arguments
+the launchers would launch it with: :func:`kernel_launch` runs the launchers' own plan
+(:mod:`tritonbasis.op.launch_plan`: allocations, workspaces, one argument builder per kernel)
+on meta tensors of that shape, so nothing here re-lists a kernel's arguments. The signature is
 specialised the way ``JITFunction`` specialises a real launch (an int equal to 1 becomes a
-constexpr, pointers and ints divisible by 16 get ``tt.divisibility = 16``). So the PTX is the
+constexpr, pointers and ints divisible by 16 get ``tt.divisibility = 16``), so the PTX is the
 one a launch of that shape would run, not a generic variant.
 
-Numbers come from the cubin: registers per thread and stack frame from ``cuobjdump
---dump-resource-usage``; when the stack frame is non-zero (Triton kernels have no local arrays,
-so a stack frame means spilling) the spill bytes from ``ptxas -v`` on the same PTX. Shared
-memory is ``metadata.shared`` (the dynamic shared memory the launch asks for).
+Numbers come from the cubin (:mod:`aot_toolchain`): registers per thread and stack frame from
+``cuobjdump --dump-resource-usage``; when the stack frame is non-zero (Triton kernels have no
+local arrays, so a stack frame means spilling) the spill bytes from ``ptxas -v`` on the same
+PTX. Shared memory is ``metadata.shared`` (the dynamic shared memory the launch asks for).
 
 A process running the Triton interpreter (TRITON_INTERPRET=1, as the test session does
 without CUDA) cannot compile: triton.language's own ``@jit`` helpers are interpreted there too
 (see :func:`_interpreted_process`). :func:`compile_kernel` then hands the work to a worker
-process (``python tools/aot.py --worker``) started without that variable;
+process (:mod:`aot_workers`: ``python tools/aot.py --worker``) started without that variable;
 :func:`compile_many` / :func:`compile_all` use one worker per CPU in any process.
 
 Every triton import in this module is inside a function.
@@ -27,17 +29,16 @@ Every triton import in this module is inside a function.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
-import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+import aot_toolchain as tc
+import aot_workers
+from aot_toolchain import toolchain_available  # noqa: F401  (part of this module's API)
+from aot_workers import CompileError, shutdown_workers  # noqa: F401
 
 # Dynamic shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin):
 # H100 (sm_90) 227 KiB, A100 (sm_80) 163 KiB.
@@ -45,7 +46,8 @@ SHARED_LIMIT = {90: 232448, 80: 166912}
 MAX_REGISTERS = 255  # per thread, every arch since sm_35
 DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 ARCHS = (90, 80)
-# Number of SMs assumed for the wgrad split (the launcher reads it from the device).
+# Number of SMs the launch plan assumes per arch (the launchers read it from the device):
+# it sets the forward's split-K, grad_z's program count and the wgrad split.
 SMS = {90: 132, 80: 108}
 
 
@@ -115,183 +117,6 @@ def bench_shapes(group: str = "resnet18_cifar", ratios=("1/4",)) -> dict[str, Sh
     return out
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _strides4(c: int, h: int, w: int, channels_last: bool) -> tuple[int, int, int, int]:
-    """Strides of a dense (N, C, H, W) tensor, as torch gives them."""
-    if channels_last:
-        return (h * w * c, 1, w * c, c)
-    return (c * h * w, h * w, w, 1)
-
-
-def _block_cb(c_b: int) -> int:
-    from tritonbasis.kernels import configs
-
-    return configs.block_cb(c_b)
-
-
-def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90):
-    """What ``tritonbasis.op.launchers`` passes to kernel ``name`` for ``shape``, minus the block
-    sizes: ``(pointer_dtypes, int_values, constexprs)``, each keyed by argument name.
-
-    Mirrors the launcher line by line (keep it in sync): activations and ``G`` follow x's
-    memory format, dZ is always NHWC, the backward's partial-sum workspaces (grad_z's
-    ``wsc_ptr`` / ``wsb_ptr``, wgrad's ``ws_ptr``, bwd_reduce's inputs) are fp32, and an unused
-    pointer gets the tensor the launcher passes in its place. The backward kernels are compiled
-    with every gradient requested. No output-channel permutation (``perm=None``): the perm
-    pointers get the launcher's stand-ins and HAS_PERM is False. Entries for arguments a
-    kernel does not have are ignored, so this tolerates kernels with or without those
-    arguments."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    t = DTYPES[dtype]
-    s = shape
-    cl = s.channels_last
-    precision = "tf32"  # fp32: TF32 as cudnn.allow_tf32 (the default); ignored for 16-bit
-    geom = {
-        "stride_h": s.stride, "stride_w": s.stride, "pad_h": s.padding, "pad_w": s.padding,
-        "dil_h": s.dilation, "dil_w": s.dilation,
-    }
-    x_st = _strides4(s.C_in, s.H, s.W, cl)
-    w_st = (s.C_in * s.KH * s.KW, s.KH * s.KW, s.KW, 1)  # basis (C_b, C_in, KH, KW)
-    c_st = (s.C_b, 1)  # coeff (C_rest, C_b)
-    y_st = _strides4(s.C_out, s.Ho, s.Wo, cl)
-    dz_st = _strides4(s.C_b, s.Ho, s.Wo, True)
-
-    if name in ("fwd", "fwd_reduce"):
-        from tritonbasis.kernels import configs
-
-        store_z = not s.keep_basis  # need_z (training) and the full form
-        z_st = _strides4(s.C_b, s.Ho, s.Wo, cl) if store_z else (0, 0, 0, 0)
-        # the launcher passes the basis with C_in contiguous: a (C_b, C_in, 1, 1) contiguous
-        # basis as it is, any other one as a channels_last copy
-        wk_st = (s.C_in, 1, 1, 1) if s.KH == s.KW == 1 else _strides4(s.C_in, s.KH, s.KW, True)
-        split = configs.split_k(s.M, s.C_in, s.KH, s.KW, s.C_b, SMS.get(arch, 132))
-        epi_ints = {
-            "M": s.M, "M_KEY": configs.m_bucket(s.M), "C_b": s.C_b, "C_rest": s.C_rest,
-            "Ho": s.Ho, "Wo": s.Wo,
-            **dict(zip(("sc_o", "sc_b"), c_st)),
-            **dict(zip(("sy_n", "sy_c", "sy_h", "sy_w"), y_st)),
-            **dict(zip(("sz_n", "sz_c", "sz_h", "sz_w"), z_st)),
-        }
-        ptrs = {"x_ptr": t, "w_ptr": t, "c_ptr": t, "b_ptr": t, "p_ptr": t, "y_ptr": t,
-                "z_ptr": t, "ws_ptr": "fp32" if split > 1 else t}
-        ints = {
-            **epi_ints, "C_in": s.C_in, "H": s.H, "W": s.W,
-            **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st)),
-            **dict(zip(("sw_o", "sw_c", "sw_h", "sw_w"), wk_st)),
-            **geom,
-        }
-        const = {
-            "KH": s.KH, "KW": s.KW, "HAS_BIAS": s.bias, "HAS_PERM": False,
-            "KEEP_BASIS": s.keep_basis,
-            "STORE_Z": store_z, "INT64": False, "PRECISION": precision,
-            "SPLIT_K": split, "BLOCK_CB": _block_cb(s.C_b),
-        }
-        if name == "fwd_reduce":  # the split-K epilogue launch (compiled whatever SPLIT_K is)
-            ptrs = {**ptrs, "ws_ptr": "fp32"}
-            const = {**const, "SPLIT_K": max(split, 2)}
-    elif name in ("grad_z", "grad_x", "wgrad", "bwd_reduce"):
-        ptrs, ints, const = _backward_launch_args(name, t, s, arch, precision, geom,
-                                                  x_st, w_st, c_st, y_st, dz_st)
-    else:
-        raise KeyError(f"unknown kernel {name!r}")
-    return ptrs, ints, const
-
-
-def _backward_launch_args(name, t, s, arch, precision, geom, x_st, w_st, c_st, y_st, dz_st):
-    """launch_args of the v2 backward kernels (mirrors ``_triton.backward``: every gradient
-    requested, bias as the shape says, no perm; keep in sync)."""
-    import math
-
-    def m_key(m):  # as _triton._m_key
-        return 1 << max(0, int(m) - 1).bit_length()
-
-    phases = s.stride * s.stride
-    step = s.stride // math.gcd(s.stride, s.dilation)
-    mp = s.N * _cdiv(s.H, s.stride) * _cdiv(s.W, s.stride)  # pixels of the largest phase
-    lw = s.KH * s.KW * s.C_in * s.C_b
-    bgeom = {**geom, "step_h": step, "step_w": step}
-    if name == "grad_z":
-        sms = SMS.get(arch, 132)
-        p = max(1, min(_cdiv(s.M, 128), 4 * sms))
-        chunk = _cdiv(_cdiv(s.M, p), 128) * 128
-        p = _cdiv(s.M, chunk)
-        z_st = y_st if s.keep_basis else _strides4(s.C_b, s.Ho, s.Wo, s.channels_last)
-        ptrs = {"g_ptr": t, "c_ptr": t, "dz_ptr": t, "z_ptr": t, "b_ptr": t, "p_ptr": t,
-                "wsc_ptr": "fp32", "wsb_ptr": "fp32", "w_ptr": t, "wt_ptr": t}
-        ints = {
-            "M": s.M, "M_KEY": m_key(s.M), "C_b": s.C_b, "C_rest": s.C_rest,
-            "C_in": s.C_in, "KW": s.KW, "LW": lw, "CHUNK": chunk, "W_CHUNK": _cdiv(lw, p),
-            "Ho": s.Ho, "Wo": s.Wo,
-            **dict(zip(("sg_n", "sg_c", "sg_h", "sg_w"), y_st)),
-            **dict(zip(("sc_o", "sc_b"), c_st)),
-            **dict(zip(("sd_n", "sd_c", "sd_h", "sd_w"), dz_st)),
-            **dict(zip(("sz_n", "sz_c", "sz_h", "sz_w"), z_st)),
-            **dict(zip(("sw_o", "sw_c", "sw_h", "sw_w"), w_st)),
-        }
-        const = {
-            "KEEP_BASIS": s.keep_basis, "STORE_DZ": True, "NEED_DC": s.C_rest > 0,
-            "NEED_DBIAS": s.bias, "HAS_BIAS": s.bias, "HAS_PERM": False, "COPY_W": True,
-            "INT64": False, "PRECISION": precision, "BLOCK_CB": _block_cb(s.C_b),
-            "BLOCK_W": 512,
-        }
-    elif name in ("grad_x", "wgrad"):
-        common = {
-            "N": s.N, "M_KEY": m_key(mp), "C_in": s.C_in, "H": s.H, "W": s.W,
-            "C_b": s.C_b, "Ho": s.Ho, "Wo": s.Wo,
-            **dict(zip(("sd_n", "sd_c", "sd_h", "sd_w"), dz_st)), **bgeom,
-        }
-        const = {"KH": s.KH, "KW": s.KW, "INT64": False, "PRECISION": precision}
-        if name == "grad_x":
-            ptrs = {"dz_ptr": t, "wt_ptr": t, "dx_ptr": t}
-            ints = {**common, **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st))}
-        else:
-            def axis_taps(K, st, p, d):
-                return max(sum((ph + p - k * d) % st == 0 for k in range(K)) for ph in range(st))
-
-            taps = (axis_taps(s.KH, s.stride, s.padding, s.dilation)
-                    * axis_taps(s.KW, s.stride, s.padding, s.dilation))
-            tiles = _cdiv(taps * s.C_b, 128) * _cdiv(s.C_in, 64) * phases
-            split = max(1, min(_cdiv(2 * SMS.get(arch, 132), tiles), _cdiv(mp, 256)))
-            ptrs = {"dz_ptr": t, "x_ptr": t, "ws_ptr": "fp32"}
-            ints = {**common, "SPLIT": split,
-                    **dict(zip(("sx_n", "sx_c", "sx_h", "sx_w"), x_st))}
-    else:  # bwd_reduce: d basis (slices of wgrad), d coeff and d bias (rows of grad_z)
-        ptrs = {"w1_ptr": "fp32", "o1_ptr": t, "w2_ptr": "fp32", "o2_ptr": t,
-                "w3_ptr": "fp32", "o3_ptr": t}
-        ints = {"S1": 4, "L1": lw, "S2": 256, "L2": s.C_rest * s.C_b, "S3": 256,
-                "L3": s.C_out}
-        const = {}
-    return ptrs, ints, const
-
-
-def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90) -> dict:
-    """The argument dict ``configs.prune`` sees for ``shape`` (all kernels' keys), with the
-    operand element size and layout that set its register budget, and the forward's split-K
-    factor as the launcher picks it on a GPU with ``SMS[arch]`` SMs."""
-    from tritonbasis.kernels import configs
-
-    return {
-        "C_in": shape.C_in, "C_rest": shape.C_rest, "C_b": shape.C_b, "CA": shape.C_b,
-        "CX": shape.C_in, "BLOCK_CB": _block_cb(shape.C_b), "KH": shape.KH, "KW": shape.KW,
-        "SPLIT_K": configs.split_k(shape.M, shape.C_in, shape.KH, shape.KW, shape.C_b,
-                                   SMS.get(arch, 132)),
-        "elem_bytes": 4 if dtype == "fp32" else 2, "nchw": not shape.channels_last,
-    }
-
-
-def kept_by_prune(name: str, cfg: dict, shape: Shape = REPRESENTATIVE,
-                  dtype: str = "bf16") -> bool:
-    """Whether the launcher's autotuner would consider ``cfg`` for this shape and dtype."""
-    from tritonbasis.kernels import configs
-
-    return cfg in configs.prune(name, list(configs.CONFIGS[name].values()),
-                                prune_shape(shape, dtype))
-
-
 def _jit_function(name: str):
     """The kernel as a JITFunction (re-wrapped if it was decorated for the interpreter).
     Re-wrapping alone does not make it compilable in an interpreted process -- triton's own
@@ -302,6 +127,124 @@ def _jit_function(name: str):
 
     k = KERNELS[name]
     return k if isinstance(k, JITFunction) else JITFunction(k.fn)
+
+
+# --------------------------------------------------------------------------------------------
+# The launchers' arguments for a shape (the launch plan on meta tensors)
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def _meta_inputs(shape: Shape, dtype: str):
+    """``(x, basis, coeff, bias, geometry)`` of ``shape`` as meta tensors: x in the shape's
+    memory format, the basis and coeff as parameters are (contiguous), no perm."""
+    import torch
+
+    from tritonbasis.op.geometry import check_inputs
+
+    s = shape
+    meta = {"dtype": _torch_dtype(dtype), "device": "meta"}
+    fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+    x = torch.empty((s.N, s.C_in, s.H, s.W), memory_format=fmt, **meta)
+    basis = torch.empty((s.C_b, s.C_in, s.KH, s.KW), **meta)
+    coeff = torch.empty((s.C_rest, s.C_b), **meta)
+    bias = torch.empty((s.C_out,), **meta) if s.bias else None
+    g = check_inputs(x, basis, coeff, bias, s.stride, s.padding, s.dilation, s.keep_basis)
+    return x, basis, coeff, bias, g
+
+
+def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
+                  arch: int = 90):
+    """The :class:`tritonbasis.op.launch_plan.Launch` of kernel ``name`` that the launchers
+    build for ``shape`` on a GPU with ``SMS[arch]`` SMs: the forward in training (the full
+    form saves Z), the backward with every gradient requested (d bias if the shape has a
+    bias), no output-channel permutation. ``fwd_reduce`` is built with split-K >= 2 even where
+    the shape does not split (it is compiled for every shape)."""
+    from tritonbasis.op import launch_plan
+
+    x, basis, coeff, bias, g = _meta_inputs(shape, dtype)
+    sms = SMS.get(arch, 132)
+    split = None
+    if name == "fwd_reduce":
+        split = max(2, launch_plan.fwd_split_k(g.pixels, g.C_in, g.KH, g.KW, g.C_b, sms))
+    launches, (out, z) = launch_plan.plan_forward(x, basis, coeff, bias, None, g, True, sms,
+                                                  split=split)
+    if name not in ("fwd", "fwd_reduce"):
+        import torch
+
+        grad = torch.empty_like(out)
+        mask = (True, True, True, bias is not None)
+        launches, _ = launch_plan.plan_backward(grad, x, basis, coeff, out, z, bias, None, g,
+                                                mask, sms)
+    for lc in launches:
+        if lc.kernel == name:
+            return lc
+    raise KeyError(f"unknown kernel {name!r} (the plans launch "
+                   f"{[lc.kernel for lc in launches]})")
+
+
+def _named(name: str, lc) -> dict:
+    """The launch's runtime arguments by kernel parameter name (constexprs come last in every
+    kernel's signature, so the positional arguments are its first parameters)."""
+    params = [p for p in _jit_function(name).params if not p.is_constexpr]
+    if len(params) != len(lc.args):
+        raise ValueError(f"{name}: the plan passes {len(lc.args)} arguments, the kernel has "
+                         f"{len(params)} runtime parameters")
+    return {p.name: a for p, a in zip(params, lc.args)}
+
+
+_PTR_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "int64": "i64",
+               "int32": "i32"}
+
+
+def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90):
+    """What the launchers pass to kernel ``name`` for ``shape``, minus the block sizes:
+    ``(pointer_dtypes, int_values, constexprs)``, each keyed by argument name, from
+    :func:`kernel_launch` (pointer dtypes in triton's spelling: ``bf16``, ``fp32``, ...)."""
+    import torch
+
+    lc = kernel_launch(name, dtype, shape, arch)
+    ptrs, ints = {}, {}
+    for arg, v in _named(name, lc).items():
+        if isinstance(v, torch.Tensor):
+            ptrs[arg] = _PTR_DTYPES[str(v.dtype).removeprefix("torch.")]
+        else:
+            ints[arg] = int(v)
+    return ptrs, ints, dict(lc.consts)
+
+
+def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90,
+                kernel: str = "fwd") -> dict:
+    """What ``configs.prune`` sees for kernel ``kernel``'s launch at ``shape`` on ``sm_<arch>``
+    (its arguments by name, the layout operand's element size and NCHW-ness, ``arch``: what
+    the launchers' autotuner passes it, :func:`tritonbasis.op.launchers.prune_input`). The
+    default, the forward's, also holds the keys the other kernels' pruning reads at the same shape
+    (C_in, C_b, C_rest, BLOCK_CB, KH, KW) and the forward's split-K factor (``SPLIT_K``)."""
+    from tritonbasis.op.launchers import prune_input
+
+    lc = kernel_launch(kernel, dtype, shape, arch)
+    named = {**_named(kernel, lc), **lc.consts}
+    if kernel != "fwd":  # grad_x / wgrad / grad_z launches lack some of these
+        fwd = kernel_launch("fwd", dtype, shape, arch)
+        named = {**{k: v for k, v in {**_named("fwd", fwd), **fwd.consts}.items()
+                    if k in ("C_in", "C_b", "C_rest", "KH", "KW", "BLOCK_CB", "SPLIT_K")},
+                 **named}
+    return prune_input(kernel, named, arch)
+
+
+def kept_by_prune(name: str, cfg: dict, shape: Shape = REPRESENTATIVE,
+                  dtype: str = "bf16", arch: int = 90) -> bool:
+    """Whether the launcher's autotuner would consider ``cfg`` for this shape and dtype."""
+    from tritonbasis.kernels import configs
+
+    return cfg in configs.prune(name, list(configs.CONFIGS[name].values()),
+                                prune_shape(shape, dtype, arch, name))
 
 
 def build_source(name: str, blocks: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
@@ -327,101 +270,15 @@ def build_source(name: str, blocks: dict, dtype: str = "bf16", shape: Shape = RE
             signature[arg] = "*" + ptrs[arg]
             if specialize:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-        elif arg in ints:
-            v = int(ints[arg])
+        else:
+            v = ints[arg]
             if specialize and v == 1:
                 signature[arg], constexprs[arg] = "constexpr", 1
                 continue
             signature[arg] = "i32" if -(2**31) <= v < 2**31 else "i64"
             if specialize and v % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            raise KeyError(f"{name}: launch_args has no value for argument {arg}")
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-
-
-def _tool(name: str, arch: int | None = None) -> str:
-    """Path of triton's bundled CUDA tool ``name``. For ``ptxas`` with an ``arch``: the one
-    triton itself runs for that arch (``get_ptxas(arch)``). Triton 3.9 emits PTX ISA 9.x for
-    sm_90 and assembles it with its newer ``ptxas-blackwell`` (CUDA 13.x); the legacy
-    ``ptxas`` it still bundles (CUDA 12.9, PTX <= 8.8) rejects that PTX ("Unsupported .version
-    9.4"), which is why the v1 compile tier reported ``spills=None`` under triton 3.9."""
-    from triton import knobs
-
-    if name == "ptxas" and arch is not None:
-        try:
-            from triton.backends.nvidia.compiler import get_ptxas
-        except ImportError:  # older triton: one ptxas for every arch
-            pass
-        else:
-            try:
-                return get_ptxas(arch).path
-            except TypeError:  # get_ptxas() without an arch argument
-                return get_ptxas().path
-    return getattr(knobs.nvidia, name.replace("-", "_")).path
-
-
-def toolchain_available() -> tuple[bool, str]:
-    """(ok, reason): triton importable, with its bundled ptxas and cuobjdump runnable."""
-    try:
-        import triton  # noqa: F401
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-    except Exception as e:  # pragma: no cover - depends on the environment
-        return False, f"triton not importable: {e!r}"
-    for tool, arch in (("ptxas", None), ("ptxas", 90), ("cuobjdump", None)):
-        try:
-            path = _tool(tool, arch)
-            subprocess.run([path, "--version"], check=True, capture_output=True, timeout=60)
-        except Exception as e:
-            return False, f"triton's bundled {tool} is not usable: {e!r}"
-    return True, ""
-
-
-def _resource_usage(cubin: bytes, kernel_name: str) -> dict:
-    """REG and STACK from ``cuobjdump --dump-resource-usage``; empty dict if unparsable.
-    Its lines look like ``Function basis_conv_fwd_kernel:`` then
-    ``REG:255 STACK:1464 SHARED:1024 LOCAL:0 CONSTANT[0]:720 ...``."""
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        try:
-            out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path],
-                                 check=True, capture_output=True, text=True, timeout=120).stdout
-        except Exception:
-            return {}
-    m = re.search(rf"Function {re.escape(kernel_name)}:\s*\n\s*(.*)", out)
-    if not m:
-        return {}
-    fields = dict(re.findall(r"([A-Z]+(?:\[\d+\])?):(\d+)", m.group(1)))
-    return {k: int(v) for k, v in fields.items()}
-
-
-def _ptxas_spills(ptx: str, arch: int) -> dict:
-    """Spill bytes from ``ptxas -v`` on the kernel's PTX (same arch and register allocator flag
-    as triton's own ptxas call). Empty dict if unparsable."""
-    from triton.backends.nvidia.compiler import sm_arch_from_capability
-
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        gpu = sm_arch_from_capability(arch)
-        cmd = [_tool("ptxas", arch), "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src,
-               "-o", os.path.join(d, "k.o")]
-        try:
-            run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-            log = run.stderr
-        except Exception:
-            return {}
-    out = {}
-    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    if m:
-        out["spill_store_bytes"], out["spill_load_bytes"] = int(m.group(1)), int(m.group(2))
-    m = re.search(r"Used (\d+) registers", log)
-    if m:
-        out["registers"] = int(m.group(1))
-    return out
 
 
 def config_name(name: str, cfg: dict) -> str:
@@ -434,60 +291,6 @@ def config_name(name: str, cfg: dict) -> str:
     return "FIXED" if cfg == configs.FIXED[name] else "custom"
 
 
-# The M extent of every tl.dot in each kernel (all of a kernel's dots share it): fwd's conv and
-# epilogue dots are BLOCK_M x ..., wgrad's is BLOCK_A x BLOCK_X.
-_DOT_M = {"fwd": "BLOCK_M", "fwd_reduce": "BLOCK_M", "grad_z": "BLOCK_M", "grad_x": "BLOCK_M",
-          "wgrad": "BLOCK_A"}
-
-
-def expected_tensor_core_instr(name: str, config: dict, arch: int) -> str:
-    """The MMA instruction Triton should emit for ``config``: on sm_90 ``wgmma`` when the tile
-    allows it, else ``mma.sync``; ``mma.sync`` on sm_80.
-
-    Triton's AccelerateMatmul uses MMAv3 (wgmma) only if ``num_warps % 4 == 0`` and the dot's
-    M extent is a multiple of 64 (one warpgroup = 4 warps owns 64 rows); otherwise it falls back
-    to MMAv2 (mma.sync), which Hopper also runs, at lower throughput. All N/K blocks here are
-    powers of two >= 16, which satisfies its other (N % 8 or 16, K) conditions."""
-    if arch >= 90 and config["num_warps"] % 4 == 0 and config["blocks"][_DOT_M[name]] % 64 == 0:
-        return "wgmma"
-    return "mma.sync"
-
-
-def _tensor_core_instr(ptx: str) -> str | None:
-    if re.search(r"\bwgmma\.mma_async", ptx):
-        return "wgmma"
-    if re.search(r"\bmma\.sync", ptx):
-        return "mma.sync"
-    return None
-
-
-def _wgmma_shapes(ptx: str) -> list[str]:
-    """The distinct wgmma instruction shapes in the PTX, e.g. ``["m64n128k16"]``."""
-    return sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx)))
-
-
-def _loop_facts(ttgir: str) -> dict:
-    """Loops of the kernel after Triton's pipeliner, from its TTGIR: ``loops`` (``scf.for``
-    ops) and ``pipelined_loops`` (those whose body issues asynchronous global->shared copies,
-    ``async_copy_global_to_local`` (cp.async) or a TMA copy: the software-pipelined ones)."""
-    lines = ttgir.splitlines()
-    loops = pipelined = 0
-    for i, line in enumerate(lines):
-        if "scf.for" not in line:
-            continue
-        loops += 1
-        depth, body = 0, []
-        for ln in lines[i:]:
-            body.append(ln)
-            depth += ln.count("{") - ln.count("}")
-            if depth <= 0 and len(body) > 1:
-                break
-        text = "\n".join(body[1:])
-        if "async_copy_global_to_local" in text or "async_tma_copy" in text:
-            pipelined += 1
-    return {"loops": loops, "pipelined_loops": pipelined}
-
-
 def _interpreted_process() -> bool:
     """True when this process decorated triton's ``@jit`` functions for the interpreter
     (TRITON_INTERPRET=1 when triton was imported).
@@ -497,7 +300,7 @@ def _interpreted_process() -> bool:
     ``JITFunction`` is not enough: the code generator calls the interpreted helper as plain
     Python, which patches triton.language for the interpreter (not restored) and the compile
     fails ("'ir.value' object has no attribute 'dtype'"). Such a process compiles in a clean
-    worker process instead (:class:`_Worker`)."""
+    worker process instead (:class:`aot_workers.Worker`)."""
     import triton.language as tl
     from triton.runtime.jit import JITFunction
     from tritonbasis.kernels import KERNELS
@@ -505,95 +308,6 @@ def _interpreted_process() -> bool:
     return not isinstance(tl.zeros, JITFunction) or not all(
         isinstance(k, JITFunction) for k in KERNELS.values()
     )
-
-
-class CompileError(RuntimeError):
-    """A compile that failed in a worker process (the message carries the worker's error)."""
-
-
-class _Worker:
-    """One ``python tools/aot.py --worker`` process, TRITON_INTERPRET removed from its
-    environment: one JSON job per line on stdin, one JSON result per line on stdout.
-    A subprocess rather than multiprocessing: spawn would re-import the caller's ``__main__``
-    and fork would inherit the interpreted triton."""
-
-    def __init__(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        self._err = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env,
-            text=True, bufsize=1,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def _stderr_tail(self) -> str:
-        self._err.seek(0)
-        return self._err.read().decode(errors="replace")[-3000:]
-
-    def call(self, job: dict) -> dict:
-        job = {**job, "shape": dataclasses.asdict(job.get("shape", REPRESENTATIVE))}
-        try:
-            self.proc.stdin.write(json.dumps(job) + "\n")
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
-        except OSError:
-            line = ""
-        if not line:
-            self.proc.wait(timeout=60)
-            raise CompileError(f"compile worker exited with {self.proc.returncode}:\n"
-                               f"{self._stderr_tail()}")
-        msg = json.loads(line)
-        if "error" in msg:
-            raise CompileError(msg["error"])
-        return msg["report"]
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._err.close()
-
-
-_WORKERS: list[_Worker] = []
-
-
-def _workers(n: int) -> list[_Worker]:
-    """``n`` live worker processes, started on first use and reused."""
-    _WORKERS[:] = [w for w in _WORKERS if w.alive()]
-    while len(_WORKERS) < n:
-        _WORKERS.append(_Worker())
-    return _WORKERS[:n]
-
-
-def shutdown_workers() -> None:
-    """End the worker processes this module started (if any); also run at exit."""
-    while _WORKERS:
-        _WORKERS.pop().close()
-
-
-atexit.register(shutdown_workers)
-
-
-def _worker_main() -> None:
-    """The worker's loop (``python tools/aot.py --worker``)."""
-    out = sys.stdout
-    sys.stdout = sys.stderr  # whatever triton prints must not corrupt the protocol
-    for line in sys.stdin:
-        job = json.loads(line)
-        try:
-            job["shape"] = Shape(**job["shape"])
-            msg = {"report": _compile_here(**job)}
-        except Exception as e:
-            msg = {"error": f"{type(e).__name__}: {e}"[:8000]}
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
 
 
 def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
@@ -617,7 +331,7 @@ def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
     job = {"name": name, "config": dict(config), "dtype": dtype, "arch": arch, "shape": shape,
            "cfg_name": cfg_name, "specialize": specialize, "keep_asm": keep_asm}
     if _interpreted_process():
-        return _workers(1)[0].call(job)
+        return aot_workers.workers(1)[0].call(job)
     return _compile_here(**job)
 
 
@@ -643,20 +357,20 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
 
     ptx = compiled.asm["ptx"]
     kname = compiled.metadata.name
-    usage = _resource_usage(compiled.asm["cubin"], kname)
+    usage = tc.resource_usage(compiled.asm["cubin"], kname)
     registers = usage.get("REG")
     stack = usage.get("STACK")
     spill_st = spill_ld = None
     if stack == 0:
         spill_st = spill_ld = 0  # no stack frame: nothing spilled
     else:  # spilled or cuobjdump unparsable: ask ptxas for the numbers
-        info = _ptxas_spills(ptx, arch)
+        info = tc.ptxas_spills(ptx, arch)
         spill_st, spill_ld = info.get("spill_store_bytes"), info.get("spill_load_bytes")
         if registers is None:
             registers = info.get("registers")
     shared = int(compiled.metadata.shared)
-    instr = _tensor_core_instr(ptx)
-    loops = _loop_facts(compiled.asm.get("ttgir", ""))
+    instr = tc.tensor_core_instr(ptx)
+    loops = tc.loop_facts(compiled.asm.get("ttgir", ""))
     report = {
         "kernel": name,
         "config": cfg_name or config_name(name, config),
@@ -677,8 +391,8 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
         "fits_registers": None if registers is None else registers <= MAX_REGISTERS,
         "tensor_core_instr": instr,
         "uses_tensor_cores": instr is not None,
-        "expected_tensor_core_instr": expected_tensor_core_instr(name, config, arch),
-        "wgmma_shapes": _wgmma_shapes(ptx),
+        "expected_tensor_core_instr": tc.expected_tensor_core_instr(name, config, arch),
+        "wgmma_shapes": tc.wgmma_shapes(ptx),
         "async_copies": bool(re.search(r"\bcp\.async\b", ptx)),
         **loops,
         "compile_seconds": round(seconds, 3),
@@ -729,7 +443,7 @@ def compile_many(jobs: list[dict], workers: int | None = None, progress=None) ->
         return reports
 
     idle: queue.Queue = queue.Queue()
-    for w in _workers(min(workers or _default_workers(), max(1, len(jobs)))):
+    for w in aot_workers.workers(min(workers or _default_workers(), max(1, len(jobs)))):
         idle.put(w)
 
     def run(i: int) -> dict:
@@ -740,7 +454,7 @@ def compile_many(jobs: list[dict], workers: int | None = None, progress=None) ->
             return _error_report(jobs[i], e)
         finally:
             # A worker that died (compiler crash) is replaced, so the rest still run.
-            idle.put(w if w.alive() else _Worker())
+            idle.put(w if w.alive() else aot_workers.Worker())
 
     with ThreadPoolExecutor(idle.qsize()) as ex:
         futures = {ex.submit(run, i): i for i in range(len(jobs))}
@@ -776,6 +490,6 @@ def compile_all(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPR
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
-        _worker_main()
+        aot_workers.serve(_compile_here, Shape)
     else:
         sys.exit("usage: python tools/aot.py --worker  (see tools/compile_report.py)")

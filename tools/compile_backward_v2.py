@@ -39,7 +39,7 @@ def main() -> int:
                 cands = dict(configs.CONFIGS[k])
             else:
                 kept = configs.prune(k, list(configs.CONFIGS[k].values()),
-                                     {**aot.prune_shape(shape), "C_b": shape.C_b})
+                                     aot.prune_shape(shape, kernel=k))
                 cands = {aot.config_name(k, c): c for c in kept}
             for cname, cfg in cands.items():
                 jobs.append({"name": k, "config": cfg, "cfg_name": cname, "arch": 90,

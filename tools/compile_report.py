@@ -31,6 +31,7 @@ import sys
 import time
 
 import aot  # tools/aot.py, beside this script (tools/ is not installed)
+import aot_toolchain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +55,7 @@ def _versions() -> dict:
     import triton
 
     try:
-        out = subprocess.run([aot._tool("ptxas", 90), "--version"], capture_output=True,
+        out = subprocess.run([aot_toolchain.tool("ptxas", 90), "--version"], capture_output=True,
                              text=True).stdout
         m = re.search(r"release [\d.]+, (V[\d.]+)", out)
         ptxas = m.group(1) if m else out.strip().splitlines()[-1]
@@ -113,7 +114,8 @@ def _bench_jobs(arch: int, ratios) -> list[dict]:
         for name in configs.CONFIGS:
             if name == "fwd_reduce" and ps["SPLIT_K"] == 1:
                 continue  # only launched with split-K
-            for cfg in configs.prune(name, list(configs.CONFIGS[name].values()), ps):
+            kps = aot.prune_shape(shape, "bf16", arch, name)  # what the autotuner prunes with
+            for cfg in configs.prune(name, list(configs.CONFIGS[name].values()), kps):
                 jobs.append({"name": name, "config": cfg, "cfg_name": aot.config_name(name, cfg),
                              "arch": arch, "dtype": "bf16", "shape": shape, "tag": tag,
                              "split_k": ps["SPLIT_K"]})

@@ -21,19 +21,31 @@ def choose_mode(g: ConvGeometry, device: torch.device | str = "cpu", timings=Non
     return decide(g, device, timings)
 
 
-def _autocast(*tensors):
+# The registered op's one overload, resolved once: calling the OpOverloadPacket
+# (torch.ops.tritonbasis.basis_conv2d) picks the overload on every call, ~10-15 us on the
+# 2-core CI machine (bench/NOTES.md "Host overhead per call").
+_OP = torch.ops.tritonbasis.basis_conv2d.default
+
+
+def _autocast(x, basis, coeff, bias):
     """Under autocast, run in the autocast dtype like F.conv2d does (params included)."""
-    dev = next(t.device.type for t in tensors if t is not None)
-    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+    dev = "cuda" if x.is_cuda else "cpu" if x.is_cpu else None  # (x.device.type: ~0.7 us)
+    if dev is not None and torch.is_autocast_enabled(dev):
         dtype = torch.get_autocast_dtype(dev)
         return tuple(
-            t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors
+            t.to(dtype) if t is not None and t.is_floating_point() else t
+            for t in (x, basis, coeff, bias)
         )
-    return tensors
+    return x, basis, coeff, bias
 
 
 def onnx_exporting() -> bool:
-    """True inside ``torch.onnx.export`` (checked only once torch.onnx is imported)."""
+    """True inside ``torch.onnx.export``. Both exporters trace (the dynamo one through
+    torch.export, which sets ``torch.compiler.is_compiling()``; the TorchScript one through
+    ``torch.jit`` tracing), so eager calls skip ``torch.onnx.is_in_onnx_export()`` (~3 us: two
+    imports per call) behind those two flag reads (~0.3 us)."""
+    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        return False
     return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
 
 
@@ -74,6 +86,8 @@ def basis_conv2d(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor):
         x, basis, coeff, bias = _autocast(x, basis, coeff, bias)
+    # validated here and again in the op (direct torch.ops calls need it there): the second is
+    # a dict lookup (op.geometry._CHECKED)
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     exporting = onnx_exporting()
     if mode == "auto":
@@ -89,8 +103,5 @@ def basis_conv2d(
             x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis, perm
         )
     need_z = (not keep_basis) and coeff.requires_grad and torch.is_grad_enabled()
-    out, _ = torch.ops.tritonbasis.basis_conv2d(
-        x, basis, coeff, bias, perm, list(g.stride), list(g.padding), list(g.dilation),
-        bool(keep_basis), need_z,
-    )
-    return out
+    return _OP(x, basis, coeff, bias, perm, g.stride, g.padding, g.dilation, g.keep_basis,
+               need_z)[0]

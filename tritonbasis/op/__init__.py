@@ -2,9 +2,9 @@
 
 * :mod:`.geometry` -- argument validation and the one formula for output size and MACs;
 * :mod:`.reference` -- the plain-PyTorch definition (the oracle) and the CPU path;
-* :mod:`.launchers` -- the Triton launchers (grids, configs, workspaces); triton is imported on
-  first use only;
-* :mod:`.tune_cache` -- persisted measurements (fused vs weight timings, autotune results);
+* :mod:`.launchers` -- the Triton launchers (grids, workspaces, one argument builder per
+  kernel, autotuning through triton's own result cache); triton is imported on first use only;
+* :mod:`.tune_cache` -- persisted fused-vs-weight timings (what ``mode="auto"`` reads);
 * :mod:`.registry` -- ``torch.ops.tritonbasis.*`` (custom ops, fakes, autograd, FLOP formulas)
   and the one place that decides which implementation runs.
 

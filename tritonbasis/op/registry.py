@@ -25,6 +25,7 @@ Implementation choice (per call, at run time, so it also holds inside compiled g
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -32,8 +33,9 @@ from collections.abc import Sequence
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from . import reference
+from . import launchers, reference
 from .geometry import (
+    MAX_BASIS_CHANNELS,
     ConvGeometry,
     backward_macs,
     check_inputs,
@@ -43,7 +45,15 @@ from .geometry import (
 )
 
 BACKENDS = ("auto", "torch", "triton")
-_state = threading.local()
+
+
+class _State(threading.local):
+    # a class default, not getattr(_state, "backend", None): a missing thread-local attribute
+    # raises inside getattr, ~1 us per call
+    backend: str | None = None
+
+
+_state = _State()
 
 # --------------------------------------------------------------------------------------------
 # Backend selection
@@ -51,14 +61,28 @@ _state = threading.local()
 
 def get_backend() -> str:
     """The requested backend: :func:`set_backend`/:func:`use_backend` if set, else the
-    ``TRITONBASIS_BACKEND`` environment variable, else ``"auto"``."""
-    name = getattr(_state, "backend", None) or os.environ.get("TRITONBASIS_BACKEND", "auto")
-    name = name.strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(
-            f"TRITONBASIS_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}"
-        )
+    ``TRITONBASIS_BACKEND`` environment variable, else ``"auto"``.
+
+    Read on every call (a thread-local or environment change takes effect at once); only the
+    parsing of an environment value is remembered (``_ENV_BACKENDS``)."""
+    name = _state.backend  # set_backend stores it normalised
+    if name is not None:
+        return name
+    raw = os.environ.get("TRITONBASIS_BACKEND")
+    if raw is None:
+        return "auto"
+    name = _ENV_BACKENDS.get(raw)
+    if name is None:
+        name = raw.strip().lower()
+        if name not in BACKENDS:
+            raise ValueError(
+                f"TRITONBASIS_BACKEND must be one of {', '.join(BACKENDS)}, got {name!r}"
+            )
+        _ENV_BACKENDS[raw] = name
     return name
+
+
+_ENV_BACKENDS: dict[str, str] = {}  # raw TRITONBASIS_BACKEND value -> valid backend name
 
 
 def set_backend(name: str | None) -> None:
@@ -75,7 +99,7 @@ def set_backend(name: str | None) -> None:
 @contextlib.contextmanager
 def use_backend(name: str):
     """Context manager form of :func:`set_backend`; restores the previous choice on exit."""
-    prev = getattr(_state, "backend", None)
+    prev = _state.backend
     set_backend(name)
     try:
         yield
@@ -83,8 +107,10 @@ def use_backend(name: str):
         _state.backend = prev
 
 
+@functools.cache
 def triton_import_error() -> str | None:
-    """None if triton imports, else why not."""
+    """None if triton imports, else why not. Decided once per process: a failed import
+    searches the file system again every time (the README's "once per process")."""
     try:
         import triton  # noqa: F401
     except Exception as e:  # ImportError, or a broken install
@@ -94,9 +120,7 @@ def triton_import_error() -> str | None:
 
 def triton_supports(x: torch.Tensor, g: ConvGeometry) -> str | None:
     """None if the Triton kernels can run this call on a GPU, else the reason."""
-    from .geometry import MAX_BASIS_CHANNELS
-
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if x.dtype not in _TRITON_DTYPES:
         return f"dtype {x.dtype} (the Triton kernels take float16, bfloat16, float32)"
     if g.C_b > MAX_BASIS_CHANNELS:
         return (
@@ -106,18 +130,21 @@ def triton_supports(x: torch.Tensor, g: ConvGeometry) -> str | None:
     return None
 
 
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def resolve_backend(x: torch.Tensor, g: ConvGeometry) -> str:
     """``"torch"`` or ``"triton"`` for this call; raises a clear error if ``triton`` was forced
     and cannot run."""
     name = get_backend()
     if name == "torch" or g.N == 0:  # an empty batch launches nothing: the torch path
         return "torch"
-    err = triton_import_error()
     if name == "auto":
-        if x.device.type == "cuda" and err is None and triton_supports(x, g) is None:
+        if x.is_cuda and triton_supports(x, g) is None and triton_import_error() is None:
             return "triton"
         return "torch"
     # forced triton
+    err = triton_import_error()
     if err is not None:
         raise RuntimeError(f"TRITONBASIS_BACKEND=triton but triton cannot be imported ({err})")
     why = triton_supports(x, g)
@@ -126,9 +153,7 @@ def resolve_backend(x: torch.Tensor, g: ConvGeometry) -> str:
     if x.device.type == "cuda":
         return "triton"
     if x.device.type == "cpu":
-        from . import launchers as _triton
-
-        if _triton.interpreted():
+        if launchers.interpreted():
             return "triton"
         raise RuntimeError(
             "TRITONBASIS_BACKEND=triton on CPU tensors runs the Triton kernels through the "
@@ -140,11 +165,8 @@ def resolve_backend(x: torch.Tensor, g: ConvGeometry) -> str:
 
 
 def _impl(x: torch.Tensor, g: ConvGeometry):
-    if resolve_backend(x, g) == "triton":
-        from . import launchers as _triton
-
-        return _triton
-    return reference
+    # modules, not functions: tests replace reference.forward / launchers.forward
+    return launchers if resolve_backend(x, g) == "triton" else reference
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,25 +1,24 @@
-"""On-disk tuning cache: the best autotune config of every kernel launch shape, and measured
-fused-vs-weight timings per layer shape for ``mode="auto"``.
+"""On-disk tuning cache: measured fused-vs-weight timings per layer shape for ``mode="auto"``.
 
-Two JSON files in :func:`cache_dir` (``$TRITONBASIS_CACHE_DIR``, else
+What Triton cannot keep for us. The autotune results of the kernels (the best config of every
+launch key) are Triton's: ``triton.autotune(..., cache_results=True)`` stores them in Triton's
+cache (``$TRITON_CACHE_DIR``, default ``~/.triton/cache``; see :mod:`.launchers`), so a second
+process does not re-tune. (Until issue 11 this module kept them too, in
+``autotune-configs.json``; such a file is now ignored.)
+
+One JSON file in :func:`cache_dir` (``$TRITONBASIS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/tritonbasis``, else ``~/.cache/tritonbasis``):
 
-* ``autotune-configs.json`` -- one entry per (kernel, GPU name, triton version, kernel-source
-  hash, autotune key values). ``tritonbasis._triton`` looks a launch up here before autotuning
-  and launches the cached config directly, so a second process does not re-tune; after tuning
-  it stores the autotuner's ``best_config``. A lookup with a different GPU, triton version or
-  kernel source (any edit of the kernel's module or of ``kernels/configs.py``) misses, and the
-  next store drops the stale entries of that kernel and GPU.
 * ``mode-timings.json`` -- one entry per (device name, layer geometry): fused and weight
   medians (ms, forward and forward+backward) and the faster ``mode``, written by
   ``tritonbasis tune`` (:func:`tritonbasis.tune.tune_shapes`). :func:`tritonbasis.choose_mode`
   uses that ``mode`` when there is an entry, and the FLOP model otherwise. Entries measured on a
   GPU are only used with the same triton version and kernel source.
 
-Files are written atomically (temporary file + ``os.replace``) under an advisory lock, so
+The file is written atomically (temporary file + ``os.replace``) under an advisory lock, so
 concurrent processes never read half a file; a file that is not valid cache JSON is ignored
-with a warning and rewritten by the next store. ``TRITONBASIS_TUNE_CACHE=0`` switches the cache
-off (autotune then tunes in every process, ``mode="auto"`` uses the FLOP model).
+with a warning and rewritten by the next store. ``TRITONBASIS_TUNE_CACHE=0`` switches the
+timings off (``mode="auto"`` uses the FLOP model).
 
 Reads happen once per process and file (then from memory); nothing here imports triton or
 queries CUDA at import.
@@ -43,12 +42,10 @@ from ..util.fileio import atomic_write_text
 
 ENV_DIR = "TRITONBASIS_CACHE_DIR"
 ENV_ENABLE = "TRITONBASIS_TUNE_CACHE"
-CONFIGS_FILE = "autotune-configs.json"
 TIMINGS_FILE = "mode-timings.json"
 FORMAT = "tritonbasis.tune_cache/1"
 
 __all__ = [
-    "CONFIGS_FILE",
     "ENV_DIR",
     "ENV_ENABLE",
     "TIMINGS_FILE",
@@ -57,10 +54,8 @@ __all__ = [
     "device_name",
     "enabled",
     "geometry_key",
-    "lookup_config",
     "lookup_mode",
     "preload",
-    "store_config",
     "store_timing",
     "summary",
 ]
@@ -107,11 +102,11 @@ def _tupled(v):
 
 def _entry_ok(e: dict) -> bool:
     """Fields the lookups index by must be JSON scalars / lists of them; the rest of an entry
-    is type-checked where it is read (``lookup_config``, ``_mode_table``)."""
+    is type-checked where it is read (``_mode_table``)."""
     for k in ("ident", "geometry", "key"):
         if k in e and not (isinstance(e[k], list) and _scalar_tree(e[k])):
             return False
-    for k in ("device", "mode", "kernel", "gpu", "triton", "src"):
+    for k in ("device", "mode", "triton", "src"):
         if k in e and not (e[k] is None or isinstance(e[k], str)):
             return False
     return True
@@ -267,7 +262,6 @@ def _atomic_write(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-_CONFIGS = _Store(CONFIGS_FILE, "autotune-configs")
 _TIMINGS = _Store(TIMINGS_FILE, "mode-timings")
 # (cache path, device name) -> {geometry tuple: mode}; rebuilt after every timing store.
 _MODE_TABLES: dict[tuple[str, str], dict[tuple, str]] = {}
@@ -280,7 +274,6 @@ _DEVICE_NAMES: dict[tuple[str, int | None], str] = {}
 def clear_memory() -> None:
     """Forget what this process read or stored (the next lookup re-reads the files), as a new
     process would."""
-    _CONFIGS.clear_memory()
     _TIMINGS.clear_memory()
     _MODE_TABLES.clear()
     _TRACED_VIEW.clear()
@@ -310,41 +303,6 @@ def device_name(device) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Autotune configs
-
-
-def lookup_config(kernel: str, gpu: str, triton_version: str, src_hash: str,
-                  key: tuple) -> dict | None:
-    """The cached best config ``{"blocks", "num_warps", "num_stages"}`` of ``kernel`` for
-    these autotune ``key`` values on ``gpu`` with this triton and kernel source, or None."""
-    e = _CONFIGS.get((kernel, gpu, triton_version, src_hash, tuple(key)))
-    if e is None:
-        return None
-    cfg = e.get("config")
-    if (not isinstance(cfg, dict) or not isinstance(cfg.get("blocks"), dict)
-            or not isinstance(cfg.get("num_warps"), int)
-            or not isinstance(cfg.get("num_stages"), int)):
-        return None
-    return cfg
-
-
-def store_config(kernel: str, gpu: str, triton_version: str, src_hash: str, key: tuple,
-                 config: dict) -> None:
-    """Remember ``config`` as the best for this launch key; drops entries of the same kernel
-    and GPU made with another triton version or kernel source."""
-
-    def stale(e: dict) -> bool:
-        return (e.get("kernel") == kernel and e.get("gpu") == gpu
-                and (e.get("triton") != triton_version or e.get("src") != src_hash))
-
-    _CONFIGS.put((kernel, gpu, triton_version, src_hash, tuple(key)),
-                 {"kernel": kernel, "gpu": gpu, "triton": triton_version, "src": src_hash,
-                  "key": list(key), "config": config, "torch": torch.__version__,
-                  "time": _now()},
-                 stale=stale)
-
-
-# --------------------------------------------------------------------------------------------
 # Measured fused-vs-weight timings (mode="auto")
 
 
@@ -357,9 +315,9 @@ def geometry_key(g) -> tuple:
 def _kernel_identity() -> tuple[str, str] | None:
     """(triton version, source hash of all kernels), or None if triton cannot be imported."""
     try:
-        from . import launchers as _triton
+        from . import launchers
 
-        return _triton.triton_version(), _triton.source_hash()
+        return launchers.triton_version(), launchers.source_hash()
     except Exception:
         return None
 
@@ -448,15 +406,25 @@ def lookup_mode(g, device) -> str | None:
 
 
 def summary() -> dict:
-    """Where the cache is and what it holds (for ``tritonbasis tune --show``)."""
-    cfg, tim = _CONFIGS.entries(), _TIMINGS.entries()
-    by_gpu: dict[str, int] = {}
-    for e in cfg.values():
-        by_gpu[str(e.get("gpu"))] = by_gpu.get(str(e.get("gpu")), 0) + 1
+    """Where the caches are and what they hold (for ``tritonbasis tune --show``): the timings
+    file, and Triton's cache folder that holds the autotune results (``*.autotune.json``)."""
+    tim = _TIMINGS.entries()
     by_dev: dict[str, int] = {}
     for e in tim.values():
         by_dev[str(e.get("device"))] = by_dev.get(str(e.get("device")), 0) + 1
     return {"dir": str(cache_dir()), "enabled": enabled(),
-            "configs": {"file": str(_CONFIGS.path()), "entries": len(cfg), "by_gpu": by_gpu},
+            "autotune": _triton_autotune_cache(),
             "timings": {"file": str(_TIMINGS.path()), "entries": len(tim),
                         "by_device": by_dev}}
+
+
+def _triton_autotune_cache() -> dict:
+    """Triton's cache folder and how many autotune results of our kernels it holds."""
+    try:
+        from triton import knobs
+
+        d = Path(knobs.cache.dir)
+    except Exception as e:  # triton absent or without knobs: nothing to report
+        return {"dir": None, "why": f"{type(e).__name__}: {e}"}
+    n = sum(1 for _ in d.glob("*/basis_conv_*.autotune.json")) if d.is_dir() else 0
+    return {"dir": str(d), "entries": n}
