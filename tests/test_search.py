@@ -11,7 +11,7 @@ import tritonbasis as tb
 from tritonbasis.recipes import search as S
 from tritonbasis.recipes.data import digits
 from tritonbasis.recipes.models import resnet18_cifar
-from tritonbasis.recipes.search import selection
+from tritonbasis.recipes.search import probes, selection
 from tritonbasis.recipes.train import TrainConfig, evaluate, train
 
 
@@ -28,7 +28,8 @@ def data8():
 def _tiny_config(**kw):
     base = dict(spec={"ratio": 0.25}, max_drop=2.0, baseline_epochs=2, batch_size=64,
                 lr=0.05, probe_steps=4, probe_lr=0.01, time_batch=8, time_steps=2,
-                final=True, seed=0)
+                final=True, final_seeds=1, final_epochs=1, time_rounds=1, verify_steps=None,
+                seed=0)
     base.update(kw)
     return S.SearchConfig(**base)
 
@@ -42,7 +43,8 @@ def _strip_timing(d):
     """Wall-clock measurements differ run to run; everything else must not."""
     if isinstance(d, dict):
         return {k: _strip_timing(v) for k, v in d.items()
-                if not (k.endswith("_ms") or k in ("seconds", "timing_device"))}
+                if not (k.endswith(("_ms", "_ms_rounds"))
+                        or k in ("seconds", "timing_device", "train_step", "infer"))}
     if isinstance(d, list):
         return [_strip_timing(v) for v in d]
     return d
@@ -67,6 +69,13 @@ def test_tiny_search_end_to_end(data8, tmp_path):
     assert rep.final["naive"]["params"] < rep.final["chosen"]["params"] <= \
         rep.final["dense"]["params"]
     assert rep.final["naive"]["converted"] == 20
+    # the final converts the trained baseline: one seed, paired drops against it
+    assert rep.final["dense"]["val_acc"] == pytest.approx(rep.baseline["val_acc"])
+    assert rep.final["chosen"]["drop_per_seed_pp"] == [rep.final["chosen"]["drop_pp"]]
+    assert rep.verdict["seeds"] == 1 and rep.verdict["larger_than_noise"] is None
+    # every layer's mode is the faster of its two measured ones
+    for r in rep.layers:
+        assert r["mode"] == ("fused" if r["time_fused_ms"] <= r["time_weight_ms"] else "weight")
     # outputs: JSON report, plan, summary, plots
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["selection"]["chosen"] == sel["chosen"]
@@ -121,8 +130,20 @@ def test_fragile_layer_is_ranked_most_sensitive(data8, tmp_path):
     assert "c2" not in rep.chosen and {"c1", "c3"} <= set(rep.chosen)
 
 
+def _fake_layer_time(module, x, steps):
+    """Deterministic per-layer timings: the basis path measured slower than the weight path
+    on every odd-width layer (so both modes occur), independent of the machine's load."""
+    if isinstance(module, tb.BasisConv2d):
+        return 1.0 if (module.mode == "fused") == (module.out_channels % 16 == 0) else 2.0
+    return 1.5
+
+
 def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
+    """Kill during the probes, resume: the same report. The layer timings are injected: two
+    separate runs timed on a loaded machine could pick different modes for a layer (this test
+    was flaky for that), and the final models run those modes."""
     train_data, val_data = data8
+    monkeypatch.setattr(probes, "time_fwd_bwd", _fake_layer_time)
     cfg = _tiny_config(baseline_epochs=1, probe_steps=2)
     ref = S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
                                out=tmp_path / "a", progress=False, log=lambda *a: None)
@@ -217,7 +238,7 @@ def test_selection_backs_off_to_a_verified_subset():
         return {"zero_shot_acc": 0.9, "zero_shot_drop": drop, "zero_shot_loss_delta": 0.0,
                 "probe_acc": 0.9, "probe_drop": round(drop, 4), "probe_loss_delta": 0.0}
 
-    cfg = _tiny_config(max_drop=2.0, probe_steps=3, max_backoff=3)
+    cfg = _tiny_config(max_drop=2.0, probe_steps=3, max_backoff=3, selection="greedy")
     state = _DictState()
     sel = selection.select(rows, probe, cfg, state, log=lambda *a: None)
     assert sel["chosen"] == ["a", "b", "c"] and sel["backoffs"] == 1
@@ -228,3 +249,57 @@ def test_selection_backs_off_to_a_verified_subset():
                                                                  ["a", "b", "c"]]
     again = selection.select(rows, probe, cfg, state, log=lambda *a: None)
     assert again == sel and len(calls) == 2
+
+
+def test_killed_timing_resumes_with_the_saved_timings(data8, tmp_path, monkeypatch):
+    """Killed while timing the layers: a resume times only the layers not yet timed (a
+    re-timed layer could flip its mode) and ends with every layer's saved timings intact."""
+    cfg = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False)
+    calls = {"n": 0}
+
+    def dying(module, x, steps):
+        calls["n"] += 1
+        if calls["n"] == 3 * 5 + 1:  # dense, fused, weight per layer: 5 layers done
+            raise KeyboardInterrupt("killed")
+        return _fake_layer_time(module, x, steps)
+
+    monkeypatch.setattr(probes, "time_fwd_bwd", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data8, tmp_path, cfg)
+    saved = json.loads((tmp_path / "state.json").read_text())["stages"]["gains"]
+    assert len(saved) == 5
+    calls["n"] = -10**6  # no more kills
+    rep = _run(data8, tmp_path, cfg)
+    assert calls["n"] == -10**6 + 3 * (len(rep.layers) - 5)
+    rows = {r["fqn"]: r for r in rep.layers}
+    for f, g in saved.items():
+        assert rows[f]["mode"] == g["mode"] and rows[f]["time_fused_ms"] == g["time_fused_ms"]
+
+
+def _run(data8, out, cfg):
+    train_data, val_data = data8
+    return S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=out,
+                                progress=False, log=lambda *a: None)
+
+
+def test_state_without_a_new_field_resumes_as_its_default(data8, tmp_path, monkeypatch):
+    """A state written before a SearchConfig field existed (its config lacks it, its hash
+    differs) resumes when this run uses the field's default, and is refused, naming the
+    field, when it does not."""
+    monkeypatch.setattr(probes, "time_fwd_bwd", _fake_layer_time)
+    cfg = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False)
+    first = _run(data8, tmp_path, cfg)
+    path = tmp_path / "state.json"
+    doc = json.loads(path.read_text())
+    for k in ("sensitivity", "selection", "final_seeds", "final_lr"):
+        del doc["config"][k]
+    doc["config_hash"] = "0" * 64  # as hashed by the code of before those fields
+    path.write_text(json.dumps(doc))
+    again = _run(data8, tmp_path, _tiny_config(baseline_epochs=0, probe_steps=0, final=False,
+                                               probe_groups=False, final_seeds=3))
+    assert again.selection == first.selection
+    with pytest.raises(S.SearchStateError,
+                       match=r"differs in selection \(state 'bisect', now 'greedy'\)\)"):
+        _run(data8, tmp_path, _tiny_config(baseline_epochs=0, probe_steps=0, final=False,
+                                           probe_groups=False, final_seeds=3,
+                                           selection="greedy"))

@@ -20,13 +20,18 @@ it, so a corrupt file is an error, never trusted):
 3. **gains** (:mod:`.probes`) -- parameters and MACs saved per layer, and the measured
    forward+backward time of the dense conv vs the real op at that layer's shape on the current
    device.
-4. **selection** (:mod:`.selection`) -- add layers by gain per unit of sensitivity while the
-   predicted total drop (sum of probe drops) stays within ``max_drop``; verify the chosen
-   subset with one combined probe; back off (drop the lowest-scoring layer) while the verified
-   drop breaks the budget.
-5. **final** (:mod:`.final`) -- train the chosen-subset model and the "convert every layer"
-   (naive) model for the full budget from the same initialisation as the baseline; compare
-   accuracy, params, MACs, training step time and inference time with the dense baseline.
+4. **selection** (:mod:`.selection`) -- rank the layers by gain per unit of sensitivity (the
+   probe's validation-loss increase by default); choose the longest score-ordered prefix whose
+   *combined* probe fits ``max_drop`` (bisection over the prefix length; ``greedy``: summed
+   drops, then back-off), recording predicted vs verified drop for every step.
+5. **final** (:mod:`.final`) -- for ``final_seeds`` seeds, each with its own trained dense
+   model: convert it (the chosen subset; every layer, "naive") and fine-tune
+   ``final_epochs``; paired drops per seed, params, MACs, train step and inference time
+   (``time_rounds`` interleaved rounds); the verdict (:mod:`.verdict`) in numbers and words.
+
+:func:`run_experiment` (:mod:`.experiment`) runs the whole default experiment -- data, model,
+search, final over seeds, summary, plots -- from an :class:`ExperimentConfig` and a
+:class:`SearchConfig` (what ``tritonbasis search`` calls).
 
 Outputs in ``<out>`` (:mod:`.report`): ``report.json`` (:class:`SearchReport`), ``plan.json``
 (for ``tritonbasis convert`` / ``train --plan``), ``summary.md`` and PNG plots.
@@ -51,7 +56,7 @@ from ...nn.spec import BasisSpec
 from .. import distributed as D
 from ..measure import count_params
 from .baseline import run_baseline
-from .config import SearchConfig
+from .config import ExperimentConfig, SearchConfig, help_texts
 from .context import SearchContext
 from .final import FinalInputs, run_final
 from .probes import (
@@ -67,9 +72,11 @@ from .report import SearchReport, plot, summary_markdown, write_outputs
 from .selection import layer_rows, plan_of, run_selection
 from .state import SearchState, SearchStateError, config_hash
 from .state import default_device as _default_device  # noqa: F401 (S._default_device)
+from .verdict import verdict, verdict_lines
 
-__all__ = ["SearchConfig", "SearchReport", "SearchStateError", "config_hash", "plot",
-           "sensitivity_search", "summary_markdown", "write_outputs"]
+__all__ = ["ExperimentConfig", "SearchConfig", "SearchReport", "SearchStateError",
+           "config_hash", "help_texts", "plot", "run_experiment", "sensitivity_search",
+           "summary_markdown", "verdict_lines", "write_outputs"]
 
 
 def sensitivity_search(
@@ -114,7 +121,7 @@ def sensitivity_search(
     probes = run_layer_probes(ctx, cands, probe)
     groups = run_group_probes(ctx, cands, conv_rows, probes, probe)
     gains = measure_gains(ctx, dense, cands)  # 3
-    rows = layer_rows(cands, conv_rows, probes, gains, cfg.gain)  # 4
+    rows = layer_rows(cands, conv_rows, probes, gains, cfg.gain, cfg.sensitivity)  # 4
     selection = run_selection(ctx, rows, probe)
     final = ctx.state.get("final", {})  # 5
     if cfg.final:
@@ -130,6 +137,7 @@ def sensitivity_search(
         selection=selection, final=final, plan=plan_of(rows, ctx.spec),
         seconds=round(ctx.state.get("seconds", 0.0) + time.perf_counter() - t_start, 2),
         world_size=D.world_size(),
+        verdict=verdict(final, selection, len(rows)) if cfg.final else {},
     )
     ctx.state.put("seconds", report.seconds)
     if D.is_main():
@@ -171,3 +179,11 @@ def _open(cfg: SearchConfig, identity: dict, train_data, val_data, out: Path, pr
     return SearchContext(cfg=cfg, spec=BasisSpec.from_dict(cfg.spec), train_data=train_data,
                          val_data=val_data, out=out, state=state,
                          shape=tuple(train_data[0][0].shape), progress=progress, log=log)
+
+
+def run_experiment(*a, **kw):
+    """:func:`.experiment.run_experiment` (imported on first use: it imports the data and
+    model modules)."""
+    from .experiment import run_experiment as run
+
+    return run(*a, **kw)

@@ -1,12 +1,21 @@
-"""Stage 5, the final comparison: the chosen-subset model and the "convert every layer"
-(naive) model trained for the full budget from the baseline's initialisation (or fine-tuned
-from the baseline weights with ``baseline_epochs=0``), each layer run in the mode the search
-measured faster; accuracy, params, MACs, training step and inference time of both beside the
-dense baseline."""
+"""Stage 5, the final comparison over seeds: for each seed (``seed``, ``seed + 1``, ...) its
+own dense model (seed 0's is the search's baseline; the others are trained the same way from
+their own initialisation), and the chosen-subset and the "convert every layer" (naive) models
+made by converting *that trained dense model* and fine-tuning it ``final_epochs`` epochs.
+
+Converting the trained model is the point: trained from scratch, even the naive model at
+C_b = C_out/16 loses only about 1 pp on digits (docs/experiments.md), so a from-scratch
+comparison would not show what a plan costs. The plan is the one searched with ``seed``;
+drops are paired per seed (each converted model against its own dense model).
+
+Params, MACs and the step times (each converted layer in the mode the search measured faster)
+are measured once, on seed 0's models, ``time_rounds`` times interleaved: the spread of those
+rounds is the timing noise the summary states."""
 
 from __future__ import annotations
 
 import copy
+import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -17,11 +26,12 @@ from .. import distributed as D
 from ..evaluation import evaluate
 from ..measure import count_macs, count_params, measure_step_time
 from ..train import train
-from ..train_config import TrainConfig
 from .context import SearchContext
 from .probes import convert_only, pp
 
-__all__ = ["FinalInputs", "apply_modes", "measure", "run_final"]
+__all__ = ["FinalInputs", "apply_modes", "mean_sd", "measure", "run_final"]
+
+NAMES = ("dense", "chosen", "naive")
 
 
 @dataclass
@@ -35,6 +45,12 @@ class FinalInputs:
     chosen: list[str]  # the selected layers
     candidates: list[str]  # every candidate layer (the naive model converts them all)
     gains: dict = field(default_factory=dict)  # per layer, with the measured faster "mode"
+
+
+def mean_sd(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    xs = [float(x) for x in xs]
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def apply_modes(model: nn.Module, fqns, gains: dict, device) -> None:
@@ -58,42 +74,120 @@ def measure(ctx: SearchContext, m: nn.Module) -> dict:
             "infer_ms": round(t["infer_ms"], 4), "timing_device": t["device_name"]}
 
 
-def _final_model(ctx: SearchContext, inp: FinalInputs, name: str, layers: list[str]) -> dict:
+def _reinit(m: nn.Module, seed: int) -> None:
+    torch.manual_seed(seed)
+    for mod in m.modules():
+        if hasattr(mod, "reset_parameters") and mod is not m:
+            mod.reset_parameters()
+
+
+def _dense_for_seed(ctx: SearchContext, inp: FinalInputs, seed: int) -> nn.Module:
+    """Seed ``seed``'s trained dense model: the search's baseline for the search seed (and for
+    every seed when the baseline is given, ``baseline_epochs=0``), else trained from its own
+    initialisation like the baseline (checkpointed, so a resume continues inside it)."""
     cfg = ctx.cfg
-    epochs = cfg.baseline_epochs
-    ctx.log(f"[5/5] final: {name} ({len(layers)} converted layers), "
-            f"{'training ' + str(epochs) + ' epochs' if epochs else 'fine-tuning'}")
+    if seed == cfg.seed or cfg.baseline_epochs == 0:
+        return inp.dense
     m = copy.deepcopy(inp.model)
-    if epochs > 0:
-        m.load_state_dict(inp.init_state)  # the baseline's initialisation
-    else:
-        m.load_state_dict(inp.dense.state_dict())
-    m = convert_only(m, layers, ctx.spec) if layers else m
+    _reinit(m, seed)
+    ctx.log(f"[5/5] final seed {seed}: training its dense model ({cfg.baseline_epochs} "
+            "epochs)")
+    train(m, ctx.train_data, None, cfg.train_config(cfg.baseline_epochs, seed=seed),
+          checkpoint_dir=ctx.out / f"final_seed{seed}" / "dense", resume=True,
+          progress=ctx.progress, distributed=D.is_distributed())
+    return m
+
+
+def _converted(ctx: SearchContext, inp: FinalInputs, dense: nn.Module, name: str,
+               layers: list[str], seed: int) -> nn.Module:
+    """``dense`` with ``layers`` converted (each in its measured mode), fine-tuned
+    ``final_epochs`` epochs at ``final_lr`` with seed ``seed``."""
+    cfg = ctx.cfg
+    m = convert_only(dense, layers, ctx.spec) if layers else copy.deepcopy(dense)
     apply_modes(m, layers, inp.gains, cfg.device)
-    if epochs > 0:
-        train(m, ctx.train_data, ctx.val_data, cfg.train_config(epochs),
-              checkpoint_dir=ctx.out / f"final_{name}", resume=True, progress=ctx.progress,
-              distributed=D.is_distributed())
-    elif layers and cfg.probe_steps:
-        train(m, ctx.train_data, None, TrainConfig(
-            epochs=1, batch_size=cfg.batch_size, lr=cfg.probe_lr, seed=cfg.seed,
-            device=cfg.device, max_steps=2 * cfg.probe_steps), progress=False,
-            distributed=D.is_distributed())
-    loss, acc = evaluate(m, ctx.val_data, cfg.device, cfg.batch_size)
-    return {"val_acc": acc, "val_loss": loss, "converted": len(layers),
-            "drop_pp": pp(inp.baseline["val_acc"], acc), **measure(ctx, m)}
+    if layers and cfg.final_epochs > 0:
+        ctx.log(f"[5/5] final seed {seed}: {name} ({len(layers)} converted layers), "
+                f"fine-tuning {cfg.final_epochs} epochs")
+        train(m, ctx.train_data, None,
+              cfg.train_config(cfg.final_epochs, lr=cfg.final_lr, schedule="cosine",
+                               seed=seed),
+              checkpoint_dir=ctx.out / f"final_seed{seed}" / name, resume=True,
+              progress=ctx.progress, distributed=D.is_distributed())
+    return m
+
+
+def _run_seeds(ctx: SearchContext, inp: FinalInputs) -> dict:
+    """``{seed: {name: {"val_acc", "val_loss"}}}``, each entry saved as it is done."""
+    runs = ctx.state.get("final_runs", {})
+    layers = {"dense": [], "chosen": inp.chosen, "naive": inp.candidates}
+    for seed in ctx.cfg.final_seed_list():
+        r = runs.setdefault(str(seed), {})
+        if all(n in r for n in NAMES):
+            continue
+        dense = _dense_for_seed(ctx, inp, seed)
+        for name in NAMES:
+            if name in r:
+                continue
+            m = dense if name == "dense" else _converted(ctx, inp, dense, name, layers[name],
+                                                         seed)
+            loss, acc = evaluate(m, ctx.val_data, ctx.cfg.device, ctx.cfg.batch_size)
+            r[name] = {"val_acc": acc, "val_loss": loss}
+            ctx.state.put("final_runs", D.broadcast_object(runs))
+    return ctx.state.get("final_runs", runs)
+
+
+def _timings(ctx: SearchContext, inp: FinalInputs) -> dict:
+    """``{name: {"train_step_ms": [per round], "infer_ms": [...], params, macs, ...}}`` of
+    seed 0's three models (weights do not change a step's time), rounds interleaved."""
+    timing = ctx.state.get("final_timing")
+    if timing is not None:
+        return timing
+    ctx.log(f"[5/5] final: timing dense / chosen / naive ({ctx.cfg.time_rounds} rounds)")
+    models = {"dense": inp.dense}
+    for name, layers in (("chosen", inp.chosen), ("naive", inp.candidates)):
+        m = convert_only(inp.dense, layers, ctx.spec) if layers else copy.deepcopy(inp.dense)
+        apply_modes(m, layers, inp.gains, ctx.cfg.device)
+        models[name] = m
+    timing = {n: {"train_step_ms": [], "infer_ms": []} for n in NAMES}
+    for _ in range(ctx.cfg.time_rounds):
+        for n in NAMES:
+            t = measure(ctx, models[n])
+            for k in ("train_step_ms", "infer_ms"):
+                timing[n][k].append(t[k])
+            timing[n].update(params=t["params"], macs=t["macs"],
+                             timing_device=t["timing_device"])
+    ctx.state.put("final_timing", D.broadcast_object(timing))
+    return ctx.state.get("final_timing")
 
 
 def run_final(ctx: SearchContext, inp: FinalInputs) -> dict:
-    """``{"dense", "chosen", "naive": numbers}``; each entry saved in the state as it is done
-    (a resume trains only what is missing, itself resuming from its checkpoints)."""
-    final = ctx.state.get("final", {})
-    if "dense" not in final:
-        final["dense"] = {"val_acc": inp.baseline["val_acc"],
-                          "val_loss": inp.baseline["val_loss"], **measure(ctx, inp.dense)}
-        ctx.state.put("final", final)
-    for name, layers in (("chosen", inp.chosen), ("naive", inp.candidates)):
-        if name not in final:
-            final[name] = _final_model(ctx, inp, name, layers)
-            ctx.state.put("final", final)
+    """``{"dense", "chosen", "naive": numbers}``: per model the validation accuracy per seed
+    and its mean, the paired drop per seed (pp, against that seed's dense model) with mean
+    and sample standard deviation, params, MACs, and the step times (median of the rounds,
+    with every round's value). Resumable: each seed's models and the timings are saved in the
+    state as they are done."""
+    runs = _run_seeds(ctx, inp)
+    timing = _timings(ctx, inp)
+    seeds = [str(s) for s in ctx.cfg.final_seed_list()]
+    final = {}
+    for name in NAMES:
+        accs = [runs[s][name]["val_acc"] for s in seeds]
+        drops = [pp(runs[s]["dense"]["val_acc"], runs[s][name]["val_acc"]) for s in seeds]
+        t = timing[name]
+        acc_mean, acc_sd = mean_sd(accs)
+        drop_mean, drop_sd = mean_sd(drops)
+        final[name] = {
+            "val_acc": acc_mean, "val_acc_sd": acc_sd, "val_acc_per_seed": accs,
+            "val_loss": mean_sd([runs[s][name]["val_loss"] for s in seeds])[0],
+            "drop_pp": round(drop_mean, 4), "drop_sd_pp": round(drop_sd, 4),
+            "drop_per_seed_pp": drops, "seeds": [int(s) for s in seeds],
+            "converted": {"dense": 0, "chosen": len(inp.chosen),
+                          "naive": len(inp.candidates)}[name],
+            "params": t["params"], "macs": t["macs"],
+            "train_step_ms": round(statistics.median(t["train_step_ms"]), 4),
+            "train_step_ms_rounds": t["train_step_ms"],
+            "infer_ms": round(statistics.median(t["infer_ms"]), 4),
+            "infer_ms_rounds": t["infer_ms"], "timing_device": t["timing_device"],
+        }
+    ctx.state.put("final", final)
     return D.broadcast_object(final)

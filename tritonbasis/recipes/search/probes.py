@@ -165,17 +165,21 @@ def time_fwd_bwd(module: nn.Module, x: torch.Tensor, steps: int) -> float:
 def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dict:
     """Per layer: the dense conv's forward+backward time at its input shape (batch
     ``time_batch``) against the converted layer's in both modes; the faster mode is the one the
-    layer will run (:func:`tritonbasis.nn.modes.from_timings`) and its time the basis time."""
-    gains = ctx.state.get("gains")
-    if gains is not None:
+    layer will run (:func:`tritonbasis.nn.modes.from_timings`) and its time the basis time.
+    Each layer's timings are saved in the state as they are taken, so a resumed search re-uses
+    them instead of re-timing (a re-timed layer could flip its mode on a loaded machine, and
+    the final models -- which run those modes -- would then differ from the first run's)."""
+    gains = dict(ctx.state.get("gains") or {})
+    todo = [f for f in cands if f not in gains]
+    if not todo:
         return gains
     cfg = ctx.cfg
-    ctx.log("[3/5] gains: timing dense conv vs basis op per layer shape")
+    ctx.log(f"[3/5] gains: timing dense conv vs basis op per layer shape ({len(todo)} of "
+            f"{len(cands)} layers)")
     device = next(dense.parameters()).device
-    in_shapes = {f: c.in_shape for f, c in module_calls(dense, ctx.shape, fqns=cands).items()}
-    converted = convert_only(dense, cands, ctx.spec)
-    gains = {}
-    for f in ctx.bar(cands, desc="timing", unit="layer"):
+    in_shapes = {f: c.in_shape for f, c in module_calls(dense, ctx.shape, fqns=todo).items()}
+    converted = convert_only(dense, todo, ctx.spec)
+    for f in ctx.bar(todo, desc="timing", unit="layer"):
         x = torch.randn(cfg.time_batch, *in_shapes[f], device=device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -191,6 +195,8 @@ def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dic
                     "time_saved_ms": round(t_dense - t[mode], 4),
                     "time_fused_ms": round(t["fused"], 4),
                     "time_weight_ms": round(t["weight"], 4), "mode": mode}
+        if D.is_main():
+            ctx.state.put("gains", gains)
     dense.zero_grad(set_to_none=True)
     ctx.state.put("gains", D.broadcast_object(gains))
     return ctx.state.get("gains")

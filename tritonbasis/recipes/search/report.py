@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ...conversion.plan import save_plan
 from ...util.fileio import atomic_write_text
+from .verdict import verdict_lines
 
 __all__ = ["SearchReport", "plot", "summary_markdown", "write_outputs"]
 
@@ -33,6 +34,7 @@ class SearchReport:
     plan: dict
     seconds: float = 0.0
     world_size: int = 1  # ranks of the (last) run; each probe row says which rank ran it
+    verdict: dict = field(default_factory=dict)  # .verdict.verdict's numbers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,15 +62,23 @@ class SearchReport:
                      "runs: the mode a converted layer runs, the faster of fused and weight "
                      "in the search's timing)")
         if self.final:
+            seeds = len(self.final["dense"].get("val_acc_per_seed", [0]))
             lines.append("")
-            lines.append(f"{'model':8s} {'val acc':>8s} {'params':>11s} {'MACs/img':>12s} "
+            lines.append(f"{'model':8s} {'val acc (' + str(seeds) + ' seeds)':>18s} "
+                         f"{'drop pp':>14s} {'params':>10s} {'MACs/img':>11s} "
                          f"{'train step ms':>14s} {'infer ms':>9s}")
             for name in ("dense", "chosen", "naive"):
                 f = self.final.get(name)
                 if f:
-                    lines.append(f"{name:8s} {100 * f['val_acc']:>7.2f}% {f['params']:>11,} "
-                                 f"{f['macs']:>12,} {f['train_step_ms']:>14.2f} "
+                    acc = f"{100 * f['val_acc']:.2f} +- {100 * f.get('val_acc_sd', 0):.2f}%"
+                    drop = (f"{f.get('drop_pp', 0):+.2f} +- {f.get('drop_sd_pp', 0):.2f}"
+                            if name != "dense" else "")
+                    lines.append(f"{name:8s} {acc:>18s} {drop:>14s} {f['params']:>10,} "
+                                 f"{f['macs']:>11,} {f['train_step_ms']:>14.2f} "
                                  f"{f['infer_ms']:>9.2f}")
+            lines.append("(mean +- sample sd over the seeds; drop: paired, each converted "
+                         "model against its own seed's dense model; times: median of the "
+                         "timing rounds, seed 0's models)")
         return "\n".join(lines)
 
 
@@ -105,16 +115,30 @@ def summary_markdown(report: SearchReport) -> str:
                   f"{s['backoffs']} back-offs (max_backoff). Do not use plan.json as is.", ""]
     lines += [
         f"* model: {ident.get('model', ident.get('model_class'))}{width}, data: {data}",
-        f"* spec: {report.config['spec']}, budget: {report.config['max_drop']} pp",
+        f"* spec: {report.config['spec']}, budget: {report.config['max_drop']} pp, "
+        f"sensitivity by probe {report.config.get('sensitivity', 'accuracy')}, selection "
+        f"{s.get('method', 'greedy')}",
         f"* baseline val acc {100 * b['val_acc']:.2f}%, {b['params']:,} params, "
         f"{b['macs']:,} MACs/image",
         f"* chosen {len(s['chosen'])} of {len(report.layers)} layers; predicted drop "
-        f"{s['predicted_drop']:.2f} pp, verified {s['verified_drop']:.2f} pp, "
-        f"{s['backoffs']} back-offs",
+        f"{s['predicted_drop']:.2f} pp (sum of single-layer probes), verified "
+        f"{s['verified_drop']:.2f} pp (combined probe), {s['backoffs']} over-budget probes",
         f"* zero-shot vs probe ranking (Spearman rho): {report.spearman_zero_shot_vs_probe}",
         f"* {report.seconds:.0f} s", "",
+        "## Verdict", "",
+        *[f"* {x}" for x in verdict_lines(report.verdict)], "",
+        "## Layers and the final comparison", "",
         "```", report.table(), "```", "",
     ]
+    if s.get("steps"):
+        lines += ["## Selection steps (predicted = sum of single-layer probe drops; verified = "
+                  "combined probe)", "",
+                  "| step | layers | predicted drop (pp) | verified drop (pp) | verified loss "
+                  "delta | fits |", "|---|---|---|---|---|---|"]
+        lines += [f"| {i + 1} | {st['n_layers']} | {st['predicted_drop']:.2f} | "
+                  f"{st['verified_drop']:.2f} | {st.get('verified_loss_delta') or 0:.4f} | "
+                  f"{'yes' if st['fits'] else 'no'} |" for i, st in enumerate(s["steps"])]
+        lines.append("")
     if report.groups:
         lines += ["| group | layers | probe drop (pp) | sum of its layers' drops |",
                   "|---|---|---|---|"]
@@ -157,7 +181,8 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
             if not f:
                 continue
             for ax, key in zip(axes, ("train_step_ms", "params")):
-                ax.scatter(f[key], 100 * f["val_acc"], c=color, s=60, label=name)
+                ax.errorbar(f[key], 100 * f["val_acc"], yerr=100 * f.get("val_acc_sd", 0.0),
+                            fmt="o", color=color, ms=7, capsize=4, label=name)
                 ax.annotate(name, (f[key], 100 * f["val_acc"]), textcoords="offset points",
                             xytext=(5, 5))
         axes[0].set_xlabel(f"training step time (ms, batch {report.config['time_batch']})")
@@ -166,7 +191,7 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
             ax.set_ylabel("val accuracy (%)")
             ax.grid(alpha=0.3)
         axes[0].legend()
-        fig.suptitle("accuracy vs cost: dense / chosen / naive")
+        fig.suptitle("accuracy (mean +- sd over seeds) vs cost: dense / chosen / naive")
         fig.tight_layout()
         paths["tradeoff_png"] = out / "tradeoff.png"
         fig.savefig(paths["tradeoff_png"], dpi=120)

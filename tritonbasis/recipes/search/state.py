@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ...util.config_args import dataclass_defaults
 from ...util.fileio import atomic_write_text, load_checkpoint
 from .config import SearchConfig
 
@@ -101,11 +102,15 @@ def normalized(config: dict) -> dict:
 
 def config_diffs(doc: dict, config: dict | None, identity: dict) -> list[str] | None:
     """Names of the fields in which the saved config/identity differs from this run's (after
-    :func:`normalized`); None when the state predates stored configs."""
+    :func:`normalized`); None when the state predates stored configs. A field missing from
+    the saved config (added to :class:`SearchConfig` after the state was written) reads as
+    its default, so old states resume unless this run sets that field to something else."""
     saved = doc.get("config")
     if saved is None or config is None:
         return None
-    a, b = normalized(saved), normalized(config)
+    defaults = dataclass_defaults(SearchConfig)
+    a = normalized({**{k: v for k, v in defaults.items() if k in config}, **saved})
+    b = normalized(config)
     diffs = [f"{k} (state {a.get(k)!r}, now {b.get(k)!r})" for k in sorted(set(a) | set(b))
              if a.get(k) != b.get(k)]
     si = doc.get("identity", {})
@@ -179,6 +184,8 @@ def state_problems(doc: dict) -> list[str]:
             p.append("final is not an object")
         else:
             for k, v in st["final"].items():
+                if k not in ("dense", "chosen", "naive"):
+                    continue
                 p += _fields_problems(f"final[{k!r}]", v, {"val_acc": _NUM, "params": int,
                                                            "macs": int})
     if "seconds" in st and (isinstance(st["seconds"], bool)
