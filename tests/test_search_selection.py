@@ -142,7 +142,7 @@ def _report(final):
         config=cfg, identity={"model": "m", "width": 0.25}, layers=layers, groups=[],
         baseline={"val_acc": 0.98, "params": 1000, "macs": 5000},
         spearman_zero_shot_vs_probe=None, selection=sel, final=final, plan={},
-        verdict=verdict(final, sel, len(layers)))
+        verdict=verdict(final, sel, len(layers), val_size=450))
 
 
 def test_summary_has_the_verdict_the_tables_and_the_modes(tmp_path):
@@ -153,12 +153,17 @@ def test_summary_has_the_verdict_the_tables_and_the_modes(tmp_path):
     v = rep.verdict
     assert v["chosen_params_saved_pct"] == 68.0 and v["chosen_macs_saved_pct"] == 31.0
     assert v["chosen_within_budget"] and v["naive_over_budget"]
-    assert v["larger_than_noise"] is True and v["train_step"]["not_slower"]
+    assert v["larger_than_noise"] is True and v["mean_above_2se"] is True
+    assert v["seeds_above_noise"] == 3 and v["train_step"]["not_slower"]
+    # the per-seed noise: 95% half-width of two accuracies on 450 images (binomial)
+    p_c, p_n = 0.978, 0.92
+    assert v["noise_per_seed_pp"][0] == pytest.approx(
+        196 * ((p_c * (1 - p_c) + p_n * (1 - p_n)) / 450) ** 0.5, abs=1e-3)
     assert v["train_step"]["noise_ms"] == pytest.approx(2.0)  # chosen's spread 75.0 -> 77.0
     paths = S.write_outputs(rep, tmp_path)
     text = (tmp_path / "summary.md").read_text()
     for words in ("## Verdict", "within the 1.0 pp budget", "over the budget",
-                  "LARGER than the noise", "not slower than dense within the noise",
+                  "LARGER than the noise (3 of 3 seeds", "not slower than dense within the noise",
                   "68% fewer params", "31% fewer MACs", "## Selection steps",
                   "| 2 | 3 | 0.60 | 4.00 |"):
         assert words in text, words
@@ -178,7 +183,8 @@ def test_verdict_says_when_the_difference_is_noise():
                    {"dense": [70.0, 70.0, 70.0], "chosen": [80.0, 80.0, 80.0],
                     "naive": [60.0] * 3})
     rep = _report(final)
-    assert rep.verdict["larger_than_noise"] is False
+    assert rep.verdict["larger_than_noise"] is False and rep.verdict["seeds_above_noise"] == 2
+    assert rep.verdict["mean_above_2se"] is False
     assert not rep.verdict["train_step"]["not_slower"]
     words = "\n".join(S.verdict_lines(rep.verdict))
     assert "NOT larger than the noise" in words and "SLOWER than dense" in words

@@ -137,7 +137,8 @@ def sensitivity_search(
         selection=selection, final=final, plan=plan_of(rows, ctx.spec),
         seconds=round(ctx.state.get("seconds", 0.0) + time.perf_counter() - t_start, 2),
         world_size=D.world_size(),
-        verdict=verdict(final, selection, len(rows)) if cfg.final else {},
+        verdict=(verdict(final, selection, len(rows), identity.get("val_size")) if cfg.final
+                 else {}),
     )
     ctx.state.put("seconds", report.seconds)
     if D.is_main():
