@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from ..op import reference
+from ..op import eager, reference
 from ..op.geometry import ConvGeometry, check_inputs
 
 # The decision lives in tritonbasis.modes (constants re-exported here for old imports).
@@ -44,8 +44,16 @@ def onnx_exporting() -> bool:
     torch.export, which sets ``torch.compiler.is_compiling()``; the TorchScript one through
     ``torch.jit`` tracing), so eager calls skip ``torch.onnx.is_in_onnx_export()`` (~3 us: two
     imports per call) behind those two flag reads (~0.3 us)."""
-    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
-        return False
+    return _tracing() and _onnx_export_on()
+
+
+def _tracing() -> bool:
+    # torch._C._is_tracing is torch.jit.is_tracing without its is_scripting check (~0.5 us;
+    # this is never scripted); under dynamo is_compiling() is True and short-circuits
+    return torch.compiler.is_compiling() or torch._C._is_tracing()
+
+
+def _onnx_export_on() -> bool:
     return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
 
 
@@ -84,12 +92,14 @@ def basis_conv2d(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor):
+    tracing = _tracing()
+    if ((tracing or torch._C._is_any_autocast_enabled())  # one flag read in eager
+            and isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor)):
         x, basis, coeff, bias = _autocast(x, basis, coeff, bias)
-    # validated here and again in the op (direct torch.ops calls need it there): the second is
-    # a dict lookup (op.geometry._CHECKED)
+    # validated once per call: the eager route passes g on; the op route's own check_inputs
+    # (direct torch.ops calls need it) is a dict lookup (op.geometry._CHECKED)
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
-    exporting = onnx_exporting()
+    exporting = tracing and _onnx_export_on()
     if mode == "auto":
         # an ONNX graph runs on another machine: keep the factorization there (an explicit
         # mode="weight" still exports the merged conv)
@@ -103,5 +113,9 @@ def basis_conv2d(
             x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis, perm
         )
     need_z = (not keep_basis) and coeff.requires_grad and torch.is_grad_enabled()
+    if not tracing and eager.eager_ok(x, basis, coeff, bias, perm):
+        # plain eager: the autograd.Function around the op's own forward/backward bodies,
+        # no custom-op dispatch (op/eager.py); traced, under a mode or with a subclass: the op
+        return eager.basis_conv2d(x, basis, coeff, bias, perm, g, need_z)
     return _OP(x, basis, coeff, bias, perm, g.stride, g.padding, g.dilation, g.keep_basis,
                need_z)[0]
