@@ -152,6 +152,7 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
 
     paths = {}
     rows = report.layers
@@ -186,7 +187,9 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
                 ax.annotate(name, (f[key], 100 * f["val_acc"]), textcoords="offset points",
                             xytext=(5, 5))
         axes[0].set_xlabel(f"training step time (ms, batch {report.config['time_batch']})")
-        axes[1].set_xlabel("parameters")
+        axes[1].set_xlabel("parameters (thousands)")
+        axes[1].xaxis.set_major_formatter(
+            matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:.0f}k"))
         for ax in axes:
             ax.set_ylabel("val accuracy (%)")
             ax.grid(alpha=0.3)
