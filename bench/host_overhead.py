@@ -13,10 +13,15 @@ grad; forward only):
 * ``stock_pair``: ``F.conv2d(x, basis, padding=1)`` then ``F.conv2d(z, coeff[:, :, None, None])``
   (the full form's two stock ops);
 * ``stock_pair_cat``: the same plus the ``torch.cat`` the keep-basis form needs;
-* ``functional_keep`` / ``functional_full``: ``tb.basis_conv2d(..., mode="fused")``;
+* ``functional_keep`` / ``functional_full``: ``tb.basis_conv2d(..., mode="fused")`` (in plain
+  eager this is the eager route, ``tritonbasis.op.eager``: an ``autograd.Function`` around the
+  op's forward/backward bodies; no custom-op dispatch);
+* ``eager_route``: ``tritonbasis.op.eager.basis_conv2d`` with the geometry validated beforehand
+  (keep-basis): the route alone, without ``basis_conv2d``'s validation and mode handling;
 * ``layer_fused`` / ``layer_auto``: ``BasisConv2d(16, 16, 3, basis_channels=4, padding=1)``
   (no bias, to compare with the stock pair) with ``mode="fused"`` / ``"auto"``;
-* ``raw_op``: ``torch.ops.tritonbasis.basis_conv2d`` called directly;
+* ``raw_op``: ``torch.ops.tritonbasis.basis_conv2d`` called directly (the op route, which
+  ``basis_conv2d`` takes under torch.compile / export / tracing / dispatch modes);
 * ``floor_op``: the stock pair + cat inside a bare custom op of the same schema (see
   :func:`_floor_op`): the cost of the custom-op route itself.
 
@@ -44,6 +49,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 import tritonbasis as tb
+from tritonbasis.op import eager
 
 
 def _inputs(grad: bool) -> dict:
@@ -103,6 +109,7 @@ def cases(grad: bool) -> dict:
     w1 = coeff[:, :, None, None]
     op = torch.ops.tritonbasis.basis_conv2d
     floor = _floor_op()
+    g = tb.check_inputs(x, basis, coeff, None, 1, 1, 1, True)
 
     def stock_pair():
         return F.conv2d(F.conv2d(x, basis, padding=1), w1)
@@ -118,6 +125,7 @@ def cases(grad: bool) -> dict:
                                                    mode="fused"),
         "functional_full": lambda: tb.basis_conv2d(x, basis, coeff_full, None, 1, 1, 1, False,
                                                    mode="fused"),
+        "eager_route": lambda: eager.basis_conv2d(x, basis, coeff, None, None, g, False),
         "layer_fused": lambda: v["layer_fused"](x),
         "layer_auto": lambda: v["layer_auto"](x),
         "raw_op": lambda: op(x, basis, coeff, None, None, [1, 1], [1, 1], [1, 1], True, False),

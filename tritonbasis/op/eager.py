@@ -56,12 +56,16 @@ def eager_ok(x, basis, coeff, bias, perm) -> bool:
 
 
 class BasisConv2dFunction(torch.autograd.Function):
-    """The basis convolution's output; arguments as :func:`registry.run_forward`. Z, when the
-    full form's d coeff needs it, is saved for the backward, not returned (the op returns it as
-    a non-differentiable output; one output fewer here is ~0.3 us per call)."""
+    """The basis convolution's output: ``apply(x, basis, coeff, bias, (perm, g, need_z))``,
+    arguments as :func:`registry.run_forward`. The tensors autograd tracks are the four
+    arguments; ``perm`` (integer, never differentiated), the geometry and ``need_z`` travel as
+    one argument (each argument of ``apply`` costs ~0.1 us). Z, when the full form's d coeff
+    needs it, is saved for the backward, not returned (the op returns it as a
+    non-differentiable output; one output fewer is ~0.3 us)."""
 
     @staticmethod
-    def forward(ctx, x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
+    def forward(ctx, x, basis, coeff, bias, rest):
+        perm, g, need_z = rest
         out, z_saved = registry.run_forward(x, basis, coeff, bias, perm, g, need_z)
         registry.save_for_backward(ctx, x, basis, coeff, bias, perm, g.keep_basis, out, z_saved)
         ctx.g = g
@@ -81,7 +85,7 @@ class BasisConv2dFunction(torch.autograd.Function):
                 grads = registry.input_grads(ctx, grad_out, backward)
         else:
             grads = registry.input_grads(ctx, grad_out, backward)
-        return (*grads, None, None, None)
+        return (*grads, None)
 
 
 _apply = BasisConv2dFunction.apply
@@ -90,14 +94,18 @@ _apply = BasisConv2dFunction.apply
 def basis_conv2d(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool) -> torch.Tensor:
     """The output through the eager route; ``g`` from ``check_inputs`` (validated by the
     caller, once per call). Without grad (grad mode off, or no input requiring grad) the
-    forward body runs directly, with no ``autograd.Function`` at all."""
+    forward body runs directly, with no ``autograd.Function`` at all. While a profiler runs,
+    inside a range named like the op."""
     if _profiling():
         with torch.autograd.profiler.record_function(FORWARD_NAME):
             return _run(x, basis, coeff, bias, perm, g, need_z)
-    return _run(x, basis, coeff, bias, perm, g, need_z)
+    if torch.is_grad_enabled() and _any_requires_grad(x, basis, coeff, bias):
+        return _apply(x, basis, coeff, bias, (perm, g, need_z))
+    return registry.run_forward(x, basis, coeff, bias, perm, g, need_z)[0]
 
 
 def _run(x, basis, coeff, bias, perm, g, need_z):
+    # basis_conv2d without the profiler check (inside its range)
     if torch.is_grad_enabled() and _any_requires_grad(x, basis, coeff, bias):
-        return _apply(x, basis, coeff, bias, perm, g, need_z)
+        return _apply(x, basis, coeff, bias, (perm, g, need_z))
     return registry.run_forward(x, basis, coeff, bias, perm, g, need_z)[0]
