@@ -159,7 +159,9 @@ def test_summary_has_the_verdict_the_tables_and_the_modes(tmp_path):
     p_c, p_n = 0.978, 0.92
     assert v["noise_per_seed_pp"][0] == pytest.approx(
         196 * ((p_c * (1 - p_c) + p_n * (1 - p_n)) / 450) ** 0.5, abs=1e-3)
-    assert v["train_step"]["noise_ms"] == pytest.approx(2.0)  # chosen's spread 75.0 -> 77.0
+    # 2 robust sd: dense's rounds deviate 0.5 / 0 / 1.0 from their median (MAD 0.5)
+    assert v["train_step"]["noise_ms"] == pytest.approx(2 * 1.4826 * 0.5)
+    assert v["train_step"]["spread_ms"] == pytest.approx(2.0)  # chosen: 75.0 -> 77.0
     paths = S.write_outputs(rep, tmp_path)
     text = (tmp_path / "summary.md").read_text()
     for words in ("## Verdict", "within the 1.0 pp budget", "over the budget",
@@ -186,5 +188,10 @@ def test_verdict_says_when_the_difference_is_noise():
     assert rep.verdict["larger_than_noise"] is False and rep.verdict["seeds_above_noise"] == 2
     assert rep.verdict["mean_above_2se"] is False
     assert not rep.verdict["train_step"]["not_slower"]
+    # one disturbed round does not widen the noise until "not slower" says nothing
+    rounds = {"dense": [27.0, 27.5, 146.0], "chosen": [29.6, 29.5, 29.7], "naive": [29.0] * 3}
+    v = _report(_final([0.98] * 3, [0.98] * 3, [0.9] * 3, rounds)).verdict
+    assert v["train_step"]["spread_ms"] == pytest.approx(119.0)
+    assert v["train_step"]["noise_ms"] < 2 and not v["train_step"]["not_slower"]
     words = "\n".join(S.verdict_lines(rep.verdict))
     assert "NOT larger than the noise" in words and "SLOWER than dense" in words
