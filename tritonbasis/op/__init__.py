@@ -6,7 +6,11 @@
   kernel, autotuning through triton's own result cache); triton is imported on first use only;
 * :mod:`.tune_cache` -- persisted fused-vs-weight timings (what ``mode="auto"`` reads);
 * :mod:`.registry` -- ``torch.ops.tritonbasis.*`` (custom ops, fakes, autograd, FLOP formulas)
-  and the one place that decides which implementation runs.
+  and the one place that decides which implementation runs; its forward / backward bodies are
+  shared with
+* :mod:`.eager` -- the eager route: an ``autograd.Function`` over the same bodies, taken by
+  :func:`tritonbasis.basis_conv2d` outside ``torch.compile``, tracing, export and dispatch
+  modes (it skips the custom-op dispatch: bench/NOTES.md "Host overhead per call").
 
 Imports nothing above it (``tritonbasis.util`` and ``tritonbasis.kernels`` only).
 """
