@@ -2,8 +2,10 @@
 
 * :mod:`.geometry` -- argument validation and the one formula for output size and MACs;
 * :mod:`.reference` -- the plain-PyTorch definition (the oracle) and the CPU path;
-* :mod:`.launchers` -- the Triton launchers (grids, workspaces, one argument builder per
-  kernel, autotuning through triton's own result cache); triton is imported on first use only;
+* :mod:`.launch_plan` -- per kernel the one argument builder (outputs, workspaces, grids,
+  launch scalars remembered per shape), also used by the compile tier;
+* :mod:`.launchers` -- runs a plan under a device guard, autotuned through triton's own
+  result cache; triton is imported on first use only;
 * :mod:`.tune_cache` -- persisted fused-vs-weight timings (what ``mode="auto"`` reads);
 * :mod:`.registry` -- ``torch.ops.tritonbasis.*`` (custom ops, fakes, autograd, FLOP formulas)
   and the one place that decides which implementation runs; its forward / backward bodies are
