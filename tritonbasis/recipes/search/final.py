@@ -39,7 +39,7 @@ class FinalInputs:
     """What the final stage compares, beside the :class:`.context.SearchContext`."""
 
     model: nn.Module  # the caller's model: the architecture the final models are built from
-    init_state: dict  # its initial weights (the baseline's initialisation)
+    init_state: dict  # its initial weights (kept for callers; the final converts trained models)
     dense: nn.Module  # the trained baseline
     baseline: dict  # the baseline stage's numbers (val_acc, val_loss, ...)
     chosen: list[str]  # the selected layers
