@@ -96,7 +96,8 @@ def test_two_rank_search_equals_single_process(dist_search, tmp_path, one_thread
 
 def test_killed_rank_resumes_without_redoing_probes(dist_search, tmp_path):
     out = tmp_path / "killed"
-    args = [*SEARCH, "--out", str(out)]  # with the final trainings (DDP)
+    # with the final trainings (DDP), cut to one seed and one fine-tuning epoch
+    args = [*SEARCH, "--final-seeds", "1", "--final-epochs", "1", "--out", str(out)]
     p = _torchrun(args, cwd=tmp_path, env={D.TEST_EXIT_ENV: "1:1"})  # rank 1 dies at its 2nd
     assert p.returncode != 0
     assert "exiting after 1 probes" in p.stderr
