@@ -192,52 +192,62 @@ def convert(
     for fqn, m in model.named_modules():
         if not isinstance(m, nn.Conv2d) or isinstance(m, BasisConv2d):
             continue
-        k = tuple(m.kernel_size)
-        px = pixels.get(fqn)
-        dense_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k) * (px or 1)
-        r = LayerReport(fqn=fqn, converted=False, reason="", C_in=m.in_channels,
-                        C_out=m.out_channels, kernel=k, stride=tuple(m.stride),
-                        params_before=_params(m), params_after=_params(m), out_pixels=px,
-                        macs_before=dense_macs, macs_after=dense_macs)
+        r, layer = _convert_one(m, fqn, plan, filter_fn, pixels.get(fqn), require_saving)
         report.layers.append(r)
-        matched, spec, key = lookup(plan, fqn)
-        r.plan_key = key
-        if not matched or spec is None:
-            r.reason = "not in plan" if not matched else f"plan says skip ({key})"
+        if layer is None:
             continue
-        if filter_fn is not None and not filter_fn(m, fqn):
-            r.reason = "filter_fn said no"
-            continue
-        why = check_convertible(m)
-        if why:
-            r.reason = why
-            continue
-        # one decomposition sizes the layer (energy rule, rank cap) and initialises it
-        f = factors(m, spec)
-        cb = f.C_b
-        rest = m.out_channels - cb if spec.keep_basis else m.out_channels
-        new_params = cb * m.in_channels * k[0] * k[1] + rest * cb + (
-            m.out_channels if m.bias is not None else 0)
-        new_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k, cb, rest) * (px or 1)
-        if require_saving and (new_params >= r.params_before or new_macs >= dense_macs):
-            r.reason = (f"no saving at C_b={cb} (params {new_params:,} vs {r.params_before:,}, "
-                        f"MACs/px {new_macs // (px or 1):,} vs {dense_macs // (px or 1):,})")
-            continue
-        layer = from_conv(m, spec, factors=f)
-        r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
-            layer.keep_basis, layer.mode
         if layer.mode == "auto":
             in_chw = probe[fqn][1] if fqn in probe else None
             r.mode = f"auto->{_resolve(layer, in_chw, batch, device)}"
-        r.params_after = _params(layer)
-        r.macs_after = new_macs
-        if layer.captured_energy is not None:
-            r.captured_energy = round(layer.captured_energy, 6)
         replacements.append((fqn, layer))
     for fqn, layer in replacements:
         _set_submodule(model, fqn, layer)
     _warn_unused_patterns(plan, report)
     return (model, report) if return_report else model
+
+
+def _convert_one(m: nn.Conv2d, fqn: str, plan: dict, filter_fn, px: int | None,
+                 require_saving: bool):
+    """The report row of one conv and its ``BasisConv2d`` (None when the plan, ``filter_fn``,
+    convertibility or the saving rule skip it: the row says why). MACs per sample when the
+    conv's output pixels ``px`` are known, else per output pixel."""
+    k = tuple(m.kernel_size)
+    dense_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k) * (px or 1)
+    r = LayerReport(fqn=fqn, converted=False, reason="", C_in=m.in_channels,
+                    C_out=m.out_channels, kernel=k, stride=tuple(m.stride),
+                    params_before=_params(m), params_after=_params(m), out_pixels=px,
+                    macs_before=dense_macs, macs_after=dense_macs)
+    matched, spec, key = lookup(plan, fqn)
+    r.plan_key = key
+    if not matched or spec is None:
+        r.reason = "not in plan" if not matched else f"plan says skip ({key})"
+        return r, None
+    if filter_fn is not None and not filter_fn(m, fqn):
+        r.reason = "filter_fn said no"
+        return r, None
+    why = check_convertible(m)
+    if why:
+        r.reason = why
+        return r, None
+    # one decomposition sizes the layer (energy rule, rank cap) and initialises it
+    f = factors(m, spec)
+    cb = f.C_b
+    rest = m.out_channels - cb if spec.keep_basis else m.out_channels
+    new_params = cb * m.in_channels * k[0] * k[1] + rest * cb + (
+        m.out_channels if m.bias is not None else 0)
+    new_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k, cb, rest) * (px or 1)
+    if require_saving and (new_params >= r.params_before or new_macs >= dense_macs):
+        r.reason = (f"no saving at C_b={cb} (params {new_params:,} vs {r.params_before:,}, "
+                    f"MACs/px {new_macs // (px or 1):,} vs {dense_macs // (px or 1):,})")
+        return r, None
+    layer = from_conv(m, spec, factors=f)
+    r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
+        layer.keep_basis, layer.mode
+    r.params_after = _params(layer)
+    r.macs_after = new_macs
+    if layer.captured_energy is not None:
+        r.captured_energy = round(layer.captured_energy, 6)
+    return r, layer
 
 
 def _warn_unused_patterns(plan: dict, report) -> None:
