@@ -252,6 +252,29 @@ def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(
         dilation, "dilation"
     )
+    _check_tensors(x, basis, coeff, bias)
+    C_b, C_rest, C_out = _channels(x, basis, coeff, bias, keep_basis)
+    _check_same_dtype_and_device(x, basis, coeff, bias)
+    if perm is not None:
+        check_perm(perm, C_out, x.device)
+    _check_window(stride, padding, dilation)
+    N, C_in, H, W = x.shape
+    KH, KW = basis.shape[2:]
+    Ho = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    Wo = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(
+            f"output would be empty: input {H}x{W}, kernel {KH}x{KW}, stride {stride}, "
+            f"padding {padding}, dilation {dilation}"
+        )
+    return ConvGeometry(
+        N, C_in, H, W, C_b, C_rest, C_out, KH, KW, Ho, Wo, stride, padding, dilation,
+        bool(keep_basis),
+    )
+
+
+def _check_tensors(x, basis, coeff, bias) -> None:
+    """Tensors of a floating dtype, of the ranks the op takes."""
     for name, t in (("x", x), ("basis", basis), ("coeff", coeff), ("bias", bias)):
         if t is None:
             continue
@@ -267,6 +290,11 @@ def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
         )
     if coeff.dim() != 2:
         raise ValueError(f"coeff must be 2-D, got shape {tuple(coeff.shape)}")
+
+
+def _channels(x, basis, coeff, bias, keep_basis) -> tuple[int, int, int]:
+    """(C_b, C_rest, C_out) of the call; the channel counts must agree (groups=1 only), C_b
+    in range for the form, the bias one entry per output."""
     N, C_in, H, W = x.shape
     C_b, C_in_b, KH, KW = basis.shape
     if C_in_b != C_in:
@@ -301,6 +329,11 @@ def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != C_out):
         form = "C_b + coeff rows" if keep_basis else "coeff rows"
         raise ValueError(f"bias must have shape ({C_out},) = ({form},), got {tuple(bias.shape)}")
+    return C_b, C_rest, C_out
+
+
+def _check_same_dtype_and_device(x, basis, coeff, bias) -> None:
+    """The parameters share x's dtype and device."""
     for name, t in (("basis", basis), ("coeff", coeff), ("bias", bias)):
         if t is None:
             continue
@@ -308,25 +341,16 @@ def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
             raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}; they must match")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; they must match")
-    if perm is not None:
-        check_perm(perm, C_out, x.device)
+
+
+def _check_window(stride, padding, dilation) -> None:
+    """Stride and dilation >= 1, padding >= 0."""
     if min(stride) < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if min(padding) < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     if min(dilation) < 1:
         raise ValueError(f"dilation must be >= 1, got {dilation}")
-    Ho = conv_output_size(H, KH, stride[0], padding[0], dilation[0])
-    Wo = conv_output_size(W, KW, stride[1], padding[1], dilation[1])
-    if Ho < 1 or Wo < 1:
-        raise ValueError(
-            f"output would be empty: input {H}x{W}, kernel {KH}x{KW}, stride {stride}, "
-            f"padding {padding}, dilation {dilation}"
-        )
-    return ConvGeometry(
-        N, C_in, H, W, C_b, C_rest, C_out, KH, KW, Ho, Wo, stride, padding, dilation,
-        bool(keep_basis),
-    )
 
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
