@@ -1,6 +1,7 @@
 """The CLI's flags come from the config dataclasses (util.config_args): with no flags, `train`
-parses to TrainConfig() and `search` to SearchConfig(), field by field (a new field is covered
-without touching this test), and every flag of every subcommand has a help text."""
+parses to TrainConfig(), `search` to SearchConfig(), `profile` to ProfileConfig() and `tune` to
+TuneConfig(), field by field (a new field is covered without touching this test), and every flag
+of every subcommand has a help text."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from tritonbasis.cli import COMMANDS, build_parser, main
 from tritonbasis.cli.common import check_args
 from tritonbasis.nn.spec import BasisSpec
+from tritonbasis.perf.profiling import ProfileConfig
+from tritonbasis.perf.tune import TuneConfig
 from tritonbasis.recipes.search import SearchConfig
 from tritonbasis.recipes.train_config import TrainConfig
 from tritonbasis.util.config_args import field_flags
@@ -45,10 +48,17 @@ def test_search_without_flags_is_searchconfig_defaults():
                  normalise={"spec": BasisSpec.from_dict})
 
 
+@pytest.mark.parametrize(("cmd", "cls"), [("profile", ProfileConfig), ("tune", TuneConfig)])
+def test_profile_and_tune_without_flags_are_config_defaults(cmd, cls):
+    _same_fields(_parsed(cmd).config, cls())
+
+
 @pytest.mark.parametrize(("cmd", "cls", "exclude"), [("train", TrainConfig, ()),
-                                                      ("search", SearchConfig, ("spec",))])
+                                                      ("search", SearchConfig, ("spec",)),
+                                                      ("profile", ProfileConfig, ()),
+                                                      ("tune", TuneConfig, ())])
 def test_every_config_field_is_a_flag(cmd, cls, exclude):
-    names = COMMANDS[cmd].NAMES
+    names = getattr(COMMANDS[cmd], "NAMES", {})
     sub = _subparsers(build_parser())[cmd]
     options = {s for a in sub._actions for s in a.option_strings}
     for name, flag in field_flags(cls, {k: v for k, v in names.items()
@@ -91,3 +101,51 @@ def test_flags_reach_the_config():
     s = _parsed("search", "--epochs", "3", "--ratio", "0.5", "--keep-basis", "--no-final").config
     assert (s.baseline_epochs, s.final) == (3, False)
     assert BasisSpec.from_dict(s.spec) == BasisSpec(ratio=0.5, keep_basis=True)
+
+
+def test_profile_and_tune_flags_keep_their_names_and_reach_the_config():
+    c = _parsed("profile", "--steps", "3", "--warmup", "0", "--rows", "7", "--no-amp",
+                "--nvtx", "--no-trace").config
+    assert c == ProfileConfig(steps=3, warmup=0, row_limit=7, amp=False, nvtx=True,
+                              trace=False)
+    t = _parsed("tune", "--warmup-ms", "0", "--rep-ms", "20", "--min-reps", "2", "--objective",
+                "infer", "--layout", "contiguous", "--dtype", "float16").config
+    assert t == TuneConfig(warmup_ms=0.0, rep_ms=20.0, min_reps=2, objective="infer",
+                           layout="contiguous", dtype="float16")
+    # None: decided by the device, in one place
+    assert TuneConfig().for_device("cuda") == TuneConfig(dtype="bfloat16", layout="channels_last")
+    assert TuneConfig().for_device("cpu") == TuneConfig(dtype="float32", layout="contiguous")
+
+
+@pytest.mark.parametrize("argv", [("profile", "--steps", "0"), ("profile", "--warmup", "-1"),
+                                  ("profile", "--rows", "0"), ("tune", "--rep-ms", "0"),
+                                  ("tune", "--warmup-ms", "-1"), ("tune", "--min-reps", "0")])
+def test_profile_and_tune_refuse_out_of_range_values(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parsed(*argv)
+    assert e.value.code == 2 and argv[1] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("cls", "bad"), [
+    (ProfileConfig, {"steps": 0}), (ProfileConfig, {"warmup": -1}),
+    (ProfileConfig, {"row_limit": 0}), (ProfileConfig, {"lr": 0.0}),
+    (ProfileConfig, {"steps": 2.5}), (TuneConfig, {"rep_ms": 0.0}),
+    (TuneConfig, {"warmup_ms": -1.0}), (TuneConfig, {"min_reps": 0}),
+    (TuneConfig, {"objective": "both"}), (TuneConfig, {"layout": "nhwc"}),
+    (TuneConfig, {"dtype": "int8"})])
+def test_profile_and_tune_configs_validate(cls, bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"{cls.__name__}.{name}"):
+        cls(**bad)
+
+
+def test_a_config_refused_value_names_the_profile_flag(capsys):
+    # past the parse-time type: ProfileConfig's message names the flag (--rows, not row_limit)
+    from tritonbasis.cli.common import config_from_args
+
+    p = build_parser()
+    args = p.parse_args(["profile"])
+    args.row_limit = 0
+    with pytest.raises(SystemExit) as e:
+        config_from_args(p, ProfileConfig, args, names=COMMANDS["profile"].NAMES)
+    assert e.value.code == 2 and "--rows" in capsys.readouterr().err

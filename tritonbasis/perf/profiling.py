@@ -18,6 +18,7 @@ cubin entry is the ``@triton.jit`` function's name) -- and the op's CPU side as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from ..util.ranges import layer_range
 from ..util.timing import time_fn
 
-__all__ = ["KERNEL_NAMES", "layer_range", "name_layers", "profile_training"]
+__all__ = ["KERNEL_NAMES", "ProfileConfig", "layer_range", "name_layers", "profile_training"]
 
 # The compiled kernels' entry names (what profilers and `ncu --kernel-name` see).
 KERNEL_NAMES = ("basis_conv_fwd_kernel", "basis_conv_fwd_reduce_kernel",
@@ -83,13 +84,51 @@ def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     return "\n".join(out)
 
 
-def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
-                     out_dir: str | Path = "runs/profile", device=None, amp: bool = True,
-                     warmup: int = 2, nvtx: bool = False, trace: bool = True,
-                     lr: float = 0.01, row_limit: int = 25, log=print) -> dict[str, Any]:
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    """The settings of :func:`profile_training` (and the ``tritonbasis profile`` flags, generated
+    from these fields by :mod:`tritonbasis.util.config_args`: ``row_limit`` -> ``--rows``,
+    ``amp`` -> ``--no-amp``, ``trace`` -> ``--no-trace``). The one place their defaults live."""
+
+    steps: int = dataclasses.field(default=5, metadata=_help("profiled training steps"))
+    warmup: int = dataclasses.field(default=2, metadata=_help(
+        "untimed training steps first (autotune, cuDNN benchmark, allocator warm-up)"))
+    amp: bool = dataclasses.field(default=True, metadata=_help(
+        "bf16 autocast + channels_last on CUDA (off: fp32; ignored on CPU)"))
+    nvtx: bool = dataclasses.field(default=False, metadata=_help(
+        "NVTX ranges per layer (FQN) and per step, for nsys / ncu (CUDA only)"))
+    trace: bool = dataclasses.field(default=True, metadata=_help(
+        "run the steps under torch.profiler (off: to run under nsys or ncu; use with --nvtx)"))
+    lr: float = dataclasses.field(default=0.01, metadata=_help(
+        "SGD learning rate of the profiled steps (momentum 0.9)"))
+    row_limit: int = dataclasses.field(default=25, metadata=_help(
+        "rows per op / kernel table"))
+
+    def __post_init__(self):
+        for name, low in (("steps", 1), ("warmup", 0), ("row_limit", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                rule = "a positive int" if low else "a non-negative int"
+                raise ValueError(f"ProfileConfig.{name} must be {rule}, got {v!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or \
+                not self.lr > 0:
+            raise ValueError(f"ProfileConfig.lr must be a positive number, got {self.lr!r}")
+
+
+def profile_training(model: torch.nn.Module, input_shape, *, out_dir: str | Path = "runs/profile",
+                     device=None, config: ProfileConfig | None = None, log=print,
+                     **overrides) -> dict[str, Any]:
     """Run ``warmup`` untimed and then ``steps`` profiled training steps (forward, cross-entropy
     on random labels, backward, SGD with momentum) of a copy of ``model`` on random inputs of
     ``input_shape`` ``(N, C, H, W)``; bf16 autocast + channels_last on CUDA when ``amp``.
+
+    The settings (``steps``, ``warmup``, ``amp``, ``nvtx``, ``trace``, ``lr``, ``row_limit``)
+    are :class:`ProfileConfig`'s fields, its defaults unless given: ``config=``, and/or the
+    fields as keywords on top (``profile_training(model, shape, steps=3)``).
 
     Every BasisConv2d runs inside a range named by its FQN (:func:`name_layers`). With
     ``trace=True`` (default) the steps run under ``torch.profiler`` and ``out_dir`` gets
@@ -106,12 +145,12 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
     without the profiler's overhead. Returns the summary dict (paths, tables, step time)."""
     from torch.profiler import ProfilerActivity, profile
 
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    cfg = dataclasses.replace(config or ProfileConfig(), **overrides)
+    steps, warmup, row_limit = cfg.steps, cfg.warmup, cfg.row_limit
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    use_amp = amp and cuda
-    nvtx = nvtx and cuda
+    use_amp = cfg.amp and cuda
+    nvtx = cfg.nvtx and cuda
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4:
         raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
@@ -120,7 +159,7 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
         raise ValueError(f"out_dir {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    m, step = _training_step(model, shape, device, use_amp, nvtx, lr)
+    m, step = _training_step(model, shape, device, use_amp, nvtx, cfg.lr)
 
     def sync():
         if cuda:
@@ -135,7 +174,7 @@ def profile_training(model: torch.nn.Module, input_shape, *, steps: int = 5,
         for i in range(warmup):  # autotune, cuDNN benchmark, allocator warm-up: not profiled
             step(-1 - i)
         sync()
-        if not trace:
+        if not cfg.trace:
             for i in range(steps):
                 step(i)
             sync()

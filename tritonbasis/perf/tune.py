@@ -9,8 +9,9 @@ layer's resolved mode to the faster one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -22,7 +23,55 @@ from ..util.probe import module_calls
 from ..util.timing import time_fn
 from .bench.providers import memory_format
 
-__all__ = ["layer_geometries", "tune", "tune_cache_disabled", "tune_model"]
+__all__ = ["TuneConfig", "layer_geometries", "tune", "tune_cache_disabled", "tune_model"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The settings of :func:`tune_model` / :func:`tune` (and the ``tritonbasis tune`` flags,
+    generated from these fields by :mod:`tritonbasis.util.config_args`). The one place their
+    defaults live. ``dtype`` / ``layout`` ``None``: by device (:meth:`for_device`)."""
+
+    dtype: Literal["bfloat16", "float16", "float32"] | None = dataclasses.field(
+        default=None, metadata={"help": "dtype of the timed inputs (default bfloat16 on CUDA, "
+                                        "what bf16 autocast runs; float32 on CPU)"})
+    layout: Literal["channels_last", "contiguous"] | None = dataclasses.field(
+        default=None, metadata={"help": "memory layout of the timed inputs (default "
+                                        "channels_last on CUDA, contiguous on CPU)"})
+    objective: Literal["train", "infer"] = dataclasses.field(
+        default="train", metadata={"help": "compare forward+backward (train) or forward "
+                                           "(infer)"})
+    warmup_ms: float = dataclasses.field(default=25.0, metadata={
+        "help": "warm-up per timing, ms"})
+    rep_ms: float = dataclasses.field(default=100.0, metadata={
+        "help": "timed budget per timing, ms"})
+    min_reps: int = dataclasses.field(default=10, metadata={
+        "help": "timed calls per timing (GPU), timed blocks (CPU), at least"})
+
+    def __post_init__(self):
+        for name, ok in (("dtype", (None, "bfloat16", "float16", "float32")),
+                         ("layout", (None, "channels_last", "contiguous")),
+                         ("objective", ("train", "infer"))):
+            if getattr(self, name) not in ok:
+                raise ValueError(f"TuneConfig.{name} must be one of "
+                                 f"{', '.join(map(str, ok))}, got {getattr(self, name)!r}")
+        for name, positive in (("warmup_ms", False), ("rep_ms", True)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not (v > 0 if positive else v >= 0):
+                raise ValueError(f"TuneConfig.{name} must be "
+                                 f"{'> 0' if positive else '>= 0'}, got {v!r}")
+        v = self.min_reps
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"TuneConfig.min_reps must be a positive int, got {v!r}")
+
+    def for_device(self, device) -> TuneConfig:
+        """This config with ``dtype`` / ``layout`` decided where ``None``: bfloat16
+        channels_last on CUDA, float32 contiguous elsewhere."""
+        cuda = torch.device(device).type == "cuda"
+        return dataclasses.replace(
+            self, dtype=self.dtype or ("bfloat16" if cuda else "float32"),
+            layout=self.layout or ("channels_last" if cuda else "contiguous"))
 
 
 def layer_geometries(model: torch.nn.Module, input_shape) -> list[tuple[list[str], Any, tuple]]:
@@ -43,10 +92,8 @@ def layer_geometries(model: torch.nn.Module, input_shape) -> list[tuple[list[str
     return list(seen.values())
 
 
-def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfloat16",
-               layout: str = "channels_last", objective: str = "train",
-               warmup_ms: float = 25.0, rep_ms: float = 100.0, min_reps: int = 10,
-               log=print, measure=None) -> list[dict]:
+def tune_model(model: torch.nn.Module, input_shape, *, device, config: TuneConfig | None = None,
+               log=print, measure=None, **overrides) -> list[dict]:
     """Pre-tune every distinct BasisConv2d shape of ``model`` at ``input_shape`` on
     ``device``: run the fused op forward and backward (on CUDA this autotunes the Triton
     kernels; the best configs land in the tuning cache), time ``mode="fused"`` against
@@ -57,13 +104,17 @@ def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfl
     ``measure(mode, layer, in_shape) -> {"fwd": ms, "fwd+bwd": ms}`` replaces the timer (tests
     inject one); the default times the call with :func:`tritonbasis.util.timing.time_fn`
     (``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on GPU; ``min_reps``: at
-    least that many timed calls on GPU, blocks on CPU)."""
+    least that many timed calls on GPU, blocks on CPU).
+
+    The settings (``dtype``, ``layout``, ``objective``, ``warmup_ms``, ``rep_ms``,
+    ``min_reps``) are :class:`TuneConfig`'s fields, its defaults unless given: ``config=``,
+    and/or the fields as keywords on top (``tune_model(m, shape, device=d, rep_ms=20)``)."""
     from ..op.launchers import source_hash, triton_version
     from ..op.registry import resolve_backend
 
-    if objective not in ("train", "infer"):
-        raise ValueError(f"objective must be train or infer, got {objective!r}")
     device = torch.device(device)
+    cfg = dataclasses.replace(config or TuneConfig(), **overrides).for_device(device)
+    dtype, layout, objective = cfg.dtype, cfg.layout, cfg.objective
     tdtype = getattr(torch, dtype)
     fmt = memory_format(layout)
     dev_name = tune_cache.device_name(device)
@@ -85,7 +136,8 @@ def tune_model(model: torch.nn.Module, input_shape, *, device, dtype: str = "bfl
             row[f"{mode}_ms"] = (measure(mode, m, tuple(in_shape)) if measure is not None
                                  else _time_modes(
                 mode, t["xs"], t["dys"], t["basis"], t["coeff"], t["bias"], t["perm"], m,
-                device=device, warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps))
+                device=device, warmup_ms=cfg.warmup_ms, rep_ms=cfg.rep_ms,
+                min_reps=cfg.min_reps))
         key = "fwd+bwd" if objective == "train" else "fwd"
         row["mode"] = "fused" if row["fused_ms"][key] <= row["weight_ms"][key] else "weight"
         with tune_cache_disabled():
@@ -169,28 +221,23 @@ def tune_cache_disabled():
             os.environ[tune_cache.ENV_ENABLE] = old
 
 
-def tune(model: torch.nn.Module, input_shape, *, device=None, dtype: str | None = None,
-         layout: str | None = None, objective: str = "train", log=None, measure=None,
-         **timing) -> list[dict]:
+def tune(model: torch.nn.Module, input_shape, *, device=None, config: TuneConfig | None = None,
+         log=None, measure=None, **overrides) -> list[dict]:
     """Measure fused vs weight for every distinct :class:`~tritonbasis.BasisConv2d` call shape
     of ``model`` at ``input_shape`` ``(N, C, H, W)`` on ``device`` (default: the model's),
     store the timings in the tuning cache (:func:`tune_model`) and set each
     ``mode="auto"`` layer's resolved mode to the faster one (``objective``: ``train`` compares
     forward+backward, ``infer`` forward). Layers with a fixed mode keep it. Defaults: bfloat16
-    channels_last on CUDA, float32 contiguous on CPU. ``measure``: see ``tune_model``.
-    Returns ``tune_model``'s rows."""
+    channels_last on CUDA, float32 contiguous on CPU. ``config`` / keyword settings and
+    ``measure``: see ``tune_model``. Returns ``tune_model``'s rows."""
     if len(tuple(input_shape)) != 4:
         raise ValueError(f"input_shape must be (N, C, H, W), got {tuple(input_shape)}")
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    cuda = device.type == "cuda"
-    dtype = dtype or ("bfloat16" if cuda else "float32")
-    layout = layout or ("channels_last" if cuda else "contiguous")
-    rows = tune_model(model, input_shape, device=device, dtype=dtype, layout=layout,
-                      objective=objective, log=log or (lambda *a, **k: None), measure=measure,
-                      **timing)
+    rows = tune_model(model, input_shape, device=device, config=config,
+                      log=log or (lambda *a, **k: None), measure=measure, **overrides)
     for row in rows:
         # a skipped shape (CUDA, C_b beyond the kernel): the fused op would run its torch path
         mode = row["mode"] or "weight"
