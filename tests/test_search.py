@@ -77,6 +77,8 @@ def test_tiny_search_end_to_end(data8, tmp_path):
     # every layer's mode is the faster of its two measured ones
     for r in rep.layers:
         assert r["mode"] == ("fused" if r["time_fused_ms"] <= r["time_weight_ms"] else "weight")
+        assert r["mode_infer"] == ("fused" if r["time_fused_infer_ms"]
+                                   <= r["time_weight_infer_ms"] else "weight")
     # outputs: JSON report, plan, summary, plots
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["selection"]["chosen"] == sel["chosen"]
@@ -139,12 +141,21 @@ def _fake_layer_time(module, x, steps):
     return 1.5
 
 
+def _fake_infer_time(module, x, steps):
+    """Inference timings that disagree with :func:`_fake_layer_time` on every layer (so the
+    training and inference modes differ)."""
+    if isinstance(module, tb.BasisConv2d):
+        return 2.0 if (module.mode == "fused") == (module.out_channels % 16 == 0) else 1.0
+    return 1.5
+
+
 def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
     """Kill during the probes, resume: the same report. The layer timings are injected: two
     separate runs timed on a loaded machine could pick different modes for a layer (this test
     was flaky for that), and the final models run those modes."""
     train_data, val_data = data8
     monkeypatch.setattr(probes, "time_fwd_bwd", _fake_layer_time)
+    monkeypatch.setattr(probes, "time_infer", _fake_infer_time)
     cfg = _tiny_config(baseline_epochs=1, probe_steps=2)
     ref = S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
                                out=tmp_path / "a", progress=False, log=lambda *a: None)
@@ -265,6 +276,7 @@ def test_killed_timing_resumes_with_the_saved_timings(data8, tmp_path, monkeypat
         return _fake_layer_time(module, x, steps)
 
     monkeypatch.setattr(probes, "time_fwd_bwd", dying)
+    monkeypatch.setattr(probes, "time_infer", _fake_infer_time)
     with pytest.raises(KeyboardInterrupt):
         _run(data8, tmp_path, cfg)
     saved = json.loads((tmp_path / "state.json").read_text())["stages"]["gains"]
@@ -288,6 +300,7 @@ def test_state_without_a_new_field_resumes_as_its_default(data8, tmp_path, monke
     differs) resumes when this run uses the field's default, and is refused, naming the
     field, when it does not."""
     monkeypatch.setattr(probes, "time_fwd_bwd", _fake_layer_time)
+    monkeypatch.setattr(probes, "time_infer", _fake_infer_time)
     cfg = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False)
     first = _run(data8, tmp_path, cfg)
     path = tmp_path / "state.json"

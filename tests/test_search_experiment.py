@@ -28,6 +28,7 @@ CUT_DOWN = dict(baseline_epochs=6, probe_steps=5, verify_steps=10, probe_groups=
 
 def test_cut_down_default_naive_over_budget_chosen_within(tmp_path, monkeypatch):
     monkeypatch.setattr(probes, "time_fwd_bwd", _layer_time)
+    monkeypatch.setattr(probes, "time_infer", _layer_time)
     exp = S.ExperimentConfig(width=0.25, image_size=8)  # ratio 1/16, full form: the default
     cfg = S.SearchConfig(**CUT_DOWN)  # budget, lrs, sensitivity, selection: the defaults
     assert cfg.max_drop == 1.0 and exp.ratio == 0.0625

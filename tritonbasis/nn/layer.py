@@ -16,6 +16,14 @@ from .functional import MODES, basis_conv2d, choose_mode, onnx_exporting
 from .spec import BasisSpec, as_spec
 
 
+def _plain_no_grad_call(x) -> bool:
+    """A call without autograd, outside tracing / compile / export and autocast, on a plain
+    tensor: where weight mode may reuse a merged weight (nothing records the parameters)."""
+    return (not torch.is_grad_enabled() and type(x) is torch.Tensor
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch._C._is_any_autocast_enabled())
+
+
 class BasisConv2d(nn.Module):
     """Drop-in for ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
     dilation, groups=1, bias)`` with ``basis_channels`` trainable filters.
@@ -102,6 +110,9 @@ class BasisConv2d(nn.Module):
     # class defaults: modules pickled whole before these attributes existed still unpickle
     resolved: str | None = None
     resolved_device: str | None = None
+    # What "auto" runs for calls without autograd (inference), when measured apart from the
+    # training objective (the search times both); None: the same as ``resolved``.
+    resolved_infer: str | None = None
     # Set by from_conv for init="svd" (a plain attribute, not in the state_dict): the fraction
     # of the original filters' squared Frobenius norm that the initial basis spans (the energy
     # of their projection onto it; see tritonbasis.nn.decompose). None otherwise.
@@ -126,14 +137,39 @@ class BasisConv2d(nn.Module):
         else:
             basis, coeff, perm = self.basis, self.coeff, self.out_perm
         bias = p["bias"] if "bias" in p else self.bias  # noqa: SIM401 (.get reads both)
+        if mode == "weight" and _plain_no_grad_call(x):
+            # inference: the merged weight is a function of the parameters alone, so it is
+            # built once per parameter version instead of per call (weight mode then costs
+            # one dense conv, as the layer it replaced)
+            check_inputs(x, basis, coeff, bias, self.stride, self.padding, self.dilation,
+                         self.keep_basis, perm)
+            return reference.weight_modified(x, basis, coeff, bias, self.stride, self.padding,
+                                             self.dilation, self.keep_basis, perm,
+                                             weight=self._inference_weight(basis, coeff, perm))
         return basis_conv2d(x, basis, coeff, bias, self.stride, self.padding, self.dilation,
                             self.keep_basis, mode=mode, perm=perm)
+
+    def _inference_weight(self, basis, coeff, perm) -> torch.Tensor:
+        """``merged_weight`` of the current parameters, remembered until one of them changes
+        (in place: its version counter; replaced or moved: its storage) -- one dense weight
+        of memory per weight-mode layer while it is used without autograd."""
+        key = (basis._version, coeff._version, basis.data_ptr(), coeff.data_ptr(),
+               basis.dtype, basis.device,
+               None if perm is None else (perm._version, perm.data_ptr()))
+        cached = self.__dict__.get("_weight_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        w = reference.merged_weight(basis, coeff, self.keep_basis, perm)
+        self.__dict__["_weight_cache"] = (key, w)
+        return w
 
     def _auto_mode(self, x: torch.Tensor) -> str:
         """What ``mode="auto"`` runs for ``x``: the resolved mode for this device type, else
         the memoised decision for (device type, shape), else decide once and remember."""
         dev = x.device.type
         if self.resolved is not None and self.resolved_device == dev:
+            if self.resolved_infer is not None and not torch.is_grad_enabled():
+                return self.resolved_infer
             return self.resolved
         if torch.compiler.is_compiling():
             # traced: no memo writes and no shape-keyed dict (a symbolic N must not be hashed
@@ -150,12 +186,18 @@ class BasisConv2d(nn.Module):
             mode = memo[key] = choose_mode(g, x.device)
         return mode
 
-    def set_resolved(self, mode: str | None, device="cpu") -> None:
+    def set_resolved(self, mode: str | None, device="cpu", infer: str | None = None) -> None:
         """Fix what ``mode="auto"`` runs on ``device``'s type (``"fused"``/``"weight"``), or
-        forget it (None: decided again per input shape on the next forward)."""
-        if mode not in (None, "fused", "weight"):
-            raise ValueError(f"resolved mode must be 'fused', 'weight' or None, got {mode!r}")
+        forget it (None: decided again per input shape on the next forward). ``infer``: a
+        different mode for calls without autograd (``torch.no_grad()`` / inference), when the
+        two objectives were measured apart; None runs ``mode`` there too."""
+        for name, m in (("mode", mode), ("infer", infer)):
+            if m not in (None, "fused", "weight"):
+                raise ValueError(f"resolved {name} must be 'fused', 'weight' or None, got {m!r}")
+        if mode is None and infer is not None:
+            raise ValueError("an inference mode needs a resolved mode")
         self.resolved = mode
+        self.resolved_infer = infer
         self.resolved_device = None if mode is None else torch.device(device).type
         self._mode_memo = {}
 
@@ -249,7 +291,8 @@ class BasisConv2d(nn.Module):
             s += ", bias=False"
         s += f", keep_basis={self.keep_basis}, mode={self.mode!r}"
         if self.mode == "auto" and self.resolved is not None:
-            s += f" (runs {self.resolved!r} on {self.resolved_device})"
+            s += f" (runs {self.resolved!r} on {self.resolved_device}"
+            s += f", {self.resolved_infer!r} without autograd)" if self.resolved_infer else ")"
         if self.out_perm is not None:
             s += ", out_perm=True"
         if not self.basis.requires_grad:

@@ -65,10 +65,12 @@ def merged_weight(
 
 
 def weight_modified(
-    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True, perm=None
+    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True, perm=None,
+    weight=None,
 ) -> torch.Tensor:
-    """Weight-modification path: build ``W`` (cheap, once per call) and run one dense conv."""
-    w = merged_weight(basis, coeff, keep_basis, perm)
+    """Weight-modification path: build ``W`` (cheap, once per call) and run one dense conv.
+    ``weight``: ``W`` already built from these parameters (a layer's inference cache)."""
+    w = merged_weight(basis, coeff, keep_basis, perm) if weight is None else weight
     return F.conv2d(x, w, bias, stride, padding, dilation)
 
 

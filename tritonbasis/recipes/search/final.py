@@ -54,14 +54,16 @@ def mean_sd(xs) -> tuple[float, float]:
 
 
 def apply_modes(model: nn.Module, fqns, gains: dict, device) -> None:
-    """Run each converted layer in the mode the search measured faster (its ``gains`` row);
+    """Run each converted layer in the modes the search measured faster (its ``gains`` row:
+    ``mode`` with autograd, ``mode_infer`` without);
     a state from before modes were recorded falls back to the layer's own decision."""
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     for f in fqns:
-        mode = gains.get(f, {}).get("mode")
+        g = gains.get(f, {})
+        mode, infer = g.get("mode"), g.get("mode_infer")  # mode_infer: absent in old states
         m = model.get_submodule(f)
         if mode in ("fused", "weight") and isinstance(m, BasisConv2d) and m.mode == "auto":
-            m.set_resolved(mode, dev)
+            m.set_resolved(mode, dev, infer=infer if infer in ("fused", "weight") else None)
 
 
 def measure(ctx: SearchContext, m: nn.Module) -> dict:

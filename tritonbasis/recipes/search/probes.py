@@ -162,10 +162,26 @@ def time_fwd_bwd(module: nn.Module, x: torch.Tensor, steps: int) -> float:
                    min_reps=steps).median_ms
 
 
+def time_infer(module: nn.Module, x: torch.Tensor, steps: int) -> float:
+    """Median ms of one layer's forward without autograd (inference), timed like
+    :func:`time_fwd_bwd`."""
+    x = x.detach()
+
+    def step():
+        with torch.no_grad():
+            module(x)
+
+    return time_fn(step, device=x.device, min_time_s=max(0.2, 0.01 * steps),
+                   min_reps=steps).median_ms
+
+
 def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dict:
     """Per layer: the dense conv's forward+backward time at its input shape (batch
     ``time_batch``) against the converted layer's in both modes; the faster mode is the one the
-    layer will run (:func:`tritonbasis.nn.modes.from_timings`) and its time the basis time.
+    layer will run in training (:func:`tritonbasis.nn.modes.from_timings`) and its time the
+    basis time. The same for the forward without autograd: ``mode_infer``, what the layer runs
+    at inference (training and inference differ: a fused path that wins fwd+bwd can lose the
+    forward alone).
     Each layer's timings are saved in the state as they are taken, so a resumed search re-uses
     them instead of re-timing (a re-timed layer could flip its mode on a loaded machine, and
     the final models -- which run those modes -- would then differ from the first run's)."""
@@ -184,17 +200,23 @@ def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dic
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         t_dense = time_fwd_bwd(dense.get_submodule(f), x, cfg.time_steps)
+        t_dense_inf = time_infer(dense.get_submodule(f), x, cfg.time_steps)
         layer = converted.get_submodule(f)
-        t = {}
+        t, t_inf = {}, {}
         for mode in ("fused", "weight"):
             layer.mode = mode
             t[mode] = time_fwd_bwd(layer, x, cfg.time_steps)
+            t_inf[mode] = time_infer(layer, x, cfg.time_steps)
         layer.mode = "auto"
-        mode = from_timings(t)
+        mode, mode_inf = from_timings(t), from_timings(t_inf)
         gains[f] = {"time_dense_ms": round(t_dense, 4), "time_basis_ms": round(t[mode], 4),
                     "time_saved_ms": round(t_dense - t[mode], 4),
                     "time_fused_ms": round(t["fused"], 4),
-                    "time_weight_ms": round(t["weight"], 4), "mode": mode}
+                    "time_weight_ms": round(t["weight"], 4), "mode": mode,
+                    # without autograd (inference): weight mode reuses its merged weight
+                    "time_dense_infer_ms": round(t_dense_inf, 4),
+                    "time_fused_infer_ms": round(t_inf["fused"], 4),
+                    "time_weight_infer_ms": round(t_inf["weight"], 4), "mode_infer": mode_inf}
         if D.is_main():
             ctx.state.put("gains", gains)
     dense.zero_grad(set_to_none=True)

@@ -48,19 +48,19 @@ class SearchReport:
 
     def table(self) -> str:
         lines = [f"{'layer':28s} {'shape':>15s} {'C_b':>4s} {'zero-shot':>9s} {'probe':>7s} "
-                 f"{'MACs saved':>11s} {'ms saved':>8s} {'runs':>6s}  chosen",
-                 "-" * 103]
+                 f"{'MACs saved':>11s} {'ms saved':>8s} {'runs':>13s}  chosen",
+                 "-" * 110]
         for r in self.layers:
             shape = f"{r['C_in']}->{r['C_out']} {r['kernel'][0]}x{r['kernel'][1]}"
             ts = r.get("time_saved_ms")
             lines.append(
                 f"{r['fqn'][:28]:28s} {shape:>15s} {r['C_b']:>4d} {r['zero_shot_drop']:>8.2f}p "
                 f"{r['probe_drop']:>6.2f}p {r['macs_saved']:>11,} "
-                f"{'' if ts is None else f'{ts:.3f}':>8s} {r.get('mode') or '':>6s}  "
+                f"{'' if ts is None else f'{ts:.3f}':>8s} {_runs(r):>13s}  "
                 f"{'yes' if r['chosen'] else ''}")
         lines.append("(drops in percentage points of validation accuracy vs the baseline; "
                      "runs: the mode a converted layer runs, the faster of fused and weight "
-                     "in the search's timing)")
+                     "in the search's timing; train/inference where they differ)")
         if self.final:
             seeds = len(self.final["dense"].get("val_acc_per_seed", [0]))
             lines.append("")
@@ -200,3 +200,9 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
         fig.savefig(paths["tradeoff_png"], dpi=120)
         plt.close(fig)
     return paths
+
+
+def _runs(row: dict) -> str:
+    """The mode column: ``fused``, or ``fused/weight`` when inference runs another mode."""
+    mode, infer = row.get("mode") or "", row.get("mode_infer")
+    return f"{mode}/{infer}" if infer and mode and infer != mode else mode
