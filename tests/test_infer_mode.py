@@ -38,6 +38,11 @@ def test_weight_mode_without_autograd_builds_the_merged_weight_once_per_version(
     layer.mode = "weight"
     x = torch.randn(2, 6, 9, 9, dtype=torch.double)
     merges = _count_merges(monkeypatch)
+    with torch.no_grad():  # train mode: built per call
+        layer(x), layer(x)
+    assert merges["n"] == 2
+    merges["n"] = 0
+    layer.eval()
     with torch.no_grad():
         y1, y2 = layer(x), layer(x)
     assert merges["n"] == 1
@@ -57,21 +62,28 @@ def test_weight_mode_without_autograd_builds_the_merged_weight_once_per_version(
         y4 = layer(x)
     assert merges["n"] == 3
     torch.testing.assert_close(y4, _ref(other, x), rtol=1e-12, atol=1e-12)
+    # a write through .data bypasses the version counter; setting eval again forgets the weight
+    layer.basis.data.mul_(2.0)
+    layer.eval()
+    with torch.no_grad():
+        y5 = layer(x)
+    assert merges["n"] == 4
+    torch.testing.assert_close(y5, _ref(layer, x), rtol=1e-12, atol=1e-12)
     # with autograd: the per-call path, gradients flow
-    y5 = layer(x)
-    assert y5.requires_grad and merges["n"] == 4
-    y5.sum().backward()
+    y6 = layer(x)
+    assert y6.requires_grad and merges["n"] == 5
+    y6.sum().backward()
     assert layer.coeff.grad is not None
 
 
 def test_bad_input_in_cached_weight_mode_is_a_clear_error():
-    layer = tb.BasisConv2d(6, 10, 3, basis_channels=4, padding=1, mode="weight")
+    layer = tb.BasisConv2d(6, 10, 3, basis_channels=4, padding=1, mode="weight").eval()
     with torch.no_grad(), pytest.raises(ValueError, match="input channels"):
         layer(torch.randn(1, 5, 8, 8))
 
 
 def test_auto_runs_the_inference_mode_without_autograd(monkeypatch):
-    layer = tb.BasisConv2d(6, 10, 3, basis_channels=4, padding=1, mode="auto")
+    layer = tb.BasisConv2d(6, 10, 3, basis_channels=4, padding=1, mode="auto").eval()
     layer.set_resolved("fused", "cpu", infer="weight")
     modes = []
     real = layer_mod.basis_conv2d

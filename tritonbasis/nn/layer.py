@@ -137,10 +137,10 @@ class BasisConv2d(nn.Module):
         else:
             basis, coeff, perm = self.basis, self.coeff, self.out_perm
         bias = p["bias"] if "bias" in p else self.bias  # noqa: SIM401 (.get reads both)
-        if mode == "weight" and _plain_no_grad_call(x):
-            # inference: the merged weight is a function of the parameters alone, so it is
-            # built once per parameter version instead of per call (weight mode then costs
-            # one dense conv, as the layer it replaced)
+        if mode == "weight" and not self.training and _plain_no_grad_call(x):
+            # inference (eval mode, no autograd): the merged weight is a function of the
+            # parameters alone, so it is built once per parameter version instead of per call
+            # (weight mode then costs one dense conv, as the layer it replaced)
             check_inputs(x, basis, coeff, bias, self.stride, self.padding, self.dilation,
                          self.keep_basis, perm)
             return reference.weight_modified(x, basis, coeff, bias, self.stride, self.padding,
@@ -151,8 +151,10 @@ class BasisConv2d(nn.Module):
 
     def _inference_weight(self, basis, coeff, perm) -> torch.Tensor:
         """``merged_weight`` of the current parameters, remembered until one of them changes
-        (in place: its version counter; replaced or moved: its storage) -- one dense weight
-        of memory per weight-mode layer while it is used without autograd."""
+        (in place: its version counter; replaced or moved: its storage) or the layer's
+        train/eval mode is set -- one dense weight of memory per weight-mode layer in eval.
+        Writes through ``param.data`` bypass the version counter: call ``.eval()`` again
+        after such a write."""
         key = (basis._version, coeff._version, basis.data_ptr(), coeff.data_ptr(),
                basis.dtype, basis.device,
                None if perm is None else (perm._version, perm.data_ptr()))
@@ -185,6 +187,10 @@ class BasisConv2d(nn.Module):
                              self.dilation, self.keep_basis, self.out_perm)
             mode = memo[key] = choose_mode(g, x.device)
         return mode
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_weight_cache", None)  # set train/eval: build the weight afresh
+        return super().train(mode)
 
     def set_resolved(self, mode: str | None, device="cpu", infer: str | None = None) -> None:
         """Fix what ``mode="auto"`` runs on ``device``'s type (``"fused"``/``"weight"``), or

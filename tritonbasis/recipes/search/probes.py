@@ -163,16 +163,21 @@ def time_fwd_bwd(module: nn.Module, x: torch.Tensor, steps: int) -> float:
 
 
 def time_infer(module: nn.Module, x: torch.Tensor, steps: int) -> float:
-    """Median ms of one layer's forward without autograd (inference), timed like
-    :func:`time_fwd_bwd`."""
+    """Median ms of one layer's forward in eval mode without autograd (inference), timed
+    like :func:`time_fwd_bwd`; the layer's train/eval mode is restored."""
     x = x.detach()
+    was_training = module.training
+    module.eval()
 
     def step():
         with torch.no_grad():
             module(x)
 
-    return time_fn(step, device=x.device, min_time_s=max(0.2, 0.01 * steps),
-                   min_reps=steps).median_ms
+    try:
+        return time_fn(step, device=x.device, min_time_s=max(0.2, 0.01 * steps),
+                       min_reps=steps).median_ms
+    finally:
+        module.train(was_training)
 
 
 def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dict:
