@@ -185,3 +185,17 @@ def check_case(case: Case, dtype=torch.float32, device="cpu", backend="auto", gr
             assert t.grad is not None, f"no gradient for {name}"
             assert_bounded(t.grad, rg[name], ag[name], unit, K[name], f"d{name}")
     return y
+
+
+class DictState:
+    """The two methods a search stage uses of the search state (``get``, ``put``), in
+    memory."""
+
+    def __init__(self):
+        self.stages = {}
+
+    def get(self, key, default=None):
+        return self.stages.get(key, default)
+
+    def put(self, key, value):
+        self.stages[key] = value

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from helpers import DictState
 
 import tritonbasis as tb
 from tritonbasis.recipes import search as S
@@ -222,19 +223,6 @@ def test_search_config_validation():
         S.SearchConfig(max_drop=-1)
 
 
-class _DictState:
-    """The two methods a stage uses of the search state, in memory."""
-
-    def __init__(self):
-        self.stages = {}
-
-    def get(self, key, default=None):
-        return self.stages.get(key, default)
-
-    def put(self, key, value):
-        self.stages[key] = value
-
-
 def test_selection_backs_off_to_a_verified_subset():
     """The selection stage alone, with a probe passed in: layers alone drop 0.3 pp each but
     'c' and 'd' together cost 5 pp (an interaction the sum cannot predict). Greedy by score
@@ -251,7 +239,7 @@ def test_selection_backs_off_to_a_verified_subset():
                 "probe_acc": 0.9, "probe_drop": round(drop, 4), "probe_loss_delta": 0.0}
 
     cfg = _tiny_config(max_drop=2.0, probe_steps=3, max_backoff=3, selection="greedy")
-    state = _DictState()
+    state = DictState()
     sel = selection.select(rows, probe, cfg, state, log=lambda *a: None)
     assert sel["chosen"] == ["a", "b", "c"] and sel["backoffs"] == 1
     assert sel["within_budget"] and sel["verified_drop"] == pytest.approx(0.9)

@@ -3,21 +3,11 @@ summed single-layer drops cannot predict) and the summary a user reads (verdict 
 tables, the mode per layer, the plots), on fabricated results: no training, no timing."""
 
 import pytest
+from helpers import DictState
 
 from tritonbasis.recipes import search as S
 from tritonbasis.recipes.search import selection
 from tritonbasis.recipes.search.verdict import verdict
-
-
-class _DictState:
-    def __init__(self):
-        self.stages = {}
-
-    def get(self, key, default=None):
-        return self.stages.get(key, default)
-
-    def put(self, key, value):
-        self.stages[key] = value
 
 
 def _result(drop, loss=0.0):
@@ -45,7 +35,7 @@ def test_bisect_finds_the_longest_fitting_prefix_by_combined_probes():
                   ("zero", 0.0)])  # a layer with no gain is never a candidate
     calls = []
     cfg = S.SearchConfig(max_drop=2.0, probe_steps=3, verify_steps=7, selection="bisect")
-    state = _DictState()
+    state = DictState()
     sel = selection.select(rows, _interacting_probe(calls), cfg, state, log=lambda *a: None)
     # prefix lengths probed: 3 (fits), 5 (d+e: over), 4 (fits) -> a, b, c, d
     assert [len(c[0]) for c in calls] == [3, 5, 4] and all(c[1] == 7 for c in calls)
@@ -64,7 +54,7 @@ def test_bisect_finds_the_longest_fitting_prefix_by_combined_probes():
     gcalls = []
     g = selection.select(rows, _interacting_probe(gcalls),
                          S.SearchConfig(max_drop=2.0, verify_steps=7, selection="greedy"),
-                         _DictState(), log=lambda *a: None)
+                         DictState(), log=lambda *a: None)
     assert g["chosen"] == ["a", "b", "c", "d"] and g["backoffs"] == 2 and len(gcalls) == 3
     # a second run on the same state re-uses the saved combined probes
     again = selection.select(rows, _interacting_probe(calls), cfg, state, log=lambda *a: None)
@@ -78,12 +68,12 @@ def test_bisect_stopped_by_max_backoff_is_flagged_over_budget():
         return _result(0.0 if len(fqns) == 1 else 50.0)
 
     cfg = S.SearchConfig(max_drop=0.5, max_backoff=2, selection="bisect")
-    sel = selection.select(rows, probe, cfg, _DictState(), log=lambda *a: None)
+    sel = selection.select(rows, probe, cfg, DictState(), log=lambda *a: None)
     assert not sel["within_budget"] and sel["backoffs"] == 2
     assert sel["chosen"] == list("ab") and sel["verified_drop"] == 50.0
     # with enough probes it finds the one layer that fits
     ok = selection.select(rows, probe, S.SearchConfig(max_drop=0.5, selection="bisect"),
-                          _DictState(), log=lambda *a: None)
+                          DictState(), log=lambda *a: None)
     assert ok["chosen"] == ["a"] and ok["within_budget"]
 
 
