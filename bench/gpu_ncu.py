@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 PY = sys.executable
 
-# What decides the forward's next change (kernel review, "first GPU measurement"): L2 bytes
+# What decides the forward's next change (bench/NOTES.md, v2 forward): L2 bytes
 # and L2 throughput (the 9x activation re-read from L2: lever 1), tensor-pipe activity (wgmma
 # busy?), instructions issued per SMSP cycle (issue-bound: lever 3), DRAM as the floor, time.
 DECIDING = (
@@ -67,7 +67,7 @@ def find_ncu() -> str | None:
     found = shutil.which("ncu")
     if found:
         return found
-    # The device image ships Nsight Compute under /opt (KINDS.md); not always on PATH.
+    # The GPU machine's image ships Nsight Compute under /opt, not always on PATH.
     for pat in (
         "/opt/nvidia/nsight-compute/*/ncu",
         "/usr/local/cuda/bin/ncu",
@@ -96,7 +96,7 @@ def cmd_driver(args) -> int:
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32  # CPU path: fp32/fp64
     n, c, h, cb = args.batch, args.channels, args.size, args.cb
     torch.manual_seed(0)
-    # random data, never zeros (METHOD.md: zeros run faster and hide unwritten outputs)
+    # random data, never zeros: zeros run faster and hide unwritten outputs
     x = torch.randn(n, c, h, h, device=dev, dtype=dtype).to(memory_format=torch.channels_last)
     basis = (torch.randn(cb, c, 3, 3, device=dev, dtype=dtype) / (9 * c) ** 0.5).to(
         memory_format=torch.channels_last
@@ -145,7 +145,7 @@ def cmd_driver(args) -> int:
             }
         )
     )
-    # bf16 operands land between 1e-3 and 1e-2 (METHOD.md); fp32 on CPU far under that
+    # bf16 operands land between 1e-3 and 1e-2; fp32 on CPU far under that
     bound = 2e-2 if dtype == torch.bfloat16 else 1e-4
     if not err <= bound:
         print(f"FAIL: relative error {err:.3g} > {bound}", file=sys.stderr)
