@@ -398,14 +398,18 @@ def cmd_variants(a) -> int:
         _write_json(out / "variants.json", {**summary, "digest": summary})
         return 0
     t_end = time.monotonic() + a.budget
-    rc, wall, tail = _run_boxed([PY, str(VARIANTS), "--list"], 60, out / "variants-list.log")
-    names = [
-        ln.strip()
-        for ln in (out / "variants-list.log").read_text().splitlines()
-        if ln.strip() and not ln.startswith(("$", "#"))
-    ]
+    # stdout only: one name per line (warnings on stderr must not become names)
+    try:
+        r = subprocess.run(
+            [PY, str(VARIANTS), "--list"], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        rc, listed, err = r.returncode, r.stdout, r.stderr
+    except subprocess.TimeoutExpired:
+        rc, listed, err = None, "", "timed out after 60 s"
+    (out / "variants-list.log").write_text(listed + err)
+    names = [ln.strip() for ln in listed.splitlines() if ln.strip()]
     if rc != 0 or not names:
-        summary["error"] = f"--list: rc {rc}: {tail}"
+        summary["error"] = f"--list: rc {rc}: {err.strip()[-300:]}"
         print(summary["error"])
         _write_json(out / "variants.json", {**summary, "digest": summary})
         return 0

@@ -412,6 +412,7 @@ def test_variants_step_isolates_failures(tmp_path, monkeypatch):
         textwrap.dedent("""
         import json, sys, time
         if "--list" in sys.argv:
+            print("UserWarning: stderr is not a variant", file=sys.stderr)
             print("v2\\nfast\\nbroken\\nhang")
             sys.exit(0)
         name = sys.argv[sys.argv.index("--variant") + 1]
