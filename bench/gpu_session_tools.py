@@ -8,7 +8,7 @@
   python bench/gpu_session_tools.py variants [...]        bench/variants.py, one process each
   python bench/gpu_session_tools.py write-plan PATH       the layer2-4 plan of part 3
 
-(ncu-driver, ncu-run and ncu-summary are in bench/gpu_ncu.py.) Each runs as its own process
+(the ncu driver, run and summary are in bench/gpu_ncu.py.) Each runs as its own process
 (a step), so it imports torch / tritonbasis only when it needs them: the runner never holds
 CUDA.
 """
