@@ -5,9 +5,11 @@ and G_r = G), Z the basis outputs:
 
 1. ``basis_conv_grad_z_kernel`` reads G once and writes dZ = G_b + coeff^T G_r (NHWC), and
    per-program fp32 partial sums of d coeff = sum_pixels G_r (x) Z and d bias = sum_pixels G.
-   Z is read from the forward output (keep-basis: out[:, perm[:C_b]] - bias, nothing extra was
-   saved) or from z_saved (full form). It also copies the basis into the K-contiguous layout
-   grad_x reads ((KH*KW, C_in, C_b), C_b fastest), so that copy costs no launch of its own.
+   Z is read from the forward output (Z_FROM_OUT, keep-basis: out[:, perm[:C_b]] - bias) or
+   from the Z the forward saved (the full form, and keep-basis with a bias in a 16-bit dtype,
+   where out - bias would carry the rounding error ulp(|Z + bias|) instead of ulp(|Z|)). It
+   also copies the basis into the K-contiguous layout grad_x reads ((KH*KW, C_in, C_b), C_b
+   fastest), so that copy costs no launch of its own.
 2. ``basis_conv_grad_x_kernel``: dX = conv_transpose(dZ, B) as ONE flattened K loop over
    (tap, C_b block) that Triton software-pipelines (v1 had 9 separate tap loops, each drained).
    Any stride is split into sub-pixel phases: an input pixel's parity (ih % s_h, iw % s_w)
@@ -51,8 +53,8 @@ def basis_conv_grad_z_kernel(
     g_ptr,  # G (N, C_out, Ho, Wo), any strides
     c_ptr,  # coeff (C_rest, C_b)
     dz_ptr,  # dZ out (N, C_b, Ho, Wo) -- written only if STORE_DZ
-    z_ptr,  # Z source (NEED_DC): out (N, C_out, ..) in keep-basis form, z_saved (N, C_b, ..)
-    b_ptr,  # bias (C_out,), output order -- read only if NEED_DC and KEEP_BASIS and HAS_BIAS
+    z_ptr,  # Z source (NEED_DC): out (N, C_out, ..) if Z_FROM_OUT, else Z saved (N, C_b, ..)
+    b_ptr,  # bias (C_out,), output order -- read only if NEED_DC and Z_FROM_OUT and HAS_BIAS
     p_ptr,  # perm (C_out,): computed channel c lives in G's channel perm[c] (HAS_PERM)
     wsc_ptr,  # fp32 (P, C_rest, C_b): d coeff partial of each program (NEED_DC)
     wsb_ptr,  # fp32 (P, C_out): d bias partial of each program, output order (NEED_DBIAS)
@@ -67,7 +69,7 @@ def basis_conv_grad_z_kernel(
     sw_o, sw_c, sw_h, sw_w,
     KEEP_BASIS: tl.constexpr, STORE_DZ: tl.constexpr, NEED_DC: tl.constexpr,
     NEED_DBIAS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PERM: tl.constexpr,
-    COPY_W: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
+    Z_FROM_OUT: tl.constexpr, COPY_W: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_CB: tl.constexpr, BLOCK_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -91,7 +93,7 @@ def basis_conv_grad_z_kernel(
         c_off = 0
     C_out = C_rest + c_off
     if NEED_DC:
-        if KEEP_BASIS:
+        if Z_FROM_OUT:
             z_ch = oc_b  # Z = out[:, perm[:C_b]] - bias[perm[:C_b]]
             if HAS_BIAS:
                 z_shift = tl.load(b_ptr + oc_b, mask=cb_ok, other=0.0).to(tl.float32)
@@ -119,7 +121,7 @@ def basis_conv_grad_z_kernel(
                 (z_ptr + n * sz_n + oh * sz_h + ow * sz_w)[:, None] + z_ch[None, :] * sz_c,
                 mask=mcb, other=0.0,
             )
-            if KEEP_BASIS and HAS_BIAS:
+            if Z_FROM_OUT and HAS_BIAS:
                 zt = tl.where(mcb, zt.to(tl.float32) - z_shift[None, :], 0.0)
             zt = zt.to(g_ptr.dtype.element_ty)
         # The partial rows below are read-modify-written by this program only, once per pixel

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..op.geometry import saves_z
 from ..op.reference import basis_conv2d_standard_ops, inverse_permutation, merged_weight
 
 __all__ = [
@@ -74,7 +75,8 @@ def _op_decomposition(x, basis, coeff, bias, perm, stride, padding, dilation, ke
     """``tritonbasis::basis_conv2d`` -> standard aten ops (for ``run_decompositions``)."""
     y = basis_conv2d_standard_ops(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
                                   perm)
-    if need_z and not keep_basis:  # the op's second output (used only by its backward)
+    # the op's second output (used only by its backward), as the op decides it
+    if saves_z(keep_basis, bias is not None, x.dtype, need_z):
         return y, F.conv2d(x, basis, None, list(stride), list(padding), list(dilation))
     return y, x.new_empty(0)
 

@@ -361,3 +361,25 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     ):
         return torch.channels_last
     return torch.contiguous_format
+
+
+# With a 16-bit output, out[:, :C_b] - bias recovers Z with the rounding error of |Z + bias|
+# instead of |Z|: bf16, bias 8, |Z| ~ 0.1 puts 0.0625-wide steps on Z, a d coeff error of tens of
+# percent (bench/NOTES.md "Keep-basis d coeff with a large bias"). Those calls save Z instead.
+_ROUNDED_OUT_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def saves_z(keep_basis: bool, has_bias: bool, dtype: torch.dtype, need_z: bool) -> bool:
+    """Whether the forward returns Z (the basis outputs before bias) for the backward's d coeff;
+    ``need_z``: d coeff will be needed. The full form always saves it (no output channel is Z);
+    the keep-basis form reads it back as ``out[:, :C_b] - bias``, except with a bias in a
+    16-bit dtype, where that subtraction loses Z's low bits."""
+    return need_z and (not keep_basis or (has_bias and dtype in _ROUNDED_OUT_DTYPES))
+
+
+def saved_z_format(keep_basis: bool, out_format: torch.memory_format) -> torch.memory_format:
+    """Memory format of the saved Z: the output's (``out_format``) in the full form;
+    channels_last in the keep-basis form, whatever the output's: grad_z reads Z as [pixels,
+    C_b] tiles, which NHWC makes 16-byte vector loads (with NCHW bf16 operands, grad_z's
+    m32_n32 config spilled 24 B on sm_90 reading an NCHW Z, 0 B reading an NHWC one)."""
+    return torch.channels_last if keep_basis else out_format

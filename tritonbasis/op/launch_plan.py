@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .geometry import ConvGeometry, output_memory_format
+from .geometry import ConvGeometry, output_memory_format, saved_z_format, saves_z
 
 _INT32_MAX = 2**31 - 1
 
@@ -219,10 +219,11 @@ def fwd_reduce_args(g: ConvGeometry, x, ws, coeff, bias, perm, y, z, *, store_z:
 
 def grad_z_args(g: ConvGeometry, grad, coeff, dz, zsrc, bias, perm, wsc, wsb, basis, wt, *,
                 P: int, chunk: int, need_x: bool, need_c: bool, need_bias: bool,
-                cache: bool = False) -> Launch:
+                z_from_out: bool = False, cache: bool = False) -> Launch:
     """``basis_conv_grad_z_kernel``'s arguments: ``P`` programs of ``chunk`` pixels; ``dz``
-    None when neither dx nor d basis is needed. Absent operands get ``grad`` (or a workspace
-    that exists) in their place: never read, their flags are off."""
+    None when neither dx nor d basis is needed; ``z_from_out``: ``zsrc`` is the keep-basis
+    output (Z = its basis channels minus bias), else the saved Z. Absent operands get ``grad``
+    (or a workspace that exists) in their place: never read, their flags are off."""
     need_dz = dz is not None
     stand_in = wsb if need_bias else wsc
     ptrs = (grad, coeff, dz if need_dz else grad, zsrc,
@@ -239,14 +240,14 @@ def grad_z_args(g: ConvGeometry, grad, coeff, dz, zsrc, bias, perm, wsc, wsb, ba
                 *(dz.stride() if need_dz else (0, 0, 0, 0)), *zsrc.stride(), *basis.stride())
         consts = dict(KEEP_BASIS=g.keep_basis, STORE_DZ=need_dz, NEED_DC=need_c,
                       NEED_DBIAS=need_bias, HAS_BIAS=bias is not None,
-                      HAS_PERM=perm is not None, COPY_W=need_x,
+                      HAS_PERM=perm is not None, Z_FROM_OUT=z_from_out, COPY_W=need_x,
                       INT64=_needs_int64(grad, zsrc), PRECISION=_precision(grad.dtype),
                       BLOCK_CB=_configs().block_cb(g.C_b), BLOCK_W=512)
         return ints, consts, lambda meta: (P,)
 
     key = (("grad_z", g, grad.stride(), coeff.stride(), dz.stride() if need_dz else None,
             zsrc.shape, zsrc.stride(), basis.stride(), P, chunk, need_x, need_c, need_bias,
-            bias is None, perm is None, _precision(grad.dtype)) if cache else None)
+            z_from_out, bias is None, perm is None, _precision(grad.dtype)) if cache else None)
     ints, consts, grid = _scalars(key, build)
     return Launch("grad_z", grid, ptrs + ints, consts)
 
@@ -321,8 +322,9 @@ def plan_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool,
     configs = _configs()
     fmt = output_memory_format(x)
     y = _empty_4d((g.N, g.C_out, g.Ho, g.Wo), x, fmt)
-    store_z = need_z and not g.keep_basis
-    z = _empty_4d((g.N, g.C_b, g.Ho, g.Wo), x, fmt) if store_z else x.new_empty(0)
+    store_z = saves_z(g.keep_basis, bias is not None, x.dtype, need_z)
+    z = (_empty_4d((g.N, g.C_b, g.Ho, g.Wo), x, saved_z_format(g.keep_basis, fmt)) if store_z
+         else x.new_empty(0))
     if basis.stride(1) != 1:
         basis = basis.contiguous(memory_format=torch.channels_last)
     M = g.pixels
@@ -384,10 +386,12 @@ def plan_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeomet
         wt = torch.empty(LW if need_x else 0, dtype=basis.dtype, device=dev)
         wsc = torch.empty((P, g.C_rest, g.C_b) if need_c else (0,), **f32)
         wsb = torch.empty((P, g.C_out) if need_bias else (0,), **f32)
-        zsrc = (out if g.keep_basis else z_saved) if need_c else grad
+        # Z: saved by the forward (4-D) when it was, else the keep-basis output minus bias
+        z_from_out = need_c and g.keep_basis and z_saved.dim() != 4
+        zsrc = (out if z_from_out else z_saved) if need_c else grad
         launches.append(grad_z_args(g, grad, coeff, dz, zsrc, bias, perm, wsc, wsb, basis, wt,
                                     P=P, chunk=chunk, need_x=need_x, need_c=need_c,
-                                    need_bias=need_bias, cache=cache))
+                                    need_bias=need_bias, z_from_out=z_from_out, cache=cache))
     if need_x:
         dx = _empty_4d((g.N, g.C_in, g.H, g.W), x, output_memory_format(x))
         launches.append(grad_x_args(g, dz, wt, dx, grad.dtype, cache=cache))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .geometry import ConvGeometry, output_memory_format
+from .geometry import ConvGeometry, output_memory_format, saved_z_format, saves_z
 
 
 def combine(z: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
@@ -149,7 +149,8 @@ _MIN_RELAYOUT_NUMEL = 4096
 
 
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
-    """Returns ``(y, z_saved)``; ``z_saved`` is Z for the full form when asked, else empty."""
+    """Returns ``(y, z_saved)``; ``z_saved`` is Z when :func:`~.geometry.saves_z` says the
+    backward reads it (the full form, or keep-basis with a 16-bit bias), else empty."""
     fmt = output_memory_format(x)
     if x.numel() >= _MIN_RELAYOUT_NUMEL:
         x = _compute_layout(x)
@@ -164,14 +165,15 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     if bias is not None:
         y.add_(bias[None, :, None, None])
     y = y.contiguous(memory_format=fmt)
-    z_saved = z.contiguous(memory_format=fmt) if (need_z and not g.keep_basis) else x.new_empty(0)
+    z_saved = (z.contiguous(memory_format=saved_z_format(g.keep_basis, fmt))
+               if saves_z(g.keep_basis, bias is not None, x.dtype, need_z) else x.new_empty(0))
     return y, z_saved
 
 
 def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
-    """Z recovered for the backward: the basis output channels minus their bias
-    (keep-basis form, nothing extra saved), or the saved Z (full form)."""
-    if not g.keep_basis:
+    """Z for the backward: the saved Z (full form, or keep-basis when the forward saved it), or
+    the basis output channels minus their bias (keep-basis form, nothing extra saved)."""
+    if not g.keep_basis or z_saved.dim() == 4:
         return z_saved
     if perm is None:
         z = out[:, : g.C_b]

@@ -8,11 +8,12 @@ Inductor must not re-trace them. See README "Developer notes" for the probe of t
 
 Ops:
 * ``tritonbasis::basis_conv2d(x, basis, coeff, bias?, perm?, stride, padding, dilation,
-  keep_basis, need_z) -> (out, z_saved)``; ``z_saved`` is Z for the full form when the backward
-  will need it (d coeff), else an empty tensor. The keep-basis form never saves Z: it is the basis
-  output channels minus their bias. ``perm`` (int, (C_out,)): computed channel c (basis outputs
-  first, then the combined ones) is output channel ``perm[c]``; the Triton kernels apply it in
-  the epilogue store and the backward loads (no extra pass). ``bias`` is in output order.
+  keep_basis, need_z) -> (out, z_saved)``; ``need_z``: the backward will need d coeff.
+  ``z_saved`` is Z then for the full form, and for the keep-basis form with a bias in a 16-bit
+  dtype (``geometry.saves_z``), else an empty tensor: otherwise keep-basis reads Z back as the
+  basis output channels minus their bias. ``perm`` (int, (C_out,)): computed channel c (basis
+  outputs first, then the combined ones) is output channel ``perm[c]``; the Triton kernels apply
+  it in the epilogue store and the backward loads (no extra pass). ``bias`` is in output order.
 * ``tritonbasis::basis_conv2d_backward(grad, x, basis, coeff, out, z_saved, bias?, perm?,
   stride, padding, dilation, keep_basis, output_mask) -> (dx, dbasis, dcoeff, dbias)``; gradients
   not in ``output_mask`` come back empty and are never computed.
@@ -42,6 +43,8 @@ from .geometry import (
     conv_output_size,
     forward_macs,
     output_memory_format,
+    saved_z_format,
+    saves_z,
 )
 
 BACKENDS = ("auto", "torch", "triton")
@@ -226,9 +229,9 @@ def _(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, need_z
     out = torch.empty(
         (g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt
     )
-    if need_z and not keep_basis:
+    if saves_z(keep_basis, bias is not None, x.dtype, need_z):
         z = torch.empty((g.N, g.C_b, g.Ho, g.Wo), dtype=x.dtype, device=x.device,
-                        memory_format=fmt)
+                        memory_format=saved_z_format(keep_basis, fmt))
     else:
         z = x.new_empty(0)
     return out, z
@@ -271,9 +274,11 @@ def _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, pad
     if len(output_mask) != 4:
         raise ValueError("output_mask must have 4 entries (x, basis, coeff, bias)")
     if output_mask[2] and g.C_rest:
-        if keep_basis and tuple(out.shape) != expect:
-            raise ValueError("d coeff (keep-basis form) needs the forward output `out`")
-        if not keep_basis and tuple(z_saved.shape) != (g.N, g.C_b, g.Ho, g.Wo):
+        z_shape = (g.N, g.C_b, g.Ho, g.Wo)
+        if keep_basis and tuple(out.shape) != expect and tuple(z_saved.shape) != z_shape:
+            raise ValueError("d coeff (keep-basis form) needs the forward output `out` "
+                             "(or Z saved by the forward)")
+        if not keep_basis and tuple(z_saved.shape) != z_shape:
             raise ValueError("d coeff (full form) needs Z saved by the forward (need_z=True)")
     if output_mask[3] and bias is None:
         raise ValueError("output_mask asks for d bias but bias is None")
@@ -310,15 +315,17 @@ def _(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation
 def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out,
                       z_saved) -> None:
     """What both routes save for the backward (``out, z_saved``: what the forward returned)."""
-    # x, basis, coeff and bias are inputs (alive anyway). The output is saved only when
-    # d coeff is needed: in the keep-basis form Z = out[:, :C_b] - bias. Saving it means an
-    # in-place op on the output (e.g. ReLU(inplace=True) right after this conv) is reported by
-    # autograd's version check instead of silently corrupting d coeff.
+    # x, basis, coeff and bias are inputs (alive anyway). For d coeff, the Z the forward
+    # returned (4-D: geometry.saves_z), else in the keep-basis form the output (Z =
+    # out[:, :C_b] - bias). Saving the output means an in-place op on it (e.g.
+    # ReLU(inplace=True) right after this conv) is reported by autograd's version check
+    # instead of silently corrupting d coeff.
     need_c = ctx.needs_input_grad[2]
+    has_z = z_saved.dim() == 4
     ctx.save_for_backward(
         x, basis, coeff, bias, perm,
-        out if (need_c and keep_basis) else None,
-        z_saved if (need_c and not keep_basis) else None,
+        out if (need_c and keep_basis and not has_z) else None,
+        z_saved if (need_c and has_z) else None,
     )
 
 
