@@ -240,3 +240,48 @@ def test_kept_configs_at_max_basis_compile_sm90(case: Case, compiled: dict) -> N
     """C_b = MAX_BLOCK_CB: the configs prune keeps for the fused kernels (fwd, grad_z) compile
     for sm_90 within the limits and without spilling."""
     _check(case, compiled[case])
+
+
+# --------------------------------------------------------------------------------------------
+# Cache keys: the compile tier's sources must hash like a launch's, so that compiling ahead of
+# time (tools/compile_report.py --bench on the GPU host) fills ~/.triton/cache under the keys
+# the launchers look up, and the autotuner then only benchmarks.
+
+_KEY_PROBE = """
+import json, sys
+import aot
+from tritonbasis.kernels import configs
+
+shapes = {"representative": aot.REPRESENTATIVE,
+          "bench": aot.bench_shapes()["r18.layer4.3x3.512ch.4px.cb128"]}
+out = []
+for name in [*configs.CONFIGS, "bwd_reduce"]:
+    for tag, shape in shapes.items():
+        cfg = next(iter(configs.CONFIGS[name].values()), None) if name in configs.CONFIGS else None
+        cfg = cfg or configs.FIXED[name]
+        out.append([name, tag, aot.cache_key(name, cfg, "bf16", shape),
+                    aot.runtime_cache_key(name, cfg, "bf16", shape)])
+print(json.dumps(out))
+"""
+
+
+def test_aot_cache_keys_match_the_runtime() -> None:
+    """For every kernel, at a shape with 16-divisible and other ints and at a benchmark shape:
+    the key of ``aot.build_source``'s compile equals the key a launch computes (its binder's
+    specialisation and attributes, packed as ``JITFunction.run`` packs them)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
+    r = subprocess.run([sys.executable, "-c", _KEY_PROBE], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {n for n, *_ in rows} >= {"fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad",
+                                     "bwd_reduce"}
+    differ = [(n, tag) for n, tag, aot_key, rt_key in rows if aot_key != rt_key]
+    assert not differ, f"AOT and runtime cache keys differ for {differ}"

@@ -253,32 +253,96 @@ def build_source(name: str, blocks: dict, dtype: str = "bf16", shape: Shape = RE
 
     ``specialize=True`` applies JITFunction's launch-time specialisation (an int == 1 becomes a
     constexpr; 16-divisible ints and all pointers get tt.divisibility=16 -- torch allocations
-    are 16-byte aligned); ``False`` gives every int plain ``i32`` and no attributes."""
-    from triton.compiler import ASTSource
+    are 16-byte aligned); ``False`` gives every int plain ``i32`` and no divisibility.
+
+    The specialisation (one ``(type, key)`` pair per parameter, as the runtime binder makes
+    it) is packed by the kernel's own ``JITFunction._pack_args``, so the source carries the
+    attributes exactly as a launch does: an empty entry for every int that is not
+    16-divisible, and for constexprs as the installed Triton wants them (Triton 3.6 gives a
+    string constexpr an empty entry, Triton 3.9 every constexpr). The source hash, and so the
+    on-disk cache key, is then the runtime's: a cache filled by the compile tier is hit by
+    the launchers (tests/test_compile_tier.py compares the two keys)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
 
     fn = _jit_function(name)
     ptrs, ints, const = launch_args(name, dtype, shape, arch)
     const = {**const, **blocks}
-    signature, constexprs, attrs = {}, {}, {}
-    for i, p in enumerate(fn.params):
+    spec, bound = [], {}
+    for p in fn.params:
         arg = p.name
         if p.is_constexpr:
             if arg not in const:
                 raise KeyError(f"{name}: no value for constexpr {arg}")
-            signature[arg], constexprs[arg] = "constexpr", const[arg]
+            spec.append(("constexpr", const[arg]))
+            bound[arg] = const[arg]
         elif arg in ptrs:
-            signature[arg] = "*" + ptrs[arg]
-            if specialize:
-                attrs[(i,)] = [["tt.divisibility", 16]]
+            spec.append(("*" + ptrs[arg], "D" if specialize else ""))
+            bound[arg] = None
         else:
             v = ints[arg]
+            bound[arg] = v
             if specialize and v == 1:
-                signature[arg], constexprs[arg] = "constexpr", 1
+                spec.append(("constexpr", 1))
                 continue
-            signature[arg] = "i32" if -(2**31) <= v < 2**31 else "i64"
-            if specialize and v % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+            ty = "i32" if -(2**31) <= v < 2**31 else "i64"
+            spec.append((ty, "D" if specialize and v % 16 == 0 else ""))
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    _, signature, constexprs, attrs = fn._pack_args(backend, {}, bound, spec, None)
+    return _source_class(fn)(fn, signature, constexprs, attrs)
+
+
+def _source_class(fn):
+    """``ASTSource``, or Gluon's subclass for a ``@gluon.jit`` kernel (its IR is TTGIR)."""
+    from triton.compiler import ASTSource
+
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        return GluonASTSource
+    return ASTSource
+
+
+def cache_key(name: str, config: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
+              arch: int = 90) -> str:
+    """The on-disk cache key (``triton.compile``'s) of this compile tier's source for kernel
+    ``name`` with ``config`` at ``shape``: the folder ``~/.triton/cache/<key>`` it fills."""
+    return _key(build_source(name, dict(config["blocks"]), dtype, shape, arch), arch,
+                {"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
+
+
+def runtime_cache_key(name: str, config: dict, dtype: str = "bf16",
+                      shape: Shape = REPRESENTATIVE, arch: int = 90) -> str:
+    """The cache key a launch of kernel ``name`` with ``config`` at ``shape`` computes: the
+    launch plan's arguments through the kernel's runtime binder and ``_pack_args`` (what
+    ``JITFunction.run`` does before ``triton.compile``), with the meta tensors standing in
+    for the real ones (16-byte aligned, as torch allocations are)."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = _jit_function(name)
+    lc = kernel_launch(name, dtype, shape, arch)
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {**lc.consts, **config["blocks"], "num_warps": config["num_warps"],
+              "num_stages": config["num_stages"], "debug": False,
+              "instrumentation_mode": knobs.compilation.instrumentation_mode}
+    bound, spec, options = binder(*lc.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    return _key(_source_class(fn)(fn, signature, constexprs, attrs), arch, options.__dict__)
+
+
+def _key(src, arch: int, options: dict) -> str:
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.cache import get_cache_key
+
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    opts = backend.parse_options(dict(options, **src.parse_options()))
+    return get_cache_key(src, backend, opts, get_cache_invalidating_env_vars())
 
 
 def config_name(name: str, cfg: dict) -> str:
