@@ -123,9 +123,9 @@ def _jit_function(name: str):
     helpers stay interpreted (:func:`_interpreted_process`) -- which is why compiles run in
     a clean worker there; this keeps :func:`build_source` usable for inspection anywhere."""
     from triton.runtime.jit import JITFunction
-    from tritonbasis.kernels import KERNELS
+    from tritonbasis.kernels import RECORDS
 
-    k = KERNELS[name]
+    k = RECORDS[name].fn
     return k if isinstance(k, JITFunction) else JITFunction(k.fn)
 
 
@@ -243,7 +243,7 @@ def kept_by_prune(name: str, cfg: dict, shape: Shape = REPRESENTATIVE,
     """Whether the launcher's autotuner would consider ``cfg`` for this shape and dtype."""
     from tritonbasis.kernels import configs
 
-    return cfg in configs.prune(name, list(configs.CONFIGS[name].values()),
+    return cfg in configs.prune(name, list(configs.RECORDS[name].configs.values()),
                                 prune_shape(shape, dtype, arch, name))
 
 
@@ -346,13 +346,21 @@ def _key(src, arch: int, options: dict) -> str:
 
 
 def config_name(name: str, cfg: dict) -> str:
-    """The name of ``cfg`` in ``configs.CONFIGS[name]``, ``"FIXED"``, or ``"custom"``."""
-    from tritonbasis.kernels import configs
+    """The name of ``cfg`` among kernel ``name``'s record configs, ``"FIXED"``, or
+    ``"custom"``."""
+    from tritonbasis.kernels import RECORDS
 
-    for n, c in configs.CONFIGS[name].items():
+    rec = RECORDS[name]
+    for n, c in rec.configs.items():
         if c == cfg:
             return n
-    return "FIXED" if cfg == configs.FIXED[name] else "custom"
+    return "FIXED" if cfg == rec.fixed else "custom"
+
+
+def _record(name: str):
+    from tritonbasis.kernels import RECORDS
+
+    return RECORDS[name]
 
 
 def _interpreted_process() -> bool:
@@ -367,10 +375,10 @@ def _interpreted_process() -> bool:
     worker process instead (:class:`aot_workers.Worker`)."""
     import triton.language as tl
     from triton.runtime.jit import JITFunction
-    from tritonbasis.kernels import KERNELS
+    from tritonbasis.kernels import RECORDS
 
     return not isinstance(tl.zeros, JITFunction) or not all(
-        isinstance(k, JITFunction) for k in KERNELS.values()
+        isinstance(r.fn, JITFunction) for r in RECORDS.values()
     )
 
 
@@ -455,7 +463,8 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
         "fits_registers": None if registers is None else registers <= MAX_REGISTERS,
         "tensor_core_instr": instr,
         "uses_tensor_cores": instr is not None,
-        "expected_tensor_core_instr": tc.expected_tensor_core_instr(name, config, arch),
+        "expected_tensor_core_instr": tc.expected_tensor_core_instr(
+            _record(name).dot_m, config, arch),
         "wgmma_shapes": tc.wgmma_shapes(ptx),
         "async_copies": bool(re.search(r"\bcp\.async\b", ptx)),
         **loops,
@@ -468,10 +477,10 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
 
 
 def all_configs(name: str) -> dict[str, dict]:
-    """Every named config of ``name`` plus ``FIXED``, in order."""
-    from tritonbasis.kernels import configs
+    """Every named config of kernel ``name``'s record plus its fixed one (``"FIXED"``)."""
+    from tritonbasis.kernels import RECORDS
 
-    return {**configs.CONFIGS[name], "FIXED": configs.FIXED[name]}
+    return {**RECORDS[name].configs, "FIXED": RECORDS[name].fixed}
 
 
 def _default_workers() -> int:
@@ -530,14 +539,16 @@ def compile_many(jobs: list[dict], workers: int | None = None, progress=None) ->
 
 
 def all_jobs(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESENTATIVE):
-    """Jobs for :func:`compile_many`: every kernel x config (``CONFIGS`` + ``FIXED``) x arch x
-    dtype."""
-    from tritonbasis.kernels.configs import CONFIGS
+    """Jobs for :func:`compile_many`: every autotuned kernel (or ``kernels``) x config (its
+    record's configs + fixed) x arch x dtype."""
+    from tritonbasis.kernels import RECORDS
+
+    autotuned = [n for n, r in RECORDS.items() if r.configs and r.variant_of is None]
 
     return [
         {"name": name, "config": cfg, "cfg_name": cname, "arch": arch, "dtype": dtype,
          "shape": shape}
-        for name in (kernels or CONFIGS)
+        for name in (kernels or autotuned)
         for cname, cfg in all_configs(name).items()
         for arch in archs
         for dtype in dtypes
@@ -546,7 +557,7 @@ def all_jobs(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESE
 
 def compile_all(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESENTATIVE,
                 workers: int | None = None, progress=None) -> list[dict]:
-    """Reports for every kernel x config (``CONFIGS`` + ``FIXED``) x arch x dtype, compiled in
+    """Reports for every kernel x config (record configs + fixed) x arch x dtype, compiled in
     ``workers`` processes. A config that fails to compile gets a report with ``error`` set
     instead of stopping the sweep."""
     return compile_many(all_jobs(archs, dtypes, kernels, shape), workers, progress)

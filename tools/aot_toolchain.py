@@ -96,21 +96,19 @@ def ptxas_spills(ptx: str, arch: int) -> dict:
     return out
 
 
-# The M extent of every tl.dot in each kernel (all of a kernel's dots share it): fwd's conv and
-# epilogue dots are BLOCK_M x ..., wgrad's is BLOCK_A x BLOCK_X.
-_DOT_M = {"fwd": "BLOCK_M", "fwd_reduce": "BLOCK_M", "grad_z": "BLOCK_M", "grad_x": "BLOCK_M",
-          "wgrad": "BLOCK_A"}
-
-
-def expected_tensor_core_instr(name: str, config: dict, arch: int) -> str:
-    """The MMA instruction Triton should emit for ``config``: on sm_90 ``wgmma`` when the tile
-    allows it, else ``mma.sync``; ``mma.sync`` on sm_80.
+def expected_tensor_core_instr(dot_m: str | None, config: dict, arch: int) -> str | None:
+    """The MMA instruction Triton should emit for ``config`` of a kernel whose dots all have
+    the M extent ``config["blocks"][dot_m]`` (its record's ``dot_m``; None: a kernel without a
+    dot, None expected): on sm_90 ``wgmma`` when the tile allows it, else ``mma.sync``;
+    ``mma.sync`` on sm_80.
 
     Triton's AccelerateMatmul uses MMAv3 (wgmma) only if ``num_warps % 4 == 0`` and the dot's
     M extent is a multiple of 64 (one warpgroup = 4 warps owns 64 rows); otherwise it falls back
     to MMAv2 (mma.sync), which Hopper also runs, at lower throughput. All N/K blocks here are
     powers of two >= 16, which satisfies its other (N % 8 or 16, K) conditions."""
-    if arch >= 90 and config["num_warps"] % 4 == 0 and config["blocks"][_DOT_M[name]] % 64 == 0:
+    if dot_m is None:
+        return None
+    if arch >= 90 and config["num_warps"] % 4 == 0 and config["blocks"][dot_m] % 64 == 0:
         return "wgmma"
     return "mma.sync"
 

@@ -34,11 +34,11 @@ def main() -> int:
     for sname, shape in shapes.items():
         for k in a.kernels.split(","):
             if k == "bwd_reduce":
-                cands = {"FIXED": configs.FIXED[k]}
+                cands = {"FIXED": configs.RECORDS[k].fixed}
             elif a.all:
-                cands = dict(configs.CONFIGS[k])
+                cands = dict(configs.RECORDS[k].configs)
             else:
-                kept = configs.prune(k, list(configs.CONFIGS[k].values()),
+                kept = configs.prune(k, list(configs.RECORDS[k].configs.values()),
                                      aot.prune_shape(shape, kernel=k))
                 cands = {aot.config_name(k, c): c for c in kept}
             for cname, cfg in cands.items():

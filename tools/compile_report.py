@@ -111,11 +111,13 @@ def _bench_jobs(arch: int, ratios) -> list[dict]:
     jobs = []
     for tag, shape in aot.bench_shapes(ratios=ratios).items():
         ps = aot.prune_shape(shape, "bf16", arch)
-        for name in configs.CONFIGS:
+        for name, rec in configs.RECORDS.items():
+            if not rec.configs or rec.variant_of is not None:
+                continue
             if name == "fwd_reduce" and ps["SPLIT_K"] == 1:
                 continue  # only launched with split-K
             kps = aot.prune_shape(shape, "bf16", arch, name)  # what the autotuner prunes with
-            for cfg in configs.prune(name, list(configs.CONFIGS[name].values()), kps):
+            for cfg in configs.prune(name, list(rec.configs.values()), kps):
                 jobs.append({"name": name, "config": cfg, "cfg_name": aot.config_name(name, cfg),
                              "arch": arch, "dtype": "bf16", "shape": shape, "tag": tag,
                              "split_k": ps["SPLIT_K"]})
