@@ -31,6 +31,7 @@ from .backward import (
     bwd_reduce_kernel,
 )
 from .forward import basis_conv_fwd_kernel, basis_conv_fwd_reduce_kernel
+from .forward_v3 import basis_conv_fwd_l1_kernel, basis_conv_fwd_tma_kernel
 from .pruning import (  # noqa: F401  (the shape helpers the launch plans and tests use)
     ACC_BUDGET,
     MAX_BLOCK_CB,
@@ -249,8 +250,180 @@ BWD_REDUCE = KernelRecord(
     interpretable=True,
 )
 
+# --------------------------------------------------------------------------------------------
+# Forward v3 variants (variant_of="fwd"): each runs where its `applies` holds, chosen by
+# measurement once verified on the device (tritonbasis.op.launchers), else v2.
+
+
+def _always(named: dict) -> bool:
+    return True
+
+
+def _aligned16(t, *strides) -> bool:
+    e = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((s * e) % 16 == 0 for s in strides)
+
+
+def tma_applies(named: dict) -> bool:
+    """The TMA forward's boxes: stride 1 (a box is contiguous in H and W), NHWC activations
+    and a basis laid out (C_b, KH*KW, C_in) (the launcher passes it channels_last), base
+    pointers and every non-unit stride 16-byte aligned (a tensor descriptor's
+    requirement)."""
+    c_in, taps = named["C_in"], named["KH"] * named["KW"]
+    packed = (
+        named["sw_c"] == 1
+        and named["sw_o"] == taps * c_in
+        and (taps == 1 or (named["sw_w"] == c_in and named["sw_h"] == named["KW"] * c_in))
+    )
+    return (
+        named["stride_h"] == 1
+        and named["stride_w"] == 1
+        and named["sx_c"] == 1
+        and packed
+        and _aligned16(named["x_ptr"], named["sx_n"], named["sx_h"], named["sx_w"])
+        and _aligned16(named["w_ptr"], named["sw_o"], c_in)
+    )
+
+
+FWD_L1 = KernelRecord(
+    name="fwd_l1",
+    fn=basis_conv_fwd_l1_kernel,
+    # num_stages = 1 everywhere: no software pipeline, hence plain ld.global.ca (L1-cached)
+    # instead of cp.async.cg; one warpgroup, BLOCK_M 64 / 128 (wgmma)
+    configs={
+        "m128_k64_n64_w4_s1": _cfg(4, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
+        "m128_k32_n64_w4_s1": _cfg(4, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
+        "m64_k64_n64_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=64),
+        "m64_k64_n128_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=128),
+        "m64_k32_n64_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+        "m64_k16_n32_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=16, BLOCK_N=32),
+    },
+    fixed=_cfg(4, 1, BLOCK_M=32, BLOCK_K=16, BLOCK_N=16),
+    key=_FWD_KEY,
+    layout=("x_ptr", "sx_c"),
+    caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},
+    registers=pruning.fwd_l1_registers,
+    budget=pruning.L1_BUDGET,
+    rules=(pruning.drop_fwd_1x1_cb128, *_COMMON_RULES),
+    dot_m="BLOCK_M",
+    builder="fwd_args",
+    variant_of="fwd",
+    applies=_always,
+    interpretable=True,
+)
+
+
+def _tma(n: int, h: int, w: int, k: int, stages: int) -> dict:
+    return _cfg(4, stages, BLOCK_M=n * h * w, TILE_N=n, TILE_H=h, TILE_W=w, BLOCK_K=k, BLOCK_N=64)
+
+
+FWD_TMA = KernelRecord(
+    name="fwd_tma",
+    fn=basis_conv_fwd_tma_kernel,
+    # 2-D tiles of BLOCK_M = 64 or 128 output pixels: full-width row bands for rows of 16-128
+    # pixels, whole images stacked for 4 and 8 (drop_tma_partial_tile keeps the ones that fit)
+    configs={
+        "t1x1x128_k64_s3": _tma(1, 1, 128, 64, 3),
+        "t1x2x64_k64_s3": _tma(1, 2, 64, 64, 3),
+        "t1x4x32_k64_s3": _tma(1, 4, 32, 64, 3),
+        "t1x2x32_k64_s4": _tma(1, 2, 32, 64, 4),
+        "t1x8x16_k64_s3": _tma(1, 8, 16, 64, 3),
+        "t1x4x16_k64_s4": _tma(1, 4, 16, 64, 4),
+        "t2x8x8_k64_s3": _tma(2, 8, 8, 64, 3),
+        "t1x8x8_k64_s4": _tma(1, 8, 8, 64, 4),
+        "t8x4x4_k64_s3": _tma(8, 4, 4, 64, 3),
+        "t4x4x4_k64_s4": _tma(4, 4, 4, 64, 4),
+        "t8x4x4_k32_s4": _tma(8, 4, 4, 32, 4),
+        "t2x8x8_k32_s4": _tma(2, 8, 8, 32, 4),
+    },
+    fixed=_cfg(4, 2, BLOCK_M=32, TILE_N=2, TILE_H=2, TILE_W=8, BLOCK_K=16, BLOCK_N=16),
+    key=_FWD_KEY,
+    layout=("x_ptr", "sx_c"),
+    caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},  # the tiles: drop_tma_partial_tile
+    registers=pruning.fwd_tma_registers,
+    budget=WGMMA_BUDGET,
+    rules=(pruning.drop_tma_partial_tile, *_COMMON_RULES),
+    dot_m="BLOCK_M",
+    builder="fwd_tma_args",
+    variant_of="fwd",
+    applies=tma_applies,
+    interpretable=True,
+)
+
+
+def halo_applies(named: dict) -> bool:
+    """The halo forward: 16-bit operands, NHWC activations and a C_in-contiguous basis, int32
+    offsets, a Triton whose Gluon can re-view the halo (3.6), and an sm_90 GPU (meta and CPU
+    tensors pass: the compile tier asks about the geometry only)."""
+    x = named["x_ptr"]
+    if getattr(x, "is_cuda", False):
+        import torch
+
+        if torch.cuda.get_device_capability(x.device)[0] != 9:
+            return False
+    return (
+        forward_halo is not None
+        and forward_halo.AVAILABLE
+        and x.element_size() == 2
+        and named["sx_c"] == 1
+        and named["sw_c"] == 1
+        and not named["INT64"]
+    )
+
+
+try:  # Gluon ships with Triton >= 3.5; without it there is no halo variant
+    from . import forward_halo
+except ImportError:
+    forward_halo = None
+
+_HALO = (
+    ()
+    if forward_halo is None
+    else (
+        KernelRecord(
+            name="fwd_halo",
+            fn=forward_halo.basis_conv_fwd_halo_kernel,
+            # one warpgroup (wgmma rows 64 / 128); BLOCK_K 64 / 32 (drop_halo_shared keeps those
+            # whose staged windows and basis tiles fit); the kernel pipelines itself (num_stages 1)
+            configs={
+                "m128_k64_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
+                "m128_k32_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
+                "m64_k64_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=64),
+                "m64_k32_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+            },
+            fixed=_cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+            key=(
+                "M_KEY",
+                "C_in",
+                "C_b",
+                "C_rest",
+                "H",
+                "W",
+                "KH",
+                "KW",
+                "stride_h",
+                "stride_w",
+                "KEEP_BASIS",
+                "STORE_Z",
+                "SPLIT_K",
+                "sx_c",
+            ),
+            layout=("x_ptr", "sx_c"),
+            caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},
+            registers=pruning.fwd_halo_registers,
+            budget=pruning.HALO_BUDGET,
+            rules=(pruning.drop_halo_shared, pruning.drop_halo_long_window),
+            dot_m="BLOCK_M",
+            builder="fwd_halo_args",
+            variant_of="fwd",
+            applies=halo_applies,
+            interpretable=False,
+        ),
+    )
+)
+
 RECORDS: dict[str, KernelRecord] = {
-    r.name: r for r in (FWD, FWD_REDUCE, GRAD_Z, GRAD_X, WGRAD, BWD_REDUCE)
+    r.name: r for r in (FWD, FWD_REDUCE, GRAD_Z, GRAD_X, WGRAD, BWD_REDUCE, FWD_L1, FWD_TMA, *_HALO)
 }
 
 # Views by name, derived from the records (what callers that index one field use).

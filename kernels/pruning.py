@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import halo_schedule as hs
+
 
 def cfg(num_warps: int, num_stages: int, **blocks) -> dict:
     """A named config: block sizes, warps, pipeline stages."""
@@ -38,6 +40,17 @@ ACC_BUDGET = {(2, False): 128, (2, True): 96, (4, False): 100, (4, True): 80}
 # epilogue in that launch: 208-236 registers, clean). NCHW and fp32 (TF32) operands: lower,
 # checked by the compile tier's NCHW / fp32 cases.
 WGMMA_BUDGET = {(2, False): 300, (2, True): 256, (4, False): 256, (4, True): 224}
+
+
+# The L1-served forward's budget (fwd_l1_registers): its 16-bit NHWC configs estimated <= 280
+# compiled spill-free at the ResNet18 3x3 shapes; m128_k64 at C_b = 16 (286) spilled 64 B. The
+# other layouts are scaled like WGMMA_BUDGET (not compiled: a spill there costs speed only).
+L1_BUDGET = {(2, False): 280, (2, True): 240, (4, False): 240, (4, True): 210}
+
+
+# The halo forward's budget (fwd_halo_registers): see its docstring. It runs 16-bit NHWC
+# operands only (its record's `applies`), so every entry is that one.
+HALO_BUDGET = {(2, False): 260, (2, True): 260, (4, False): 260, (4, True): 260}
 
 
 def _pow2_at_least(v: int, lo: int = 16) -> int:
@@ -97,6 +110,53 @@ def fwd_registers(cfg: dict, block_cb_: int, elem_bytes: int, split_k_: int) -> 
     m, n = b["BLOCK_M"], b["BLOCK_N"]
     acc = m * block_cb_ + ((m * block_cb_ * elem_bytes / 4 + m * n) if split_k_ == 1 else 0)
     return (acc + 2 * m * b["BLOCK_K"]) / threads
+
+
+def fwd_l1_registers(cfg: dict, block_cb_: int, elem_bytes: int, split_k_: int) -> float:
+    """L1-served forward (synchronous ``ld.global``, taps unrolled): v2's accumulators, plus
+    both operand tiles of one step passing through registers on their way to shared memory,
+    plus their addresses: the 9 taps' row bases are loop-invariant across C blocks, so the
+    compiler keeps 9 x 2 registers per 8-element vector live (3x3 assumed; a 1x1 is
+    over-estimated). Fitted on sm_90 compiles at the ResNet18 3x3 shapes (Triton 3.6):
+    estimates <= 292 compiled clean (m64_k64 at C_b = 64: 256 -> 250 registers), 286 and
+    above spilled except two at 288 / 292 (see L1_BUDGET)."""
+    b, threads = cfg["blocks"], 32 * cfg["num_warps"]
+    m, n, k = b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"]
+    w = elem_bytes / 4
+    acc = m * block_cb_ + ((m * block_cb_ * w + m * n) if split_k_ == 1 else 0)
+    per_elem = w + 9 * 2 / 8  # data + hoisted addresses of 9 taps
+    return (acc + per_elem * (m * k + k * block_cb_)) / threads
+
+
+def fwd_tma_registers(cfg: dict, block_cb_: int, elem_bytes: int, split_k_: int) -> float:
+    """TMA forward: v2's accumulators only; the tensor-memory accelerator fetches whole boxes,
+    so there are no per-element address or mask registers in the K loop."""
+    b, threads = cfg["blocks"], 32 * cfg["num_warps"]
+    m, n = b["BLOCK_M"], b["BLOCK_N"]
+    acc = m * block_cb_ + ((m * block_cb_ * elem_bytes / 4 + m * n) if split_k_ == 1 else 0)
+    return acc / threads
+
+
+def fwd_halo_registers(cfg: dict, block_cb_: int, elem_bytes: int, split_k_: int) -> float:
+    """Halo-tile forward (Gluon), the larger of its two phases:
+
+    * the tap loop: the Z accumulator, the register A operand of two taps (the one a wgmma
+      reads, the next one loaded meanwhile), and the next C_in block's copy addresses, which
+      the compiler hoists out of the loop (loop-invariant but for the channel offset): ~3
+      registers per 8-element chunk of the window (<= 1.8 BLOCK_M pixels, drop_halo_long_window)
+      and of the basis tiles of all 9 taps (3x3 assumed);
+    * the epilogue: Z, its input-dtype copy and the coefficient dot's accumulator.
+
+    Fitted on sm_90 compiles at the ResNet18 3x3 shapes (Triton 3.6): estimates <= 199
+    compiled clean (122-226 registers), 279 (m128_k64 at C_b = 64) and 290 (m128_k32 at
+    C_b = 128) spilled 16-20 B."""
+    b, threads = cfg["blocks"], 32 * cfg["num_warps"]
+    m, n, k, cb = b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"], block_cb_
+    w = elem_bytes / 4
+    chunk = 8 * 4 / elem_bytes / 2  # elements per 16-byte copy (8 at 16 bits)
+    loop = m * cb + 2 * m * k * w + 3 * (1.8 * m * k + 9 * k * cb) / chunk
+    epilogue = (m * cb + m * cb * w + m * n) if split_k_ == 1 else 0
+    return max(loop, epilogue) / threads
 
 
 def fwd_reduce_registers(cfg: dict, block_cb_: int, elem_bytes: int, split_k_: int) -> float:
@@ -194,6 +254,63 @@ def drop_grad_z_tile(cfg: dict, shape: dict) -> bool:
     if bool(shape.get("nchw")) or _eb(shape) == 4:
         return n > 32
     return n < 64 and (shape.get("C_rest") or 64) > 32
+
+
+def drop_tma_partial_tile(cfg: dict, shape: dict) -> bool:
+    """TMA forward tiles are 2-D: only full-width row bands (TILE_W the output width rounded
+    up to a power of two, at most 128 columns; a narrower tile loads the same box halo for
+    more programs, a wider one multiplies zero columns), at most the image's rows, and
+    several images stacked only when each is whole (else the stacked boxes leave rows of each
+    image to another program)."""
+    b = cfg["blocks"]
+    wo, ho = shape.get("Wo"), shape.get("Ho")
+    if wo is not None and b["TILE_W"] != min(_pow2_at_least(wo, 1), 128):
+        return True
+    if ho is None:
+        return False
+    rows = _pow2_at_least(ho, 1)
+    return b["TILE_H"] > rows or (b["TILE_N"] > 1 and b["TILE_H"] < rows)
+
+
+def drop_halo_shared(cfg: dict, shape: dict) -> bool:
+    """Halo forward: the staged windows, the padded halo and the double-buffered basis tiles
+    of all taps must fit the 227 KiB of shared memory a block may have on sm_90."""
+    b = cfg["blocks"]
+    need = hs.shared_bytes(
+        _geometry(shape), b["BLOCK_M"], b["BLOCK_K"], shape.get("BLOCK_CB", 16), _eb(shape), 8
+    )
+    # + the epilogue's coefficient tile and the compiler's scratch, measured <= 8 KiB
+    return need + 2 * b["BLOCK_N"] * shape.get("BLOCK_CB", 16) + 8192 > 232448
+
+
+def drop_halo_long_window(cfg: dict, shape: dict) -> bool:
+    """Halo forward: a tile whose window (its pixels plus the halo the taps reach) is longer
+    than 9/5 of the tile reads more than a fifth of what v2's 9 tap tiles read per C_in block
+    -- the point of the variant; wide images need BLOCK_M = 128 (32 px: window 200 for 128
+    outputs, 136 for 64)."""
+    b = cfg["blocks"]
+    return hs.window(_geometry(shape), b["BLOCK_M"], 0)[1] * 5 > 9 * b["BLOCK_M"]
+
+
+def _geometry(shape: dict) -> tuple:
+    """The halo schedule's geometry tuple from a launch's named arguments."""
+    return tuple(
+        shape[k]
+        for k in (
+            "H",
+            "W",
+            "Ho",
+            "Wo",
+            "KH",
+            "KW",
+            "stride_h",
+            "stride_w",
+            "pad_h",
+            "pad_w",
+            "dil_h",
+            "dil_w",
+        )
+    )
 
 
 def budget_of(table: dict, shape: dict) -> int:

@@ -78,7 +78,7 @@ def test_v2_kernels_each_name_their_own_register_model():
         configs.acc_registers("no_such_kernel", next(iter(configs.FWD.configs.values())))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if RECORDS[n].variant_of is None])
+@pytest.mark.parametrize("name", NAMES)
 def test_builder_passes_exactly_the_kernels_arguments(name):
     """The launch plan's arguments for this kernel (meta tensors, a ResNet-like shape): one
     per runtime parameter, and its constexprs plus the config's blocks are exactly the

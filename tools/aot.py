@@ -173,9 +173,10 @@ def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
     split = None
     if name == "fwd_reduce":
         split = max(2, launch_plan.fwd_split_k(g.pixels, g.C_in, g.KH, g.KW, g.C_b, sms))
+    variant = name if _record(name).variant_of == "fwd" else "fwd"
     launches, (out, z) = launch_plan.plan_forward(x, basis, coeff, bias, None, g, True, sms,
-                                                  split=split)
-    if name not in ("fwd", "fwd_reduce"):
+                                                  split=split, variant=variant)
+    if name not in ("fwd", "fwd_reduce") and variant == "fwd":
         import torch
 
         grad = torch.empty_like(out)

@@ -37,7 +37,8 @@ import torch
 from .geometry import ConvGeometry
 from .launch_plan import Launch, plan_backward, plan_forward
 
-__all__ = ["Launch", "autotune_enabled", "backward", "forward", "interpreted",
+__all__ = ["ENV_VARIANT", "Launch", "autotune_enabled", "backward", "force_forward_variant",
+           "forward", "forward_variant", "interpreted",
            "prune_input", "run", "source_hash", "triton_version"]
 
 
@@ -202,10 +203,122 @@ def _sms(device: torch.device) -> int | None:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+# --------------------------------------------------------------------------------------------
+# Forward variants (kernels/configs.py records with variant_of="fwd"). v2 runs unless a variant
+# is forced (force_forward_variant / TRITONBASIS_FWD_VARIANT, for tests and benchmarks) or
+# kernels/verified.json lists it for this GPU, Triton and kernel source; with several
+# candidates, each is autotuned and timed once per launch key and the fastest is kept (in
+# memory: triton's cache keeps each variant's own best config across processes).
+
+ENV_VARIANT = "TRITONBASIS_FWD_VARIANT"
+_UNSET = object()
+_FORCED: list = [_UNSET]  # _UNSET until the first forward reads ENV_VARIANT
+_CHOSEN: dict[tuple, str] = {}
+
+
+def force_forward_variant(name: str | None) -> None:
+    """Run forward variant ``name`` (a record name: ``fwd``, ``fwd_l1``, ...) wherever it
+    applies, v2 elsewhere; None: the default choice (the verified variants, by measurement).
+    Overrides ``TRITONBASIS_FWD_VARIANT`` (read once, at the first forward). Raises
+    ValueError for an unknown name."""
+    known = _kernels()[1].VARIANTS.get("fwd", ["fwd"])
+    if name is not None and name not in known:
+        raise ValueError(f"unknown forward variant {name!r}; known: {known}")
+    _FORCED[0] = name
+    _CHOSEN.clear()
+
+
+def _forced() -> str | None:
+    if _FORCED[0] is _UNSET:
+        force_forward_variant(os.environ.get(ENV_VARIANT) or None)
+    return _FORCED[0]
+
+
+@functools.cache
+def _verified_variants(index: int | None) -> tuple[str, ...]:
+    """The forward variants kernels/verified.json lists for CUDA device ``index`` (None: the
+    interpreter, where nothing is verified)."""
+    if index is None:
+        return ()
+    from tritonbasis.kernels import verified
+
+    major, minor = torch.cuda.get_device_capability(index)
+    entries = verified.load()
+    return tuple(v for v in _kernels()[1].VARIANTS.get("fwd", ())[1:]
+                 if verified.passed(entries, v, f"{major}.{minor}", triton_version(),
+                                    source_hash(v)))
+
+
+@functools.cache
+def _param_names(name: str) -> tuple[str, ...]:
+    """Kernel ``name``'s runtime (non-constexpr) parameter names, in order."""
+    fn = _kernels()[1].RECORDS[name].fn
+    sig = inspect.signature(getattr(fn, "fn", fn))
+    return tuple(p.name for p in sig.parameters.values() if "constexpr" not in str(p.annotation))
+
+
+def _named(lc: Launch) -> dict:
+    """A launch's arguments by the kernel's parameter name (constexprs included)."""
+    return {**dict(zip(_param_names(lc.kernel), lc.args)), **lc.consts}
+
+
+def forward_variant(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool) -> str:
+    """The forward kernel (record name) :func:`forward` runs for these arguments."""
+    with _device_guard(x):
+        launches, _ = plan_forward(x, basis, coeff, bias, perm, g, need_z, _sms(x.device),
+                                   variant=_variant(x))
+    return launches[0].kernel
+
+
+def _variant(x):
+    """``"fwd"`` when nothing is forced and nothing is verified on ``x``'s device (the
+    default, decided from two cached values), else the chooser for ``plan_forward``."""
+    forced = _forced()
+    if forced is None:
+        index = (x.device.index if x.device.index is not None else torch.cuda.current_device()
+                 ) if x.is_cuda else None
+        candidates = _verified_variants(index)
+        if not candidates:
+            return "fwd"
+    else:
+        candidates = (forced,)
+    return functools.partial(_choose, candidates, forced is not None, x.dtype)
+
+
+def _choose(candidates: tuple, forced: bool, dtype, build) -> str:
+    """The forward variant among ``candidates`` (see the section's comment): the first that
+    applies if ``forced``, else the fastest of v2 and those that apply; ``build(name)`` makes
+    a variant's launch over the plan's tensors."""
+    records = _kernels()[1].RECORDS
+    named = _named(build("fwd"))
+    ok = [v for v in candidates if v != "fwd" and records[v].applies(named)
+          and (records[v].interpretable or not interpreted())]
+    if forced or not ok:
+        return ok[0] if ok else "fwd"
+    key = (tuple(ok), *(named[k] for k in records["fwd"].key), dtype)
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _measure(["fwd", *ok], build)
+    return _CHOSEN[key]
+
+
+def _measure(variants: list[str], build) -> str:
+    """The fastest of ``variants``' forward launches for this call (each autotuned first;
+    the split-K reduce, the same for all, is left out), by CUDA events."""
+    import triton.testing
+
+    times = {}
+    for v in variants:
+        lc = build(v)
+        run([lc])  # autotunes (or reads triton's cache)
+        times[v] = triton.testing.do_bench(lambda lc=lc: run([lc]), warmup=5, rep=20)
+    return min(times, key=times.get)
+
+
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     """``(y, z_saved)``, as :func:`tritonbasis.op.reference.forward`."""
     with _device_guard(x):
-        launches, out = plan_forward(x, basis, coeff, bias, perm, g, need_z, _sms(x.device))
+        launches, out = plan_forward(x, basis, coeff, bias, perm, g, need_z, _sms(x.device),
+                                     variant=_variant(x))
         run(launches)
     return out
 

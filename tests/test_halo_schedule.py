@@ -1,0 +1,211 @@
+"""The halo-tile forward's index schedule (kernels/halo_schedule.py), checked by emulation.
+
+Gluon has no interpreter, so the kernel itself cannot run on CPU. What it computes is fixed by
+the schedule -- tiles of the virtual grid, each plane's window, the pieces the window is
+filled in, each tap's offset into it -- and by two arithmetic helpers of the kernel module
+(``virtual_source``, ``virtual_output``). The emulation below runs exactly those (the helpers'
+Python bodies on torch tensors), stages each window per C_in block, takes every tap's operand
+as the window slice the kernel reads, and must reproduce the float64 convolution over a fuzz of
+geometries: strides 1-3, padding, dilation, odd and tiny sizes, several images per tile, tiles
+that start in one image and end in the next. Any schedule error (a window too short, a wrong
+offset, a zero row missing from the virtual grid) gives an O(1) error or an out-of-window
+slice. The kernel compiles for sm_90 from the same functions (tests/test_compile_tier.py).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the schedule's constexpr functions come from triton")
+
+from tritonbasis.kernels import halo_schedule as hs  # noqa: E402
+
+try:
+    from tritonbasis.kernels import forward_halo
+except ImportError:  # no Gluon in this triton
+    forward_halo = None
+
+pytestmark = pytest.mark.skipif(forward_halo is None, reason="this triton has no Gluon")
+
+
+def emulate(
+    x: torch.Tensor, basis: torch.Tensor, stride, padding, dilation, block_m: int, block_k: int
+) -> torch.Tensor:
+    """The halo kernel's forward Z = conv(x, basis) (no coefficients: the epilogue is v2's),
+    computed the way the kernel schedules it, in float64."""
+    N, C_in, H, W = x.shape
+    C_b, _, KH, KW = basis.shape
+    Ho = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    g = (H, W, Ho, Wo, KH, KW, *stride, *padding, *dilation)
+    hv, wv = hs.grid_pitches(g)
+    src, out = forward_halo.virtual_source.fn, forward_halo.virtual_output.fn
+    xs = x.permute(0, 2, 3, 1)  # NHWC, as the kernel reads it
+    y = torch.zeros(N, C_b, Ho, Wo, dtype=x.dtype)
+    written = torch.zeros(N, Ho, Wo, dtype=torch.int64)
+    win = hs.window_stride(g, block_m)
+    for tile in range(hs.num_tiles(g, N, block_m)):
+        u0 = tile * block_m
+        acc = torch.zeros(block_m, C_b, dtype=x.dtype)
+        for c0 in range(0, C_in, block_k):
+            kk = torch.arange(c0, c0 + block_k)
+            k_ok = kk < C_in
+            halo = {}
+            for p in range(hs.num_planes(g)):
+                first, length = hs.window(g, block_m, p)
+                assert length <= win
+                buf = torch.full((length, block_k), float("nan"), dtype=x.dtype)
+                covered = 0
+                for i in range(hs.num_pieces(g, block_m, p)):
+                    start, n = hs.piece(g, block_m, p, i)
+                    assert start == covered and n & (n - 1) == 0  # contiguous, powers of two
+                    covered += n
+                    py, px, rows, cols = hs.plane_of(g, p)
+                    v = u0 + first + start + torch.arange(n)
+                    img, ih, iw, ok = src(v, py, px, hv, wv, rows, cols, N, *stride)
+                    ok = ok[:, None] & k_ok[None, :]
+                    vals = xs[img.clamp(0, N - 1), ih.clamp(0, H - 1), iw.clamp(0, W - 1)][
+                        :, kk.clamp(max=C_in - 1)
+                    ]
+                    buf[start : start + n] = torch.where(ok, vals, 0.0)
+                assert covered == length
+                halo[p] = buf
+            for t in range(KH * KW):
+                p, start = hs.tap_plane(g, t), hs.tap_start(g, block_m, t)
+                a = halo[p][start : start + block_m]
+                assert a.shape[0] == block_m, "a tap reads past its window"
+                b = basis[:, kk.clamp(max=C_in - 1), t // KW, t % KW].T * k_ok[:, None]
+                acc += a @ b
+        img, oh, ow, ok = out(u0 + torch.arange(block_m), hv, wv, Ho, Wo, N)
+        assert not torch.isnan(acc[ok]).any(), "an output read an unfilled halo element"
+        y[img[ok], :, oh[ok], ow[ok]] = acc[ok]
+        written[img[ok], oh[ok], ow[ok]] += 1
+    assert torch.equal(written, torch.ones_like(written)), "outputs not written exactly once"
+    return y
+
+
+def _geometries(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        k = (rng.choice([1, 2, 3, 3, 5]), rng.choice([1, 3, 3, 4]))
+        s = (rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2]))
+        d = (rng.choice([1, 1, 2]), rng.choice([1, 2]))
+        p = (rng.randint(0, k[0]), rng.randint(0, k[1]))
+        H, W = rng.randint(1, 13), rng.randint(1, 13)
+        if any(sz + 2 * pp < dd * (kk - 1) + 1 for sz, pp, dd, kk in zip((H, W), p, d, k)):
+            continue
+        out.append(
+            dict(
+                N=rng.randint(1, 4),
+                C_in=rng.randint(1, 6),
+                C_b=rng.randint(1, 4),
+                H=H,
+                W=W,
+                k=k,
+                stride=s,
+                padding=p,
+                dilation=d,
+                block_m=rng.choice([16, 32, 64, 128]),
+                block_k=rng.choice([2, 4, 8]),
+            )
+        )
+    return out
+
+
+FUZZ = _geometries(60)
+# the benchmark layers' geometry (3x3, stride 1, pad 1) at their image sizes, and a stride-2
+# downsampling one, with the kernel's tile sizes; batch and channels cut down
+FIXED = [
+    dict(
+        N=3,
+        C_in=5,
+        C_b=3,
+        H=h,
+        W=h,
+        k=(3, 3),
+        stride=(1, 1),
+        padding=(1, 1),
+        dilation=(1, 1),
+        block_m=bm,
+        block_k=4,
+    )
+    for h in (4, 8, 16)
+    for bm in (64, 128)
+]
+FIXED.append(
+    dict(
+        N=2,
+        C_in=3,
+        C_b=2,
+        H=16,
+        W=16,
+        k=(3, 3),
+        stride=(2, 2),
+        padding=(1, 1),
+        dilation=(1, 1),
+        block_m=128,
+        block_k=4,
+    )
+)
+
+
+def _id(c: dict) -> str:
+    return (
+        f"n{c['N']}_{c['H']}x{c['W']}_k{c['k'][0]}x{c['k'][1]}_s{c['stride'][0]}"
+        f"{c['stride'][1]}_p{c['padding'][0]}{c['padding'][1]}_d{c['dilation'][0]}"
+        f"{c['dilation'][1]}_m{c['block_m']}"
+    )
+
+
+@pytest.mark.parametrize("c", FIXED + FUZZ, ids=[_id(c) for c in FIXED + FUZZ])
+def test_emulated_schedule_matches_float64_convolution(c):
+    gen = torch.Generator().manual_seed(hash(_id(c)) % 2**31)
+    x = torch.randn(c["N"], c["C_in"], c["H"], c["W"], generator=gen, dtype=torch.float64)
+    basis = torch.randn(c["C_b"], c["C_in"], *c["k"], generator=gen, dtype=torch.float64)
+    got = emulate(x, basis, c["stride"], c["padding"], c["dilation"], c["block_m"], c["block_k"])
+    want = torch.nn.functional.conv2d(
+        x, basis, stride=c["stride"], padding=c["padding"], dilation=c["dilation"]
+    )
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_emulation_catches_a_wrong_tap_offset(monkeypatch):
+    """The check can fail: one tap reading one pixel off gives a wrong result."""
+    c = FIXED[2]
+    real = hs.tap_start
+
+    def off_by_one(g, block_m, t):
+        return real(g, block_m, t) + (1 if t == 4 else 0)
+
+    monkeypatch.setattr(hs, "tap_start", off_by_one)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(c["N"], c["C_in"], c["H"], c["W"], generator=gen, dtype=torch.float64)
+    basis = torch.randn(c["C_b"], c["C_in"], *c["k"], generator=gen, dtype=torch.float64)
+    got = emulate(x, basis, c["stride"], c["padding"], c["dilation"], c["block_m"], 4)
+    want = torch.nn.functional.conv2d(x, basis, padding=c["padding"])
+    assert not torch.allclose(got, want)
+
+
+def test_l2_window_per_block_is_at_most_a_fifth_of_v2s_tap_reads():
+    """The claim at the ResNet18 3x3 stride-1 benchmark shapes, for every config prune keeps
+    there: per tile and C_in block the window is <= 1/5 of the 9 tap tiles v2 reads (the
+    kernel's own counts, from the compiled code, are in bench/results/compile-*)."""
+    import aot  # tools/aot.py
+    from tritonbasis.kernels import configs
+
+    rec = configs.RECORDS["fwd_halo"]
+    seen = 0
+    for tag, shape in aot.bench_shapes().items():
+        if ".3x3." not in tag or "s2" in tag:
+            continue
+        ps = aot.prune_shape(shape, "bf16", 90, "fwd_halo")
+        g = (ps["H"], ps["W"], ps["Ho"], ps["Wo"], 3, 3, 1, 1, 1, 1, 1, 1)
+        for cfg in configs.prune("fwd_halo", list(rec.configs.values()), ps):
+            bm = cfg["blocks"]["BLOCK_M"]
+            assert hs.window(g, bm, 0)[1] * 5 <= 9 * bm, (tag, bm)
+            seen += 1
+    assert seen >= 4
