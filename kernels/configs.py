@@ -62,6 +62,9 @@ class KernelRecord:
     rules: tuple[pruning.Rule, ...]  # measured pruning rules beyond the model
     dot_m: str | None  # the block that is every dot's M extent (None: no dot)
     builder: str  # its argument builder in tritonbasis/op/launch_plan.py
+    # one iteration of its main loop, for the compile tier's counts per C_in block: "tap" (a
+    # tap x channel block), "cblock" (a C_in block, all taps), "pixels", None (no K loop)
+    iteration: str | None
     variant_of: str | None  # the kernel a v3 variant stands in for (None: a v2 kernel)
     applies: Callable[[dict], bool] | None  # variants: whether it runs a launch's arguments
     interpretable: bool  # runs under TRITON_INTERPRET=1 (Gluon kernels do not)
@@ -117,6 +120,7 @@ FWD = KernelRecord(
     rules=(pruning.drop_fwd_1x1_cb128, *_COMMON_RULES),
     dot_m="BLOCK_M",
     builder="fwd_args",
+    iteration="tap",
     variant_of=None,
     applies=None,
     interpretable=True,
@@ -140,6 +144,7 @@ FWD_REDUCE = KernelRecord(
     rules=_COMMON_RULES,
     dot_m="BLOCK_M",
     builder="fwd_reduce_args",
+    iteration=None,
     variant_of=None,
     applies=None,
     interpretable=True,
@@ -169,6 +174,7 @@ GRAD_Z = KernelRecord(
     rules=(pruning.drop_grad_z_tile, *_COMMON_RULES),
     dot_m="BLOCK_M",
     builder="grad_z_args",
+    iteration="pixels",
     variant_of=None,
     applies=None,
     interpretable=True,
@@ -199,6 +205,7 @@ GRAD_X = KernelRecord(
     rules=_COMMON_RULES,
     dot_m="BLOCK_M",
     builder="grad_x_args",
+    iteration="tap",
     variant_of=None,
     applies=None,
     interpretable=True,
@@ -227,6 +234,7 @@ WGRAD = KernelRecord(
     rules=(pruning.drop_wgrad_mma_sync_p64, *_COMMON_RULES),
     dot_m="BLOCK_A",
     builder="wgrad_args",
+    iteration="pixels",
     variant_of=None,
     applies=None,
     interpretable=True,
@@ -245,6 +253,7 @@ BWD_REDUCE = KernelRecord(
     rules=(),
     dot_m=None,
     builder="bwd_reduce_args",
+    iteration=None,
     variant_of=None,
     applies=None,
     interpretable=True,
@@ -307,6 +316,7 @@ FWD_L1 = KernelRecord(
     rules=(pruning.drop_fwd_1x1_cb128, *_COMMON_RULES),
     dot_m="BLOCK_M",
     builder="fwd_args",
+    iteration="cblock",
     variant_of="fwd",
     applies=_always,
     interpretable=True,
@@ -345,6 +355,7 @@ FWD_TMA = KernelRecord(
     rules=(pruning.drop_tma_partial_tile, *_COMMON_RULES),
     dot_m="BLOCK_M",
     builder="fwd_tma_args",
+    iteration="tap",
     variant_of="fwd",
     applies=tma_applies,
     interpretable=True,
@@ -376,51 +387,43 @@ try:  # Gluon ships with Triton >= 3.5; without it there is no halo variant
 except ImportError:
     forward_halo = None
 
-_HALO = (
-    ()
-    if forward_halo is None
-    else (
-        KernelRecord(
-            name="fwd_halo",
-            fn=forward_halo.basis_conv_fwd_halo_kernel,
-            # one warpgroup (wgmma rows 64 / 128); BLOCK_K 64 / 32 (drop_halo_shared keeps those
-            # whose staged windows and basis tiles fit); the kernel pipelines itself (num_stages 1)
-            configs={
-                "m128_k64_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
-                "m128_k32_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
-                "m64_k64_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=64),
-                "m64_k32_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
-            },
-            fixed=_cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
-            key=(
-                "M_KEY",
-                "C_in",
-                "C_b",
-                "C_rest",
-                "H",
-                "W",
-                "KH",
-                "KW",
-                "stride_h",
-                "stride_w",
-                "KEEP_BASIS",
-                "STORE_Z",
-                "SPLIT_K",
-                "sx_c",
-            ),
-            layout=("x_ptr", "sx_c"),
-            caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},
-            registers=pruning.fwd_halo_registers,
-            budget=pruning.HALO_BUDGET,
-            rules=(pruning.drop_halo_shared, pruning.drop_halo_long_window),
-            dot_m="BLOCK_M",
-            builder="fwd_halo_args",
-            variant_of="fwd",
-            applies=halo_applies,
-            interpretable=False,
-        ),
+_HALO_KEY = ("M_KEY", "C_in", "C_b", "C_rest", "H", "W", "KH", "KW", "stride_h", "stride_w",
+             "KEEP_BASIS", "STORE_Z", "SPLIT_K", "sx_c")  # fmt: skip
+
+
+def _halo_record() -> KernelRecord:
+    return KernelRecord(
+        name="fwd_halo",
+        fn=forward_halo.basis_conv_fwd_halo_kernel,
+        # wgmma rows 64 / 128 on one or two warpgroups; BLOCK_K 64 / 32 (drop_halo_shared keeps
+        # those whose staged windows and basis tiles fit); the kernel pipelines itself
+        configs={
+            "m128_k64_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
+            "m128_k32_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
+            "m64_k64_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=64),
+            "m64_k32_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+            # two warpgroups on 128 rows: half the registers per thread, for C_b = 128 where
+            # one warpgroup's BLOCK_M = 128 spills (and BLOCK_M = 64 reads the basis twice)
+            "m128_k32_n64_w8": _cfg(8, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
+            "m128_k64_n64_w8": _cfg(8, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
+        },
+        fixed=_cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+        key=_HALO_KEY,
+        layout=("x_ptr", "sx_c"),
+        caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},
+        registers=pruning.fwd_halo_registers,
+        budget=pruning.HALO_BUDGET,
+        rules=(pruning.drop_halo_shared, pruning.drop_halo_long_window),
+        dot_m="BLOCK_M",
+        builder="fwd_halo_args",
+        iteration="cblock",
+        variant_of="fwd",
+        applies=halo_applies,
+        interpretable=False,
     )
-)
+
+
+_HALO = () if forward_halo is None else (_halo_record(),)
 
 RECORDS: dict[str, KernelRecord] = {
     r.name: r for r in (FWD, FWD_REDUCE, GRAD_Z, GRAD_X, WGRAD, BWD_REDUCE, FWD_L1, FWD_TMA, *_HALO)

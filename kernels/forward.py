@@ -165,7 +165,7 @@ def basis_conv_fwd_kernel(
         iw = iw0 + kw * dil_w
         pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         c_ok = cc < C_in
-        a = tl.load(
+        a = tl.load(  # l2: activations
             (x_img + ih * sx_h + iw * sx_w)[:, None] + cc[None, :] * sx_c,
             mask=pix_ok[:, None] & c_ok[None, :],
             other=0.0,

@@ -48,7 +48,9 @@ _async_copy = getattr(_cp, "async_copy_global_to_shared", None) or _cp.async_loa
 _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 AVAILABLE = hasattr(gl.shared_memory_descriptor, "_reinterpret")  # Triton 3.6's re-view
 
-BANK_PAD = gl.constexpr(8)  # elements after each pixel's BLOCK_K channels (16 bytes at bf16)
+# elements after each pixel's BLOCK_K channels: 16 bytes at 16 bits, so the 8 rows (pixels) a
+# warp's A-operand load touches at once start in 8 different 4-bank groups (pitch 80 or 144 B)
+BANK_PAD = 8
 
 
 @gluon.jit
@@ -60,7 +62,7 @@ def _view(buf, start, length: gl.constexpr, layout: gl.constexpr):
 @gluon.constexpr_function
 def _padded(block_k, rows):
     """The bank-padded layout of ``rows`` pixels of ``block_k`` channels."""
-    return gl.PaddedSharedLayout.with_identity_for([[block_k, 8]], [rows, block_k], [1, 0])
+    return gl.PaddedSharedLayout.with_identity_for([[block_k, BANK_PAD]], [rows, block_k], [1, 0])
 
 
 @gluon.jit
@@ -84,6 +86,26 @@ def virtual_source(
     c = v % WV
     ok = (v >= 0) & (img < N) & (j < ROWS) & (c < COLS)
     return img, j * SH + py, c * SW + px, ok
+
+
+@gluon.jit
+def tap_mask(u, AH: gl.constexpr, AW: gl.constexpr, HV: gl.constexpr, WV: gl.constexpr):
+    """Dense grid: whether virtual output ``u`` keeps the tap shifted by (AH, AW), i.e. its
+    read stays inside the image (the grid has no zero border to catch it)."""
+    oh = (u // WV) % HV
+    ow = u % WV
+    return (oh + AH >= 0) & (oh + AH < HV) & (ow + AW >= 0) & (ow + AW < WV)
+
+
+@gluon.jit
+def _keep_rows(a, keep):
+    """``a`` with the rows where ``keep`` is False zeroed: one 32-bit AND per register (two
+    16-bit elements; a select on the elements unpacks and repacks every pair, 4 instructions
+    per register)."""
+    bits = gl.where(keep, -1, 0).to(gl.int16)[:, None] + gl.zeros_like(a).to(gl.int16)
+    return gl.inline_asm_elementwise(
+        "and.b32 $0, $1, $2;", "=r,r,r", [a, bits], dtype=a.dtype, is_pure=True, pack=2
+    )
 
 
 @gluon.jit
@@ -159,7 +181,7 @@ def _load_block(
                 hs.piece_len(G, BLOCK_M, p, i),
                 plain,
             )
-            _async_copy(dst, src, mask=ok[:, None] & k_ok[None, :])
+            _async_copy(dst, src, mask=ok[:, None] & k_ok[None, :])  # l2: activations
     bl: gl.constexpr = gl.BlockedLayout(
         [1, 8], [32 // (BLOCK_K // 8), BLOCK_K // 8], [num_warps, 1], [1, 0]
     )
@@ -361,9 +383,7 @@ def basis_conv_fwd_halo_kernel(
     pid = gl.program_id(0)
     u0 = pid * BLOCK_M
     plain_px: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    pad_px: gl.constexpr = gl.PaddedSharedLayout.with_identity_for(
-        [[BLOCK_K, BANK_PAD]], [1, BLOCK_K], [1, 0]
-    )
+    pad_px: gl.constexpr = _padded(BLOCK_K, 1)
     stage = gl.allocate_shared_memory(dtype, [2 * NP * WIN, 1, BLOCK_K], plain_px)
     halo = gl.allocate_shared_memory(dtype, [NP * WIN, 1, BLOCK_K], pad_px)
     bsm = gl.allocate_shared_memory(
@@ -380,9 +400,10 @@ def basis_conv_fwd_halo_kernel(
         [1, 8], [32 // (BLOCK_K // 8), BLOCK_K // 8], [num_warps, 1], [1, 0]
     )
     plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    padded: gl.constexpr = gl.PaddedSharedLayout.with_identity_for(
-        [[BLOCK_K, BANK_PAD]], [BLOCK_M, BLOCK_K], [1, 0]
-    )
+    padded: gl.constexpr = _padded(BLOCK_K, BLOCK_M)
+
+    DENSE: gl.constexpr = hs.dense(G)
+    u_a = u0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dot_a))  # A operand rows
 
     # split-K splits the C_in blocks (each slice runs all taps of its blocks)
     n_cblk = gl.cdiv(C_in, BLOCK_K)
@@ -448,8 +469,11 @@ def basis_conv_fwd_halo_kernel(
             _cp.wait_group(1)
         else:
             _cp.wait_group(0)
+        # this thread's cp.async writes (generic proxy) before wgmma reads the basis tiles
+        # (async proxy); then every thread's are complete
+        fence_async_shared()
         _barrier()
-        # staging (plain) -> halo (bank-padded), once per block
+        # staging (plain) -> halo (bank-padded), once per block: read by ld.shared only
         for p in gl.static_range(NP):
             for i in gl.static_range(hs.num_pieces(G, BLOCK_M, p)):
                 vals = _view(
@@ -465,13 +489,15 @@ def basis_conv_fwd_halo_kernel(
                     _padded(BLOCK_K, hs.piece_len(G, BLOCK_M, p, i)),
                 ).store(vals)
         _barrier()
-        fence_async_shared()
         # all taps from the halo: A through registers, B (this tap's basis tile) from smem
         a_next = _view(
             halo, hs.tap_plane(G, 0) * WIN + hs.tap_start(G, BLOCK_M, 0), BLOCK_M, padded
         ).load(dot_a)
         for t in gl.static_range(TAPS):
             a = a_next
+            if DENSE:  # zero the rows whose read crosses an image edge (dense grid)
+                keep = tap_mask(u_a, hs.tap_shift(G, t, 0), hs.tap_shift(G, t, 1), HV, WV)
+                a = _keep_rows(a, keep)
             acc = warpgroup_mma(a, bsm.index(s * TAPS + t).permute((1, 0)), acc, is_async=True)
             if t + 1 < TAPS:
                 a_next = _view(

@@ -132,7 +132,7 @@ def basis_conv_fwd_l1_kernel(
             iw = iw0 + kw * dil_w
             pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             # .ca: cached in L1, where the other taps of this C block find it
-            a = tl.load(
+            a = tl.load(  # l2: activations
                 (x_img + ih * sx_h + iw * sx_w)[:, None] + x_c,
                 mask=pix_ok[:, None] & c_ok[None, :],
                 other=0.0,
@@ -295,7 +295,9 @@ def basis_conv_fwd_tma_kernel(
         tap = it % TAPS
         kh = tap // KW
         kw = tap % KW
-        a = x_desc.load([tn0, th0 - pad_h + kh * dil_h, tw0 - pad_w + kw * dil_w, c0])
+        ih = th0 - pad_h + kh * dil_h
+        iw = tw0 - pad_w + kw * dil_w
+        a = x_desc.load([tn0, ih, iw, c0])  # l2: activations
         a = tl.reshape(a, [BLOCK_M, BLOCK_K])
         b = tl.reshape(w_desc.load([0, tap, c0]), [BLOCK_CB, BLOCK_K])
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)

@@ -19,6 +19,13 @@ rows), the same for columns (a read left of column 0 lands in the zero columns t
 previous virtual row). At 3x3, stride 1, padding 1 that is one zero row and one zero column
 between images and rows: ``Hv = H + 1``, ``Wv = W + 1``.
 
+**Dense grid.** A same-size stride-1 conv (``Ho == H``, ``Wo == W``: 3x3 with padding 1, the
+common case) needs no zero rows or columns: the grid is the input itself (``Hv = H``,
+``Wv = W``), and the reads that would cross an image edge -- into the previous or next row,
+or the neighbouring image -- are zeroed in the tap's A operand instead (:func:`tap_mask`:
+output row ``oh`` keeps tap ``(a_h, a_w)`` iff ``0 <= oh + a_h < H`` and
+``0 <= ow + a_w < W``). No output is wasted and the window holds only real pixels.
+
 **Tiles.** A program computes ``BLOCK_M`` consecutive virtual outputs (some are the zero rows
 and columns: computed, not stored). Per plane, its operands lie in one contiguous *window* of
 the virtual grid, ``BLOCK_M + (largest - smallest tap offset)`` long (at 3x3 s1:
@@ -69,11 +76,29 @@ def virtual_pitch(size, out, K, stride, pad, dil):
 
 
 @constexpr_function
+def dense(g):
+    """Whether geometry ``g`` runs on the dense grid (module doc): stride 1, same size."""
+    g = _ints(g)
+    return g[6] == 1 and g[7] == 1 and g[2] == g[0] and g[3] == g[1]
+
+
+@constexpr_function
 def grid_pitches(g):
     """(Hv, Wv) of geometry ``g = (H, W, Ho, Wo, KH, KW, sh, sw, ph, pw, dh, dw)``."""
     g = _ints(g)
     H, W, Ho, Wo, KH, KW, sh, sw, ph, pw, dh, dw = g
+    if dense(g):
+        return H, W
     return (virtual_pitch(H, Ho, KH, sh, ph, dh), virtual_pitch(W, Wo, KW, sw, pw, dw))
+
+
+@constexpr_function
+def tap_shift(g, t, axis):
+    """Tap ``t``'s shift along ``axis`` (0: rows, 1: columns) in its plane."""
+    g = _ints(g)
+    if axis == 0:
+        return axis_tap(t // g[5], g[6], g[8], g[10])[1]
+    return axis_tap(t % g[5], g[7], g[9], g[11])[1]
 
 
 @constexpr_function

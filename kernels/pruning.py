@@ -141,20 +141,21 @@ def fwd_halo_registers(cfg: dict, block_cb_: int, elem_bytes: int, split_k_: int
     """Halo-tile forward (Gluon), the larger of its two phases:
 
     * the tap loop: the Z accumulator, the register A operand of two taps (the one a wgmma
-      reads, the next one loaded meanwhile), and the next C_in block's copy addresses, which
-      the compiler hoists out of the loop (loop-invariant but for the channel offset): ~3
+      reads, the next one loaded meanwhile), the next C_in block's copy addresses, which the
+      compiler hoists out of the loop (loop-invariant but for the channel offset): ~3
       registers per 8-element chunk of the window (<= 1.8 BLOCK_M pixels, drop_halo_long_window)
-      and of the basis tiles of all 9 taps (3x3 assumed);
+      and of the basis tiles of all 9 taps (3x3 assumed), and ~48 for the dense grid's row
+      coordinates and edge masks;
     * the epilogue: Z, its input-dtype copy and the coefficient dot's accumulator.
 
-    Fitted on sm_90 compiles at the ResNet18 3x3 shapes (Triton 3.6): estimates <= 199
-    compiled clean (122-226 registers), 279 (m128_k64 at C_b = 64) and 290 (m128_k32 at
+    Fitted on sm_90 compiles at the ResNet18 3x3 shapes (Triton 3.6): estimates <= 247
+    compiled clean (149-239 registers); 327 (m128_k64 at C_b = 64) and 338 (m128_k32 at
     C_b = 128) spilled 16-20 B."""
     b, threads = cfg["blocks"], 32 * cfg["num_warps"]
     m, n, k, cb = b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"], block_cb_
     w = elem_bytes / 4
     chunk = 8 * 4 / elem_bytes / 2  # elements per 16-byte copy (8 at 16 bits)
-    loop = m * cb + 2 * m * k * w + 3 * (1.8 * m * k + 9 * k * cb) / chunk
+    loop = m * cb + 2 * m * k * w + 3 * (1.8 * m * k + 9 * k * cb) / chunk + 48 * threads
     epilogue = (m * cb + m * cb * w + m * n) if split_k_ == 1 else 0
     return max(loop, epilogue) / threads
 

@@ -77,6 +77,15 @@ def emulate(
                 p, start = hs.tap_plane(g, t), hs.tap_start(g, block_m, t)
                 a = halo[p][start : start + block_m]
                 assert a.shape[0] == block_m, "a tap reads past its window"
+                if hs.dense(g):  # reads across an image edge are zeroed in the operand
+                    keep = forward_halo.tap_mask.fn(
+                        u0 + torch.arange(block_m),
+                        hs.tap_shift(g, t, 0),
+                        hs.tap_shift(g, t, 1),
+                        hv,
+                        wv,
+                    )
+                    a = torch.where(keep[:, None], a, 0.0)
                 b = basis[:, kk.clamp(max=C_in - 1), t // KW, t % KW].T * k_ok[:, None]
                 acc += a @ b
         img, oh, ow, ok = out(u0 + torch.arange(block_m), hv, wv, Ho, Wo, N)

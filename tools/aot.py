@@ -37,6 +37,7 @@ import time
 
 import aot_toolchain as tc
 import aot_workers
+import kernel_counts
 from aot_toolchain import toolchain_available  # noqa: F401  (part of this module's API)
 from aot_workers import CompileError, shutdown_workers  # noqa: F401
 
@@ -469,12 +470,29 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
         "wgmma_shapes": tc.wgmma_shapes(ptx),
         "async_copies": bool(re.search(r"\bcp\.async\b", ptx)),
         **loops,
+        "main_loop": _main_loop(name, compiled, config, shape),
         "compile_seconds": round(seconds, 3),
         "shape": dataclasses.asdict(shape),
     }
     if keep_asm:
         report["ptx"] = ptx
     return report
+
+
+def _main_loop(name: str, compiled, config: dict, shape: Shape) -> dict | None:
+    """The main loop's counts (``kernel_counts``): SASS instructions per wgmma, and the bytes
+    loaded from global per iteration and per C_in block (activations, other), or None."""
+    counts = kernel_counts.sass_main_loop(tc.sass(compiled.asm["cubin"]))
+    loads = kernel_counts.ptx_loop_loads(compiled.asm["ptx"], 32 * config["num_warps"])
+    if counts is None and loads is None:
+        return None
+    it = _record(name).iteration
+    per_cblock = None
+    if loads is not None and it in ("tap", "cblock"):
+        n = shape.KH * shape.KW if it == "tap" else 1
+        per_cblock = {k: loads[k] * n for k in ("activations", "other")}
+    return {**(counts or {}), "iteration": it, "loads_per_iteration": loads,
+            "loads_per_cblock": per_cblock}
 
 
 def all_configs(name: str) -> dict[str, dict]:

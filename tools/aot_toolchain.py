@@ -69,6 +69,19 @@ def resource_usage(cubin: bytes, kernel_name: str) -> dict:
     return {k: int(v) for k, v in fields.items()}
 
 
+def sass(cubin: bytes) -> str:
+    """``cuobjdump -sass`` of a cubin ("" if it cannot be run)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        try:
+            return subprocess.run([tool("cuobjdump"), "-sass", path], check=True,
+                                  capture_output=True, text=True, timeout=300).stdout
+        except Exception:
+            return ""
+
+
 def ptxas_spills(ptx: str, arch: int) -> dict:
     """Spill bytes from ``ptxas -v`` on the kernel's PTX (same arch and register allocator flag
     as triton's own ptxas call). Empty dict if unparsable."""

@@ -4,6 +4,7 @@ for the given archs and dtypes, with registers, spills, shared memory and tensor
     python tools/compile_report.py [--arch 90 80] [--dtype bf16 ...] [--out bench/results]
                                    [--layout channels_last|nchw] [--shape resnet|max-cb]
     python tools/compile_report.py --bench [--ratios 1/4 ...] [--arch 90]
+    python tools/compile_report.py --variants [--workers N]
 
 Writes, per arch, ``compile-report-sm<arch>-<date>-<shortcommit>[-<suffix>].json`` (every
 report plus who/what/where) and a markdown table ``.md`` with the same name. The suffix names
@@ -15,6 +16,13 @@ bf16) and per kernel, the configs ``configs.prune`` keeps there (what the autotu
 with tensor_core_instr, wgmma shapes, spills, registers, shared_bytes, loops and pipelined
 loops; the name carries the triton version (``compile-report-bench-sm90-triton3.6.0-...``), so
 one run per triton install gives one report each.
+
+``--variants``: the forward's v2 kernel and its v3 variants (``variant_of="fwd"`` records) at
+the ResNet18 benchmark shapes where each applies, every kept config, with the main loop's
+counts read off the compiled code (``kernel_counts``: instructions per wgmma, global bytes
+per C_in block, activations apart) and the byte model built from them
+(``variant_model.py``); ``compile-variants-sm90-triton<version>-<date>-<commit>.json/.md``.
+Run on the GPU host it also fills triton's cache for ``bench/variants.py``.
 """
 
 from __future__ import annotations
@@ -122,6 +130,58 @@ def _bench_jobs(arch: int, ratios) -> list[dict]:
                              "arch": arch, "dtype": "bf16", "shape": shape, "tag": tag,
                              "split_k": ps["SPLIT_K"]})
     return jobs
+
+
+def _variant_jobs(ratios) -> list[dict]:
+    from tritonbasis.kernels import configs
+
+    jobs = []
+    for tag, shape in aot.bench_shapes(ratios=ratios).items():
+        for name in configs.VARIANTS.get("fwd", ["fwd"]):
+            rec = configs.RECORDS[name]
+            kps = aot.prune_shape(shape, "bf16", 90, name)
+            if rec.applies is not None and not rec.applies(kps):
+                continue
+            if ".3x3." not in tag:
+                continue  # the variants are about the taps of 3x3 convs
+            lc = aot.kernel_launch(name, "bf16", shape, 90)
+            for cfg in configs.prune(name, list(rec.configs.values()), kps):
+                programs = lc.grid(cfg["blocks"])[0]
+                jobs.append({"name": name, "config": cfg, "cfg_name": aot.config_name(name, cfg),
+                             "arch": 90, "dtype": "bf16", "shape": shape, "tag": tag,
+                             "split_k": kps["SPLIT_K"], "programs": programs})
+    return jobs
+
+
+def _variants_main(args, meta_common: dict, short: str, now) -> int:
+    import triton
+    import variant_model
+
+    t0 = time.perf_counter()
+    jobs = _variant_jobs(args.ratios)
+    extra = [{k: j.pop(k) for k in ("tag", "split_k", "programs")} for j in jobs]
+
+    def progress(r):
+        state = r.get("error", "").splitlines()[0][:80] if "error" in r else (
+            f"regs={r['registers']} spills={r['spills']} {r['tensor_core_instr']}")
+        print(f"{r['kernel']:9s} {r['config']:20s} {state}", flush=True)
+
+    reports = aot.compile_many(jobs, args.workers, progress)
+    for r, e in zip(reports, extra):
+        r.update(e)
+    meta = {**meta_common, "arch": 90, "ratios": list(args.ratios),
+            "seconds": time.perf_counter() - t0, "model": variant_model.ASSUMPTIONS}
+    meta.pop("shape", None)
+    model = variant_model.model(reports, aot.bench_shapes(ratios=args.ratios))
+    stem = "-".join(["compile-variants-sm90", f"triton{triton.__version__}",
+                     now.strftime("%Y-%m-%d"), short])
+    base = os.path.join(args.out, stem)
+    _io_write(base + ".json", json.dumps({"meta": meta, "reports": reports, "model": model},
+                                         indent=1) + "\n")
+    _io_write(base + ".md", variant_model.markdown(meta, reports, model, _provenance(meta)))
+    print(f"wrote {base}.json and .md ({meta['seconds']:.0f} s)")
+    aot.shutdown_workers()
+    return 0
 
 
 def _provenance(meta: dict) -> list[str]:
@@ -256,6 +316,9 @@ def main(argv=None) -> int:
     p.add_argument("--bench", action="store_true",
                    help="the configs prune keeps at each benchmark shape (sm_90 by default)")
     p.add_argument("--ratios", nargs="+", default=["1/4"], help="C_b / C_out (with --bench)")
+    p.add_argument("--variants", action="store_true",
+                   help="the forward's v2 and v3 kernels at the benchmark shapes, with counts "
+                        "and the byte model (sm_90)")
     args = p.parse_args(argv)
     if args.arch is None:
         args.arch = [90] if args.bench else [90, 80]
@@ -285,6 +348,8 @@ def main(argv=None) -> int:
     suffix += ["nchw"] if args.layout == "nchw" else []
     suffix += ["cbmax"] if args.shape == "max-cb" else []
     os.makedirs(args.out, exist_ok=True)
+    if args.variants:
+        return _variants_main(args, meta_common, short, now)
     if args.bench:
         return _bench_main(args, meta_common, short, now)
 
