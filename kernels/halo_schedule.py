@@ -240,3 +240,21 @@ def tap_plane(g, t):
 def pitch(g, axis):
     """Hv (axis 0) or Wv (axis 1)."""
     return grid_pitches(g)[axis]
+
+
+@constexpr_function
+def fill_rows(block_k, num_warps):
+    """Pixels one pass of the kernel's window-copy layout covers: each thread copies 16 bytes
+    (8 channels), ``block_k / 8`` threads a pixel. A piece shorter than this is copied by
+    several threads at once (the same bytes requested again)."""
+    return num_warps * 32 * 8 // block_k
+
+
+@constexpr_function
+def loaded_pixels(g, block_m, block_k, num_warps):
+    """Pixels the window copies request per C_in block and tile, every plane, counting a
+    short piece as the :func:`fill_rows` its copy layout spans."""
+    rows = fill_rows(block_k, num_warps)
+    return sum(
+        max(n, rows) for p in range(num_planes(g)) for _, n in pieces(window(g, block_m, p)[1])
+    )

@@ -285,12 +285,14 @@ def drop_halo_shared(cfg: dict, shape: dict) -> bool:
 
 
 def drop_halo_long_window(cfg: dict, shape: dict) -> bool:
-    """Halo forward: a tile whose window (its pixels plus the halo the taps reach) is longer
-    than 9/5 of the tile reads more than a fifth of what v2's 9 tap tiles read per C_in block
-    -- the point of the variant; wide images need BLOCK_M = 128 (32 px: window 200 for 128
-    outputs, 136 for 64)."""
+    """Halo forward: a tile whose window copies (its pixels plus the halo the taps reach, the
+    copy layout's replication of a short piece included) request more than 9/5 of the tile
+    reads more than a fifth of what v2's 9 tap tiles read per C_in block -- the point of the
+    variant. Wide images need BLOCK_M = 128 (32 px: 200 pixels for 128 outputs, 136 for 64),
+    and 8 warps copy 64 pixels at a time at BLOCK_K = 32 (a 200-pixel window then costs 256)."""
     b = cfg["blocks"]
-    return hs.window(_geometry(shape), b["BLOCK_M"], 0)[1] * 5 > 9 * b["BLOCK_M"]
+    n = hs.loaded_pixels(_geometry(shape), b["BLOCK_M"], b["BLOCK_K"], cfg["num_warps"])
+    return n * 5 > 9 * b["BLOCK_M"]
 
 
 def _geometry(shape: dict) -> tuple:

@@ -89,9 +89,13 @@ BENCH_SHAPES = aot.bench_shapes()
 BENCH_ONLY_SM90 = ("fwd", "fwd_reduce")
 
 
+# The v2 kernels' autotuned records (the v3 forward variants have their own cases below).
+V2 = [n for n, r in configs.RECORDS.items() if r.configs and r.variant_of is None]
+
+
 def _bench_cases() -> list[Case]:
     cases = []
-    for kernel in configs.CONFIGS:
+    for kernel in V2:
         for tag, shape in BENCH_SHAPES.items():
             if kernel == "fwd_reduce" and aot.prune_shape(shape)["SPLIT_K"] == 1:
                 continue  # not launched there
@@ -101,7 +105,7 @@ def _bench_cases() -> list[Case]:
 
 def _config_cases() -> list[Case]:
     cases = []
-    for kernel in configs.CONFIGS:
+    for kernel in V2:
         names = list(aot.all_configs(kernel))
         for arch in ARCHS:
             if arch == 90 and kernel in BENCH_ONLY_SM90:
@@ -126,9 +130,25 @@ def _max_cb_cases() -> list[Case]:
             for k in ("fwd", "grad_z") for n in _kept_at_max_cb(k)]
 
 
+# v3 forward variants (variant_of="fwd"): every config prune keeps at the ResNet18 3x3 stride-1
+# benchmark shapes where the variant applies (the halo variant where Gluon can express it).
+VARIANTS = configs.VARIANTS.get("fwd", ["fwd"])[1:]
+VARIANT_SHAPES = {t: s for t, s in BENCH_SHAPES.items() if ".3x3." in t}
+
+
+def _variant_cases() -> list[Case]:
+    cases = []
+    for name in VARIANTS:
+        for tag, shape in VARIANT_SHAPES.items():
+            if configs.RECORDS[name].applies(aot.prune_shape(shape, "bf16", 90, name)):
+                cases += [Case(name, n, 90, "bf16", shape, tag) for n in _kept(name, shape, "bf16")]
+    return cases
+
+
 CONFIG_CASES = _config_cases()
 MAX_CB_CASES = _max_cb_cases()
 BENCH_CASES = _bench_cases()
+VARIANT_CASES = _variant_cases()
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +204,7 @@ def test_max_basis_channels_matches_kernels() -> None:
     assert configs.block_cb(configs.MAX_BLOCK_CB) == configs.MAX_BLOCK_CB
 
 
-@pytest.mark.parametrize("kernel", list(configs.CONFIGS))
+@pytest.mark.parametrize("kernel", V2)
 def test_prune_keeps_configs_at_max_basis(kernel: str) -> None:
     shape = aot.prune_shape(MAX_CB_SHAPE, kernel=kernel)
     kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()), shape)
@@ -255,10 +275,9 @@ from tritonbasis.kernels import configs
 shapes = {"representative": aot.REPRESENTATIVE,
           "bench": aot.bench_shapes()["r18.layer4.3x3.512ch.4px.cb128"]}
 out = []
-for name in [*configs.CONFIGS, "bwd_reduce"]:
+for name, rec in configs.RECORDS.items():
     for tag, shape in shapes.items():
-        cfg = next(iter(configs.CONFIGS[name].values()), None) if name in configs.CONFIGS else None
-        cfg = cfg or configs.FIXED[name]
+        cfg = next(iter(rec.configs.values()), rec.fixed)
         out.append([name, tag, aot.cache_key(name, cfg, "bf16", shape),
                     aot.runtime_cache_key(name, cfg, "bf16", shape)])
 print(json.dumps(out))
@@ -285,3 +304,80 @@ def test_aot_cache_keys_match_the_runtime() -> None:
                                      "bwd_reduce"}
     differ = [(n, tag) for n, tag, aot_key, rt_key in rows if aot_key != rt_key]
     assert not differ, f"AOT and runtime cache keys differ for {differ}"
+
+
+# --------------------------------------------------------------------------------------------
+# Forward v3 variants: compile facts behind bench/NOTES.md's byte model (counts from the compiled
+# code: tools/kernel_counts.py). The v2 forward's counts at the same shapes come from its
+# BENCH_CASES, compiled in the same batch.
+
+
+def _v2_at(tag: str, compiled: dict) -> list[tuple[Case, dict]]:
+    """The v2 forward's reports at benchmark shape ``tag`` (compiled here when this session
+    did not select their own tests)."""
+    cases = [c for c in BENCH_CASES if c.kernel == "fwd" and c.tag == tag]
+    todo = [c for c in cases if c not in compiled]
+    if todo:
+        jobs = [{"name": c.kernel, "config": aot.all_configs(c.kernel)[c.config],
+                 "cfg_name": c.config, "arch": 90, "dtype": "bf16", "shape": c.shape}
+                for c in todo]
+        compiled.update(zip(todo, aot.compile_many(jobs)))
+    return [(c, compiled[c]) for c in cases]
+
+
+def _per_forward_activation_bytes(case: Case, r: dict) -> int:
+    """Activation bytes one forward requests: programs x C_in blocks x the main loop's count
+    per C_in block."""
+    cfg = aot.all_configs(case.kernel)[case.config]
+    programs = aot.kernel_launch(case.kernel, "bf16", case.shape).grid(cfg["blocks"])[0]
+    blocks = -(-case.shape.C_in // cfg["blocks"]["BLOCK_K"])
+    return programs * blocks * r["main_loop"]["loads_per_cblock"]["activations"]
+
+
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=[c.id for c in VARIANT_CASES])
+def test_variant_kept_configs_compile_to_wgmma_without_spills(case: Case, compiled: dict):
+    r = compiled[case]
+    _check(case, r)
+    assert r["tensor_core_instr"] == "wgmma" and r["spills"] == 0, _describe(r)
+    ml = r["main_loop"]
+    assert ml and ml["wgmma"] and ml["loads_per_cblock"]["activations"] > 0, ml
+    kinds = r["load_kinds"]
+    if case.kernel == "fwd_l1":  # plain L1-cached loads, nothing asynchronous
+        assert kinds["ld.global.ca"] > 0 and kinds["cp.async"] == 0 and kinds["tma"] == 0
+    if case.kernel == "fwd_tma":  # the activation boxes come by TMA: no per-element loads
+        assert kinds["tma"] > 0 and kinds["ld.global"] == 0, kinds
+
+
+@pytest.mark.parametrize("case", [c for c in VARIANT_CASES if c.kernel == "fwd_tma"],
+                         ids=lambda c: c.id)
+def test_tma_variant_issues_fewer_instructions_per_wgmma_than_v2(case: Case, compiled: dict):
+    """No address or mask arithmetic per activation row: the main loop issues fewer
+    instructions per wgmma than any v2 config kept at the shape."""
+    v2 = min(r["main_loop"]["instructions_per_wgmma"] for _, r in _v2_at(case.tag, compiled))
+    assert compiled[case]["main_loop"]["instructions_per_wgmma"] < v2
+
+
+@pytest.mark.parametrize("case", [c for c in VARIANT_CASES if c.kernel == "fwd_halo"],
+                         ids=lambda c: c.id)
+def test_halo_variant_reads_a_fifth_of_v2s_activation_bytes(case: Case, compiled: dict):
+    """The point of the halo tile, counted from both compiled kernels: the activation bytes
+    one forward requests from global (L2) are <= 1/5 of v2's at every 3x3 stride-1 benchmark
+    shape, for every config prune keeps."""
+    v2 = min(_per_forward_activation_bytes(c, r) for c, r in _v2_at(case.tag, compiled))
+    halo = _per_forward_activation_bytes(case, compiled[case])
+    assert halo * 5 <= v2, (case.id, halo, v2)
+
+
+def test_halo_variant_exists_where_gluon_can_express_it() -> None:
+    """Triton 3.6 (the GPU machine's) compiles it; Triton 3.9's Gluon has no re-view of the
+    halo from an offset (its reinterpret refuses a view larger than the one-pixel entry it
+    starts from), so there the variant is absent and v2 runs."""
+    import triton
+    from tritonbasis.kernels import forward_halo
+
+    if triton.__version__.startswith("3.6."):
+        assert forward_halo.AVAILABLE and any(c.kernel == "fwd_halo" for c in VARIANT_CASES)
+    else:
+        if forward_halo.AVAILABLE:
+            pytest.skip(f"Triton {triton.__version__} has the 3.6 re-view: checked above")
+        assert not any(c.kernel == "fwd_halo" for c in VARIANT_CASES)

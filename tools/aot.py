@@ -469,6 +469,14 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
             _record(name).dot_m, config, arch),
         "wgmma_shapes": tc.wgmma_shapes(ptx),
         "async_copies": bool(re.search(r"\bcp\.async\b", ptx)),
+        # global loads by kind, whole kernel (PTX): cp.async (16-byte copies to shared), plain
+        # ld.global (.ca: L1-cached), TMA tensor copies
+        "load_kinds": {
+            "cp.async": len(re.findall(r"\bcp\.async\.c[ag]\.shared\.global", ptx)),
+            "ld.global": len(re.findall(r"\bld\.global\b", ptx)),
+            "ld.global.ca": len(re.findall(r"\bld\.global\.ca\b", ptx)),
+            "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor", ptx)),
+        },
         **loops,
         "main_loop": _main_loop(name, compiled, config, shape),
         "compile_seconds": round(seconds, 3),
