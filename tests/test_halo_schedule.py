@@ -3,9 +3,10 @@
 Gluon has no interpreter, so the kernel itself cannot run on CPU. What it computes is fixed by
 the schedule -- tiles of the virtual grid, each plane's window, the pieces the window is
 filled in, each tap's offset into it -- and by two arithmetic helpers of the kernel module
-(``virtual_source``, ``virtual_output``). The emulation below runs exactly those (the helpers'
-Python bodies on torch tensors), stages each window per C_in block, takes every tap's operand
-as the window slice the kernel reads, and must reproduce the float64 convolution over a fuzz of
+(``virtual_source``, ``virtual_output``, ``tap_mask``). The emulation (kernels/halo_emulation.py)
+runs exactly those (the helpers' Python bodies on torch tensors), stages each window per C_in
+block, takes every tap's operand as the window slice the kernel reads (zeroing the rows the
+dense grid masks), and must reproduce the float64 convolution over a fuzz of
 geometries: strides 1-3, padding, dilation, odd and tiny sizes, several images per tile, tiles
 that start in one image and end in the next. Any schedule error (a window too short, a wrong
 offset, a zero row missing from the virtual grid) gives an O(1) error or an out-of-window
@@ -24,76 +25,11 @@ pytest.importorskip("triton", reason="the schedule's constexpr functions come fr
 from tritonbasis.kernels import halo_schedule as hs  # noqa: E402
 
 try:
-    from tritonbasis.kernels import forward_halo
+    from tritonbasis.kernels.halo_emulation import emulate
 except ImportError:  # no Gluon in this triton
-    forward_halo = None
+    emulate = None
 
-pytestmark = pytest.mark.skipif(forward_halo is None, reason="this triton has no Gluon")
-
-
-def emulate(
-    x: torch.Tensor, basis: torch.Tensor, stride, padding, dilation, block_m: int, block_k: int
-) -> torch.Tensor:
-    """The halo kernel's forward Z = conv(x, basis) (no coefficients: the epilogue is v2's),
-    computed the way the kernel schedules it, in float64."""
-    N, C_in, H, W = x.shape
-    C_b, _, KH, KW = basis.shape
-    Ho = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
-    Wo = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
-    g = (H, W, Ho, Wo, KH, KW, *stride, *padding, *dilation)
-    hv, wv = hs.grid_pitches(g)
-    src, out = forward_halo.virtual_source.fn, forward_halo.virtual_output.fn
-    xs = x.permute(0, 2, 3, 1)  # NHWC, as the kernel reads it
-    y = torch.zeros(N, C_b, Ho, Wo, dtype=x.dtype)
-    written = torch.zeros(N, Ho, Wo, dtype=torch.int64)
-    win = hs.window_stride(g, block_m)
-    for tile in range(hs.num_tiles(g, N, block_m)):
-        u0 = tile * block_m
-        acc = torch.zeros(block_m, C_b, dtype=x.dtype)
-        for c0 in range(0, C_in, block_k):
-            kk = torch.arange(c0, c0 + block_k)
-            k_ok = kk < C_in
-            halo = {}
-            for p in range(hs.num_planes(g)):
-                first, length = hs.window(g, block_m, p)
-                assert length <= win
-                buf = torch.full((length, block_k), float("nan"), dtype=x.dtype)
-                covered = 0
-                for i in range(hs.num_pieces(g, block_m, p)):
-                    start, n = hs.piece(g, block_m, p, i)
-                    assert start == covered and n & (n - 1) == 0  # contiguous, powers of two
-                    covered += n
-                    py, px, rows, cols = hs.plane_of(g, p)
-                    v = u0 + first + start + torch.arange(n)
-                    img, ih, iw, ok = src(v, py, px, hv, wv, rows, cols, N, *stride)
-                    ok = ok[:, None] & k_ok[None, :]
-                    vals = xs[img.clamp(0, N - 1), ih.clamp(0, H - 1), iw.clamp(0, W - 1)][
-                        :, kk.clamp(max=C_in - 1)
-                    ]
-                    buf[start : start + n] = torch.where(ok, vals, 0.0)
-                assert covered == length
-                halo[p] = buf
-            for t in range(KH * KW):
-                p, start = hs.tap_plane(g, t), hs.tap_start(g, block_m, t)
-                a = halo[p][start : start + block_m]
-                assert a.shape[0] == block_m, "a tap reads past its window"
-                if hs.dense(g):  # reads across an image edge are zeroed in the operand
-                    keep = forward_halo.tap_mask.fn(
-                        u0 + torch.arange(block_m),
-                        hs.tap_shift(g, t, 0),
-                        hs.tap_shift(g, t, 1),
-                        hv,
-                        wv,
-                    )
-                    a = torch.where(keep[:, None], a, 0.0)
-                b = basis[:, kk.clamp(max=C_in - 1), t // KW, t % KW].T * k_ok[:, None]
-                acc += a @ b
-        img, oh, ow, ok = out(u0 + torch.arange(block_m), hv, wv, Ho, Wo, N)
-        assert not torch.isnan(acc[ok]).any(), "an output read an unfilled halo element"
-        y[img[ok], :, oh[ok], ow[ok]] = acc[ok]
-        written[img[ok], oh[ok], ow[ok]] += 1
-    assert torch.equal(written, torch.ones_like(written)), "outputs not written exactly once"
-    return y
+pytestmark = pytest.mark.skipif(emulate is None, reason="this triton has no Gluon")
 
 
 def _geometries(n: int, seed: int = 0):
