@@ -391,6 +391,10 @@ _HALO_KEY = ("M_KEY", "C_in", "C_b", "C_rest", "H", "W", "KH", "KW", "stride_h",
              "KEEP_BASIS", "STORE_Z", "SPLIT_K", "sx_c")  # fmt: skip
 
 
+def _halo(num_warps: int, block_m: int, block_k: int, resident: int = 0) -> dict:
+    return _cfg(num_warps, 1, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=64, RESIDENT=resident)
+
+
 def _halo_record() -> KernelRecord:
     return KernelRecord(
         name="fwd_halo",
@@ -398,16 +402,21 @@ def _halo_record() -> KernelRecord:
         # wgmma rows 64 / 128 on one or two warpgroups; BLOCK_K 64 / 32 (drop_halo_shared keeps
         # those whose staged windows and basis tiles fit); the kernel pipelines itself
         configs={
-            "m128_k64_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
-            "m128_k32_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
-            "m64_k64_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=64),
-            "m64_k32_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+            "m128_k64_n64_w4": _halo(4, 128, 64),
+            "m128_k32_n64_w4": _halo(4, 128, 32),
+            "m64_k64_n64_w4": _halo(4, 64, 64),
+            "m64_k32_n64_w4": _halo(4, 64, 32),
             # two warpgroups on 128 rows: half the registers per thread, for C_b = 128 where
             # one warpgroup's BLOCK_M = 128 spills (and BLOCK_M = 64 reads the basis twice)
-            "m128_k32_n64_w8": _cfg(8, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
-            "m128_k64_n64_w8": _cfg(8, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
+            "m128_k32_n64_w8": _halo(8, 128, 32),
+            "m128_k64_n64_w8": _halo(8, 128, 64),
+            # persistent programs with the whole basis resident in shared memory (loaded once
+            # per program instead of once per tile; drop_halo_shared keeps them where it fits)
+            "m128_k64_n64_w4_res": _halo(4, 128, 64, resident=1),
+            "m128_k32_n64_w4_res": _halo(4, 128, 32, resident=1),
+            "m128_k64_n64_w8_res": _halo(8, 128, 64, resident=1),
         },
-        fixed=_cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+        fixed=_halo(4, 64, 32),
         key=_HALO_KEY,
         layout=("x_ptr", "sx_c"),
         caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},

@@ -118,31 +118,13 @@ def virtual_output(u, HV: gl.constexpr, WV: gl.constexpr, HO: gl.constexpr, WO: 
 
 
 @gluon.jit
-def _load_block(
-    stage,
-    bsm,
-    s,
-    cblk,
-    x_ptr,
-    w_ptr,
-    u0,
-    N,
-    C_in,
-    C_b,
-    sx_n,
-    sx_h,
-    sx_w,
-    sw_o,
-    sw_h,
-    sw_w,
-    G: gl.constexpr,
-    BLOCK_M: gl.constexpr,
-    BLOCK_K: gl.constexpr,
-    BLOCK_CB: gl.constexpr,
-    WIN: gl.constexpr,
-):
-    """cp.async C_in block ``cblk``'s windows (every plane) and basis tiles (every tap) into
-    stage ``s``; one commit group."""
+def _load_block(stage, bsm, s, cblk, x_ptr, w_ptr, u0, N, C_in: gl.constexpr, C_b,
+                sx_n, sx_h, sx_w, sw_o, sw_h, sw_w, G: gl.constexpr, BLOCK_M: gl.constexpr,
+                BLOCK_K: gl.constexpr, BLOCK_CB: gl.constexpr, WIN: gl.constexpr,
+                BASIS: gl.constexpr):  # fmt: skip
+    """cp.async C_in block ``cblk``'s window of the tile at virtual output ``u0`` (every
+    plane) into stage ``s`` (unless ``BASIS == 2``), and its basis tiles (every tap) into
+    ``bsm[s * TAPS + t]`` (``BASIS`` 1 or 2); one commit group."""
     num_warps: gl.constexpr = gl.num_warps()
     fill: gl.constexpr = gl.BlockedLayout(
         [1, 8], [32 // (BLOCK_K // 8), BLOCK_K // 8], [num_warps, 1], [1, 0]
@@ -151,49 +133,48 @@ def _load_block(
     HV: gl.constexpr = hs.pitch(G, 0)
     WV: gl.constexpr = hs.pitch(G, 1)
     NP: gl.constexpr = hs.num_planes(G)
-    c0 = cblk * BLOCK_K
-    kk = c0 + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, fill))
-    k_ok = kk < C_in
-    for p in gl.static_range(NP):
-        for i in gl.static_range(hs.num_pieces(G, BLOCK_M, p)):
-            v = (
-                u0
-                + hs.window_first(G, BLOCK_M, p)
-                + hs.piece_start(G, BLOCK_M, p, i)
-                + gl.arange(0, hs.piece_len(G, BLOCK_M, p, i), layout=gl.SliceLayout(1, fill))
-            )
-            img, ih, iw, ok = virtual_source(
-                v,
-                hs.plane_field(G, p, 0),
-                hs.plane_field(G, p, 1),
-                HV,
-                WV,
-                hs.plane_field(G, p, 2),
-                hs.plane_field(G, p, 3),
-                N,
-                G[6],
-                G[7],
-            )
-            src = x_ptr + (img * sx_n + ih * sx_h + iw * sx_w)[:, None] + kk[None, :]
-            dst = _view(
-                stage,
-                (s * NP + p) * WIN + hs.piece_start(G, BLOCK_M, p, i),
-                hs.piece_len(G, BLOCK_M, p, i),
-                plain,
-            )
-            _async_copy(dst, src, mask=ok[:, None] & k_ok[None, :])  # l2: activations
-    bl: gl.constexpr = gl.BlockedLayout(
-        [1, 8], [32 // (BLOCK_K // 8), BLOCK_K // 8], [num_warps, 1], [1, 0]
-    )
-    cb = gl.arange(0, BLOCK_CB, layout=gl.SliceLayout(1, bl))
-    kb = c0 + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, bl))
-    b_ok = (cb < C_b)[:, None] & (kb < C_in)[None, :]
-    b_rows = w_ptr + cb[:, None] * sw_o + kb[None, :]
     TAPS: gl.constexpr = G[4] * G[5]
-    for t in gl.static_range(TAPS):
-        _async_copy(
-            bsm.index(s * TAPS + t), b_rows + (t // G[5]) * sw_h + (t % G[5]) * sw_w, mask=b_ok
-        )
+    c0 = cblk * BLOCK_K
+    if BASIS != 2:
+        kk = c0 + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, fill))
+        k_ok = kk < C_in
+        for p in gl.static_range(NP):
+            for i in gl.static_range(hs.num_pieces(G, BLOCK_M, p)):
+                v = (
+                    u0
+                    + hs.window_first(G, BLOCK_M, p)
+                    + hs.piece_start(G, BLOCK_M, p, i)
+                    + gl.arange(0, hs.piece_len(G, BLOCK_M, p, i), layout=gl.SliceLayout(1, fill))
+                )
+                img, ih, iw, ok = virtual_source(
+                    v,
+                    hs.plane_field(G, p, 0),
+                    hs.plane_field(G, p, 1),
+                    HV,
+                    WV,
+                    hs.plane_field(G, p, 2),
+                    hs.plane_field(G, p, 3),
+                    N,
+                    G[6],
+                    G[7],
+                )
+                src = x_ptr + (img * sx_n + ih * sx_h + iw * sx_w)[:, None] + kk[None, :]
+                dst = _view(
+                    stage,
+                    (s * NP + p) * WIN + hs.piece_start(G, BLOCK_M, p, i),
+                    hs.piece_len(G, BLOCK_M, p, i),
+                    plain,
+                )
+                _async_copy(dst, src, mask=ok[:, None] & k_ok[None, :])  # l2: activations
+    if BASIS != 0:
+        cb = gl.arange(0, BLOCK_CB, layout=gl.SliceLayout(1, fill))
+        kb = c0 + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, fill))
+        b_ok = (cb < C_b)[:, None] & (kb < C_in)[None, :]
+        b_rows = w_ptr + cb[:, None] * sw_o + kb[None, :]
+        for t in gl.static_range(TAPS):
+            _async_copy(
+                bsm.index(s * TAPS + t), b_rows + (t // G[5]) * sw_h + (t % G[5]) * sw_w, mask=b_ok
+            )
     _cp.commit_group()
 
 
@@ -204,6 +185,7 @@ def _epilogue(
     oh,
     ow,
     m_ok,
+    ct_smem,
     c_ptr,
     b_ptr,
     p_ptr,
@@ -272,9 +254,6 @@ def _epilogue(
     ct_l: gl.constexpr = gl.BlockedLayout(
         [1, 8], [32 // (BLOCK_CB // 8), BLOCK_CB // 8], [num_warps, 1], [1, 0]
     )
-    ct_smem = gl.allocate_shared_memory(
-        dtype, [BLOCK_N, BLOCK_CB], gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_CB], dtype)
-    )
     jr = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, ct_l))
     cbc = gl.arange(0, BLOCK_CB, layout=gl.SliceLayout(0, ct_l))
     o_l: gl.constexpr = gl.BlockedLayout(
@@ -313,83 +292,112 @@ def _epilogue(
 
 
 @gluon.jit
-def basis_conv_fwd_halo_kernel(
-    x_ptr,  # (N, C_in, H, W), NHWC in memory (sx_c == 1)
-    w_ptr,  # basis (C_b, C_in, KH, KW), C_in-contiguous (sw_c == 1)
-    c_ptr,
-    b_ptr,
-    p_ptr,
-    y_ptr,
-    z_ptr,
-    ws_ptr,  # as basis_conv_fwd_kernel
-    M,
-    M_KEY,
+def _window_and_basis(
+    stage,
+    bsm,
+    s,
+    it,
+    pid,
+    n_prog,
+    nblk,
+    c_lo,
+    x_ptr,
+    w_ptr,
     N,
-    C_in,
     C_b,
-    C_rest,
     sx_n,
-    sx_c,
     sx_h,
     sx_w,
     sw_o,
-    sw_c,
     sw_h,
     sw_w,
-    sc_o,
-    sc_b,
-    sy_n,
-    sy_c,
-    sy_h,
-    sy_w,
-    sz_n,
-    sz_c,
-    sz_h,
-    sz_w,
-    # the geometry is compile-time: it fixes the schedule (halo_schedule.py)
-    H: gl.constexpr,
-    W: gl.constexpr,
-    Ho: gl.constexpr,
-    Wo: gl.constexpr,
-    KH: gl.constexpr,
-    KW: gl.constexpr,
-    stride_h: gl.constexpr,
-    stride_w: gl.constexpr,
-    pad_h: gl.constexpr,
-    pad_w: gl.constexpr,
-    dil_h: gl.constexpr,
-    dil_w: gl.constexpr,
-    HAS_BIAS: gl.constexpr,
-    HAS_PERM: gl.constexpr,
-    KEEP_BASIS: gl.constexpr,
-    STORE_Z: gl.constexpr,
-    INT64: gl.constexpr,
-    PRECISION: gl.constexpr,
-    SPLIT_K: gl.constexpr,
-    BLOCK_CB: gl.constexpr,
+    G: gl.constexpr,
+    C_in: gl.constexpr,
     BLOCK_M: gl.constexpr,
     BLOCK_K: gl.constexpr,
-    BLOCK_N: gl.constexpr,
+    BLOCK_CB: gl.constexpr,
+    WIN: gl.constexpr,
+    BASIS: gl.constexpr,
 ):
+    """Copies of step ``it`` (this program's ``it // nblk``-th tile, C_in block
+    ``c_lo + it % nblk``) into stage ``s``: the window, and the basis tiles if ``BASIS``."""
+    u0 = (pid + (it // nblk) * n_prog) * BLOCK_M
+    _load_block(
+        stage,
+        bsm,
+        s,
+        c_lo + it % nblk,
+        x_ptr,
+        w_ptr,
+        u0,
+        N,
+        C_in,
+        C_b,
+        sx_n,
+        sx_h,
+        sx_w,
+        sw_o,
+        sw_h,
+        sw_w,
+        G,
+        BLOCK_M,
+        BLOCK_K,
+        BLOCK_CB,
+        WIN,
+        BASIS,
+    )
+
+
+@gluon.jit
+def basis_conv_fwd_halo_kernel(
+    x_ptr,  # (N, C_in, H, W), NHWC in memory (sx_c == 1)
+    w_ptr,  # basis (C_b, C_in, KH, KW), C_in-contiguous (sw_c == 1)
+    c_ptr, b_ptr, p_ptr, y_ptr, z_ptr, ws_ptr,  # as basis_conv_fwd_kernel
+    M, M_KEY, N, C_b, C_rest,
+    sx_n, sx_c, sx_h, sx_w,
+    sw_o, sw_c, sw_h, sw_w,
+    sc_o, sc_b,
+    sy_n, sy_c, sy_h, sy_w,
+    sz_n, sz_c, sz_h, sz_w,
+    # the geometry is compile-time: it fixes the schedule (halo_schedule.py)
+    C_in: gl.constexpr, H: gl.constexpr, W: gl.constexpr, Ho: gl.constexpr,
+    Wo: gl.constexpr, KH: gl.constexpr, KW: gl.constexpr, stride_h: gl.constexpr,
+    stride_w: gl.constexpr, pad_h: gl.constexpr, pad_w: gl.constexpr, dil_h: gl.constexpr,
+    dil_w: gl.constexpr,
+    HAS_BIAS: gl.constexpr, HAS_PERM: gl.constexpr, KEEP_BASIS: gl.constexpr,
+    STORE_Z: gl.constexpr, INT64: gl.constexpr, PRECISION: gl.constexpr,
+    SPLIT_K: gl.constexpr,
+    BLOCK_CB: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, BLOCK_N: gl.constexpr,
+    RESIDENT: gl.constexpr,
+):  # fmt: skip
+    """Tiles ``pid, pid + programs, ...`` of the virtual grid (one per program unless
+    ``RESIDENT``: then a persistent program loads the whole basis once, keeps it in shared
+    memory, and runs its tiles), each over this split-K slice's C_in blocks. The steps (tile, C_in
+    block) are numbered across tiles so that the next step's copies -- the next tile's first
+    block after a tile's last -- always fly while this one computes."""
     G: gl.constexpr = (H, W, Ho, Wo, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
     HV: gl.constexpr = hs.pitch(G, 0)
     WV: gl.constexpr = hs.pitch(G, 1)
     NP: gl.constexpr = hs.num_planes(G)
     WIN: gl.constexpr = hs.window_stride(G, BLOCK_M)
     TAPS: gl.constexpr = KH * KW
+    NCB: gl.constexpr = (C_in + BLOCK_K - 1) // BLOCK_K
+    DENSE: gl.constexpr = hs.dense(G)
     num_warps: gl.constexpr = gl.num_warps()
     dtype = x_ptr.dtype.element_ty
 
-    pid = gl.program_id(0)
-    u0 = pid * BLOCK_M
-    plain_px: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    pad_px: gl.constexpr = _padded(BLOCK_K, 1)
-    stage = gl.allocate_shared_memory(dtype, [2 * NP * WIN, 1, BLOCK_K], plain_px)
-    halo = gl.allocate_shared_memory(dtype, [NP * WIN, 1, BLOCK_K], pad_px)
+    stage = gl.allocate_shared_memory(
+        dtype, [2 * NP * WIN, 1, BLOCK_K], gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    )
+    halo = gl.allocate_shared_memory(dtype, [NP * WIN, 1, BLOCK_K], _padded(BLOCK_K, 1))
+    b_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_CB, BLOCK_K], dtype)
+    # the basis tiles of every tap: double-buffered per C_in block, or all blocks (RESIDENT)
     bsm = gl.allocate_shared_memory(
-        dtype,
-        [2 * TAPS, BLOCK_CB, BLOCK_K],
-        gl.NVMMASharedLayout.get_default_for([BLOCK_CB, BLOCK_K], dtype),
+        dtype, [(NCB if RESIDENT else 2) * TAPS, BLOCK_CB, BLOCK_K], b_layout
+    )
+    ct_smem = gl.allocate_shared_memory(
+        dtype, [BLOCK_N, BLOCK_CB], gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_CB], dtype)
     )
 
     mma: gl.constexpr = gl.NVMMADistributedLayout(
@@ -401,56 +409,34 @@ def basis_conv_fwd_halo_kernel(
     )
     plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     padded: gl.constexpr = _padded(BLOCK_K, BLOCK_M)
+    out_l: gl.constexpr = gl.BlockedLayout(
+        [1, 8], [32 // (BLOCK_CB // 8), BLOCK_CB // 8], [num_warps, 1], [1, 0]
+    )
 
-    DENSE: gl.constexpr = hs.dense(G)
-    u_a = u0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dot_a))  # A operand rows
-
+    pid = gl.program_id(0)
+    n_prog = gl.num_programs(0)
+    my_tiles = (gl.cdiv(N * HV * WV, BLOCK_M) - pid + n_prog - 1) // n_prog
     # split-K splits the C_in blocks (each slice runs all taps of its blocks)
-    n_cblk = gl.cdiv(C_in, BLOCK_K)
     if SPLIT_K == 1:
         c_lo = 0
-        c_hi = n_cblk
+        c_hi = NCB
     else:
-        per = gl.cdiv(n_cblk, SPLIT_K)
+        per = gl.cdiv(NCB, SPLIT_K)
         c_lo = gl.program_id(1) * per
-        c_hi = gl.minimum(c_lo + per, n_cblk)
+        c_hi = gl.minimum(c_lo + per, NCB)
+    nblk = gl.maximum(c_hi - c_lo, 0)
+    steps = my_tiles * nblk
 
-    acc = gl.zeros([BLOCK_M, BLOCK_CB], gl.float32, mma)
-    if c_lo < c_hi:
-        _load_block(
-            stage,
-            bsm,
-            0,
-            c_lo,
-            x_ptr,
-            w_ptr,
-            u0,
-            N,
-            C_in,
-            C_b,
-            sx_n,
-            sx_h,
-            sx_w,
-            sw_o,
-            sw_h,
-            sw_w,
-            G,
-            BLOCK_M,
-            BLOCK_K,
-            BLOCK_CB,
-            WIN,
-        )
-    for cblk in range(c_lo, c_hi):
-        s = (cblk - c_lo) % 2
-        if cblk + 1 < c_hi:  # the next block's copies fly while this one computes
+    if RESIDENT:  # every C_in block's basis tiles, once (SPLIT_K == 1 here: prune)
+        for cb0 in range(0, NCB):
             _load_block(
                 stage,
                 bsm,
-                1 - s,
-                cblk + 1,
+                cb0,
+                cb0,
                 x_ptr,
                 w_ptr,
-                u0,
+                0,
                 N,
                 C_in,
                 C_b,
@@ -465,95 +451,160 @@ def basis_conv_fwd_halo_kernel(
                 BLOCK_K,
                 BLOCK_CB,
                 WIN,
+                2,
             )
-            _cp.wait_group(1)
-        else:
-            _cp.wait_group(0)
-        # this thread's cp.async writes (generic proxy) before wgmma reads the basis tiles
-        # (async proxy); then every thread's are complete
-        fence_async_shared()
-        _barrier()
-        # staging (plain) -> halo (bank-padded), once per block: read by ld.shared only
-        for p in gl.static_range(NP):
-            for i in gl.static_range(hs.num_pieces(G, BLOCK_M, p)):
-                vals = _view(
-                    stage,
-                    (s * NP + p) * WIN + hs.piece_start(G, BLOCK_M, p, i),
-                    hs.piece_len(G, BLOCK_M, p, i),
-                    plain,
-                ).load(fill)
-                _view(
-                    halo,
-                    p * WIN + hs.piece_start(G, BLOCK_M, p, i),
-                    hs.piece_len(G, BLOCK_M, p, i),
-                    _padded(BLOCK_K, hs.piece_len(G, BLOCK_M, p, i)),
-                ).store(vals)
-        _barrier()
-        # all taps from the halo: A through registers, B (this tap's basis tile) from smem
-        a_next = _view(
-            halo, hs.tap_plane(G, 0) * WIN + hs.tap_start(G, BLOCK_M, 0), BLOCK_M, padded
-        ).load(dot_a)
-        for t in gl.static_range(TAPS):
-            a = a_next
-            if DENSE:  # zero the rows whose read crosses an image edge (dense grid)
-                keep = tap_mask(u_a, hs.tap_shift(G, t, 0), hs.tap_shift(G, t, 1), HV, WV)
-                a = _keep_rows(a, keep)
-            acc = warpgroup_mma(a, bsm.index(s * TAPS + t).permute((1, 0)), acc, is_async=True)
-            if t + 1 < TAPS:
-                a_next = _view(
-                    halo,
-                    hs.tap_plane(G, t + 1) * WIN + hs.tap_start(G, BLOCK_M, t + 1),
-                    BLOCK_M,
-                    padded,
-                ).load(dot_a)
-            acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
-        _barrier()  # every warp is done with this block's halo and stage before reuse
-
-    out_l: gl.constexpr = gl.BlockedLayout(
-        [1, 8], [32 // (BLOCK_CB // 8), BLOCK_CB // 8], [num_warps, 1], [1, 0]
-    )
-    u = u0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_l))
-    img, oh, ow, m_ok = virtual_output(u, HV, WV, Ho, Wo, N)
-    if INT64:
-        img = img.to(gl.int64)
-    if SPLIT_K == 1:
-        _epilogue(
-            acc,
-            img,
-            oh,
-            ow,
-            m_ok,
-            c_ptr,
-            b_ptr,
-            p_ptr,
-            y_ptr,
-            z_ptr,
+    if steps > 0:
+        _window_and_basis(
+            stage,
+            bsm,
+            0,
+            0,
+            pid,
+            n_prog,
+            nblk,
+            c_lo,
+            x_ptr,
+            w_ptr,
+            N,
             C_b,
-            C_rest,
-            sc_o,
-            sc_b,
-            sy_n,
-            sy_c,
-            sy_h,
-            sy_w,
-            sz_n,
-            sz_c,
-            sz_h,
-            sz_w,
-            HAS_BIAS,
-            HAS_PERM,
-            KEEP_BASIS,
-            STORE_Z,
+            sx_n,
+            sx_h,
+            sx_w,
+            sw_o,
+            sw_h,
+            sw_w,
+            G,
+            C_in,
             BLOCK_M,
+            BLOCK_K,
             BLOCK_CB,
-            BLOCK_N,
+            WIN,
+            0 if RESIDENT else 1,
         )
-    else:
-        # partial Z of this C_in range, rows in v2's order (the real pixel index)
-        rows = gl.program_id(1) * M + (img * Ho + oh) * Wo + ow
-        offs_cb = gl.arange(0, BLOCK_CB, layout=gl.SliceLayout(0, out_l))
-        gl.store(
-            ws_ptr + rows[:, None] * BLOCK_CB + offs_cb[None, :],
-            gl.convert_layout(acc, out_l),
-            mask=m_ok[:, None],
-        )
+
+    for ti in range(0, my_tiles):
+        u0 = (pid + ti * n_prog) * BLOCK_M
+        u_a = u0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dot_a))  # A operand rows
+        acc = gl.zeros([BLOCK_M, BLOCK_CB], gl.float32, mma)
+        for cblk in range(c_lo, c_hi):
+            it = ti * nblk + cblk - c_lo  # the step: its stage, and the next step's copies
+            s = it % 2
+            if it + 1 < steps:  # the next step's copies fly while this one computes
+                _window_and_basis(
+                    stage,
+                    bsm,
+                    1 - s,
+                    it + 1,
+                    pid,
+                    n_prog,
+                    nblk,
+                    c_lo,
+                    x_ptr,
+                    w_ptr,
+                    N,
+                    C_b,
+                    sx_n,
+                    sx_h,
+                    sx_w,
+                    sw_o,
+                    sw_h,
+                    sw_w,
+                    G,
+                    C_in,
+                    BLOCK_M,
+                    BLOCK_K,
+                    BLOCK_CB,
+                    WIN,
+                    0 if RESIDENT else 1,
+                )
+                _cp.wait_group(1)
+            else:
+                _cp.wait_group(0)
+            # this thread's cp.async writes (generic proxy) before wgmma reads the basis
+            # tiles (async proxy); then every thread's are complete
+            fence_async_shared()
+            _barrier()
+            # staging (plain) -> halo (bank-padded), once per step: read by ld.shared only
+            for p in gl.static_range(NP):
+                for i in gl.static_range(hs.num_pieces(G, BLOCK_M, p)):
+                    vals = _view(
+                        stage,
+                        (s * NP + p) * WIN + hs.piece_start(G, BLOCK_M, p, i),
+                        hs.piece_len(G, BLOCK_M, p, i),
+                        plain,
+                    ).load(fill)
+                    _view(
+                        halo,
+                        p * WIN + hs.piece_start(G, BLOCK_M, p, i),
+                        hs.piece_len(G, BLOCK_M, p, i),
+                        _padded(BLOCK_K, hs.piece_len(G, BLOCK_M, p, i)),
+                    ).store(vals)
+            _barrier()
+            # all taps from the halo: A through registers, B (this tap's basis tile) from smem
+            b0 = cblk * TAPS if RESIDENT else s * TAPS
+            a_next = _view(
+                halo, hs.tap_plane(G, 0) * WIN + hs.tap_start(G, BLOCK_M, 0), BLOCK_M, padded
+            ).load(dot_a)
+            for t in gl.static_range(TAPS):
+                a = a_next
+                if DENSE:  # zero the rows whose read crosses an image edge (dense grid)
+                    keep = tap_mask(u_a, hs.tap_shift(G, t, 0), hs.tap_shift(G, t, 1), HV, WV)
+                    a = _keep_rows(a, keep)
+                acc = warpgroup_mma(a, bsm.index(b0 + t).permute((1, 0)), acc, is_async=True)
+                if t + 1 < TAPS:
+                    a_next = _view(
+                        halo,
+                        hs.tap_plane(G, t + 1) * WIN + hs.tap_start(G, BLOCK_M, t + 1),
+                        BLOCK_M,
+                        padded,
+                    ).load(dot_a)
+                acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a))
+            _barrier()  # every warp is done with this step's halo and stage before reuse
+
+        # the tile's outputs
+        u = u0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_l))
+        img, oh, ow, m_ok = virtual_output(u, HV, WV, Ho, Wo, N)
+        if INT64:
+            img = img.to(gl.int64)
+        if SPLIT_K == 1:
+            _epilogue(
+                acc,
+                img,
+                oh,
+                ow,
+                m_ok,
+                ct_smem,
+                c_ptr,
+                b_ptr,
+                p_ptr,
+                y_ptr,
+                z_ptr,
+                C_b,
+                C_rest,
+                sc_o,
+                sc_b,
+                sy_n,
+                sy_c,
+                sy_h,
+                sy_w,
+                sz_n,
+                sz_c,
+                sz_h,
+                sz_w,
+                HAS_BIAS,
+                HAS_PERM,
+                KEEP_BASIS,
+                STORE_Z,
+                BLOCK_M,
+                BLOCK_CB,
+                BLOCK_N,
+            )
+        else:
+            # partial Z of this C_in range (zeros for an empty slice), rows in v2's order
+            rows = gl.program_id(1) * M + (img * Ho + oh) * Wo + ow
+            offs_cb = gl.arange(0, BLOCK_CB, layout=gl.SliceLayout(0, out_l))
+            gl.store(
+                ws_ptr + rows[:, None] * BLOCK_CB + offs_cb[None, :],
+                gl.convert_layout(acc, out_l),
+                mask=m_ok[:, None],
+            )

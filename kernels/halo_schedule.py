@@ -197,13 +197,14 @@ def valid_fraction(g):
 
 
 @constexpr_function
-def shared_bytes(g, block_m, block_k, block_cb, elem_bytes, pad):
-    """Shared memory of one program: the double-buffered staging of every plane's window and
-    of the basis tiles of all taps, the bank-padded halo (``pad`` extra elements per pixel)."""
+def shared_bytes(g, block_m, block_k, block_cb, elem_bytes, pad, c_blocks=0):
+    """Shared memory of one program: the double-buffered staging of every plane's window,
+    the bank-padded halo (``pad`` extra elements per pixel), and the basis tiles of all taps
+    -- double-buffered per C_in block, or all ``c_blocks`` of them when resident (> 0)."""
     g = _ints(g)
     win = num_planes(g) * window_stride(g, block_m)
-    taps = g[4] * g[5]
-    return elem_bytes * (2 * win * block_k + win * (block_k + pad) + 2 * taps * block_cb * block_k)
+    basis = (c_blocks or 2) * g[4] * g[5] * block_cb * block_k
+    return elem_bytes * (2 * win * block_k + win * (block_k + pad) + basis)
 
 
 # Scalar accessors for the kernel (a Gluon kernel takes ints from constexpr functions; a tuple

@@ -155,7 +155,8 @@ def fwd_halo_registers(cfg: dict, block_cb_: int, elem_bytes: int, split_k_: int
     m, n, k, cb = b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"], block_cb_
     w = elem_bytes / 4
     chunk = 8 * 4 / elem_bytes / 2  # elements per 16-byte copy (8 at 16 bits)
-    loop = m * cb + 2 * m * k * w + 3 * (1.8 * m * k + 9 * k * cb) / chunk + 48 * threads
+    basis = 0 if b.get("RESIDENT") else 9 * k * cb  # a resident basis is copied once, before
+    loop = m * cb + 2 * m * k * w + 3 * (1.8 * m * k + basis) / chunk + 48 * threads
     epilogue = (m * cb + m * cb * w + m * n) if split_k_ == 1 else 0
     return max(loop, epilogue) / threads
 
@@ -274,14 +275,28 @@ def drop_tma_partial_tile(cfg: dict, shape: dict) -> bool:
 
 
 def drop_halo_shared(cfg: dict, shape: dict) -> bool:
-    """Halo forward: the staged windows, the padded halo and the double-buffered basis tiles
-    of all taps must fit the 227 KiB of shared memory a block may have on sm_90."""
+    """Halo forward: the staged windows, the padded halo and the basis tiles of all taps
+    (double-buffered, or every C_in block's when RESIDENT) must fit the 227 KiB of shared
+    memory a block may have on sm_90. RESIDENT programs also run the whole C_in range: not
+    with split-K."""
     b = cfg["blocks"]
+    resident = b.get("RESIDENT", 0)
+    if resident and int(shape.get("SPLIT_K", 1)) > 1:
+        return True
+    blocks = -(-shape["C_in"] // b["BLOCK_K"]) if resident else 0
     need = hs.shared_bytes(
-        _geometry(shape), b["BLOCK_M"], b["BLOCK_K"], shape.get("BLOCK_CB", 16), _eb(shape), 8
+        _geometry(shape),
+        b["BLOCK_M"],
+        b["BLOCK_K"],
+        shape.get("BLOCK_CB", 16),
+        _eb(shape),
+        8,
+        blocks,
     )
-    # + the epilogue's coefficient tile and the compiler's scratch, measured <= 8 KiB
-    return need + 2 * b["BLOCK_N"] * shape.get("BLOCK_CB", 16) + 8192 > 232448
+    # + the epilogue's coefficient tile and the compiler's layout-conversion scratch: measured
+    # 8.3-9.1 KB with 4 warps, 16.4-17.3 KB with 8 (sm_90, Triton 3.6, the ResNet18 shapes)
+    scratch = 2304 * cfg["num_warps"]
+    return need + 2 * b["BLOCK_N"] * shape.get("BLOCK_CB", 16) + scratch > 232448
 
 
 def drop_halo_long_window(cfg: dict, shape: dict) -> bool:

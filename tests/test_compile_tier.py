@@ -326,12 +326,13 @@ def _v2_at(tag: str, compiled: dict) -> list[tuple[Case, dict]]:
 
 
 def _per_forward_activation_bytes(case: Case, r: dict) -> int:
-    """Activation bytes one forward requests: programs x C_in blocks x the main loop's count
-    per C_in block."""
+    """Activation bytes one forward requests: tiles x C_in blocks x the main loop's count
+    per C_in block (tiles: the grid without persistence, one program per tile)."""
     cfg = aot.all_configs(case.kernel)[case.config]
-    programs = aot.kernel_launch(case.kernel, "bf16", case.shape).grid(cfg["blocks"])[0]
+    blocks_ = {**cfg["blocks"], "RESIDENT": 0}
+    tiles = aot.kernel_launch(case.kernel, "bf16", case.shape).grid(blocks_)[0]
     blocks = -(-case.shape.C_in // cfg["blocks"]["BLOCK_K"])
-    return programs * blocks * r["main_loop"]["loads_per_cblock"]["activations"]
+    return tiles * blocks * r["main_loop"]["loads_per_cblock"]["activations"]
 
 
 @pytest.mark.parametrize("case", VARIANT_CASES, ids=[c.id for c in VARIANT_CASES])

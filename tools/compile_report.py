@@ -147,9 +147,11 @@ def _variant_jobs(ratios) -> list[dict]:
             lc = aot.kernel_launch(name, "bf16", shape, 90)
             for cfg in configs.prune(name, list(rec.configs.values()), kps):
                 programs = lc.grid(cfg["blocks"])[0]
+                # tiles: the grid without persistence (one program per tile)
+                tiles = lc.grid({**cfg["blocks"], "RESIDENT": 0})[0]
                 jobs.append({"name": name, "config": cfg, "cfg_name": aot.config_name(name, cfg),
                              "arch": 90, "dtype": "bf16", "shape": shape, "tag": tag,
-                             "split_k": kps["SPLIT_K"], "programs": programs})
+                             "split_k": kps["SPLIT_K"], "programs": programs, "tiles": tiles})
     return jobs
 
 
@@ -159,7 +161,7 @@ def _variants_main(args, meta_common: dict, short: str, now) -> int:
 
     t0 = time.perf_counter()
     jobs = _variant_jobs(args.ratios)
-    extra = [{k: j.pop(k) for k in ("tag", "split_k", "programs")} for j in jobs]
+    extra = [{k: j.pop(k) for k in ("tag", "split_k", "programs", "tiles")} for j in jobs]
 
     def progress(r):
         state = r.get("error", "").splitlines()[0][:80] if "error" in r else (

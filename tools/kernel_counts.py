@@ -5,6 +5,8 @@ two conventions:
 
 * the **main loop** is the loop with the most tensor-core instructions among those that store
   nothing to global memory (an epilogue's loop over coefficient tiles stores its outputs);
+  when none has any (a C_in loop of one block, unrolled away), the loop with the most among
+  all (then its body includes the per-tile epilogue, less the epilogue's own loop);
 * a global load reads **activations** when the kernel source statement it comes from (PTX
   ``.loc``: a line of that statement) carries the comment ``# l2: activations``; every other
   global load in the loop (basis and coefficient tiles) counts as "other".
@@ -25,7 +27,6 @@ from pathlib import Path
 TAG = "# l2: activations"
 
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-_SASS_BRA = re.compile(r"BRA\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))")
 
 
 def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
@@ -34,72 +35,89 @@ def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
 
 
 def _sass_loops(ins: list[tuple[int, str, str]]) -> list[list[tuple[int, str, str]]]:
-    loops = []
-    for i, (addr, op, rest) in enumerate(ins):
-        if not op.startswith("BRA"):
-            continue
-        m = re.search(r"0x([0-9a-f]+)", rest)
+    """Each loop's own instructions (those of loops nested in it left out): a backward
+    branch and its target bound the loop."""
+    ranges = []
+    for addr, op, rest in ins:
+        m = re.search(r"0x([0-9a-f]+)", rest) if op.startswith("BRA") else None
         if m and int(m.group(1), 16) < addr:
-            target = int(m.group(1), 16)
-            loops.append([x for x in ins[: i + 1] if x[0] >= target])
+            ranges.append((int(m.group(1), 16), addr))
+    loops = []
+    for lo, hi in ranges:
+        inner = [(a, b) for a, b in ranges if lo <= a and b <= hi and (a, b) != (lo, hi)]
+        loops.append(
+            [x for x in ins if lo <= x[0] <= hi and not any(a <= x[0] <= b for a, b in inner)]
+        )
     return loops
+
+
+def _main(loops: list, mma, stores):
+    """The main loop (module doc): the most tensor-core instructions among the loops that
+    store nothing; if none has any (its C_in loop unrolled away: a single block), among all."""
+    for candidates in ([b for b in loops if not stores(b)], loops):
+        best = max(candidates, key=mma, default=None)
+        if best is not None and mma(best):
+            return best
+    return None
 
 
 def sass_main_loop(sass: str) -> dict | None:
     """Instruction mix of the main loop body (module doc), or None without a loop."""
-    best = None
-    for body in _sass_loops(sass_instructions(sass)):
-        ops = Counter(op.split(".")[0] for _, op, _ in body if op != "NOP")
-        if ops["STG"] or not ops["HGMMA"]:
-            continue
-        if best is None or ops["HGMMA"] > best["HGMMA"]:
-            best = ops
-    if best is None:
+    body = _main(
+        _sass_loops(sass_instructions(sass)),
+        lambda b: sum(op.startswith("HGMMA") for _, op, _ in b),
+        lambda b: any(op.startswith("STG") for _, op, _ in b),
+    )
+    if body is None:
         return None
-    n = sum(best.values())
+    ops = Counter(op.split(".")[0] for _, op, _ in body if op != "NOP")
+    n = sum(ops.values())
     return {
         "instructions": n,
-        "wgmma": best["HGMMA"],
-        "instructions_per_wgmma": round(n / best["HGMMA"], 1),
-        "opcodes": dict(best.most_common(12)),
+        "wgmma": ops["HGMMA"],
+        "instructions_per_wgmma": round(n / ops["HGMMA"], 1),
+        "opcodes": dict(ops.most_common(12)),
     }
 
 
-_PTX_LABEL = re.compile(r"^(\$L__\w+):")
-_PTX_BRA = re.compile(r"\bbra(?:\.uni)?\s+(\$L__\w+);")
 _PTX_LOC = re.compile(r"^\s*\.loc\s+(\d+)\s+(\d+)")
 _PTX_FILE = re.compile(r'^\s*\.file\s+(\d+)\s+"([^"]+)"')
 
 
 def _ptx_loops(lines: list[str]) -> list[list[int]]:
-    """Line numbers of each loop's body, from the loop comments LLVM writes on block labels
-    (``=>This Inner Loop Header``, ``in Loop: Header=BB0_3``): a block runs from its label to
-    the next one, and the blocks of a loop need not be contiguous in the text (rotated)."""
-    # basic blocks start at $L__BB labels ($L__tmp labels are debug-line markers)
-    starts = [i for i, x in enumerate(lines) if x.startswith("$L__BB")]
+    """Line numbers of each loop's own blocks, from the loop comments LLVM writes on a block's
+    first lines (``=>This Loop Header``, ``in Loop: Header=BB0_3``); a block starts at a
+    ``$L__BB`` label or a ``// %bb.N:`` line and runs to the next one, and a loop's blocks need
+    not be contiguous (rotated loops). A nested loop's blocks belong to it alone."""
+    starts = [
+        i for i, x in enumerate(lines) if re.match(r"\$L__BB\w+:", x) or x.startswith("// %bb.")
+    ]
     loops: dict[str, list[int]] = {}
     for k, i in enumerate(starts):
-        label = _PTX_LABEL.match(lines[i].strip()).group(1)
         end = starts[k + 1] if k + 1 < len(starts) else len(lines)
-        m = re.search(r"in Loop: Header=(\w+)", lines[i])
-        if "Loop Header" in lines[i] and m is None:
-            header = label.removeprefix("$L__")
-        elif m:
-            header = m.group(1)
-        else:
-            continue
-        loops.setdefault(header, []).extend(range(i, end))
+        label = re.match(r"\$L__(BB\w+):", lines[i])
+        header = None
+        for j in range(i, end):
+            if j > i and not lines[j].lstrip().startswith("//"):
+                break
+            m = re.search(r"in Loop: Header=(\w+)", lines[j])
+            if m:
+                header = m.group(1)
+                break
+            if "Loop Header" in lines[j] and label:
+                header = label.group(1)
+                break
+        if header is not None:
+            loops.setdefault(header, []).extend(range(i, end))
     return list(loops.values())
 
 
 def _ptx_main_loop(lines: list[str]) -> list[int] | None:
-    best, best_mma = None, 0
-    for body in _ptx_loops(lines):
-        text = [lines[i] for i in body]
-        mma = sum("wgmma.mma_async" in x or "mma.sync" in x for x in text)
-        if mma > best_mma and not any(re.search(r"\bst\.global", x) for x in text):
-            best, best_mma = body, mma
-    return best
+    return _main(
+        _ptx_loops(lines),
+        lambda b: sum("wgmma.mma_async" in lines[i] or "mma.sync" in lines[i] for i in b),
+        lambda b: any(re.search(r"\bst\.global", lines[i]) for i in b),
+    )
 
 
 def ptx_loop_loads(ptx: str, threads: int) -> dict | None:

@@ -34,18 +34,20 @@ def _row(r: dict, shape) -> dict | None:
     bk, bm = b["BLOCK_K"], b["BLOCK_M"]
     taps = shape.KH * shape.KW
     n_cblk = math.ceil(shape.C_in / bk)
-    programs, split = r["programs"], r["split_k"]
+    programs, tiles, split = r["programs"], r["tiles"], r["split_k"]
     M, eb = shape.M, 2
     block_cb = max(16, 1 << (shape.C_b - 1).bit_length())
-    act = programs * n_cblk * per_cb["activations"]
-    other = programs * n_cblk * per_cb["other"]
+    act = tiles * n_cblk * per_cb["activations"]
+    other = tiles * n_cblk * per_cb["other"]
+    if b.get("RESIDENT"):  # the basis is copied once per (persistent) program, before the loop
+        other = programs * n_cblk * taps * block_cb * bk * eb
     act_l2 = act
     if r["kernel"] == "fwd_l1":  # perfect L1 reuse: the tile and its halo once per C_in block
         act_l2 = act * (bm + (shape.KH - 1) * shape.dilation * shape.W + shape.KW - 1) / (taps * bm)
     y = M * shape.C_out * eb + (2 * split * M * block_cb * 4 if split > 1 else 0)
-    flops = 2 * programs * bm * block_cb * shape.C_in * taps + 2 * M * shape.C_rest * shape.C_b
+    flops = 2 * tiles * bm * block_cb * shape.C_in * taps + 2 * M * shape.C_rest * shape.C_b
     instr = ml["instructions"] * (taps if ml["iteration"] == "tap" else 1)
-    issue = programs * n_cblk * instr * r["num_warps"] / (SMS * SCHED * CLOCK)
+    issue = tiles * n_cblk * instr * r["num_warps"] / (SMS * SCHED * CLOCK)
     tensor = flops / (0.7 * PEAK)
     launches = 2 if split > 1 else 1
     times = [

@@ -174,10 +174,12 @@ def _flags(g: ConvGeometry, x, y, z, bias, perm, store_z: bool, split: int) -> d
 
 
 def fwd_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z: bool,
-             split: int, cache: bool = False, kernel: str = "fwd") -> Launch:
+             split: int, cache: bool = False, kernel: str = "fwd",
+             sms: int | None = None) -> Launch:
     """``basis_conv_fwd_kernel``'s arguments (and those of the forward variants that take the
     same ones, named by ``kernel``). Absent operands (bias, perm, z, the workspace without
-    split-K) get ``x`` in their place: never read (their flags are off)."""
+    split-K) get ``x`` in their place: never read (their flags are off). ``sms``: unused (one
+    program per tile), as every forward builder takes it."""
     ptrs = (x, basis, coeff, x if bias is None else bias, x if perm is None else perm, y,
             z if store_z else x, ws)
 
@@ -198,7 +200,8 @@ def fwd_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z:
 
 
 def fwd_tma_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z: bool,
-                 split: int, cache: bool = False, kernel: str = "fwd_tma") -> Launch:
+                 split: int, cache: bool = False, kernel: str = "fwd_tma",
+                 sms: int | None = None) -> Launch:
     """``basis_conv_fwd_tma_kernel``'s arguments: v2's, with one program per 2-D tile of
     (TILE_N images, TILE_H rows, TILE_W cols) output pixels (the config's blocks)."""
     lc = fwd_args(g, x, basis, coeff, bias, perm, y, z, ws, store_z=store_z, split=split,
@@ -212,10 +215,12 @@ def fwd_tma_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, stor
 
 
 def fwd_halo_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z: bool,
-                  split: int, cache: bool = False, kernel: str = "fwd_halo") -> Launch:
+                  split: int, cache: bool = False, kernel: str = "fwd_halo",
+                  sms: int | None = None) -> Launch:
     """``basis_conv_fwd_halo_kernel``'s arguments: v2's pointers and strides, the geometry
-    as constexprs (it fixes the halo schedule), one program per tile of the virtual grid
-    (``kernels/halo_schedule.py``)."""
+    and C_in as constexprs (they fix the halo schedule and the resident basis's size), one
+    program per tile of the virtual grid (``kernels/halo_schedule.py``), or with the config's
+    ``RESIDENT`` two persistent programs per SM (``sms``; 132 when unknown)."""
     ptrs = (x, basis, coeff, x if bias is None else bias, x if perm is None else perm, y,
             z if store_z else x, ws)
 
@@ -224,18 +229,24 @@ def fwd_halo_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, sto
 
         M = g.pixels
         zs = z.stride() if store_z else (0, 0, 0, 0)
-        ints = (M, _configs().m_bucket(M), g.N, g.C_in, g.C_b, g.C_rest,
+        ints = (M, _configs().m_bucket(M), g.N, g.C_b, g.C_rest,
                 *x.stride(), *basis.stride(), *coeff.stride(), *y.stride(), *zs)
         geo = dict(H=g.H, W=g.W, Ho=g.Ho, Wo=g.Wo, KH=g.KH, KW=g.KW,
                    stride_h=g.stride[0], stride_w=g.stride[1], pad_h=g.padding[0],
                    pad_w=g.padding[1], dil_h=g.dilation[0], dil_w=g.dilation[1])
-        consts = dict(**geo, **_flags(g, x, y, z, bias, perm, store_z, split))
+        consts = dict(C_in=g.C_in, **geo, **_flags(g, x, y, z, bias, perm, store_z, split))
         sched = tuple(geo.values())
-        return ints, consts, lambda meta: (hs.num_tiles(sched, g.N, meta["BLOCK_M"]), split)
+        persistent = 2 * (sms or 132)
+
+        def grid(meta):
+            tiles = hs.num_tiles(sched, g.N, meta["BLOCK_M"])
+            return (min(tiles, persistent) if meta["RESIDENT"] else tiles, split)
+
+        return ints, consts, grid
 
     key = ((kernel, g, x.stride(), basis.stride(), coeff.stride(), y.stride(),
             z.stride() if store_z else None, split, bias is None, perm is None,
-            _precision(x.dtype)) if cache else None)
+            _precision(x.dtype), sms) if cache else None)
     ints, consts, grid = _scalars(key, build)
     return Launch(kernel, grid, ptrs + ints, consts)
 
@@ -382,7 +393,7 @@ def plan_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool,
     def build(name: str) -> Launch:
         return globals()[configs.RECORDS[name].builder](
             g, x, basis, coeff, bias, perm, y, z, ws, store_z=store_z, split=split,
-            cache=cache, kernel=name)
+            cache=cache, kernel=name, sms=sms)
 
     launches = [build(variant(build) if callable(variant) else variant)]
     if split > 1:
