@@ -151,6 +151,12 @@ BENCH_CASES = _bench_cases()
 VARIANT_CASES = _variant_cases()
 
 
+def _counted(c: Case) -> bool:
+    """Whether a case's report needs its main loop's counts (the forward kernels at the
+    variants' shapes: the claims below compare them)."""
+    return c.kernel in ("fwd", *VARIANTS) and c.tag in VARIANT_SHAPES
+
+
 @pytest.fixture(scope="session")
 def compiled(request) -> dict:
     """Reports for every Case selected in this session, compiled in one parallel batch."""
@@ -160,7 +166,8 @@ def compiled(request) -> dict:
         if isinstance(case, Case) and case not in cases:
             cases.append(case)
     jobs = [{"name": c.kernel, "config": aot.all_configs(c.kernel)[c.config], "cfg_name": c.config,
-             "arch": c.arch, "dtype": c.dtype, "shape": c.shape} for c in cases]
+             "arch": c.arch, "dtype": c.dtype, "shape": c.shape, "counts": _counted(c)}
+            for c in cases]
     yield dict(zip(cases, aot.compile_many(jobs)))
     aot.shutdown_workers()
 
@@ -319,8 +326,8 @@ def _v2_at(tag: str, compiled: dict) -> list[tuple[Case, dict]]:
     todo = [c for c in cases if c not in compiled]
     if todo:
         jobs = [{"name": c.kernel, "config": aot.all_configs(c.kernel)[c.config],
-                 "cfg_name": c.config, "arch": 90, "dtype": "bf16", "shape": c.shape}
-                for c in todo]
+                 "cfg_name": c.config, "arch": 90, "dtype": "bf16", "shape": c.shape,
+                 "counts": True} for c in todo]
         compiled.update(zip(todo, aot.compile_many(jobs)))
     return [(c, compiled[c]) for c in cases]
 

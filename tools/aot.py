@@ -386,7 +386,8 @@ def _interpreted_process() -> bool:
 
 def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
                    shape: Shape = REPRESENTATIVE, cfg_name: str | None = None,
-                   specialize: bool = True, keep_asm: bool = False) -> dict:
+                   specialize: bool = True, keep_asm: bool = False,
+                   counts: bool = False) -> dict:
     """Compile kernel ``name`` with ``config`` (``{"blocks", "num_warps", "num_stages"}``) for
     ``sm_<arch>`` and return a report dict. Raises if triton fails to compile.
 
@@ -400,10 +401,13 @@ def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
     fits_registers, tensor_core_instr (``"wgmma"`` if the PTX has wgmma.mma_async, else
     ``"mma.sync"`` if it has mma.sync, else None), uses_tensor_cores (either), and
     expected_tensor_core_instr (see :func:`expected_tensor_core_instr`), compile_seconds (wall
-    time of triton.compile; small on a hit in triton's on-disk cache), shape.
+    time of triton.compile; small on a hit in triton's on-disk cache), shape, load_kinds, and
+    with ``counts`` main_loop (:func:`_main_loop`: SASS and PTX counts of the main loop; a
+    cuobjdump pass more, so only on request).
     ``registers`` cannot exceed 255 (ptxas spills instead): ``spills`` is the number to watch."""
     job = {"name": name, "config": dict(config), "dtype": dtype, "arch": arch, "shape": shape,
-           "cfg_name": cfg_name, "specialize": specialize, "keep_asm": keep_asm}
+           "cfg_name": cfg_name, "specialize": specialize, "keep_asm": keep_asm,
+           "counts": counts}
     if _interpreted_process():
         return aot_workers.workers(1)[0].call(job)
     return _compile_here(**job)
@@ -411,7 +415,8 @@ def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
 
 def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
                   shape: Shape = REPRESENTATIVE, cfg_name: str | None = None,
-                  specialize: bool = True, keep_asm: bool = False) -> dict:
+                  specialize: bool = True, keep_asm: bool = False,
+                  counts: bool = False) -> dict:
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -478,7 +483,7 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
             "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor", ptx)),
         },
         **loops,
-        "main_loop": _main_loop(name, compiled, config, shape),
+        "main_loop": _main_loop(name, compiled, config, shape) if counts else None,
         "compile_seconds": round(seconds, 3),
         "shape": dataclasses.asdict(shape),
     }
@@ -522,7 +527,7 @@ def _error_report(job: dict, e: BaseException) -> dict:
 
 def compile_many(jobs: list[dict], workers: int | None = None, progress=None) -> list[dict]:
     """Run :func:`compile_kernel` for each job (a dict of its keyword arguments: name, config,
-    and optionally dtype, arch, shape, cfg_name, specialize, keep_asm) in ``workers`` worker
+    and optionally dtype, arch, shape, cfg_name, specialize, keep_asm, counts) in ``workers`` worker
     processes (default: one per CPU; each compile is single-threaded). Returns the reports in
     job order; a job that fails gets ``{"kernel", "config", "arch", "dtype", "error"}`` instead
     of stopping the rest. ``progress(report)`` is called as each one finishes.

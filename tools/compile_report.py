@@ -151,7 +151,8 @@ def _variant_jobs(ratios) -> list[dict]:
                 tiles = lc.grid({**cfg["blocks"], "RESIDENT": 0})[0]
                 jobs.append({"name": name, "config": cfg, "cfg_name": aot.config_name(name, cfg),
                              "arch": 90, "dtype": "bf16", "shape": shape, "tag": tag,
-                             "split_k": kps["SPLIT_K"], "programs": programs, "tiles": tiles})
+                             "split_k": kps["SPLIT_K"], "programs": programs, "tiles": tiles,
+                             "counts": True})
     return jobs
 
 
