@@ -64,8 +64,9 @@ class Case:
 
     @property
     def id(self) -> str:
-        return "-".join(p for p in (self.kernel, self.config, f"sm{self.arch}", self.dtype,
-                                    self.tag) if p)
+        return "-".join(
+            p for p in (self.kernel, self.config, f"sm{self.arch}", self.dtype, self.tag) if p
+        )
 
 
 # Shapes where the register model must hold: NCHW operands and fp32 (TF32) operands, with
@@ -77,8 +78,9 @@ WIDE_SHAPE = aot.Shape(C_out=128)
 def _kept(kernel: str, shape: aot.Shape, dtype: str, arch: int = 90) -> list[str]:
     """The configs the launchers' autotuner prunes to for ``kernel`` at ``shape`` on
     ``sm_<arch>``."""
-    kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()),
-                         aot.prune_shape(shape, dtype, arch, kernel))
+    kept = configs.prune(
+        kernel, list(configs.CONFIGS[kernel].values()), aot.prune_shape(shape, dtype, arch, kernel)
+    )
     return [aot.config_name(kernel, c) for c in kept]
 
 
@@ -114,10 +116,14 @@ def _config_cases() -> list[Case]:
                 cases += [Case(kernel, n, arch, "bf16") for n in names]
             cases += [Case(kernel, names[0], arch, dt) for dt in ("fp16", "fp32")]
             # every config the autotuner may run for NCHW bf16 and NHWC fp32 inputs
-            cases += [Case(kernel, n, arch, "bf16", NCHW_SHAPE, "nchw")
-                      for n in _kept(kernel, NCHW_SHAPE, "bf16", arch)]
-            cases += [Case(kernel, n, arch, "fp32", WIDE_SHAPE, "wide")
-                      for n in _kept(kernel, WIDE_SHAPE, "fp32", arch)]
+            cases += [
+                Case(kernel, n, arch, "bf16", NCHW_SHAPE, "nchw")
+                for n in _kept(kernel, NCHW_SHAPE, "bf16", arch)
+            ]
+            cases += [
+                Case(kernel, n, arch, "fp32", WIDE_SHAPE, "wide")
+                for n in _kept(kernel, WIDE_SHAPE, "fp32", arch)
+            ]
     return cases
 
 
@@ -126,8 +132,11 @@ def _kept_at_max_cb(kernel: str) -> list[str]:
 
 
 def _max_cb_cases() -> list[Case]:
-    return [Case(k, n, 90, "bf16", MAX_CB_SHAPE, "cbmax")
-            for k in ("fwd", "grad_z") for n in _kept_at_max_cb(k)]
+    return [
+        Case(k, n, 90, "bf16", MAX_CB_SHAPE, "cbmax")
+        for k in ("fwd", "grad_z")
+        for n in _kept_at_max_cb(k)
+    ]
 
 
 # v3 forward variants (variant_of="fwd"): every config prune keeps at the ResNet18 3x3 stride-1
@@ -165,17 +174,28 @@ def compiled(request) -> dict:
         case = getattr(item, "callspec", None) and item.callspec.params.get("case")
         if isinstance(case, Case) and case not in cases:
             cases.append(case)
-    jobs = [{"name": c.kernel, "config": aot.all_configs(c.kernel)[c.config], "cfg_name": c.config,
-             "arch": c.arch, "dtype": c.dtype, "shape": c.shape, "counts": _counted(c)}
-            for c in cases]
+    jobs = [
+        {
+            "name": c.kernel,
+            "config": aot.all_configs(c.kernel)[c.config],
+            "cfg_name": c.config,
+            "arch": c.arch,
+            "dtype": c.dtype,
+            "shape": c.shape,
+            "counts": _counted(c),
+        }
+        for c in cases
+    ]
     yield dict(zip(cases, aot.compile_many(jobs)))
     aot.shutdown_workers()
 
 
 def _describe(r: dict) -> str:
-    return (f"{r['kernel']}/{r['config']} sm_{r['arch']} {r['dtype']}: regs={r['registers']} "
-            f"stack={r['stack_bytes']}B spills={r['spills']}B shared={r['shared_bytes']}B "
-            f"(limit {r['shared_limit']}B) mma={r['tensor_core_instr']}")
+    return (
+        f"{r['kernel']}/{r['config']} sm_{r['arch']} {r['dtype']}: regs={r['registers']} "
+        f"stack={r['stack_bytes']}B spills={r['spills']}B shared={r['shared_bytes']}B "
+        f"(limit {r['shared_limit']}B) mma={r['tensor_core_instr']}"
+    )
 
 
 def _check(case: Case, r: dict) -> None:
@@ -193,11 +213,13 @@ def _check(case: Case, r: dict) -> None:
     # TRITONBASIS_STRICT_COMPILE_TIER=1 every config must be spill-free.
     cfg = aot.all_configs(case.kernel)[case.config]
     kept = case.config == "FIXED" or aot.kept_by_prune(
-        case.kernel, cfg, case.shape, case.dtype, case.arch)
+        case.kernel, cfg, case.shape, case.dtype, case.arch
+    )
     if kept or STRICT:
         assert r["spills"] == 0, (
             f"register spills in a config prune keeps ({'kept' if kept else 'strict'}): "
-            f"{_describe(r)}")
+            f"{_describe(r)}"
+        )
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.id for c in CONFIG_CASES])
@@ -219,8 +241,9 @@ def test_prune_keeps_configs_at_max_basis(kernel: str) -> None:
     assert all(c in configs.CONFIGS[kernel].values() for c in kept)
     # Kept by the rule, not by prune's last-resort fallback: accumulators within the budget.
     for c in kept:
-        regs = configs.acc_registers(kernel, c, shape["BLOCK_CB"], shape["elem_bytes"],
-                                     shape["SPLIT_K"])
+        regs = configs.acc_registers(
+            kernel, c, shape["BLOCK_CB"], shape["elem_bytes"], shape["SPLIT_K"]
+        )
         assert regs <= configs.budget(shape, kernel), (aot.config_name(kernel, c), regs)
 
 
@@ -248,8 +271,9 @@ def test_prune_drops_what_spilled() -> None:
 
 
 @pytest.mark.parametrize("case", BENCH_CASES, ids=[c.id for c in BENCH_CASES])
-def test_kept_configs_at_benchmark_shapes_are_wgmma_without_spills(case: Case,
-                                                                   compiled: dict) -> None:
+def test_kept_configs_at_benchmark_shapes_are_wgmma_without_spills(
+    case: Case, compiled: dict
+) -> None:
     """Issue 9: every config prune keeps at a benchmark shape compiles to wgmma on sm_90 with
     0 spills; the forward is one software-pipelined K loop fed by async copies."""
     r = compiled[case]
@@ -303,12 +327,12 @@ def test_aot_cache_keys_match_the_runtime() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     tools = str(Path(__file__).resolve().parents[1] / "tools")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
-    r = subprocess.run([sys.executable, "-c", _KEY_PROBE], capture_output=True, text=True,
-                       env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", _KEY_PROBE], capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(r.stdout.strip().splitlines()[-1])
-    assert {n for n, *_ in rows} >= {"fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad",
-                                     "bwd_reduce"}
+    assert {n for n, *_ in rows} >= {"fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad", "bwd_reduce"}
     differ = [(n, tag) for n, tag, aot_key, rt_key in rows if aot_key != rt_key]
     assert not differ, f"AOT and runtime cache keys differ for {differ}"
 
@@ -325,9 +349,18 @@ def _v2_at(tag: str, compiled: dict) -> list[tuple[Case, dict]]:
     cases = [c for c in BENCH_CASES if c.kernel == "fwd" and c.tag == tag]
     todo = [c for c in cases if c not in compiled]
     if todo:
-        jobs = [{"name": c.kernel, "config": aot.all_configs(c.kernel)[c.config],
-                 "cfg_name": c.config, "arch": 90, "dtype": "bf16", "shape": c.shape,
-                 "counts": True} for c in todo]
+        jobs = [
+            {
+                "name": c.kernel,
+                "config": aot.all_configs(c.kernel)[c.config],
+                "cfg_name": c.config,
+                "arch": 90,
+                "dtype": "bf16",
+                "shape": c.shape,
+                "counts": True,
+            }
+            for c in todo
+        ]
         compiled.update(zip(todo, aot.compile_many(jobs)))
     return [(c, compiled[c]) for c in cases]
 
@@ -356,8 +389,9 @@ def test_variant_kept_configs_compile_to_wgmma_without_spills(case: Case, compil
         assert kinds["tma"] > 0 and kinds["ld.global"] == 0, kinds
 
 
-@pytest.mark.parametrize("case", [c for c in VARIANT_CASES if c.kernel == "fwd_tma"],
-                         ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "case", [c for c in VARIANT_CASES if c.kernel == "fwd_tma"], ids=lambda c: c.id
+)
 def test_tma_variant_issues_fewer_instructions_per_wgmma_than_v2(case: Case, compiled: dict):
     """No address or mask arithmetic per activation row: the main loop issues fewer
     instructions per wgmma than any v2 config kept at the shape."""
@@ -365,8 +399,9 @@ def test_tma_variant_issues_fewer_instructions_per_wgmma_than_v2(case: Case, com
     assert compiled[case]["main_loop"]["instructions_per_wgmma"] < v2
 
 
-@pytest.mark.parametrize("case", [c for c in VARIANT_CASES if c.kernel == "fwd_halo"],
-                         ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "case", [c for c in VARIANT_CASES if c.kernel == "fwd_halo"], ids=lambda c: c.id
+)
 def test_halo_variant_reads_a_fifth_of_v2s_activation_bytes(case: Case, compiled: dict):
     """The point of the halo tile, counted from both compiled kernels: the activation bytes
     one forward requests from global (L2) are <= 1/5 of v2's at every 3x3 stride-1 benchmark

@@ -112,9 +112,21 @@ def bench_shapes(group: str = "resnet18_cifar", ratios=("1/4",)) -> dict[str, Sh
             if cb > MAX_BASIS_CHANNELS:
                 continue
             out[f"{c.name}.cb{cb}"] = Shape(
-                N=c.N, C_in=c.C_in, H=c.H, W=c.W, C_out=c.C_out, C_b=cb, KH=c.k, KW=c.k,
-                stride=c.stride, padding=c.padding, dilation=c.dilation, bias=False,
-                keep_basis=True, channels_last=True)
+                N=c.N,
+                C_in=c.C_in,
+                H=c.H,
+                W=c.W,
+                C_out=c.C_out,
+                C_b=cb,
+                KH=c.k,
+                KW=c.k,
+                stride=c.stride,
+                padding=c.padding,
+                dilation=c.dilation,
+                bias=False,
+                keep_basis=True,
+                channels_last=True,
+            )
     return out
 
 
@@ -160,8 +172,7 @@ def _meta_inputs(shape: Shape, dtype: str):
     return x, basis, coeff, bias, g
 
 
-def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
-                  arch: int = 90):
+def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90):
     """The :class:`tritonbasis.op.launch_plan.Launch` of kernel ``name`` that the launchers
     build for ``shape`` on a GPU with ``SMS[arch]`` SMs: the forward in training (the full
     form saves Z), the backward with every gradient requested (d bias if the shape has a
@@ -175,20 +186,21 @@ def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
     if name == "fwd_reduce":
         split = max(2, launch_plan.fwd_split_k(g.pixels, g.C_in, g.KH, g.KW, g.C_b, sms))
     variant = name if _record(name).variant_of == "fwd" else "fwd"
-    launches, (out, z) = launch_plan.plan_forward(x, basis, coeff, bias, None, g, True, sms,
-                                                  split=split, variant=variant)
+    launches, (out, z) = launch_plan.plan_forward(
+        x, basis, coeff, bias, None, g, True, sms, split=split, variant=variant
+    )
     if name not in ("fwd", "fwd_reduce") and variant == "fwd":
         import torch
 
         grad = torch.empty_like(out)
         mask = (True, True, True, bias is not None)
-        launches, _ = launch_plan.plan_backward(grad, x, basis, coeff, out, z, bias, None, g,
-                                                mask, sms)
+        launches, _ = launch_plan.plan_backward(
+            grad, x, basis, coeff, out, z, bias, None, g, mask, sms
+        )
     for lc in launches:
         if lc.kernel == name:
             return lc
-    raise KeyError(f"unknown kernel {name!r} (the plans launch "
-                   f"{[lc.kernel for lc in launches]})")
+    raise KeyError(f"unknown kernel {name!r} (the plans launch {[lc.kernel for lc in launches]})")
 
 
 def _named(name: str, lc) -> dict:
@@ -196,13 +208,20 @@ def _named(name: str, lc) -> dict:
     kernel's signature, so the positional arguments are its first parameters)."""
     params = [p for p in _jit_function(name).params if not p.is_constexpr]
     if len(params) != len(lc.args):
-        raise ValueError(f"{name}: the plan passes {len(lc.args)} arguments, the kernel has "
-                         f"{len(params)} runtime parameters")
+        raise ValueError(
+            f"{name}: the plan passes {len(lc.args)} arguments, the kernel has "
+            f"{len(params)} runtime parameters"
+        )
     return {p.name: a for p, a in zip(params, lc.args)}
 
 
-_PTR_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "int64": "i64",
-               "int32": "i32"}
+_PTR_DTYPES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "float32": "fp32",
+    "int64": "i64",
+    "int32": "i32",
+}
 
 
 def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90):
@@ -221,8 +240,9 @@ def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, a
     return ptrs, ints, dict(lc.consts)
 
 
-def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90,
-                kernel: str = "fwd") -> dict:
+def prune_shape(
+    shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90, kernel: str = "fwd"
+) -> dict:
     """What ``configs.prune`` sees for kernel ``kernel``'s launch at ``shape`` on ``sm_<arch>``
     (its arguments by name, the layout operand's element size and NCHW-ness, ``arch``: what
     the launchers' autotuner passes it, :func:`tritonbasis.op.launchers.prune_input`). The
@@ -234,23 +254,36 @@ def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 
     named = {**_named(kernel, lc), **lc.consts}
     if kernel != "fwd":  # grad_x / wgrad / grad_z launches lack some of these
         fwd = kernel_launch("fwd", dtype, shape, arch)
-        named = {**{k: v for k, v in {**_named("fwd", fwd), **fwd.consts}.items()
-                    if k in ("C_in", "C_b", "C_rest", "KH", "KW", "BLOCK_CB", "SPLIT_K")},
-                 **named}
+        named = {
+            **{
+                k: v
+                for k, v in {**_named("fwd", fwd), **fwd.consts}.items()
+                if k in ("C_in", "C_b", "C_rest", "KH", "KW", "BLOCK_CB", "SPLIT_K")
+            },
+            **named,
+        }
     return prune_input(kernel, named, arch)
 
 
-def kept_by_prune(name: str, cfg: dict, shape: Shape = REPRESENTATIVE,
-                  dtype: str = "bf16", arch: int = 90) -> bool:
+def kept_by_prune(
+    name: str, cfg: dict, shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90
+) -> bool:
     """Whether the launcher's autotuner would consider ``cfg`` for this shape and dtype."""
     from tritonbasis.kernels import configs
 
-    return cfg in configs.prune(name, list(configs.RECORDS[name].configs.values()),
-                                prune_shape(shape, dtype, arch, name))
+    return cfg in configs.prune(
+        name, list(configs.RECORDS[name].configs.values()), prune_shape(shape, dtype, arch, name)
+    )
 
 
-def build_source(name: str, blocks: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
-                 arch: int = 90, specialize: bool = True):
+def build_source(
+    name: str,
+    blocks: dict,
+    dtype: str = "bf16",
+    shape: Shape = REPRESENTATIVE,
+    arch: int = 90,
+    specialize: bool = True,
+):
     """``triton.compiler.ASTSource`` for ``name`` with ``blocks`` (the config's BLOCK_*).
 
     ``specialize=True`` applies JITFunction's launch-time specialisation (an int == 1 becomes a
@@ -305,16 +338,21 @@ def _source_class(fn):
     return ASTSource
 
 
-def cache_key(name: str, config: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
-              arch: int = 90) -> str:
+def cache_key(
+    name: str, config: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90
+) -> str:
     """The on-disk cache key (``triton.compile``'s) of this compile tier's source for kernel
     ``name`` with ``config`` at ``shape``: the folder ``~/.triton/cache/<key>`` it fills."""
-    return _key(build_source(name, dict(config["blocks"]), dtype, shape, arch), arch,
-                {"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
+    return _key(
+        build_source(name, dict(config["blocks"]), dtype, shape, arch),
+        arch,
+        {"num_warps": config["num_warps"], "num_stages": config["num_stages"]},
+    )
 
 
-def runtime_cache_key(name: str, config: dict, dtype: str = "bf16",
-                      shape: Shape = REPRESENTATIVE, arch: int = 90) -> str:
+def runtime_cache_key(
+    name: str, config: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90
+) -> str:
     """The cache key a launch of kernel ``name`` with ``config`` at ``shape`` computes: the
     launch plan's arguments through the kernel's runtime binder and ``_pack_args`` (what
     ``JITFunction.run`` does before ``triton.compile``), with the meta tensors standing in
@@ -328,9 +366,14 @@ def runtime_cache_key(name: str, config: dict, dtype: str = "bf16",
     lc = kernel_launch(name, dtype, shape, arch)
     backend = make_backend(GPUTarget("cuda", arch, 32))
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {**lc.consts, **config["blocks"], "num_warps": config["num_warps"],
-              "num_stages": config["num_stages"], "debug": False,
-              "instrumentation_mode": knobs.compilation.instrumentation_mode}
+    kwargs = {
+        **lc.consts,
+        **config["blocks"],
+        "num_warps": config["num_warps"],
+        "num_stages": config["num_stages"],
+        "debug": False,
+        "instrumentation_mode": knobs.compilation.instrumentation_mode,
+    }
     bound, spec, options = binder(*lc.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
     return _key(_source_class(fn)(fn, signature, constexprs, attrs), arch, options.__dict__)
@@ -384,10 +427,17 @@ def _interpreted_process() -> bool:
     )
 
 
-def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
-                   shape: Shape = REPRESENTATIVE, cfg_name: str | None = None,
-                   specialize: bool = True, keep_asm: bool = False,
-                   counts: bool = False) -> dict:
+def compile_kernel(
+    name: str,
+    config: dict,
+    dtype: str = "bf16",
+    arch: int = 90,
+    shape: Shape = REPRESENTATIVE,
+    cfg_name: str | None = None,
+    specialize: bool = True,
+    keep_asm: bool = False,
+    counts: bool = False,
+) -> dict:
     """Compile kernel ``name`` with ``config`` (``{"blocks", "num_warps", "num_stages"}``) for
     ``sm_<arch>`` and return a report dict. Raises if triton fails to compile.
 
@@ -405,18 +455,33 @@ def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
     with ``counts`` main_loop (:func:`_main_loop`: SASS and PTX counts of the main loop; a
     cuobjdump pass more, so only on request).
     ``registers`` cannot exceed 255 (ptxas spills instead): ``spills`` is the number to watch."""
-    job = {"name": name, "config": dict(config), "dtype": dtype, "arch": arch, "shape": shape,
-           "cfg_name": cfg_name, "specialize": specialize, "keep_asm": keep_asm,
-           "counts": counts}
+    job = {
+        "name": name,
+        "config": dict(config),
+        "dtype": dtype,
+        "arch": arch,
+        "shape": shape,
+        "cfg_name": cfg_name,
+        "specialize": specialize,
+        "keep_asm": keep_asm,
+        "counts": counts,
+    }
     if _interpreted_process():
         return aot_workers.workers(1)[0].call(job)
     return _compile_here(**job)
 
 
-def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
-                  shape: Shape = REPRESENTATIVE, cfg_name: str | None = None,
-                  specialize: bool = True, keep_asm: bool = False,
-                  counts: bool = False) -> dict:
+def _compile_here(
+    name: str,
+    config: dict,
+    dtype: str = "bf16",
+    arch: int = 90,
+    shape: Shape = REPRESENTATIVE,
+    cfg_name: str | None = None,
+    specialize: bool = True,
+    keep_asm: bool = False,
+    counts: bool = False,
+) -> dict:
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -424,8 +489,10 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
     if arch not in SHARED_LIMIT:
         raise ValueError(f"arch must be one of {sorted(SHARED_LIMIT)}, got {arch}")
     if _interpreted_process():
-        raise RuntimeError("cannot compile in a process that imported triton under "
-                           "TRITON_INTERPRET=1; use compile_kernel (it uses a clean worker)")
+        raise RuntimeError(
+            "cannot compile in a process that imported triton under "
+            "TRITON_INTERPRET=1; use compile_kernel (it uses a clean worker)"
+        )
     src = build_source(name, dict(config["blocks"]), dtype, shape, arch, specialize)
     opts = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     t0 = time.perf_counter()
@@ -471,7 +538,8 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
         "tensor_core_instr": instr,
         "uses_tensor_cores": instr is not None,
         "expected_tensor_core_instr": tc.expected_tensor_core_instr(
-            _record(name).dot_m, config, arch),
+            _record(name).dot_m, config, arch
+        ),
         "wgmma_shapes": tc.wgmma_shapes(ptx),
         "async_copies": bool(re.search(r"\bcp\.async\b", ptx)),
         # global loads by kind, whole kernel (PTX): cp.async (16-byte copies to shared), plain
@@ -504,8 +572,12 @@ def _main_loop(name: str, compiled, config: dict, shape: Shape) -> dict | None:
     if loads is not None and it in ("tap", "cblock"):
         n = shape.KH * shape.KW if it == "tap" else 1
         per_cblock = {k: loads[k] * n for k in ("activations", "other")}
-    return {**(counts or {}), "iteration": it, "loads_per_iteration": loads,
-            "loads_per_cblock": per_cblock}
+    return {
+        **(counts or {}),
+        "iteration": it,
+        "loads_per_iteration": loads,
+        "loads_per_cblock": per_cblock,
+    }
 
 
 def all_configs(name: str) -> dict[str, dict]:
@@ -520,9 +592,13 @@ def _default_workers() -> int:
 
 
 def _error_report(job: dict, e: BaseException) -> dict:
-    return {"kernel": job["name"], "config": job.get("cfg_name") or "custom",
-            "arch": job.get("arch", 90), "dtype": job.get("dtype", "bf16"),
-            "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+    return {
+        "kernel": job["name"],
+        "config": job.get("cfg_name") or "custom",
+        "arch": job.get("arch", 90),
+        "dtype": job.get("dtype", "bf16"),
+        "error": f"{type(e).__name__}: {str(e)[:2000]}",
+    }
 
 
 def compile_many(jobs: list[dict], workers: int | None = None, progress=None) -> list[dict]:
@@ -578,8 +654,14 @@ def all_jobs(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESE
     autotuned = [n for n, r in RECORDS.items() if r.configs and r.variant_of is None]
 
     return [
-        {"name": name, "config": cfg, "cfg_name": cname, "arch": arch, "dtype": dtype,
-         "shape": shape}
+        {
+            "name": name,
+            "config": cfg,
+            "cfg_name": cname,
+            "arch": arch,
+            "dtype": dtype,
+            "shape": shape,
+        }
         for name in (kernels or autotuned)
         for cname, cfg in all_configs(name).items()
         for arch in archs
@@ -587,8 +669,14 @@ def all_jobs(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESE
     ]
 
 
-def compile_all(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESENTATIVE,
-                workers: int | None = None, progress=None) -> list[dict]:
+def compile_all(
+    archs=ARCHS,
+    dtypes=("bf16",),
+    kernels=None,
+    shape: Shape = REPRESENTATIVE,
+    workers: int | None = None,
+    progress=None,
+) -> list[dict]:
     """Reports for every kernel x config (record configs + fixed) x arch x dtype, compiled in
     ``workers`` processes. A config that fails to compile gets a report with ``error`` set
     instead of stopping the sweep."""

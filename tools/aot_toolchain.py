@@ -58,8 +58,13 @@ def resource_usage(cubin: bytes, kernel_name: str) -> dict:
         with open(path, "wb") as f:
             f.write(cubin)
         try:
-            out = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", path],
-                                 check=True, capture_output=True, text=True, timeout=120).stdout
+            out = subprocess.run(
+                [tool("cuobjdump"), "--dump-resource-usage", path],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
         except Exception:
             return {}
     m = re.search(rf"Function {re.escape(kernel_name)}:\s*\n\s*(.*)", out)
@@ -76,8 +81,13 @@ def sass(cubin: bytes) -> str:
         with open(path, "wb") as f:
             f.write(cubin)
         try:
-            return subprocess.run([tool("cuobjdump"), "-sass", path], check=True,
-                                  capture_output=True, text=True, timeout=300).stdout
+            return subprocess.run(
+                [tool("cuobjdump"), "-sass", path],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            ).stdout
         except Exception:
             return ""
 
@@ -92,8 +102,15 @@ def ptxas_spills(ptx: str, arch: int) -> dict:
         with open(src, "w") as f:
             f.write(ptx)
         gpu = sm_arch_from_capability(arch)
-        cmd = [tool("ptxas", arch), "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src,
-               "-o", os.path.join(d, "k.o")]
+        cmd = [
+            tool("ptxas", arch),
+            "-v",
+            "--regAllocOptLevel=2",
+            f"--gpu-name={gpu}",
+            src,
+            "-o",
+            os.path.join(d, "k.o"),
+        ]
         try:
             run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
             log = run.stderr

@@ -37,9 +37,20 @@ import torch
 from .geometry import ConvGeometry
 from .launch_plan import Launch, plan_backward, plan_forward
 
-__all__ = ["ENV_VARIANT", "Launch", "autotune_enabled", "backward", "force_forward_variant",
-           "forward", "forward_variant", "interpreted",
-           "prune_input", "run", "source_hash", "triton_version"]
+__all__ = [
+    "ENV_VARIANT",
+    "Launch",
+    "autotune_enabled",
+    "backward",
+    "force_forward_variant",
+    "forward",
+    "forward_variant",
+    "interpreted",
+    "prune_input",
+    "run",
+    "source_hash",
+    "triton_version",
+]
 
 
 @functools.cache
@@ -87,8 +98,7 @@ def prune_input(name: str, named: dict, arch: int | None = None) -> dict:
     if arch is None and t.is_cuda:
         major, minor = torch.cuda.get_device_capability(t.device)
         arch = 10 * major + minor
-    return {**named, "elem_bytes": t.element_size(), "nchw": named[chan_stride] != 1,
-            "arch": arch}
+    return {**named, "elem_bytes": t.element_size(), "nchw": named[chan_stride] != 1, "arch": arch}
 
 
 @functools.cache
@@ -244,9 +254,11 @@ def _verified_variants(index: int | None) -> tuple[str, ...]:
 
     major, minor = torch.cuda.get_device_capability(index)
     entries = verified.load()
-    return tuple(v for v in _kernels()[1].VARIANTS.get("fwd", ())[1:]
-                 if verified.passed(entries, v, f"{major}.{minor}", triton_version(),
-                                    source_hash(v)))
+    return tuple(
+        v
+        for v in _kernels()[1].VARIANTS.get("fwd", ())[1:]
+        if verified.passed(entries, v, f"{major}.{minor}", triton_version(), source_hash(v))
+    )
 
 
 @functools.cache
@@ -265,8 +277,9 @@ def _named(lc: Launch) -> dict:
 def forward_variant(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool) -> str:
     """The forward kernel (record name) :func:`forward` runs for these arguments."""
     with _device_guard(x):
-        launches, _ = plan_forward(x, basis, coeff, bias, perm, g, need_z, _sms(x.device),
-                                   variant=_variant(x))
+        launches, _ = plan_forward(
+            x, basis, coeff, bias, perm, g, need_z, _sms(x.device), variant=_variant(x)
+        )
     return launches[0].kernel
 
 
@@ -275,8 +288,11 @@ def _variant(x):
     default, decided from two cached values), else the chooser for ``plan_forward``."""
     forced = _forced()
     if forced is None:
-        index = (x.device.index if x.device.index is not None else torch.cuda.current_device()
-                 ) if x.is_cuda else None
+        index = (
+            (x.device.index if x.device.index is not None else torch.cuda.current_device())
+            if x.is_cuda
+            else None
+        )
         candidates = _verified_variants(index)
         if not candidates:
             return "fwd"
@@ -291,8 +307,13 @@ def _choose(candidates: tuple, forced: bool, dtype, build) -> str:
     a variant's launch over the plan's tensors."""
     records = _kernels()[1].RECORDS
     named = _named(build("fwd"))
-    ok = [v for v in candidates if v != "fwd" and records[v].applies(named)
-          and (records[v].interpretable or not interpreted())]
+    ok = [
+        v
+        for v in candidates
+        if v != "fwd"
+        and records[v].applies(named)
+        and (records[v].interpretable or not interpreted())
+    ]
     if forced or not ok:
         return ok[0] if ok else "fwd"
     key = (tuple(ok), *(named[k] for k in records["fwd"].key), dtype)
@@ -317,8 +338,9 @@ def _measure(variants: list[str], build) -> str:
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     """``(y, z_saved)``, as :func:`tritonbasis.op.reference.forward`."""
     with _device_guard(x):
-        launches, out = plan_forward(x, basis, coeff, bias, perm, g, need_z, _sms(x.device),
-                                     variant=_variant(x))
+        launches, out = plan_forward(
+            x, basis, coeff, bias, perm, g, need_z, _sms(x.device), variant=_variant(x)
+        )
         run(launches)
     return out
 
@@ -327,7 +349,8 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, m
     """Gradients ``(dx, dbasis, dcoeff, dbias)`` (see :func:`plan_backward`); an unrequested
     one is an empty tensor."""
     with _device_guard(grad):
-        launches, grads = plan_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
-                                        mask, _sms(grad.device))
+        launches, grads = plan_backward(
+            grad, x, basis, coeff, out, z_saved, bias, perm, g, mask, _sms(grad.device)
+        )
         run(launches)
     return grads
