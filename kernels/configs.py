@@ -11,11 +11,14 @@ extent (wgmma needs it a multiple of 64), the name of its argument builder in
 ``tritonbasis/op/launch_plan.py`` and, for a v3 forward variant, the kernel it stands in for.
 Adding a kernel, or a variant, is adding a record: the launchers, ``prune``, ``tools/aot.py``,
 the compile report and the compile tier iterate :data:`RECORDS`, and
-tests/test_compile_tier.py checks that every record is complete and consistent with its
-kernel's parameters. No field has a default, so nothing is borrowed from another kernel.
+tests/test_kernel_records.py checks that every record is complete and consistent with its
+kernel's parameters and argument builder. No field has a default, so nothing is borrowed
+from another kernel.
 
-``num_warps`` stays <= 4 on the conv loops (fwd, grad_x): Triton has miscompiled non-1x1 conv
-loops with 8 warps, and Inductor's conv template caps at 4 for the same reason.
+``num_warps`` stays <= 4 on the plain-Triton conv loops (fwd and its variants, grad_x): Triton
+has miscompiled non-1x1 conv loops with 8 warps, and Inductor's conv template caps at 4 for the
+same reason. The Gluon halo kernel lays out its tiles itself and has 8-warp configs (two
+warpgroups), like every variant unused until a GPU run passes it.
 """
 
 from __future__ import annotations
