@@ -49,15 +49,16 @@ def test_record_is_complete_and_matches_its_kernel(name):
     else:
         assert rec.variant_of in RECORDS and RECORDS[rec.variant_of].variant_of is None
         assert callable(rec.applies)
-    if not rec.configs:  # launched with its fixed config only
-        assert (rec.key, rec.layout, rec.registers, rec.budget, rec.caps) == (
-            (),
-            None,
-            None,
-            None,
-            {},
-        )
-        return
+    if not rec.configs:  # launched with its fixed config only: nothing autotune needs
+        unused = (rec.key, rec.layout, rec.registers, rec.budget, rec.caps)
+        assert unused == ((), None, None, None, {})
+    else:
+        _check_autotuned(rec, params, blocks)
+
+
+def _check_autotuned(rec, params: dict[str, bool], blocks: set[str]) -> None:
+    """An autotuned record: configs over the same blocks, key / layout / caps naming the
+    kernel's parameters, a register model and a budget for every operand kind."""
     for cname, cfg in rec.configs.items():
         assert set(cfg["blocks"]) == blocks, f"{cname}: blocks differ from the fixed config's"
         assert cfg["num_warps"] in (4, 8) and cfg["num_stages"] >= 1, cname
