@@ -1,28 +1,108 @@
-"""Autotune configs as named data.
+"""One record per kernel: everything the launchers, the pruning, the compile tier and the
+reports need to know about it, in one place (:class:`KernelRecord`, :data:`RECORDS`).
 
-Each kernel has a list of named configs (block sizes, warps, stages) that the launcher turns into
-``triton.Config`` objects lazily, on first use on a GPU (nothing here queries a device), and a
-``FIXED`` config used by the interpreter tier and whenever autotuning is switched off
-(``TRITONBASIS_AUTOTUNE=0``). ``KEYS`` lists the shape arguments that change the best config;
-``prune`` drops configs that cannot help a given shape (blocks wider than the dimension they
-tile) or that would spill (fp32 accumulator too large for the warps).
+A record holds the ``@triton.jit`` function, its named autotune configs (block sizes, warps,
+stages; turned into ``triton.Config`` objects lazily, on first use on a GPU: nothing here
+queries a device), the ``fixed`` config used by the interpreter tier and whenever autotuning is
+off (``TRITONBASIS_AUTOTUNE=0``), the autotune key, the operand whose dtype and channel stride
+decide the register budget, the blocks capped by the dimension they tile, the register model
+and budget and the measured pruning rules (``pruning.py``), the block that is every dot's M
+extent (wgmma needs it a multiple of 64), the name of its argument builder in
+``tritonbasis/op/launch_plan.py`` and, for a v3 forward variant, the kernel it stands in for.
+Adding a kernel, or a variant, is adding a record: the launchers, ``prune``, ``tools/aot.py``,
+the compile report and the compile tier iterate :data:`RECORDS`, and
+tests/test_kernel_records.py checks that every record is complete and consistent with its
+kernel's parameters and argument builder. No field has a default, so nothing is borrowed
+from another kernel.
 
-``num_warps`` stays <= 4 on the conv loops (fwd, grad_x): Triton has miscompiled non-1x1 conv
-loops with 8 warps, and Inductor's conv template caps at 4 for the same reason (DESIGN.md §1).
+``num_warps`` stays <= 4 on the plain-Triton conv loops (fwd and its variants, grad_x): Triton
+has miscompiled non-1x1 conv loops with 8 warps, and Inductor's conv template caps at 4 for the
+same reason. The Gluon halo kernel lays out its tiles itself and has 8-warp configs (two
+warpgroups), like every variant unused until a GPU run passes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 
-def _cfg(num_warps: int, num_stages: int, **blocks) -> dict:
-    return {"blocks": blocks, "num_warps": num_warps, "num_stages": num_stages}
+from . import pruning
+from .backward import (
+    basis_conv_grad_x_kernel,
+    basis_conv_grad_z_kernel,
+    basis_conv_wgrad_kernel,
+    bwd_reduce_kernel,
+)
+from .forward import basis_conv_fwd_kernel, basis_conv_fwd_reduce_kernel
+from .forward_v3 import basis_conv_fwd_l1_kernel, basis_conv_fwd_tma_kernel
+from .pruning import (  # noqa: F401  (the shape helpers the launch plans and tests use)
+    ACC_BUDGET,
+    MAX_BLOCK_CB,
+    WGMMA_BUDGET,
+    block_cb,
+    m_bucket,
+    split_k,
+)
+
+_cfg = pruning.cfg
 
 
-CONFIGS: dict[str, dict[str, dict]] = {
+@dataclasses.dataclass(frozen=True)
+class KernelRecord:
+    """Everything about one kernel. Fields that do not apply are set to None (or empty)
+    explicitly: a kernel without autotune configs (``configs == {}``) is launched with
+    ``fixed`` only and has no key, layout operand, register model or budget."""
+
+    name: str  # the name launches, reports and the compile tier use
+    fn: object  # the @triton.jit (or @gluon.jit) function
+    configs: dict[str, dict]  # named autotune configs ({}: never autotuned)
+    fixed: dict  # interpreter / no-autotune config
+    key: tuple[str, ...]  # triton.autotune key (argument names; triton adds the dtypes)
+    layout: tuple[str, str] | None  # (operand, its channel stride) the budget depends on
+    caps: dict[str, str]  # block -> shape argument it tiles (dropped when wider)
+    registers: pruning.RegisterModel | None  # register model of a config
+    budget: dict | None  # register budget by (element bytes, NCHW)
+    rules: tuple[pruning.Rule, ...]  # measured pruning rules beyond the model
+    dot_m: str | None  # the block that is every dot's M extent (None: no dot)
+    builder: str  # its argument builder in tritonbasis/op/launch_plan.py
+    # one iteration of its main loop, for the compile tier's counts per C_in block: "tap" (a
+    # tap x channel block), "cblock" (a C_in block, all taps), "pixels", None (no K loop)
+    iteration: str | None
+    variant_of: str | None  # the kernel a v3 variant stands in for (None: a v2 kernel)
+    applies: Callable[[dict], bool] | None  # variants: whether it runs a launch's arguments
+    interpretable: bool  # runs under TRITON_INTERPRET=1 (Gluon kernels do not)
+
+
+_COMMON_RULES = (pruning.drop_nchw_wide, pruning.drop_fp32_wide)
+
+# M_KEY = m_bucket(M): M rounded up to a power of two, so a new batch size re-tunes only when it
+# crosses a power of two (the launcher passes it as an extra kernel argument: triton.autotune
+# keys on argument values, it has no key transform). The last entry of every key is the channel
+# stride of the layout operand (1 for NHWC, H*W for NCHW): prune keeps other configs for NCHW,
+# and without it in the key an NCHW launch would reuse the config tuned for an NHWC one of the
+# same shape in memory.
+_FWD_KEY = (
+    "M_KEY",
+    "C_in",
+    "C_b",
+    "C_rest",
+    "KH",
+    "KW",
+    "stride_h",
+    "stride_w",
+    "KEEP_BASIS",
+    "STORE_Z",
+    "SPLIT_K",
+    "sx_c",
+)
+
+FWD = KernelRecord(
+    name="fwd",
+    fn=basis_conv_fwd_kernel,
     # v2 forward (one pipelined K loop). Every config is wgmma-shaped on sm_90: 4 warps (one
     # warpgroup) and BLOCK_M a multiple of 64. Which of them prune keeps per shape, and why, is
-    # in `prune`; the compile tier checks every kept one (wgmma, 0 spills, Triton 3.6 and 3.9).
-    "fwd": {
+    # in the rules; the compile tier checks every kept one (wgmma, 0 spills, Triton 3.6, 3.9).
+    configs={
         "m128_k64_n64_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
         "m128_k32_n64_w4_s4": _cfg(4, 4, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
         "m128_k64_n32_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_K=64, BLOCK_N=32),
@@ -32,26 +112,82 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "m64_k64_n32_w4_s4": _cfg(4, 4, BLOCK_M=64, BLOCK_K=64, BLOCK_N=32),
         "m64_k16_n32_w4_s4": _cfg(4, 4, BLOCK_M=64, BLOCK_K=16, BLOCK_N=32),
     },
+    # interpreter configs: small tiles (the interpreter runs one program at a time in numpy;
+    # these keep tiny test shapes at a few programs each), every dim >= 16 for tl.dot
+    fixed=_cfg(4, 2, BLOCK_M=32, BLOCK_K=16, BLOCK_N=16),
+    key=_FWD_KEY,
+    layout=("x_ptr", "sx_c"),
+    caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},
+    registers=pruning.fwd_registers,
+    budget=WGMMA_BUDGET,
+    rules=(pruning.drop_fwd_1x1_cb128, *_COMMON_RULES),
+    dot_m="BLOCK_M",
+    builder="fwd_args",
+    iteration="tap",
+    variant_of=None,
+    applies=None,
+    interpretable=True,
+)
+
+FWD_REDUCE = KernelRecord(
+    name="fwd_reduce",
+    fn=basis_conv_fwd_reduce_kernel,
     # split-K second launch: reads SPLIT_K fp32 slices of Z, runs the forward epilogue
-    "fwd_reduce": {
+    configs={
         "m64_n64_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_N=64),
         "m64_n32_w4": _cfg(4, 1, BLOCK_M=64, BLOCK_N=32),
         "m128_n64_w4": _cfg(4, 1, BLOCK_M=128, BLOCK_N=64),
     },
+    fixed=_cfg(4, 1, BLOCK_M=32, BLOCK_N=16),
+    key=("M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_Z", "SPLIT_K", "sy_c"),
+    layout=("c_ptr", "sy_c"),
+    caps={"BLOCK_N": "C_rest"},
+    registers=pruning.fwd_reduce_registers,
+    budget=WGMMA_BUDGET,
+    rules=_COMMON_RULES,
+    dot_m="BLOCK_M",
+    builder="fwd_reduce_args",
+    iteration=None,
+    variant_of=None,
+    applies=None,
+    interpretable=True,
+)
+
+GRAD_Z = KernelRecord(
+    name="grad_z",
+    fn=basis_conv_grad_z_kernel,
     # v2 grad_z: two dots per C_rest block, dZ += G_r coeff (M extent BLOCK_M) and the d coeff
     # partial G_r^T Z (M extent BLOCK_N): both multiples of 64 with whole warpgroups -> wgmma.
     # 8 warps for C_b = 128 (the 4-warp m64_n64 spills 280 B there, Triton 3.9, sm_90).
-    "grad_z": {
+    configs={
         "m128_n64_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=64),
         "m64_n64_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_N=64),
         "m64_n64_w8_s3": _cfg(8, 3, BLOCK_M=64, BLOCK_N=64),
         "m64_n128_w8_s3": _cfg(8, 3, BLOCK_M=64, BLOCK_N=128),
-        # NCHW / fp32 operands (see prune) and C_rest <= 32: mma.sync, spill-free on sm_80 and
-        # sm_90 with Triton 3.6 and 3.9 (m64_n32_w4 spilled 124-148 B on 3.6, sm_80, NCHW)
+        # NCHW / fp32 operands (see drop_grad_z_tile) and C_rest <= 32: mma.sync, spill-free on
+        # sm_80 and sm_90 with Triton 3.6 and 3.9 (m64_n32_w4 spilled 124-148 B on 3.6, sm_80)
         "m32_n32_w4_s2": _cfg(4, 2, BLOCK_M=32, BLOCK_N=32),
     },
+    fixed=_cfg(4, 2, BLOCK_M=32, BLOCK_N=16),
+    key=("M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_DZ", "NEED_DC", "NEED_DBIAS", "sg_c"),
+    layout=("g_ptr", "sg_c"),
+    caps={"BLOCK_N": "C_rest"},
+    registers=pruning.grad_z_registers,
+    budget=ACC_BUDGET,
+    rules=(pruning.drop_grad_z_tile, *_COMMON_RULES),
+    dot_m="BLOCK_M",
+    builder="grad_z_args",
+    iteration="pixels",
+    variant_of=None,
+    applies=None,
+    interpretable=True,
+)
+
+GRAD_X = KernelRecord(
+    name="grad_x",
+    fn=basis_conv_grad_x_kernel,
     # v2 grad_x: one pipelined (tap, C_b block) loop; 4 warps and BLOCK_M >= 64: wgmma only
-    "grad_x": {
+    configs={
         "m128_n64_k32_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32),
         "m128_n128_k32_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
         "m64_n64_k64_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
@@ -62,222 +198,277 @@ CONFIGS: dict[str, dict[str, dict]] = {
         "m128_n64_k16_w4_s3": _cfg(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=16),
         "m64_n64_k16_w4_s3": _cfg(4, 3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=16),
     },
+    fixed=_cfg(4, 2, BLOCK_M=32, BLOCK_N=16, BLOCK_K=16),
+    # M_KEY buckets the input pixels of the largest sub-pixel phase
+    key=("M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w", "sx_c"),
+    layout=("dz_ptr", "sx_c"),
+    caps={"BLOCK_N": "C_in", "BLOCK_K": "C_b"},
+    registers=pruning.grad_x_registers,
+    budget=ACC_BUDGET,
+    rules=_COMMON_RULES,
+    dot_m="BLOCK_M",
+    builder="grad_x_args",
+    iteration="tap",
+    variant_of=None,
+    applies=None,
+    interpretable=True,
+)
+
+WGRAD = KernelRecord(
+    name="wgrad",
+    fn=basis_conv_wgrad_kernel,
     # v2 wgrad (x stationary): BLOCK_A tiles the (tap, C_b) rows -- 9 * C_b of them at stride 1,
     # 144..1152 at the benchmark shapes -- so every config is a wgmma tile (4 warps, BLOCK_A a
     # multiple of 64); BLOCK_X tiles C_in (>= 64 at the benchmark shapes).
-    "wgrad": {
+    configs={
         "a128_x64_p32_w4_s3": _cfg(4, 3, BLOCK_A=128, BLOCK_X=64, BLOCK_P=32),
         "a64_x64_p64_w4_s3": _cfg(4, 3, BLOCK_A=64, BLOCK_X=64, BLOCK_P=64),
         "a64_x128_p32_w4_s3": _cfg(4, 3, BLOCK_A=64, BLOCK_X=128, BLOCK_P=32),
         "a128_x32_p64_w4_s3": _cfg(4, 3, BLOCK_A=128, BLOCK_X=32, BLOCK_P=64),
         "a64_x32_p64_w4_s4": _cfg(4, 4, BLOCK_A=64, BLOCK_X=32, BLOCK_P=64),
     },
+    fixed=_cfg(4, 2, BLOCK_A=16, BLOCK_X=16, BLOCK_P=32),
+    key=("M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w", "sx_c"),
+    layout=("x_ptr", "sx_c"),
+    # BLOCK_A tiles taps * C_b rows (never fewer than 64 at 3x3), BLOCK_X C_in
+    caps={"BLOCK_X": "C_in"},
+    registers=pruning.wgrad_registers,
+    budget=ACC_BUDGET,
+    rules=(pruning.drop_wgrad_mma_sync_p64, *_COMMON_RULES),
+    dot_m="BLOCK_A",
+    builder="wgrad_args",
+    iteration="pixels",
+    variant_of=None,
+    applies=None,
+    interpretable=True,
+)
+
+BWD_REDUCE = KernelRecord(
+    name="bwd_reduce",
+    fn=bwd_reduce_kernel,
+    configs={},  # a memory-bound sum: launched with `fixed` only, on GPU too
+    fixed=_cfg(4, 1, BLOCK=512),
+    key=(),
+    layout=None,
+    caps={},
+    registers=None,
+    budget=None,
+    rules=(),
+    dot_m=None,
+    builder="bwd_reduce_args",
+    iteration=None,
+    variant_of=None,
+    applies=None,
+    interpretable=True,
+)
+
+# --------------------------------------------------------------------------------------------
+# Forward v3 variants (variant_of="fwd"): each runs where its `applies` holds, chosen by
+# measurement once verified on the device (tritonbasis.op.launchers), else v2.
+
+
+def _always(named: dict) -> bool:
+    return True
+
+
+def _aligned16(t, *strides) -> bool:
+    e = t.element_size()
+    return t.data_ptr() % 16 == 0 and all((s * e) % 16 == 0 for s in strides)
+
+
+def tma_applies(named: dict) -> bool:
+    """The TMA forward's boxes: stride 1 (a box is contiguous in H and W), NHWC activations
+    and a basis laid out (C_b, KH*KW, C_in) (the launcher passes it channels_last), base
+    pointers and every non-unit stride 16-byte aligned (a tensor descriptor's
+    requirement)."""
+    c_in, taps = named["C_in"], named["KH"] * named["KW"]
+    packed = (
+        named["sw_c"] == 1
+        and named["sw_o"] == taps * c_in
+        and (taps == 1 or (named["sw_w"] == c_in and named["sw_h"] == named["KW"] * c_in))
+    )
+    return (
+        named["stride_h"] == 1
+        and named["stride_w"] == 1
+        and named["sx_c"] == 1
+        and packed
+        and _aligned16(named["x_ptr"], named["sx_n"], named["sx_h"], named["sx_w"])
+        and _aligned16(named["w_ptr"], named["sw_o"], c_in)
+    )
+
+
+FWD_L1 = KernelRecord(
+    name="fwd_l1",
+    fn=basis_conv_fwd_l1_kernel,
+    # num_stages = 1 everywhere: no software pipeline, hence plain ld.global.ca (L1-cached)
+    # instead of cp.async.cg; one warpgroup, BLOCK_M 64 / 128 (wgmma)
+    configs={
+        "m128_k64_n64_w4_s1": _cfg(4, 1, BLOCK_M=128, BLOCK_K=64, BLOCK_N=64),
+        "m128_k32_n64_w4_s1": _cfg(4, 1, BLOCK_M=128, BLOCK_K=32, BLOCK_N=64),
+        "m64_k64_n64_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=64),
+        "m64_k64_n128_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=64, BLOCK_N=128),
+        "m64_k32_n64_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=32, BLOCK_N=64),
+        "m64_k16_n32_w4_s1": _cfg(4, 1, BLOCK_M=64, BLOCK_K=16, BLOCK_N=32),
+    },
+    fixed=_cfg(4, 1, BLOCK_M=32, BLOCK_K=16, BLOCK_N=16),
+    key=_FWD_KEY,
+    layout=("x_ptr", "sx_c"),
+    caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},
+    registers=pruning.fwd_l1_registers,
+    budget=pruning.L1_BUDGET,
+    rules=(pruning.drop_fwd_1x1_cb128, *_COMMON_RULES),
+    dot_m="BLOCK_M",
+    builder="fwd_args",
+    iteration="cblock",
+    variant_of="fwd",
+    applies=_always,
+    interpretable=True,
+)
+
+
+def _tma(n: int, h: int, w: int, k: int, stages: int) -> dict:
+    return _cfg(4, stages, BLOCK_M=n * h * w, TILE_N=n, TILE_H=h, TILE_W=w, BLOCK_K=k, BLOCK_N=64)
+
+
+FWD_TMA = KernelRecord(
+    name="fwd_tma",
+    fn=basis_conv_fwd_tma_kernel,
+    # 2-D tiles of BLOCK_M = 64 or 128 output pixels: full-width row bands for rows of 16-128
+    # pixels, whole images stacked for 4 and 8 (drop_tma_partial_tile keeps the ones that fit)
+    configs={
+        "t1x1x128_k64_s3": _tma(1, 1, 128, 64, 3),
+        "t1x2x64_k64_s3": _tma(1, 2, 64, 64, 3),
+        "t1x4x32_k64_s3": _tma(1, 4, 32, 64, 3),
+        "t1x2x32_k64_s4": _tma(1, 2, 32, 64, 4),
+        "t1x8x16_k64_s3": _tma(1, 8, 16, 64, 3),
+        "t1x4x16_k64_s4": _tma(1, 4, 16, 64, 4),
+        "t2x8x8_k64_s3": _tma(2, 8, 8, 64, 3),
+        "t1x8x8_k64_s4": _tma(1, 8, 8, 64, 4),
+        "t8x4x4_k64_s3": _tma(8, 4, 4, 64, 3),
+        "t4x4x4_k64_s4": _tma(4, 4, 4, 64, 4),
+        "t8x4x4_k32_s4": _tma(8, 4, 4, 32, 4),
+        "t2x8x8_k32_s4": _tma(2, 8, 8, 32, 4),
+    },
+    fixed=_cfg(4, 2, BLOCK_M=32, TILE_N=2, TILE_H=2, TILE_W=8, BLOCK_K=16, BLOCK_N=16),
+    key=_FWD_KEY,
+    layout=("x_ptr", "sx_c"),
+    caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},  # the tiles: drop_tma_partial_tile
+    registers=pruning.fwd_tma_registers,
+    budget=WGMMA_BUDGET,
+    rules=(pruning.drop_tma_partial_tile, *_COMMON_RULES),
+    dot_m="BLOCK_M",
+    builder="fwd_tma_args",
+    iteration="tap",
+    variant_of="fwd",
+    applies=tma_applies,
+    interpretable=True,
+)
+
+
+def halo_applies(named: dict) -> bool:
+    """The halo forward: 16-bit operands, NHWC activations and a C_in-contiguous basis, int32
+    offsets, a Triton whose Gluon can re-view the halo (3.6), and an sm_90 GPU (meta and CPU
+    tensors pass: the compile tier asks about the geometry only)."""
+    x = named["x_ptr"]
+    if getattr(x, "is_cuda", False):
+        import torch
+
+        if torch.cuda.get_device_capability(x.device)[0] != 9:
+            return False
+    return (
+        forward_halo is not None
+        and forward_halo.AVAILABLE
+        and x.element_size() == 2
+        and named["sx_c"] == 1
+        and named["sw_c"] == 1
+        and not named["INT64"]
+    )
+
+
+try:  # Gluon ships with Triton >= 3.5; without it there is no halo variant
+    from . import forward_halo
+except ImportError:
+    forward_halo = None
+
+_HALO_KEY = ("M_KEY", "C_in", "C_b", "C_rest", "H", "W", "KH", "KW", "stride_h", "stride_w",
+             "KEEP_BASIS", "STORE_Z", "SPLIT_K", "sx_c")  # fmt: skip
+
+
+def _halo(num_warps: int, block_m: int, block_k: int, resident: int = 0) -> dict:
+    return _cfg(num_warps, 1, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_N=64, RESIDENT=resident)
+
+
+def _halo_record() -> KernelRecord:
+    return KernelRecord(
+        name="fwd_halo",
+        fn=forward_halo.basis_conv_fwd_halo_kernel,
+        # wgmma rows 64 / 128 on one or two warpgroups; BLOCK_K 64 / 32 (drop_halo_shared keeps
+        # those whose staged windows and basis tiles fit); the kernel pipelines itself
+        configs={
+            "m128_k64_n64_w4": _halo(4, 128, 64),
+            "m128_k32_n64_w4": _halo(4, 128, 32),
+            "m64_k64_n64_w4": _halo(4, 64, 64),
+            "m64_k32_n64_w4": _halo(4, 64, 32),
+            # two warpgroups on 128 rows: half the registers per thread, for C_b = 128 where
+            # one warpgroup's BLOCK_M = 128 spills (and BLOCK_M = 64 reads the basis twice)
+            "m128_k32_n64_w8": _halo(8, 128, 32),
+            "m128_k64_n64_w8": _halo(8, 128, 64),
+            # persistent programs with the whole basis resident in shared memory (loaded once
+            # per program instead of once per tile; drop_halo_shared keeps them where it fits)
+            "m128_k64_n64_w4_res": _halo(4, 128, 64, resident=1),
+            "m128_k32_n64_w4_res": _halo(4, 128, 32, resident=1),
+            "m128_k64_n64_w8_res": _halo(8, 128, 64, resident=1),
+        },
+        fixed=_halo(4, 64, 32),
+        key=_HALO_KEY,
+        layout=("x_ptr", "sx_c"),
+        caps={"BLOCK_K": "C_in", "BLOCK_N": "C_rest"},
+        registers=pruning.fwd_halo_registers,
+        budget=pruning.HALO_BUDGET,
+        rules=(pruning.drop_halo_shared, pruning.drop_halo_long_window),
+        dot_m="BLOCK_M",
+        builder="fwd_halo_args",
+        iteration="cblock",
+        variant_of="fwd",
+        applies=halo_applies,
+        interpretable=False,
+    )
+
+
+_HALO = () if forward_halo is None else (_halo_record(),)
+
+RECORDS: dict[str, KernelRecord] = {
+    r.name: r for r in (FWD, FWD_REDUCE, GRAD_Z, GRAD_X, WGRAD, BWD_REDUCE, FWD_L1, FWD_TMA, *_HALO)
 }
 
-# Interpreter / no-autotune configs: small tiles (the interpreter runs one program at a time in
-# numpy; these keep tiny test shapes at a few programs each) and every dim >= 16 for tl.dot.
-FIXED: dict[str, dict] = {
-    "fwd": _cfg(4, 2, BLOCK_M=32, BLOCK_K=16, BLOCK_N=16),
-    "fwd_reduce": _cfg(4, 1, BLOCK_M=32, BLOCK_N=16),
-    "grad_z": _cfg(4, 2, BLOCK_M=32, BLOCK_N=16),
-    "grad_x": _cfg(4, 2, BLOCK_M=32, BLOCK_N=16, BLOCK_K=16),
-    "wgrad": _cfg(4, 2, BLOCK_A=16, BLOCK_X=16, BLOCK_P=32),
-    # backward's deterministic sum of partials (launched with this config only, on GPU too)
-    "bwd_reduce": _cfg(4, 1, BLOCK=512),
-}
-
-# Arguments that change the best config: triton.autotune's key (triton adds every tensor
-# argument's dtype), so also the key of its on-disk result cache (cache_results=True).
-KEYS: dict[str, list[str]] = {
-    # M_KEY = m_bucket(M): M rounded up to a power of two, so a new batch size re-tunes only
-    # when it crosses a power of two (the launcher passes it as an extra, unused-by-the-math
-    # kernel argument: triton.autotune keys on argument values, it has no key transform).
-    # The last entry is the channel stride of the operand `prune` reads the layout from
-    # (1 for NHWC, H*W for NCHW): prune keeps other configs for NCHW, and without it in the key
-    # an NCHW launch would reuse the config tuned for an NHWC one of the same shape in memory.
-    "fwd": ["M_KEY", "C_in", "C_b", "C_rest", "KH", "KW", "stride_h", "stride_w", "KEEP_BASIS",
-            "STORE_Z", "SPLIT_K", "sx_c"],
-    "fwd_reduce": ["M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_Z", "SPLIT_K", "sy_c"],
-    "grad_z": ["M_KEY", "C_b", "C_rest", "KEEP_BASIS", "STORE_DZ", "NEED_DC", "NEED_DBIAS",
-               "sg_c"],
-    # grad_x / wgrad: M_KEY buckets the input pixels of the largest sub-pixel phase
-    "grad_x": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w", "sx_c"],
-    "wgrad": ["M_KEY", "C_in", "C_b", "KH", "KW", "stride_h", "stride_w", "sx_c"],
-}
-
-# Accumulated outputs that autotune must zero between trials.
-# (none since the v2 backward: its kernels write partials and outputs, never accumulate into them)
-RESET_TO_ZERO: dict[str, list[str]] = {}
-
-# Largest basis block the fused kernels hold in registers (BLOCK_M x BLOCK_CB fp32 accumulator
-# per program). 128, measured by the compile tier (bench/results/compile-report-*): at 256 every
-# forward config spills on sm_90 (104 B to 6.5 KB) and one needs more shared memory than sm_80
-# has. Above it the op falls back (weight modification / the torch path).
-MAX_BLOCK_CB = 128
-
-# Register model (see `acc_registers`) budget per thread, by operand element size and layout.
-# Calibrated on the compile tier's sm_80/sm_90 reports (bench/results/compile-report-*): with
-# 16-bit NHWC operands, configs estimated <= 128 compiled without spills and those at 144-152
-# spilled; NCHW operands (strided channel loads, no 16-byte vectors) and fp32 operands spill
-# earlier. A heuristic, checked config by config by tests/test_compile_tier.py.
-ACC_BUDGET = {(2, False): 128, (2, True): 96, (4, False): 100, (4, True): 80}
-
-# The v2 forward's register model (`acc_registers`, wgmma tiles) budget, calibrated on sm_90
-# compiles of every fwd config at the ResNet18-CIFAR benchmark shapes (batch 256, C_b = C_out/4,
-# plus C_b = 128 without split-K) with Triton 3.6 and 3.9 (bench/results/compile-report-v2-*):
-# bf16 NHWC configs scoring <= 288 compiled spill-free on both (m128_k64_n64 at C_b = 64: 158-192
-# registers); m128_k32_n64 at C_b = 128 with the epilogue (320) compiled clean at 256ch@8px but
-# spilled 104 B with a bias at 256->512ch@14px (the compile tier's max-C_b case), the two above
-# it (352, 384) spilled 80-440 B: at C_b = 128 BLOCK_M = 128 is kept only with split-K (no
-# epilogue in that launch: 208-236 registers, clean). NCHW and fp32 (TF32) operands: lower,
-# checked by the compile tier's NCHW / fp32 cases.
-WGMMA_BUDGET = {(2, False): 300, (2, True): 256, (4, False): 256, (4, True): 224}
+# Views by name, derived from the records (what callers that index one field use).
+CONFIGS: dict[str, dict[str, dict]] = {n: r.configs for n, r in RECORDS.items() if r.configs}
+FIXED: dict[str, dict] = {n: r.fixed for n, r in RECORDS.items()}
+KEYS: dict[str, list[str]] = {n: list(r.key) for n, r in RECORDS.items() if r.configs}
+# The forward variants of each kernel that has any, v2's first: ("fwd": ["fwd", ...]).
+VARIANTS: dict[str, list[str]] = {}
+for _r in RECORDS.values():
+    if _r.variant_of is not None:
+        VARIANTS.setdefault(_r.variant_of, [_r.variant_of]).append(_r.name)
 
 
-def _pow2_at_least(v: int, lo: int = 16) -> int:
-    """The smallest power of two >= max(v, lo) (``lo`` a power of two)."""
-    return max(lo, 1 << (int(v) - 1).bit_length()) if v > 1 else lo
+def acc_registers(
+    kernel: str, cfg: dict, block_cb_: int = 16, elem_bytes: int = 2, split_k_: int = 1
+) -> float:
+    """Estimated 32-bit registers per thread of ``cfg`` for ``kernel`` (its record's model;
+    KeyError for a kernel without a record or without a model)."""
+    model = RECORDS[kernel].registers
+    if model is None:
+        raise KeyError(f"kernel {kernel!r} has no register model (it is not autotuned)")
+    return model(cfg, block_cb_, elem_bytes, split_k_)
 
 
-def m_bucket(m: int) -> int:
-    """The autotune key of a GEMM M extent: M rounded up to a power of two (>= 1)."""
-    return _pow2_at_least(max(int(m), 1), 1)
-
-
-def split_k(M: int, C_in: int, KH: int, KW: int, C_b: int, sms: int) -> int:
-    """Forward split-K factor (1 = off) on a GPU with ``sms`` SMs.
-
-    Split while the M tiles (counted at BLOCK_M = 64, the smallest wgmma tile) fill less than
-    half the SMs per slice, keeping >= 8 K iterations of BLOCK_K = 64 per slice (so the
-    pipeline still fills) and at most 8 slices. ResNet18-CIFAR at batch 256 on an H100 (132
-    SMs): 512ch@4px has M = 4096 -> 64 tiles, K = 9 * 512 -> 72 iterations: SPLIT_K = 2 (128
-    programs); 256ch@8px has 256 tiles: no split. The workspace (SPLIT_K, M, BLOCK_CB) fp32
-    stays below 2**31 elements (the kernels index it with int32 slice offsets)."""
-    tiles = -(-M // 64)
-    k_iters = KH * KW * -(-C_in // 64)
-    split = 1
-    while (split < 8 and tiles * split * 2 <= sms and k_iters >= 8 * split * 2
-           and split * 2 * M * block_cb(C_b) < 2**31):
-        split *= 2
-    return split
-
-
-def block_cb(c_b: int) -> int:
-    """C_b padded to a tl.dot-able power of two (>= 16)."""
-    return _pow2_at_least(c_b)
-
-
-def acc_registers(kernel: str, cfg: dict, block_cb_: int = 16, elem_bytes: int = 2,
-                  split_k_: int = 1) -> float:
-    """Estimated 32-bit registers per thread held by a program's tiles: the fp32 accumulators
-    (BLOCK_M x BLOCK_CB for Z or dZ, plus the BLOCK_M x BLOCK_N epilogue/prologue tile for fwd
-    and grad_z; BLOCK_M x BLOCK_N for grad_x; BLOCK_A x BLOCK_X for wgrad) plus the operand
-    tiles of one K step and the coefficient tile, at ``elem_bytes`` per element."""
-    b, threads = cfg["blocks"], 32 * cfg["num_warps"]
-    w = elem_bytes / 4
-    if kernel in ("fwd", "fwd_reduce"):
-        # v2 forward, every config a wgmma tile: wgmma reads the K loop's operands from shared
-        # memory (cp.async fills it), so operand *data* costs no registers. What does:
-        # * the Z accumulator, BLOCK_M x BLOCK_CB fp32;
-        # * with the epilogue in this launch (fwd_reduce, or fwd without split-K): Z's
-        #   input-dtype copy (the register A operand of the coefficient dot) and that dot's
-        #   BLOCK_M x BLOCK_N fp32 accumulator;
-        # * fwd: 2 registers per element of one BLOCK_M x BLOCK_K activation tile / thread,
-        #   the addresses and masks of its async copies (fitted: without it, m128_k64 and
-        #   m128_k32 at C_b = 128 score alike, but k64 spilled 80-440 B and k32 did not);
-        #   fwd_reduce: the fp32 workspace slice being added, BLOCK_M x BLOCK_CB.
-        m, n, cb = b["BLOCK_M"], b["BLOCK_N"], block_cb_
-        epilogue = kernel == "fwd_reduce" or split_k_ == 1
-        acc = m * cb + ((m * cb * w + m * n) if epilogue else 0)
-        operands = 2 * m * b["BLOCK_K"] if kernel == "fwd" else m * cb
-        return (acc + operands) / threads
-    if kernel == "grad_z":
-        # v2: the dZ accumulator (BLOCK_M x BLOCK_CB fp32), the d coeff partial (BLOCK_N x
-        # BLOCK_CB fp32), the G_r, coefficient and Z tiles. Checked by compiling at C_b = 128:
-        # estimate 208 -> m64_n64_w4 spills 280 B, 104 -> m64_n64_w8 compiles spill-free.
-        m, n, cb = b["BLOCK_M"], b["BLOCK_N"], block_cb_
-        return (m * cb + n * cb + (m * n + n * cb + m * cb) * w) / threads
-    if kernel == "grad_x":
-        m, n, k = b["BLOCK_M"], b["BLOCK_N"], b["BLOCK_K"]
-        return (m * n + (m * k + k * n) * w) / threads
-    a_, x, p = b["BLOCK_A"], b["BLOCK_X"], b["BLOCK_P"]
-    return (a_ * x + (a_ * p + p * x) * w) / threads
-
-
-def budget(shape: dict, kernel: str | None = None) -> int:
-    """Accumulator budget for the operand element size and layout in ``shape``
-    (``elem_bytes``: 2 or 4, default 2; ``nchw``: channel stride != 1, default False), for
-    the v2 forward kernels (``WGMMA_BUDGET``) or the others (``ACC_BUDGET``)."""
-    table = WGMMA_BUDGET if kernel in ("fwd", "fwd_reduce") else ACC_BUDGET
-    return table[(4 if shape.get("elem_bytes", 2) >= 4 else 2, bool(shape.get("nchw")))]
+def budget(shape: dict, kernel: str) -> int:
+    """The register budget of ``kernel`` for the operand element size and layout in
+    ``shape``."""
+    return pruning.budget_of(RECORDS[kernel].budget, shape)
 
 
 def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:
-    """Drop configs whose blocks overshoot the dimension they tile, or whose accumulators
-    exceed the register budget (they would spill), or that the compile tier measured spilling
-    beyond the model (rules below; ``shape["arch"]``, the compute capability as 80 / 90, when
-    known). Always keeps at least one config: the one with the smallest accumulator."""
-    caps = {
-        "fwd": {"BLOCK_K": shape.get("C_in"), "BLOCK_N": shape.get("C_rest")},
-        "fwd_reduce": {"BLOCK_N": shape.get("C_rest")},
-        "grad_z": {"BLOCK_N": shape.get("C_rest")},
-        "grad_x": {"BLOCK_N": shape.get("C_in"), "BLOCK_K": shape.get("C_b")},
-        # v2 wgrad: BLOCK_A tiles taps * C_b rows (never fewer than 64 at 3x3), BLOCK_X C_in
-        "wgrad": {"BLOCK_X": shape.get("C_in")},
-    }[kernel]
-    bcb = shape.get("BLOCK_CB", 16)
-    eb = 4 if shape.get("elem_bytes", 2) >= 4 else 2
-    limit = budget(shape, kernel)
-    nchw = bool(shape.get("nchw"))
-    split = int(shape.get("SPLIT_K", 1))
-    one_by_one = shape.get("KH", 3) * shape.get("KW", 3) == 1
-    kept = []
-    for cfg in configs:
-        b = cfg["blocks"]
-        if any(v is not None and b[k] > _pow2_at_least(v) for k, v in caps.items() if k in b):
-            continue
-        if acc_registers(kernel, cfg, bcb, eb, split) > limit:
-            continue
-        # Measured (sm_90, Triton 3.6 and 3.9), beyond the model: a 1x1 forward keeps its
-        # address tensors live across the K loop (they are loop-carried increments there, not
-        # recomputed from the tap as in a 3x3), so at C_b = 128 with the epilogue in the same
-        # launch every BLOCK_K = 64 config spilled 368-1592 B and BLOCK_M = 128 spilled;
-        # m64_k32_n64 and m64_k16_n32 compiled clean.
-        if (kernel == "fwd" and one_by_one and bcb >= 128 and split == 1
-                and (b["BLOCK_K"] > 32 or b["BLOCK_M"] > 64)):
-            continue
-        # Measured by the compile tier (sm_80 and sm_90), beyond what the register model sees:
-        # strided (NCHW) operand loads spill with BLOCK_K = 64 or BLOCK_M = 128; fp32 operands
-        # spill with BLOCK_K = 64 or with 2 warps.
-        if nchw and (b.get("BLOCK_K", 0) > 32 or b.get("BLOCK_M", 0) > 64):
-            continue
-        if eb == 4 and (b.get("BLOCK_K", 0) > 32 or cfg["num_warps"] < 4):
-            continue
-        # v2 wgrad on mma.sync GPUs (shape["arch"] < 90, e.g. A100), measured by the compile
-        # tier: with BLOCK_P = 64 and a 4096-element (32 registers / thread) accumulator,
-        # Triton 3.8 + its ptxas 12.9 allocate exactly 128 registers and spill 8-24 B
-        # (a128_x32_p64 at the representative shape and 7 of 12 benchmark shapes, a64_x64_p64
-        # at 2); Triton 3.6 (ptxas 12.8) compiled both clean (91-152 registers), and on sm_90
-        # (wgmma) both are clean on 3.6 and 3.8. The register model cannot see it (a128_x64_p32
-        # scores higher and compiles clean at 190 registers): ptxas trades a few spilled bytes
-        # for occupancy. Dropped there on every Triton; a128_x64_p32, a64_x128_p32 and
-        # a64_x32_p64 remain. Unknown arch (None): no rule.
-        arch = shape.get("arch")
-        if (kernel == "wgrad" and arch is not None and arch < 90 and b["BLOCK_P"] >= 64
-                and b["BLOCK_A"] * b["BLOCK_X"] >= 4096):
-            continue
-        # v2 grad_z, measured (Triton 3.9): with NCHW or fp32 operands every BLOCK_N = 64
-        # config spills on sm_80 (mma.sync holds G_r and its transpose for the d coeff dot in
-        # registers: 40-632 B at C_b = 32); m32_n32 compiles clean on sm_80 and sm_90. With
-        # 16-bit NHWC operands BLOCK_N = 32 is left out while C_rest > 32: the d coeff dot's
-        # M extent is BLOCK_N, and 64 keeps it on wgmma (sm_90).
-        if kernel == "grad_z":
-            slow_operands = nchw or eb == 4
-            if slow_operands and b["BLOCK_N"] > 32:
-                continue
-            if not slow_operands and b["BLOCK_N"] < 64 and (shape.get("C_rest") or 64) > 32:
-                continue
-        kept.append(cfg)
-    if not kept:
-        kept = [min(configs, key=lambda c: acc_registers(kernel, c, bcb, eb))]
-    return kept
+    """The configs of ``kernel`` that can help ``shape`` (see :func:`pruning.prune_record`)."""
+    return pruning.prune_record(RECORDS[kernel], configs, shape)

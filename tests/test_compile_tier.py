@@ -64,8 +64,9 @@ class Case:
 
     @property
     def id(self) -> str:
-        return "-".join(p for p in (self.kernel, self.config, f"sm{self.arch}", self.dtype,
-                                    self.tag) if p)
+        return "-".join(
+            p for p in (self.kernel, self.config, f"sm{self.arch}", self.dtype, self.tag) if p
+        )
 
 
 # Shapes where the register model must hold: NCHW operands and fp32 (TF32) operands, with
@@ -77,8 +78,9 @@ WIDE_SHAPE = aot.Shape(C_out=128)
 def _kept(kernel: str, shape: aot.Shape, dtype: str, arch: int = 90) -> list[str]:
     """The configs the launchers' autotuner prunes to for ``kernel`` at ``shape`` on
     ``sm_<arch>``."""
-    kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()),
-                         aot.prune_shape(shape, dtype, arch, kernel))
+    kept = configs.prune(
+        kernel, list(configs.CONFIGS[kernel].values()), aot.prune_shape(shape, dtype, arch, kernel)
+    )
     return [aot.config_name(kernel, c) for c in kept]
 
 
@@ -89,9 +91,13 @@ BENCH_SHAPES = aot.bench_shapes()
 BENCH_ONLY_SM90 = ("fwd", "fwd_reduce")
 
 
+# The v2 kernels' autotuned records (the v3 forward variants have their own cases below).
+V2 = [n for n, r in configs.RECORDS.items() if r.configs and r.variant_of is None]
+
+
 def _bench_cases() -> list[Case]:
     cases = []
-    for kernel in configs.CONFIGS:
+    for kernel in V2:
         for tag, shape in BENCH_SHAPES.items():
             if kernel == "fwd_reduce" and aot.prune_shape(shape)["SPLIT_K"] == 1:
                 continue  # not launched there
@@ -101,7 +107,7 @@ def _bench_cases() -> list[Case]:
 
 def _config_cases() -> list[Case]:
     cases = []
-    for kernel in configs.CONFIGS:
+    for kernel in V2:
         names = list(aot.all_configs(kernel))
         for arch in ARCHS:
             if arch == 90 and kernel in BENCH_ONLY_SM90:
@@ -110,10 +116,14 @@ def _config_cases() -> list[Case]:
                 cases += [Case(kernel, n, arch, "bf16") for n in names]
             cases += [Case(kernel, names[0], arch, dt) for dt in ("fp16", "fp32")]
             # every config the autotuner may run for NCHW bf16 and NHWC fp32 inputs
-            cases += [Case(kernel, n, arch, "bf16", NCHW_SHAPE, "nchw")
-                      for n in _kept(kernel, NCHW_SHAPE, "bf16", arch)]
-            cases += [Case(kernel, n, arch, "fp32", WIDE_SHAPE, "wide")
-                      for n in _kept(kernel, WIDE_SHAPE, "fp32", arch)]
+            cases += [
+                Case(kernel, n, arch, "bf16", NCHW_SHAPE, "nchw")
+                for n in _kept(kernel, NCHW_SHAPE, "bf16", arch)
+            ]
+            cases += [
+                Case(kernel, n, arch, "fp32", WIDE_SHAPE, "wide")
+                for n in _kept(kernel, WIDE_SHAPE, "fp32", arch)
+            ]
     return cases
 
 
@@ -122,13 +132,38 @@ def _kept_at_max_cb(kernel: str) -> list[str]:
 
 
 def _max_cb_cases() -> list[Case]:
-    return [Case(k, n, 90, "bf16", MAX_CB_SHAPE, "cbmax")
-            for k in ("fwd", "grad_z") for n in _kept_at_max_cb(k)]
+    return [
+        Case(k, n, 90, "bf16", MAX_CB_SHAPE, "cbmax")
+        for k in ("fwd", "grad_z")
+        for n in _kept_at_max_cb(k)
+    ]
+
+
+# v3 forward variants (variant_of="fwd"): every config prune keeps at the ResNet18 3x3 stride-1
+# benchmark shapes where the variant applies (the halo variant where Gluon can express it).
+VARIANTS = configs.VARIANTS.get("fwd", ["fwd"])[1:]
+VARIANT_SHAPES = {t: s for t, s in BENCH_SHAPES.items() if ".3x3." in t}
+
+
+def _variant_cases() -> list[Case]:
+    cases = []
+    for name in VARIANTS:
+        for tag, shape in VARIANT_SHAPES.items():
+            if configs.RECORDS[name].applies(aot.prune_shape(shape, "bf16", 90, name)):
+                cases += [Case(name, n, 90, "bf16", shape, tag) for n in _kept(name, shape, "bf16")]
+    return cases
 
 
 CONFIG_CASES = _config_cases()
 MAX_CB_CASES = _max_cb_cases()
 BENCH_CASES = _bench_cases()
+VARIANT_CASES = _variant_cases()
+
+
+def _counted(c: Case) -> bool:
+    """Whether a case's report needs its main loop's counts (the forward kernels at the
+    variants' shapes: the claims below compare them)."""
+    return c.kernel in ("fwd", *VARIANTS) and c.tag in VARIANT_SHAPES
 
 
 @pytest.fixture(scope="session")
@@ -139,16 +174,28 @@ def compiled(request) -> dict:
         case = getattr(item, "callspec", None) and item.callspec.params.get("case")
         if isinstance(case, Case) and case not in cases:
             cases.append(case)
-    jobs = [{"name": c.kernel, "config": aot.all_configs(c.kernel)[c.config], "cfg_name": c.config,
-             "arch": c.arch, "dtype": c.dtype, "shape": c.shape} for c in cases]
+    jobs = [
+        {
+            "name": c.kernel,
+            "config": aot.all_configs(c.kernel)[c.config],
+            "cfg_name": c.config,
+            "arch": c.arch,
+            "dtype": c.dtype,
+            "shape": c.shape,
+            "counts": _counted(c),
+        }
+        for c in cases
+    ]
     yield dict(zip(cases, aot.compile_many(jobs)))
     aot.shutdown_workers()
 
 
 def _describe(r: dict) -> str:
-    return (f"{r['kernel']}/{r['config']} sm_{r['arch']} {r['dtype']}: regs={r['registers']} "
-            f"stack={r['stack_bytes']}B spills={r['spills']}B shared={r['shared_bytes']}B "
-            f"(limit {r['shared_limit']}B) mma={r['tensor_core_instr']}")
+    return (
+        f"{r['kernel']}/{r['config']} sm_{r['arch']} {r['dtype']}: regs={r['registers']} "
+        f"stack={r['stack_bytes']}B spills={r['spills']}B shared={r['shared_bytes']}B "
+        f"(limit {r['shared_limit']}B) mma={r['tensor_core_instr']}"
+    )
 
 
 def _check(case: Case, r: dict) -> None:
@@ -166,11 +213,13 @@ def _check(case: Case, r: dict) -> None:
     # TRITONBASIS_STRICT_COMPILE_TIER=1 every config must be spill-free.
     cfg = aot.all_configs(case.kernel)[case.config]
     kept = case.config == "FIXED" or aot.kept_by_prune(
-        case.kernel, cfg, case.shape, case.dtype, case.arch)
+        case.kernel, cfg, case.shape, case.dtype, case.arch
+    )
     if kept or STRICT:
         assert r["spills"] == 0, (
             f"register spills in a config prune keeps ({'kept' if kept else 'strict'}): "
-            f"{_describe(r)}")
+            f"{_describe(r)}"
+        )
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.id for c in CONFIG_CASES])
@@ -184,7 +233,7 @@ def test_max_basis_channels_matches_kernels() -> None:
     assert configs.block_cb(configs.MAX_BLOCK_CB) == configs.MAX_BLOCK_CB
 
 
-@pytest.mark.parametrize("kernel", list(configs.CONFIGS))
+@pytest.mark.parametrize("kernel", V2)
 def test_prune_keeps_configs_at_max_basis(kernel: str) -> None:
     shape = aot.prune_shape(MAX_CB_SHAPE, kernel=kernel)
     kept = configs.prune(kernel, list(configs.CONFIGS[kernel].values()), shape)
@@ -192,8 +241,9 @@ def test_prune_keeps_configs_at_max_basis(kernel: str) -> None:
     assert all(c in configs.CONFIGS[kernel].values() for c in kept)
     # Kept by the rule, not by prune's last-resort fallback: accumulators within the budget.
     for c in kept:
-        regs = configs.acc_registers(kernel, c, shape["BLOCK_CB"], shape["elem_bytes"],
-                                     shape["SPLIT_K"])
+        regs = configs.acc_registers(
+            kernel, c, shape["BLOCK_CB"], shape["elem_bytes"], shape["SPLIT_K"]
+        )
         assert regs <= configs.budget(shape, kernel), (aot.config_name(kernel, c), regs)
 
 
@@ -221,8 +271,9 @@ def test_prune_drops_what_spilled() -> None:
 
 
 @pytest.mark.parametrize("case", BENCH_CASES, ids=[c.id for c in BENCH_CASES])
-def test_kept_configs_at_benchmark_shapes_are_wgmma_without_spills(case: Case,
-                                                                   compiled: dict) -> None:
+def test_kept_configs_at_benchmark_shapes_are_wgmma_without_spills(
+    case: Case, compiled: dict
+) -> None:
     """Issue 9: every config prune keeps at a benchmark shape compiles to wgmma on sm_90 with
     0 spills; the forward is one software-pipelined K loop fed by async copies."""
     r = compiled[case]
@@ -240,3 +291,136 @@ def test_kept_configs_at_max_basis_compile_sm90(case: Case, compiled: dict) -> N
     """C_b = MAX_BLOCK_CB: the configs prune keeps for the fused kernels (fwd, grad_z) compile
     for sm_90 within the limits and without spilling."""
     _check(case, compiled[case])
+
+
+# --------------------------------------------------------------------------------------------
+# Cache keys: the compile tier's sources must hash like a launch's, so that compiling ahead of
+# time (tools/compile_report.py --bench on the GPU host) fills ~/.triton/cache under the keys
+# the launchers look up, and the autotuner then only benchmarks.
+
+_KEY_PROBE = """
+import json, sys
+import aot
+from tritonbasis.kernels import configs
+
+shapes = {"representative": aot.REPRESENTATIVE,
+          "bench": aot.bench_shapes()["r18.layer4.3x3.512ch.4px.cb128"]}
+out = []
+for name, rec in configs.RECORDS.items():
+    for tag, shape in shapes.items():
+        cfg = next(iter(rec.configs.values()), rec.fixed)
+        out.append([name, tag, aot.cache_key(name, cfg, "bf16", shape),
+                    aot.runtime_cache_key(name, cfg, "bf16", shape)])
+print(json.dumps(out))
+"""
+
+
+def test_aot_cache_keys_match_the_runtime() -> None:
+    """For every kernel, at a shape with 16-divisible and other ints and at a benchmark shape:
+    the key of ``aot.build_source``'s compile equals the key a launch computes (its binder's
+    specialisation and attributes, packed as ``JITFunction.run`` packs them)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
+    r = subprocess.run(
+        [sys.executable, "-c", _KEY_PROBE], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {n for n, *_ in rows} >= {"fwd", "fwd_reduce", "grad_z", "grad_x", "wgrad", "bwd_reduce"}
+    differ = [(n, tag) for n, tag, aot_key, rt_key in rows if aot_key != rt_key]
+    assert not differ, f"AOT and runtime cache keys differ for {differ}"
+
+
+# --------------------------------------------------------------------------------------------
+# Forward v3 variants: compile facts behind bench/NOTES.md's byte model (counts from the compiled
+# code: tools/kernel_counts.py). The v2 forward's counts at the same shapes come from its
+# BENCH_CASES, compiled in the same batch.
+
+
+def _v2_at(tag: str, compiled: dict) -> list[tuple[Case, dict]]:
+    """The v2 forward's reports at benchmark shape ``tag`` (compiled here when this session
+    did not select their own tests)."""
+    cases = [c for c in BENCH_CASES if c.kernel == "fwd" and c.tag == tag]
+    todo = [c for c in cases if c not in compiled]
+    if todo:
+        jobs = [
+            {
+                "name": c.kernel,
+                "config": aot.all_configs(c.kernel)[c.config],
+                "cfg_name": c.config,
+                "arch": 90,
+                "dtype": "bf16",
+                "shape": c.shape,
+                "counts": True,
+            }
+            for c in todo
+        ]
+        compiled.update(zip(todo, aot.compile_many(jobs)))
+    return [(c, compiled[c]) for c in cases]
+
+
+def _per_forward_activation_bytes(case: Case, r: dict) -> int:
+    """Activation bytes one forward requests: tiles x C_in blocks x the main loop's count
+    per C_in block (tiles: the grid without persistence, one program per tile)."""
+    cfg = aot.all_configs(case.kernel)[case.config]
+    blocks_ = {**cfg["blocks"], "RESIDENT": 0}
+    tiles = aot.kernel_launch(case.kernel, "bf16", case.shape).grid(blocks_)[0]
+    blocks = -(-case.shape.C_in // cfg["blocks"]["BLOCK_K"])
+    return tiles * blocks * r["main_loop"]["loads_per_cblock"]["activations"]
+
+
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=[c.id for c in VARIANT_CASES])
+def test_variant_kept_configs_compile_to_wgmma_without_spills(case: Case, compiled: dict):
+    r = compiled[case]
+    _check(case, r)
+    assert r["tensor_core_instr"] == "wgmma" and r["spills"] == 0, _describe(r)
+    ml = r["main_loop"]
+    assert ml and ml["wgmma"] and ml["loads_per_cblock"]["activations"] > 0, ml
+    kinds = r["load_kinds"]
+    if case.kernel == "fwd_l1":  # plain L1-cached loads, nothing asynchronous
+        assert kinds["ld.global.ca"] > 0 and kinds["cp.async"] == 0 and kinds["tma"] == 0
+    if case.kernel == "fwd_tma":  # the activation boxes come by TMA: no per-element loads
+        assert kinds["tma"] > 0 and kinds["ld.global"] == 0, kinds
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in VARIANT_CASES if c.kernel == "fwd_tma"], ids=lambda c: c.id
+)
+def test_tma_variant_issues_fewer_instructions_per_wgmma_than_v2(case: Case, compiled: dict):
+    """No address or mask arithmetic per activation row: the main loop issues fewer
+    instructions per wgmma than any v2 config kept at the shape."""
+    v2 = min(r["main_loop"]["instructions_per_wgmma"] for _, r in _v2_at(case.tag, compiled))
+    assert compiled[case]["main_loop"]["instructions_per_wgmma"] < v2
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in VARIANT_CASES if c.kernel == "fwd_halo"], ids=lambda c: c.id
+)
+def test_halo_variant_reads_a_fifth_of_v2s_activation_bytes(case: Case, compiled: dict):
+    """The point of the halo tile, counted from both compiled kernels: the activation bytes
+    one forward requests from global (L2) are <= 1/5 of v2's at every 3x3 stride-1 benchmark
+    shape, for every config prune keeps."""
+    v2 = min(_per_forward_activation_bytes(c, r) for c, r in _v2_at(case.tag, compiled))
+    halo = _per_forward_activation_bytes(case, compiled[case])
+    assert halo * 5 <= v2, (case.id, halo, v2)
+
+
+def test_halo_variant_exists_where_gluon_can_express_it() -> None:
+    """Triton 3.6 (the GPU machine's) compiles it; Triton 3.9's Gluon has no re-view of the
+    halo from an offset (its reinterpret refuses a view larger than the one-pixel entry it
+    starts from), so there the variant is absent and v2 runs."""
+    import triton
+    from tritonbasis.kernels import forward_halo
+
+    if triton.__version__.startswith("3.6."):
+        assert forward_halo.AVAILABLE and any(c.kernel == "fwd_halo" for c in VARIANT_CASES)
+    else:
+        if forward_halo.AVAILABLE:
+            pytest.skip(f"Triton {triton.__version__} has the 3.6 re-view: checked above")
+        assert not any(c.kernel == "fwd_halo" for c in VARIANT_CASES)

@@ -37,6 +37,7 @@ import time
 
 import aot_toolchain as tc
 import aot_workers
+import kernel_counts
 from aot_toolchain import toolchain_available  # noqa: F401  (part of this module's API)
 from aot_workers import CompileError, shutdown_workers  # noqa: F401
 
@@ -111,9 +112,21 @@ def bench_shapes(group: str = "resnet18_cifar", ratios=("1/4",)) -> dict[str, Sh
             if cb > MAX_BASIS_CHANNELS:
                 continue
             out[f"{c.name}.cb{cb}"] = Shape(
-                N=c.N, C_in=c.C_in, H=c.H, W=c.W, C_out=c.C_out, C_b=cb, KH=c.k, KW=c.k,
-                stride=c.stride, padding=c.padding, dilation=c.dilation, bias=False,
-                keep_basis=True, channels_last=True)
+                N=c.N,
+                C_in=c.C_in,
+                H=c.H,
+                W=c.W,
+                C_out=c.C_out,
+                C_b=cb,
+                KH=c.k,
+                KW=c.k,
+                stride=c.stride,
+                padding=c.padding,
+                dilation=c.dilation,
+                bias=False,
+                keep_basis=True,
+                channels_last=True,
+            )
     return out
 
 
@@ -123,9 +136,9 @@ def _jit_function(name: str):
     helpers stay interpreted (:func:`_interpreted_process`) -- which is why compiles run in
     a clean worker there; this keeps :func:`build_source` usable for inspection anywhere."""
     from triton.runtime.jit import JITFunction
-    from tritonbasis.kernels import KERNELS
+    from tritonbasis.kernels import RECORDS
 
-    k = KERNELS[name]
+    k = RECORDS[name].fn
     return k if isinstance(k, JITFunction) else JITFunction(k.fn)
 
 
@@ -159,8 +172,7 @@ def _meta_inputs(shape: Shape, dtype: str):
     return x, basis, coeff, bias, g
 
 
-def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
-                  arch: int = 90):
+def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90):
     """The :class:`tritonbasis.op.launch_plan.Launch` of kernel ``name`` that the launchers
     build for ``shape`` on a GPU with ``SMS[arch]`` SMs: the forward in training (the full
     form saves Z), the backward with every gradient requested (d bias if the shape has a
@@ -173,20 +185,22 @@ def kernel_launch(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
     split = None
     if name == "fwd_reduce":
         split = max(2, launch_plan.fwd_split_k(g.pixels, g.C_in, g.KH, g.KW, g.C_b, sms))
-    launches, (out, z) = launch_plan.plan_forward(x, basis, coeff, bias, None, g, True, sms,
-                                                  split=split)
-    if name not in ("fwd", "fwd_reduce"):
+    variant = name if _record(name).variant_of == "fwd" else "fwd"
+    launches, (out, z) = launch_plan.plan_forward(
+        x, basis, coeff, bias, None, g, True, sms, split=split, variant=variant
+    )
+    if name not in ("fwd", "fwd_reduce") and variant == "fwd":
         import torch
 
         grad = torch.empty_like(out)
         mask = (True, True, True, bias is not None)
-        launches, _ = launch_plan.plan_backward(grad, x, basis, coeff, out, z, bias, None, g,
-                                                mask, sms)
+        launches, _ = launch_plan.plan_backward(
+            grad, x, basis, coeff, out, z, bias, None, g, mask, sms
+        )
     for lc in launches:
         if lc.kernel == name:
             return lc
-    raise KeyError(f"unknown kernel {name!r} (the plans launch "
-                   f"{[lc.kernel for lc in launches]})")
+    raise KeyError(f"unknown kernel {name!r} (the plans launch {[lc.kernel for lc in launches]})")
 
 
 def _named(name: str, lc) -> dict:
@@ -194,13 +208,20 @@ def _named(name: str, lc) -> dict:
     kernel's signature, so the positional arguments are its first parameters)."""
     params = [p for p in _jit_function(name).params if not p.is_constexpr]
     if len(params) != len(lc.args):
-        raise ValueError(f"{name}: the plan passes {len(lc.args)} arguments, the kernel has "
-                         f"{len(params)} runtime parameters")
+        raise ValueError(
+            f"{name}: the plan passes {len(lc.args)} arguments, the kernel has "
+            f"{len(params)} runtime parameters"
+        )
     return {p.name: a for p, a in zip(params, lc.args)}
 
 
-_PTR_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "int64": "i64",
-               "int32": "i32"}
+_PTR_DTYPES = {
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "float32": "fp32",
+    "int64": "i64",
+    "int32": "i32",
+}
 
 
 def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90):
@@ -219,8 +240,9 @@ def launch_args(name: str, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, a
     return ptrs, ints, dict(lc.consts)
 
 
-def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90,
-                kernel: str = "fwd") -> dict:
+def prune_shape(
+    shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90, kernel: str = "fwd"
+) -> dict:
     """What ``configs.prune`` sees for kernel ``kernel``'s launch at ``shape`` on ``sm_<arch>``
     (its arguments by name, the layout operand's element size and NCHW-ness, ``arch``: what
     the launchers' autotuner passes it, :func:`tritonbasis.op.launchers.prune_input`). The
@@ -232,63 +254,158 @@ def prune_shape(shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 
     named = {**_named(kernel, lc), **lc.consts}
     if kernel != "fwd":  # grad_x / wgrad / grad_z launches lack some of these
         fwd = kernel_launch("fwd", dtype, shape, arch)
-        named = {**{k: v for k, v in {**_named("fwd", fwd), **fwd.consts}.items()
-                    if k in ("C_in", "C_b", "C_rest", "KH", "KW", "BLOCK_CB", "SPLIT_K")},
-                 **named}
+        named = {
+            **{
+                k: v
+                for k, v in {**_named("fwd", fwd), **fwd.consts}.items()
+                if k in ("C_in", "C_b", "C_rest", "KH", "KW", "BLOCK_CB", "SPLIT_K")
+            },
+            **named,
+        }
     return prune_input(kernel, named, arch)
 
 
-def kept_by_prune(name: str, cfg: dict, shape: Shape = REPRESENTATIVE,
-                  dtype: str = "bf16", arch: int = 90) -> bool:
+def kept_by_prune(
+    name: str, cfg: dict, shape: Shape = REPRESENTATIVE, dtype: str = "bf16", arch: int = 90
+) -> bool:
     """Whether the launcher's autotuner would consider ``cfg`` for this shape and dtype."""
     from tritonbasis.kernels import configs
 
-    return cfg in configs.prune(name, list(configs.CONFIGS[name].values()),
-                                prune_shape(shape, dtype, arch, name))
+    return cfg in configs.prune(
+        name, list(configs.RECORDS[name].configs.values()), prune_shape(shape, dtype, arch, name)
+    )
 
 
-def build_source(name: str, blocks: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE,
-                 arch: int = 90, specialize: bool = True):
+def build_source(
+    name: str,
+    blocks: dict,
+    dtype: str = "bf16",
+    shape: Shape = REPRESENTATIVE,
+    arch: int = 90,
+    specialize: bool = True,
+):
     """``triton.compiler.ASTSource`` for ``name`` with ``blocks`` (the config's BLOCK_*).
 
     ``specialize=True`` applies JITFunction's launch-time specialisation (an int == 1 becomes a
     constexpr; 16-divisible ints and all pointers get tt.divisibility=16 -- torch allocations
-    are 16-byte aligned); ``False`` gives every int plain ``i32`` and no attributes."""
-    from triton.compiler import ASTSource
+    are 16-byte aligned); ``False`` gives every int plain ``i32`` and no divisibility.
+
+    The specialisation (one ``(type, key)`` pair per parameter, as the runtime binder makes
+    it) is packed by the kernel's own ``JITFunction._pack_args``, so the source carries the
+    attributes exactly as a launch does: an empty entry for every int that is not
+    16-divisible, and for constexprs as the installed Triton wants them (Triton 3.6 gives a
+    string constexpr an empty entry, Triton 3.9 every constexpr). The source hash, and so the
+    on-disk cache key, is then the runtime's: a cache filled by the compile tier is hit by
+    the launchers (tests/test_compile_tier.py compares the two keys)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
 
     fn = _jit_function(name)
     ptrs, ints, const = launch_args(name, dtype, shape, arch)
     const = {**const, **blocks}
-    signature, constexprs, attrs = {}, {}, {}
-    for i, p in enumerate(fn.params):
+    spec, bound = [], {}
+    for p in fn.params:
         arg = p.name
         if p.is_constexpr:
             if arg not in const:
                 raise KeyError(f"{name}: no value for constexpr {arg}")
-            signature[arg], constexprs[arg] = "constexpr", const[arg]
+            spec.append(("constexpr", const[arg]))
+            bound[arg] = const[arg]
         elif arg in ptrs:
-            signature[arg] = "*" + ptrs[arg]
-            if specialize:
-                attrs[(i,)] = [["tt.divisibility", 16]]
+            spec.append(("*" + ptrs[arg], "D" if specialize else ""))
+            bound[arg] = None
         else:
             v = ints[arg]
+            bound[arg] = v
             if specialize and v == 1:
-                signature[arg], constexprs[arg] = "constexpr", 1
+                spec.append(("constexpr", 1))
                 continue
-            signature[arg] = "i32" if -(2**31) <= v < 2**31 else "i64"
-            if specialize and v % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+            ty = "i32" if -(2**31) <= v < 2**31 else "i64"
+            spec.append((ty, "D" if specialize and v % 16 == 0 else ""))
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    _, signature, constexprs, attrs = fn._pack_args(backend, {}, bound, spec, None)
+    return _source_class(fn)(fn, signature, constexprs, attrs)
+
+
+def _source_class(fn):
+    """``ASTSource``, or Gluon's subclass for a ``@gluon.jit`` kernel (its IR is TTGIR)."""
+    from triton.compiler import ASTSource
+
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        return GluonASTSource
+    return ASTSource
+
+
+def cache_key(
+    name: str, config: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90
+) -> str:
+    """The on-disk cache key (``triton.compile``'s) of this compile tier's source for kernel
+    ``name`` with ``config`` at ``shape``: the folder ``~/.triton/cache/<key>`` it fills."""
+    return _key(
+        build_source(name, dict(config["blocks"]), dtype, shape, arch),
+        arch,
+        {"num_warps": config["num_warps"], "num_stages": config["num_stages"]},
+    )
+
+
+def runtime_cache_key(
+    name: str, config: dict, dtype: str = "bf16", shape: Shape = REPRESENTATIVE, arch: int = 90
+) -> str:
+    """The cache key a launch of kernel ``name`` with ``config`` at ``shape`` computes: the
+    launch plan's arguments through the kernel's runtime binder and ``_pack_args`` (what
+    ``JITFunction.run`` does before ``triton.compile``), with the meta tensors standing in
+    for the real ones (16-byte aligned, as torch allocations are)."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = _jit_function(name)
+    lc = kernel_launch(name, dtype, shape, arch)
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {
+        **lc.consts,
+        **config["blocks"],
+        "num_warps": config["num_warps"],
+        "num_stages": config["num_stages"],
+        "debug": False,
+        "instrumentation_mode": knobs.compilation.instrumentation_mode,
+    }
+    bound, spec, options = binder(*lc.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, options)
+    return _key(_source_class(fn)(fn, signature, constexprs, attrs), arch, options.__dict__)
+
+
+def _key(src, arch: int, options: dict) -> str:
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.cache import get_cache_key
+
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    opts = backend.parse_options(dict(options, **src.parse_options()))
+    return get_cache_key(src, backend, opts, get_cache_invalidating_env_vars())
 
 
 def config_name(name: str, cfg: dict) -> str:
-    """The name of ``cfg`` in ``configs.CONFIGS[name]``, ``"FIXED"``, or ``"custom"``."""
-    from tritonbasis.kernels import configs
+    """The name of ``cfg`` among kernel ``name``'s record configs, ``"FIXED"``, or
+    ``"custom"``."""
+    from tritonbasis.kernels import RECORDS
 
-    for n, c in configs.CONFIGS[name].items():
+    rec = RECORDS[name]
+    for n, c in rec.configs.items():
         if c == cfg:
             return n
-    return "FIXED" if cfg == configs.FIXED[name] else "custom"
+    return "FIXED" if cfg == rec.fixed else "custom"
+
+
+def _record(name: str):
+    from tritonbasis.kernels import RECORDS
+
+    return RECORDS[name]
 
 
 def _interpreted_process() -> bool:
@@ -303,16 +420,24 @@ def _interpreted_process() -> bool:
     worker process instead (:class:`aot_workers.Worker`)."""
     import triton.language as tl
     from triton.runtime.jit import JITFunction
-    from tritonbasis.kernels import KERNELS
+    from tritonbasis.kernels import RECORDS
 
     return not isinstance(tl.zeros, JITFunction) or not all(
-        isinstance(k, JITFunction) for k in KERNELS.values()
+        isinstance(r.fn, JITFunction) for r in RECORDS.values()
     )
 
 
-def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
-                   shape: Shape = REPRESENTATIVE, cfg_name: str | None = None,
-                   specialize: bool = True, keep_asm: bool = False) -> dict:
+def compile_kernel(
+    name: str,
+    config: dict,
+    dtype: str = "bf16",
+    arch: int = 90,
+    shape: Shape = REPRESENTATIVE,
+    cfg_name: str | None = None,
+    specialize: bool = True,
+    keep_asm: bool = False,
+    counts: bool = False,
+) -> dict:
     """Compile kernel ``name`` with ``config`` (``{"blocks", "num_warps", "num_stages"}``) for
     ``sm_<arch>`` and return a report dict. Raises if triton fails to compile.
 
@@ -326,18 +451,37 @@ def compile_kernel(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
     fits_registers, tensor_core_instr (``"wgmma"`` if the PTX has wgmma.mma_async, else
     ``"mma.sync"`` if it has mma.sync, else None), uses_tensor_cores (either), and
     expected_tensor_core_instr (see :func:`expected_tensor_core_instr`), compile_seconds (wall
-    time of triton.compile; small on a hit in triton's on-disk cache), shape.
+    time of triton.compile; small on a hit in triton's on-disk cache), shape, load_kinds, and
+    with ``counts`` main_loop (:func:`_main_loop`: SASS and PTX counts of the main loop; a
+    cuobjdump pass more, so only on request).
     ``registers`` cannot exceed 255 (ptxas spills instead): ``spills`` is the number to watch."""
-    job = {"name": name, "config": dict(config), "dtype": dtype, "arch": arch, "shape": shape,
-           "cfg_name": cfg_name, "specialize": specialize, "keep_asm": keep_asm}
+    job = {
+        "name": name,
+        "config": dict(config),
+        "dtype": dtype,
+        "arch": arch,
+        "shape": shape,
+        "cfg_name": cfg_name,
+        "specialize": specialize,
+        "keep_asm": keep_asm,
+        "counts": counts,
+    }
     if _interpreted_process():
         return aot_workers.workers(1)[0].call(job)
     return _compile_here(**job)
 
 
-def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
-                  shape: Shape = REPRESENTATIVE, cfg_name: str | None = None,
-                  specialize: bool = True, keep_asm: bool = False) -> dict:
+def _compile_here(
+    name: str,
+    config: dict,
+    dtype: str = "bf16",
+    arch: int = 90,
+    shape: Shape = REPRESENTATIVE,
+    cfg_name: str | None = None,
+    specialize: bool = True,
+    keep_asm: bool = False,
+    counts: bool = False,
+) -> dict:
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -345,8 +489,10 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
     if arch not in SHARED_LIMIT:
         raise ValueError(f"arch must be one of {sorted(SHARED_LIMIT)}, got {arch}")
     if _interpreted_process():
-        raise RuntimeError("cannot compile in a process that imported triton under "
-                           "TRITON_INTERPRET=1; use compile_kernel (it uses a clean worker)")
+        raise RuntimeError(
+            "cannot compile in a process that imported triton under "
+            "TRITON_INTERPRET=1; use compile_kernel (it uses a clean worker)"
+        )
     src = build_source(name, dict(config["blocks"]), dtype, shape, arch, specialize)
     opts = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     t0 = time.perf_counter()
@@ -391,10 +537,21 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
         "fits_registers": None if registers is None else registers <= MAX_REGISTERS,
         "tensor_core_instr": instr,
         "uses_tensor_cores": instr is not None,
-        "expected_tensor_core_instr": tc.expected_tensor_core_instr(name, config, arch),
+        "expected_tensor_core_instr": tc.expected_tensor_core_instr(
+            _record(name).dot_m, config, arch
+        ),
         "wgmma_shapes": tc.wgmma_shapes(ptx),
         "async_copies": bool(re.search(r"\bcp\.async\b", ptx)),
+        # global loads by kind, whole kernel (PTX): cp.async (16-byte copies to shared), plain
+        # ld.global (.ca: L1-cached), TMA tensor copies
+        "load_kinds": {
+            "cp.async": len(re.findall(r"\bcp\.async\.c[ag]\.shared\.global", ptx)),
+            "ld.global": len(re.findall(r"\bld\.global\b", ptx)),
+            "ld.global.ca": len(re.findall(r"\bld\.global\.ca\b", ptx)),
+            "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor", ptx)),
+        },
         **loops,
+        "main_loop": _main_loop(name, compiled, config, shape) if counts else None,
         "compile_seconds": round(seconds, 3),
         "shape": dataclasses.asdict(shape),
     }
@@ -403,11 +560,31 @@ def _compile_here(name: str, config: dict, dtype: str = "bf16", arch: int = 90,
     return report
 
 
-def all_configs(name: str) -> dict[str, dict]:
-    """Every named config of ``name`` plus ``FIXED``, in order."""
-    from tritonbasis.kernels import configs
+def _main_loop(name: str, compiled, config: dict, shape: Shape) -> dict | None:
+    """The main loop's counts (``kernel_counts``): SASS instructions per wgmma, and the bytes
+    loaded from global per iteration and per C_in block (activations, other), or None."""
+    counts = kernel_counts.sass_main_loop(tc.sass(compiled.asm["cubin"]))
+    loads = kernel_counts.ptx_loop_loads(compiled.asm["ptx"], 32 * config["num_warps"])
+    if counts is None and loads is None:
+        return None
+    it = _record(name).iteration
+    per_cblock = None
+    if loads is not None and it in ("tap", "cblock"):
+        n = shape.KH * shape.KW if it == "tap" else 1
+        per_cblock = {k: loads[k] * n for k in ("activations", "other")}
+    return {
+        **(counts or {}),
+        "iteration": it,
+        "loads_per_iteration": loads,
+        "loads_per_cblock": per_cblock,
+    }
 
-    return {**configs.CONFIGS[name], "FIXED": configs.FIXED[name]}
+
+def all_configs(name: str) -> dict[str, dict]:
+    """Every named config of kernel ``name``'s record plus its fixed one (``"FIXED"``)."""
+    from tritonbasis.kernels import RECORDS
+
+    return {**RECORDS[name].configs, "FIXED": RECORDS[name].fixed}
 
 
 def _default_workers() -> int:
@@ -415,14 +592,18 @@ def _default_workers() -> int:
 
 
 def _error_report(job: dict, e: BaseException) -> dict:
-    return {"kernel": job["name"], "config": job.get("cfg_name") or "custom",
-            "arch": job.get("arch", 90), "dtype": job.get("dtype", "bf16"),
-            "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+    return {
+        "kernel": job["name"],
+        "config": job.get("cfg_name") or "custom",
+        "arch": job.get("arch", 90),
+        "dtype": job.get("dtype", "bf16"),
+        "error": f"{type(e).__name__}: {str(e)[:2000]}",
+    }
 
 
 def compile_many(jobs: list[dict], workers: int | None = None, progress=None) -> list[dict]:
     """Run :func:`compile_kernel` for each job (a dict of its keyword arguments: name, config,
-    and optionally dtype, arch, shape, cfg_name, specialize, keep_asm) in ``workers`` worker
+    and optionally dtype, arch, shape, cfg_name, specialize, keep_asm, counts) in ``workers`` worker
     processes (default: one per CPU; each compile is single-threaded). Returns the reports in
     job order; a job that fails gets ``{"kernel", "config", "arch", "dtype", "error"}`` instead
     of stopping the rest. ``progress(report)`` is called as each one finishes.
@@ -466,23 +647,37 @@ def compile_many(jobs: list[dict], workers: int | None = None, progress=None) ->
 
 
 def all_jobs(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESENTATIVE):
-    """Jobs for :func:`compile_many`: every kernel x config (``CONFIGS`` + ``FIXED``) x arch x
-    dtype."""
-    from tritonbasis.kernels.configs import CONFIGS
+    """Jobs for :func:`compile_many`: every autotuned kernel (or ``kernels``) x config (its
+    record's configs + fixed) x arch x dtype."""
+    from tritonbasis.kernels import RECORDS
+
+    autotuned = [n for n, r in RECORDS.items() if r.configs and r.variant_of is None]
 
     return [
-        {"name": name, "config": cfg, "cfg_name": cname, "arch": arch, "dtype": dtype,
-         "shape": shape}
-        for name in (kernels or CONFIGS)
+        {
+            "name": name,
+            "config": cfg,
+            "cfg_name": cname,
+            "arch": arch,
+            "dtype": dtype,
+            "shape": shape,
+        }
+        for name in (kernels or autotuned)
         for cname, cfg in all_configs(name).items()
         for arch in archs
         for dtype in dtypes
     ]
 
 
-def compile_all(archs=ARCHS, dtypes=("bf16",), kernels=None, shape: Shape = REPRESENTATIVE,
-                workers: int | None = None, progress=None) -> list[dict]:
-    """Reports for every kernel x config (``CONFIGS`` + ``FIXED``) x arch x dtype, compiled in
+def compile_all(
+    archs=ARCHS,
+    dtypes=("bf16",),
+    kernels=None,
+    shape: Shape = REPRESENTATIVE,
+    workers: int | None = None,
+    progress=None,
+) -> list[dict]:
+    """Reports for every kernel x config (record configs + fixed) x arch x dtype, compiled in
     ``workers`` processes. A config that fails to compile gets a report with ``error`` set
     instead of stopping the sweep."""
     return compile_many(all_jobs(archs, dtypes, kernels, shape), workers, progress)

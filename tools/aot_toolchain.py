@@ -58,8 +58,13 @@ def resource_usage(cubin: bytes, kernel_name: str) -> dict:
         with open(path, "wb") as f:
             f.write(cubin)
         try:
-            out = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", path],
-                                 check=True, capture_output=True, text=True, timeout=120).stdout
+            out = subprocess.run(
+                [tool("cuobjdump"), "--dump-resource-usage", path],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            ).stdout
         except Exception:
             return {}
     m = re.search(rf"Function {re.escape(kernel_name)}:\s*\n\s*(.*)", out)
@@ -67,6 +72,24 @@ def resource_usage(cubin: bytes, kernel_name: str) -> dict:
         return {}
     fields = dict(re.findall(r"([A-Z]+(?:\[\d+\])?):(\d+)", m.group(1)))
     return {k: int(v) for k, v in fields.items()}
+
+
+def sass(cubin: bytes) -> str:
+    """``cuobjdump -sass`` of a cubin ("" if it cannot be run)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        try:
+            return subprocess.run(
+                [tool("cuobjdump"), "-sass", path],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            ).stdout
+        except Exception:
+            return ""
 
 
 def ptxas_spills(ptx: str, arch: int) -> dict:
@@ -79,8 +102,15 @@ def ptxas_spills(ptx: str, arch: int) -> dict:
         with open(src, "w") as f:
             f.write(ptx)
         gpu = sm_arch_from_capability(arch)
-        cmd = [tool("ptxas", arch), "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}", src,
-               "-o", os.path.join(d, "k.o")]
+        cmd = [
+            tool("ptxas", arch),
+            "-v",
+            "--regAllocOptLevel=2",
+            f"--gpu-name={gpu}",
+            src,
+            "-o",
+            os.path.join(d, "k.o"),
+        ]
         try:
             run = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
             log = run.stderr
@@ -96,21 +126,19 @@ def ptxas_spills(ptx: str, arch: int) -> dict:
     return out
 
 
-# The M extent of every tl.dot in each kernel (all of a kernel's dots share it): fwd's conv and
-# epilogue dots are BLOCK_M x ..., wgrad's is BLOCK_A x BLOCK_X.
-_DOT_M = {"fwd": "BLOCK_M", "fwd_reduce": "BLOCK_M", "grad_z": "BLOCK_M", "grad_x": "BLOCK_M",
-          "wgrad": "BLOCK_A"}
-
-
-def expected_tensor_core_instr(name: str, config: dict, arch: int) -> str:
-    """The MMA instruction Triton should emit for ``config``: on sm_90 ``wgmma`` when the tile
-    allows it, else ``mma.sync``; ``mma.sync`` on sm_80.
+def expected_tensor_core_instr(dot_m: str | None, config: dict, arch: int) -> str | None:
+    """The MMA instruction Triton should emit for ``config`` of a kernel whose dots all have
+    the M extent ``config["blocks"][dot_m]`` (its record's ``dot_m``; None: a kernel without a
+    dot, None expected): on sm_90 ``wgmma`` when the tile allows it, else ``mma.sync``;
+    ``mma.sync`` on sm_80.
 
     Triton's AccelerateMatmul uses MMAv3 (wgmma) only if ``num_warps % 4 == 0`` and the dot's
     M extent is a multiple of 64 (one warpgroup = 4 warps owns 64 rows); otherwise it falls back
     to MMAv2 (mma.sync), which Hopper also runs, at lower throughput. All N/K blocks here are
     powers of two >= 16, which satisfies its other (N % 8 or 16, K) conditions."""
-    if arch >= 90 and config["num_warps"] % 4 == 0 and config["blocks"][_DOT_M[name]] % 64 == 0:
+    if dot_m is None:
+        return None
+    if arch >= 90 and config["num_warps"] % 4 == 0 and config["blocks"][dot_m] % 64 == 0:
         return "wgmma"
     return "mma.sync"
 

@@ -34,16 +34,26 @@ def main() -> int:
     for sname, shape in shapes.items():
         for k in a.kernels.split(","):
             if k == "bwd_reduce":
-                cands = {"FIXED": configs.FIXED[k]}
+                cands = {"FIXED": configs.RECORDS[k].fixed}
             elif a.all:
-                cands = dict(configs.CONFIGS[k])
+                cands = dict(configs.RECORDS[k].configs)
             else:
-                kept = configs.prune(k, list(configs.CONFIGS[k].values()),
-                                     aot.prune_shape(shape, kernel=k))
+                kept = configs.prune(
+                    k, list(configs.RECORDS[k].configs.values()), aot.prune_shape(shape, kernel=k)
+                )
                 cands = {aot.config_name(k, c): c for c in kept}
             for cname, cfg in cands.items():
-                jobs.append({"name": k, "config": cfg, "cfg_name": cname, "arch": 90,
-                             "dtype": "bf16", "shape": shape, "_shape": sname})
+                jobs.append(
+                    {
+                        "name": k,
+                        "config": cfg,
+                        "cfg_name": cname,
+                        "arch": 90,
+                        "dtype": "bf16",
+                        "shape": shape,
+                        "_shape": sname,
+                    }
+                )
     meta = [j.pop("_shape") for j in jobs]
     reps = aot.compile_many(jobs, workers=a.workers)
     import triton
@@ -55,17 +65,24 @@ def main() -> int:
         if "error" in r:
             print(f"{sname:52s} {r['kernel']:10s} {r['config']:20s} ERROR {r['error'][:300]}")
             continue
-        print(f"{sname:52s} {r['kernel']:10s} {r['config']:20s} {r['tensor_core_instr']!s:9s} "
-              f"{','.join(r.get('wgmma_shapes') or []):12s} spills={r['spills']} "
-              f"regs={r['registers']} smem={r['shared_bytes']} "
-              f"loops={r.get('loops')} pipelined={r.get('pipelined_loops')} "
-              f"async={r.get('async_copies')}")
+        print(
+            f"{sname:52s} {r['kernel']:10s} {r['config']:20s} {r['tensor_core_instr']!s:9s} "
+            f"{','.join(r.get('wgmma_shapes') or []):12s} spills={r['spills']} "
+            f"regs={r['registers']} smem={r['shared_bytes']} "
+            f"loops={r.get('loops')} pipelined={r.get('pipelined_loops')} "
+            f"async={r.get('async_copies')}"
+        )
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"meta": {"versions": {"triton": triton.__version__}}, "reports": out},
-                      f, indent=1)
-    bad = [r for r in out if "error" in r or (r["kernel"] != "bwd_reduce" and (
-        r["tensor_core_instr"] != "wgmma" or r["spills"] != 0))]
+            json.dump(
+                {"meta": {"versions": {"triton": triton.__version__}}, "reports": out}, f, indent=1
+            )
+    bad = [
+        r
+        for r in out
+        if "error" in r
+        or (r["kernel"] != "bwd_reduce" and (r["tensor_core_instr"] != "wgmma" or r["spills"] != 0))
+    ]
     print(f"{len(out)} compiled, {len(bad)} not wgmma+0 spills (or failed)")
     return 0
 

@@ -4,6 +4,7 @@ for the given archs and dtypes, with registers, spills, shared memory and tensor
     python tools/compile_report.py [--arch 90 80] [--dtype bf16 ...] [--out bench/results]
                                    [--layout channels_last|nchw] [--shape resnet|max-cb]
     python tools/compile_report.py --bench [--ratios 1/4 ...] [--arch 90]
+    python tools/compile_report.py --variants [--workers N]
 
 Writes, per arch, ``compile-report-sm<arch>-<date>-<shortcommit>[-<suffix>].json`` (every
 report plus who/what/where) and a markdown table ``.md`` with the same name. The suffix names
@@ -15,6 +16,13 @@ bf16) and per kernel, the configs ``configs.prune`` keeps there (what the autotu
 with tensor_core_instr, wgmma shapes, spills, registers, shared_bytes, loops and pipelined
 loops; the name carries the triton version (``compile-report-bench-sm90-triton3.6.0-...``), so
 one run per triton install gives one report each.
+
+``--variants``: the forward's v2 kernel and its v3 variants (``variant_of="fwd"`` records) at
+the ResNet18 benchmark shapes where each applies, every kept config, with the main loop's
+counts read off the compiled code (``kernel_counts``: instructions per wgmma, global bytes
+per C_in block, activations apart) and the byte model built from them
+(``variant_model.py``); ``compile-variants-sm90-triton<version>-<date>-<commit>.json/.md``.
+Run on the GPU host it also fills triton's cache for ``bench/variants.py``.
 """
 
 from __future__ import annotations
@@ -44,8 +52,9 @@ SHAPES = {
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except Exception:
         return ""
 
@@ -55,14 +64,19 @@ def _versions() -> dict:
     import triton
 
     try:
-        out = subprocess.run([aot_toolchain.tool("ptxas", 90), "--version"], capture_output=True,
-                             text=True).stdout
+        out = subprocess.run(
+            [aot_toolchain.tool("ptxas", 90), "--version"], capture_output=True, text=True
+        ).stdout
         m = re.search(r"release [\d.]+, (V[\d.]+)", out)
         ptxas = m.group(1) if m else out.strip().splitlines()[-1]
     except Exception:
         ptxas = None
-    return {"triton": triton.__version__, "torch": torch.__version__, "ptxas": ptxas,  # sm_90
-            "python": platform.python_version()}
+    return {
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "ptxas": ptxas,  # sm_90
+        "python": platform.python_version(),
+    }
 
 
 def _row(r: dict) -> str:
@@ -77,9 +91,11 @@ def _row(r: dict) -> str:
         tc += f" (expected {r['expected_tensor_core_instr']})"
     b = r["blocks"]
     tile = "x".join(str(v) for v in b.values())
-    return (f"| {r['kernel']} | {r['config']} | {r['dtype']} | sm_{r['arch']} | {tile} "
-            f"w{r['num_warps']} s{r['num_stages']} | {regs} | {spills} | "
-            f"{r['shared_bytes'] / 1024:.1f} | {tc} | {'yes' if r['fits_shared'] else '**NO**'} |")
+    return (
+        f"| {r['kernel']} | {r['config']} | {r['dtype']} | sm_{r['arch']} | {tile} "
+        f"w{r['num_warps']} s{r['num_stages']} | {regs} | {spills} | "
+        f"{r['shared_bytes'] / 1024:.1f} | {tc} | {'yes' if r['fits_shared'] else '**NO**'} |"
+    )
 
 
 def _findings(reports: list[dict]) -> list[str]:
@@ -90,18 +106,24 @@ def _findings(reports: list[dict]) -> list[str]:
             out.append(f"{name}: does not compile ({r['error'].splitlines()[0][:200]})")
             continue
         if r["spills"]:
-            out.append(f"{name}: spills {r['spills']} B ({r['spill_store_bytes']} B stores, "
-                       f"{r['spill_load_bytes']} B loads) at {r['registers']} registers")
+            out.append(
+                f"{name}: spills {r['spills']} B ({r['spill_store_bytes']} B stores, "
+                f"{r['spill_load_bytes']} B loads) at {r['registers']} registers"
+            )
         if not r["fits_shared"]:
-            out.append(f"{name}: needs {r['shared_bytes']} B shared memory, limit "
-                       f"{r['shared_limit']} B")
+            out.append(
+                f"{name}: needs {r['shared_bytes']} B shared memory, limit {r['shared_limit']} B"
+            )
         if r["tensor_core_instr"] != r["expected_tensor_core_instr"]:
-            out.append(f"{name}: MMA {r['tensor_core_instr']}, expected "
-                       f"{r['expected_tensor_core_instr']}")
+            out.append(
+                f"{name}: MMA {r['tensor_core_instr']}, expected {r['expected_tensor_core_instr']}"
+            )
         elif r["arch"] >= 90 and r["tensor_core_instr"] != "wgmma":
-            out.append(f"{name}: mma.sync, not wgmma (tile: {r['num_warps']} warps, M block "
-                       f"{r['blocks'].get('BLOCK_M', r['blocks'].get('BLOCK_A'))}; wgmma needs "
-                       "a multiple of 4 warps and of 64 rows)")
+            out.append(
+                f"{name}: mma.sync, not wgmma (tile: {r['num_warps']} warps, M block "
+                f"{r['blocks'].get('BLOCK_M', r['blocks'].get('BLOCK_A'))}; wgmma needs "
+                "a multiple of 4 warps and of 64 rows)"
+            )
     return out
 
 
@@ -111,24 +133,113 @@ def _bench_jobs(arch: int, ratios) -> list[dict]:
     jobs = []
     for tag, shape in aot.bench_shapes(ratios=ratios).items():
         ps = aot.prune_shape(shape, "bf16", arch)
-        for name in configs.CONFIGS:
+        for name, rec in configs.RECORDS.items():
+            if not rec.configs or rec.variant_of is not None:
+                continue
             if name == "fwd_reduce" and ps["SPLIT_K"] == 1:
                 continue  # only launched with split-K
             kps = aot.prune_shape(shape, "bf16", arch, name)  # what the autotuner prunes with
-            for cfg in configs.prune(name, list(configs.CONFIGS[name].values()), kps):
-                jobs.append({"name": name, "config": cfg, "cfg_name": aot.config_name(name, cfg),
-                             "arch": arch, "dtype": "bf16", "shape": shape, "tag": tag,
-                             "split_k": ps["SPLIT_K"]})
+            for cfg in configs.prune(name, list(rec.configs.values()), kps):
+                jobs.append(
+                    {
+                        "name": name,
+                        "config": cfg,
+                        "cfg_name": aot.config_name(name, cfg),
+                        "arch": arch,
+                        "dtype": "bf16",
+                        "shape": shape,
+                        "tag": tag,
+                        "split_k": ps["SPLIT_K"],
+                    }
+                )
     return jobs
+
+
+def _variant_jobs(ratios) -> list[dict]:
+    from tritonbasis.kernels import configs
+
+    jobs = []
+    for tag, shape in aot.bench_shapes(ratios=ratios).items():
+        for name in configs.VARIANTS.get("fwd", ["fwd"]):
+            rec = configs.RECORDS[name]
+            kps = aot.prune_shape(shape, "bf16", 90, name)
+            if rec.applies is not None and not rec.applies(kps):
+                continue
+            if ".3x3." not in tag:
+                continue  # the variants are about the taps of 3x3 convs
+            lc = aot.kernel_launch(name, "bf16", shape, 90)
+            for cfg in configs.prune(name, list(rec.configs.values()), kps):
+                programs = lc.grid(cfg["blocks"])[0]
+                # tiles: the grid without persistence (one program per tile)
+                tiles = lc.grid({**cfg["blocks"], "RESIDENT": 0})[0]
+                jobs.append(
+                    {
+                        "name": name,
+                        "config": cfg,
+                        "cfg_name": aot.config_name(name, cfg),
+                        "arch": 90,
+                        "dtype": "bf16",
+                        "shape": shape,
+                        "tag": tag,
+                        "split_k": kps["SPLIT_K"],
+                        "programs": programs,
+                        "tiles": tiles,
+                        "counts": True,
+                    }
+                )
+    return jobs
+
+
+def _variants_main(args, meta_common: dict, short: str, now) -> int:
+    import triton
+    import variant_model
+
+    t0 = time.perf_counter()
+    jobs = _variant_jobs(args.ratios)
+    extra = [{k: j.pop(k) for k in ("tag", "split_k", "programs", "tiles")} for j in jobs]
+
+    def progress(r):
+        state = (
+            r.get("error", "").splitlines()[0][:80]
+            if "error" in r
+            else (f"regs={r['registers']} spills={r['spills']} {r['tensor_core_instr']}")
+        )
+        print(f"{r['kernel']:9s} {r['config']:20s} {state}", flush=True)
+
+    reports = aot.compile_many(jobs, args.workers, progress)
+    for r, e in zip(reports, extra):
+        r.update(e)
+    meta = {
+        **meta_common,
+        "arch": 90,
+        "ratios": list(args.ratios),
+        "seconds": time.perf_counter() - t0,
+        "model": variant_model.ASSUMPTIONS,
+    }
+    meta.pop("shape", None)
+    model = variant_model.model(reports, aot.bench_shapes(ratios=args.ratios))
+    stem = "-".join(
+        ["compile-variants-sm90", f"triton{triton.__version__}", now.strftime("%Y-%m-%d"), short]
+    )
+    base = os.path.join(args.out, stem)
+    _io_write(
+        base + ".json",
+        json.dumps({"meta": meta, "reports": reports, "model": model}, indent=1) + "\n",
+    )
+    _io_write(base + ".md", variant_model.markdown(meta, reports, model, _provenance(meta)))
+    print(f"wrote {base}.json and .md ({meta['seconds']:.0f} s)")
+    aot.shutdown_workers()
+    return 0
 
 
 def _provenance(meta: dict) -> list[str]:
     """The versions / date / commit lines every compile report starts with."""
     v = meta["versions"]
-    return [f"* triton {v['triton']}, torch {v['torch']}, ptxas {v['ptxas']}, "
-            f"Python {v['python']}",
-            f"* date {meta['date']}, git commit {meta['commit']}"
-            + (" (working tree had uncommitted changes)" if meta["dirty"] else "")]
+    return [
+        f"* triton {v['triton']}, torch {v['torch']}, ptxas {v['ptxas']}, Python {v['python']}",
+        f"* date {meta['date']}, git commit {meta['commit']}"
+        + (" (working tree had uncommitted changes)" if meta["dirty"] else ""),
+    ]
 
 
 def _bench_markdown(meta: dict, reports: list[dict]) -> str:
@@ -153,22 +264,29 @@ def _bench_markdown(meta: dict, reports: list[dict]) -> str:
     ]
     for r in reports:
         if "error" in r:
-            lines.append(f"| {r['tag']} | {r['kernel']} | {r['config']} | | compile error: "
-                         f"{r['error'].splitlines()[0][:100].replace('|', '/')} | | | | | |")
+            lines.append(
+                f"| {r['tag']} | {r['kernel']} | {r['config']} | | compile error: "
+                f"{r['error'].splitlines()[0][:100].replace('|', '/')} | | | | | |"
+            )
             continue
         lines.append(
             f"| {r['tag']} | {r['kernel']} | {r['config']} | {r['split_k']} | {r['registers']} "
             f"| {r['spills']} | {r['shared_bytes'] / 1024:.0f} | {r['tensor_core_instr']} | "
             f"{' '.join(r.get('wgmma_shapes', []))} | {r.get('loops')} "
-            f"({r.get('pipelined_loops')}) |")
-    bad = [r for r in reports if "error" in r or r["spills"] != 0
-           or r["tensor_core_instr"] != "wgmma"]
+            f"({r.get('pipelined_loops')}) |"
+        )
+    bad = [
+        r for r in reports if "error" in r or r["spills"] != 0 or r["tensor_core_instr"] != "wgmma"
+    ]
     lines += ["", "## Findings", ""]
     if not bad:
         lines.append(f"* every kept config ({len(reports)}) compiles to wgmma with 0 spills")
     for r in bad:
-        why = r.get("error", "").splitlines()[0][:200] if "error" in r else (
-            f"MMA {r['tensor_core_instr']}, spills {r['spills']} B")
+        why = (
+            r.get("error", "").splitlines()[0][:200]
+            if "error" in r
+            else (f"MMA {r['tensor_core_instr']}, spills {r['spills']} B")
+        )
         lines.append(f"* {r['tag']} {r['kernel']}/{r['config']}: {why}")
     return "\n".join(lines) + "\n"
 
@@ -182,20 +300,34 @@ def _bench_main(args, meta_common: dict, short: str, now) -> int:
         extra = [{"tag": j.pop("tag"), "split_k": j.pop("split_k")} for j in jobs]
 
         def progress(r):
-            state = r.get("error", "").splitlines()[0][:80] if "error" in r else (
-                f"regs={r['registers']} spills={r['spills']} {r['tensor_core_instr']}")
+            state = (
+                r.get("error", "").splitlines()[0][:80]
+                if "error" in r
+                else (f"regs={r['registers']} spills={r['spills']} {r['tensor_core_instr']}")
+            )
             print(f"sm_{r['arch']} {r['kernel']:10s} {r['config']:22s} {state}", flush=True)
 
         reports = aot.compile_many(jobs, args.workers, progress)
         for r, e in zip(reports, extra):
             r.update(e)
-        meta = {**meta_common, "arch": arch, "ratios": list(args.ratios),
-                "shapes": {t: dataclasses.asdict(s)
-                           for t, s in aot.bench_shapes(ratios=args.ratios).items()},
-                "seconds": time.perf_counter() - t0}
+        meta = {
+            **meta_common,
+            "arch": arch,
+            "ratios": list(args.ratios),
+            "shapes": {
+                t: dataclasses.asdict(s) for t, s in aot.bench_shapes(ratios=args.ratios).items()
+            },
+            "seconds": time.perf_counter() - t0,
+        }
         meta.pop("shape", None)
-        stem = "-".join([f"compile-report-bench-sm{arch}", f"triton{triton.__version__}",
-                         now.strftime("%Y-%m-%d"), short])
+        stem = "-".join(
+            [
+                f"compile-report-bench-sm{arch}",
+                f"triton{triton.__version__}",
+                now.strftime("%Y-%m-%d"),
+                short,
+            ]
+        )
         base = os.path.join(args.out, stem)
         _io_write(base + ".json", json.dumps({"meta": meta, "reports": reports}, indent=1) + "\n")
         _io_write(base + ".md", _bench_markdown(meta, reports))
@@ -243,17 +375,32 @@ def _markdown(meta: dict, reports: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", type=int, nargs="+", default=None, choices=sorted(aot.ARCHS),
-                   help="default: 90 80 (90 with --bench)")
+    p.add_argument(
+        "--arch",
+        type=int,
+        nargs="+",
+        default=None,
+        choices=sorted(aot.ARCHS),
+        help="default: 90 80 (90 with --bench)",
+    )
     p.add_argument("--dtype", nargs="+", default=["bf16"], choices=sorted(aot.DTYPES))
     p.add_argument("--out", default=os.path.join("bench", "results"))
     p.add_argument("--layout", choices=["channels_last", "nchw"], default="channels_last")
     p.add_argument("--shape", choices=sorted(SHAPES), default="resnet")
     p.add_argument("--kernels", nargs="+", default=None, help="default: all")
     p.add_argument("--workers", type=int, default=None, help="default: one per CPU")
-    p.add_argument("--bench", action="store_true",
-                   help="the configs prune keeps at each benchmark shape (sm_90 by default)")
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="the configs prune keeps at each benchmark shape (sm_90 by default)",
+    )
     p.add_argument("--ratios", nargs="+", default=["1/4"], help="C_b / C_out (with --bench)")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="the forward's v2 and v3 kernels at the benchmark shapes, with counts "
+        "and the byte model (sm_90)",
+    )
     args = p.parse_args(argv)
     if args.arch is None:
         args.arch = [90] if args.bench else [90, 80]
@@ -283,6 +430,8 @@ def main(argv=None) -> int:
     suffix += ["nchw"] if args.layout == "nchw" else []
     suffix += ["cbmax"] if args.shape == "max-cb" else []
     os.makedirs(args.out, exist_ok=True)
+    if args.variants:
+        return _variants_main(args, meta_common, short, now)
     if args.bench:
         return _bench_main(args, meta_common, short, now)
 
@@ -290,15 +439,30 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
 
         def progress(r):
-            state = r.get("error", "").splitlines()[0][:80] if "error" in r else (
-                f"regs={r['registers']} spills={r['spills']} shared={r['shared_bytes']}")
-            print(f"sm_{r['arch']} {r['dtype']} {r['kernel']:7s} {r['config']:22s} {state}",
-                  flush=True)
+            state = (
+                r.get("error", "").splitlines()[0][:80]
+                if "error" in r
+                else (f"regs={r['registers']} spills={r['spills']} shared={r['shared_bytes']}")
+            )
+            print(
+                f"sm_{r['arch']} {r['dtype']} {r['kernel']:7s} {r['config']:22s} {state}",
+                flush=True,
+            )
 
-        reports = aot.compile_all(archs=(arch,), dtypes=tuple(args.dtype), kernels=args.kernels,
-                                  shape=shape, workers=args.workers, progress=progress)
-        meta = {**meta_common, "arch": arch, "shared_limit": aot.SHARED_LIMIT[arch],
-                "seconds": time.perf_counter() - t0}
+        reports = aot.compile_all(
+            archs=(arch,),
+            dtypes=tuple(args.dtype),
+            kernels=args.kernels,
+            shape=shape,
+            workers=args.workers,
+            progress=progress,
+        )
+        meta = {
+            **meta_common,
+            "arch": arch,
+            "shared_limit": aot.SHARED_LIMIT[arch],
+            "seconds": time.perf_counter() - t0,
+        }
         stem = "-".join([f"compile-report-sm{arch}", now.strftime("%Y-%m-%d"), short, *suffix])
         base = os.path.join(args.out, stem)
         with open(base + ".json", "w") as f:

@@ -174,9 +174,12 @@ def _flags(g: ConvGeometry, x, y, z, bias, perm, store_z: bool, split: int) -> d
 
 
 def fwd_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z: bool,
-             split: int, cache: bool = False) -> Launch:
-    """``basis_conv_fwd_kernel``'s arguments. Absent operands (bias, perm, z, the workspace
-    without split-K) get ``x`` in their place: never read (their flags are off)."""
+             split: int, cache: bool = False, kernel: str = "fwd",
+             sms: int | None = None) -> Launch:
+    """``basis_conv_fwd_kernel``'s arguments (and those of the forward variants that take the
+    same ones, named by ``kernel``). Absent operands (bias, perm, z, the workspace without
+    split-K) get ``x`` in their place: never read (their flags are off). ``sms``: unused (one
+    program per tile), as every forward builder takes it."""
     ptrs = (x, basis, coeff, x if bias is None else bias, x if perm is None else perm, y,
             z if store_z else x, ws)
 
@@ -189,11 +192,63 @@ def fwd_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z:
         consts = dict(KH=g.KH, KW=g.KW, **_flags(g, x, y, z, bias, perm, store_z, split))
         return ints, consts, lambda meta: (_cdiv(M, meta["BLOCK_M"]), split)
 
-    key = (("fwd", g, x.stride(), basis.stride(), coeff.stride(), y.stride(),
+    key = ((kernel, g, x.stride(), basis.stride(), coeff.stride(), y.stride(),
             z.stride() if store_z else None, split, bias is None, perm is None,
             _precision(x.dtype)) if cache else None)
     ints, consts, grid = _scalars(key, build)
-    return Launch("fwd", grid, ptrs + ints, consts)
+    return Launch(kernel, grid, ptrs + ints, consts)
+
+
+def fwd_tma_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z: bool,
+                 split: int, cache: bool = False, kernel: str = "fwd_tma",
+                 sms: int | None = None) -> Launch:
+    """``basis_conv_fwd_tma_kernel``'s arguments: v2's, with one program per 2-D tile of
+    (TILE_N images, TILE_H rows, TILE_W cols) output pixels (the config's blocks)."""
+    lc = fwd_args(g, x, basis, coeff, bias, perm, y, z, ws, store_z=store_z, split=split,
+                  cache=cache, kernel=kernel)
+
+    def grid(meta):
+        return (_cdiv(g.N, meta["TILE_N"]) * _cdiv(g.Ho, meta["TILE_H"])
+                * _cdiv(g.Wo, meta["TILE_W"]), split)
+
+    return lc._replace(grid=grid)
+
+
+def fwd_halo_args(g: ConvGeometry, x, basis, coeff, bias, perm, y, z, ws, *, store_z: bool,
+                  split: int, cache: bool = False, kernel: str = "fwd_halo",
+                  sms: int | None = None) -> Launch:
+    """``basis_conv_fwd_halo_kernel``'s arguments: v2's pointers and strides, the geometry
+    and C_in as constexprs (they fix the halo schedule and the resident basis's size), one
+    program per tile of the virtual grid (``kernels/halo_schedule.py``), or with the config's
+    ``RESIDENT`` two persistent programs per SM (``sms``; 132 when unknown)."""
+    ptrs = (x, basis, coeff, x if bias is None else bias, x if perm is None else perm, y,
+            z if store_z else x, ws)
+
+    def build():
+        from tritonbasis.kernels import halo_schedule as hs
+
+        M = g.pixels
+        zs = z.stride() if store_z else (0, 0, 0, 0)
+        ints = (M, _configs().m_bucket(M), g.N, g.C_b, g.C_rest,
+                *x.stride(), *basis.stride(), *coeff.stride(), *y.stride(), *zs)
+        geo = dict(H=g.H, W=g.W, Ho=g.Ho, Wo=g.Wo, KH=g.KH, KW=g.KW,
+                   stride_h=g.stride[0], stride_w=g.stride[1], pad_h=g.padding[0],
+                   pad_w=g.padding[1], dil_h=g.dilation[0], dil_w=g.dilation[1])
+        consts = dict(C_in=g.C_in, **geo, **_flags(g, x, y, z, bias, perm, store_z, split))
+        sched = tuple(geo.values())
+        persistent = 2 * (sms or 132)
+
+        def grid(meta):
+            tiles = hs.num_tiles(sched, g.N, meta["BLOCK_M"])
+            return (min(tiles, persistent) if meta["RESIDENT"] else tiles, split)
+
+        return ints, consts, grid
+
+    key = ((kernel, g, x.stride(), basis.stride(), coeff.stride(), y.stride(),
+            z.stride() if store_z else None, split, bias is None, perm is None,
+            _precision(x.dtype), sms) if cache else None)
+    ints, consts, grid = _scalars(key, build)
+    return Launch(kernel, grid, ptrs + ints, consts)
 
 
 def fwd_reduce_args(g: ConvGeometry, x, ws, coeff, bias, perm, y, z, *, store_z: bool,
@@ -309,11 +364,14 @@ def bwd_reduce_args(segs) -> Launch:
 
 
 def plan_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool,
-                 sms: int | None = None, split: int | None = None):
+                 sms: int | None = None, split: int | None = None, variant="fwd"):
     """``([Launch, ...], (y, z))`` of one forward: 1 launch (``fwd``), or 2 with split-K
     (``fwd`` into an fp32 workspace, ``fwd_reduce`` for the epilogue). ``sms``: the GPU's SM
     count (None: the interpreter's rules); ``split`` overrides the split-K factor (the compile
-    tier builds the ``fwd_reduce`` launch of shapes that do not split).
+    tier builds the ``fwd_reduce`` launch of shapes that do not split); ``variant``: the
+    forward kernel's record name (``fwd``, or a v3 variant: its record's builder makes the
+    launch; the split-K workspace and ``fwd_reduce`` are shared), or a function that picks
+    it: called with ``build(name) -> Launch`` over this plan's tensors, returns the name.
 
     The basis is passed with C_in contiguous (channels_last): a basis that is not already laid
     out that way is copied once per call (C_b * C_in * KH * KW elements, at most
@@ -333,8 +391,13 @@ def plan_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool,
     ws = (torch.empty((split, M, configs.block_cb(g.C_b)), device=x.device,
                       dtype=torch.float32) if split > 1 else x)
     cache = sms is not None  # CUDA (see _SCALARS)
-    launches = [fwd_args(g, x, basis, coeff, bias, perm, y, z, ws, store_z=store_z,
-                         split=split, cache=cache)]
+
+    def build(name: str) -> Launch:
+        return globals()[configs.RECORDS[name].builder](
+            g, x, basis, coeff, bias, perm, y, z, ws, store_z=store_z, split=split,
+            cache=cache, kernel=name, sms=sms)
+
+    launches = [build(variant(build) if callable(variant) else variant)]
     if split > 1:
         launches.append(fwd_reduce_args(g, x, ws, coeff, bias, perm, y, z, store_z=store_z,
                                         split=split, cache=cache))
