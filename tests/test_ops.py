@@ -220,3 +220,81 @@ def test_perm_bad_input():
         tb.basis_conv2d(x, basis, coeff, bias, padding=1, perm=torch.arange(7))
     with pytest.raises(TypeError, match="perm must be an int64 or int32"):
         tb.basis_conv2d(x, basis, coeff, bias, padding=1, perm=torch.arange(8.0))
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile(fullgraph=True) of converted models: both forms, perm and bias, through the
+# layer and through the raw op; forward and a training step (backward + optimizer step)
+
+
+class _RawOp(torch.nn.Module):
+    """Calls torch.ops.tritonbasis.basis_conv2d itself, with a perm and a bias."""
+
+    def __init__(self, c, keep_basis):
+        super().__init__()
+        cb = 2
+        self.keep_basis = keep_basis
+        self.basis = torch.nn.Parameter(torch.randn(cb, c, 3, 3) / 6)
+        self.coeff = torch.nn.Parameter(torch.randn(c - cb if keep_basis else c, cb))
+        self.bias = torch.nn.Parameter(torch.randn(c) / 4)
+        self.register_buffer("perm", torch.randperm(c))
+
+    def forward(self, x):
+        return torch.ops.tritonbasis.basis_conv2d(
+            x, self.basis, self.coeff, self.bias, self.perm, [1, 1], [1, 1], [1, 1],
+            self.keep_basis, not self.keep_basis)[0]
+
+
+def _converted_net(keep_basis):
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1, bias=True))
+    spec = tb.BasisSpec(ratio=0.5, keep_basis=keep_basis, mode="fused")
+    net = tb.convert(dense, spec, require_saving=False)
+    for m in net.modules():
+        if isinstance(m, tb.BasisConv2d):
+            assert m.bias is not None
+            if m.out_perm is None:  # the full form has none from the SVD: give it one
+                m.set_out_perm(torch.randperm(m.out_channels))
+    assert all(isinstance(net[i], tb.BasisConv2d) for i in (0, 2))
+    return torch.nn.Sequential(*net, torch.nn.ReLU(), _RawOp(8, keep_basis))
+
+
+def _train_step(model, opt, x):
+    opt.zero_grad()
+    out = model(x)
+    out.square().mean().backward()
+    opt.step()
+    return out
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("keep_basis", [True, False], ids=["keep", "full"])
+def test_compile_fullgraph_converted_model_perm_bias(keep_basis, backend):
+    """Converted models (a perm in every basis layer, bias everywhere, plus a raw
+    torch.ops call with perm) compile with fullgraph=True: the permutation's value check is
+    not traced (the op checks the values when it runs). Forward and a training step equal
+    eager's."""
+    import copy
+
+    torch._dynamo.reset()
+    eager = _converted_net(keep_basis)
+    comp = copy.deepcopy(eager)
+    opt_e = torch.optim.SGD(eager.parameters(), lr=0.1)
+    opt_c = torch.optim.SGD(comp.parameters(), lr=0.1)
+    compiled = torch.compile(comp, fullgraph=True, backend=backend)
+    x = torch.randn(2, 3, 6, 6)
+    try:
+        for _ in range(2):  # the second step runs with the updated parameters
+            out_e = _train_step(eager, opt_e, x)
+            out_c = _train_step(compiled, opt_c, x)
+            torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
+        for (n, pe), pc in zip(eager.named_parameters(), comp.parameters()):
+            torch.testing.assert_close(pc, pe, rtol=1e-4, atol=1e-5, msg=n)
+        # the compiled graph still refuses a bad perm when it runs (checked by the op)
+        comp[2].set_out_perm(torch.arange(8))
+        comp[2].out_perm.data[0] = 1  # not a permutation (two 1s), the same tensor
+        with pytest.raises(ValueError, match="perm must be a permutation"):
+            compiled(x)
+    finally:
+        torch._dynamo.reset()

@@ -135,9 +135,10 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
     Cost: the value check is one vectorised sort + compare and a host read of one bool; on
     CUDA that read synchronises the stream (~10-50 us), so it runs once per tensor and
     version: a layer's perm buffer is checked on its first call only (cache above); a perm
-    edited in place (its version counter moves) is checked again. Fake tensors
-    (torch.compile tracing, register_fake) carry no values: only their metadata is checked,
-    and the real call checks the values."""
+    edited in place (its version counter moves) is checked again. While traced
+    (``torch.compile``, export) and on fake tensors (``register_fake``) there are no values:
+    only the metadata is checked, and the op's real implementation checks the values when the
+    compiled graph runs."""
     if not isinstance(perm, torch.Tensor):
         raise TypeError(f"perm must be a torch.Tensor or None, got {type(perm).__name__}")
     if perm.dtype not in (torch.int64, torch.int32):
@@ -149,7 +150,9 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
         )
     if device is not None and perm.device != device:
         raise ValueError(f"perm is on {perm.device} but x is on {device}; they must match")
-    if _is_fake(perm):
+    if torch.compiler.is_compiling() or _is_fake(perm):
+        # traced (dynamo / export: a value check would be a data-dependent graph break) or
+        # fake: no values here; the op's real implementation checks them when it runs
         return
     key = id(perm)
     state = (perm.data_ptr(), perm._version, C_out)
