@@ -228,10 +228,60 @@ def test_eager_route_reports_inplace_edit_of_saved_output():
         y.sum().backward()
 
 
-def test_double_backward_is_refused():
-    """As on the op route (its backward op has no autograd formula): no silent second order."""
-    x, basis, coeff, bias = Case().make(dtype=torch.float64, requires_grad=True)
-    y = tb.basis_conv2d(x, basis, coeff, bias, padding=1)
-    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
-        gx.sum().backward()
+DOUBLE_CASES = [
+    Case(C_in=3, C_b=2, C_rest=3, stride=2, perm=True, H=5, W=5, N=1),
+    Case(C_in=2, C_b=2, C_rest=4, keep_basis=False, perm=True, H=5, W=5, N=1),
+]
+
+
+@pytest.mark.parametrize("route", ["eager", "op"])
+@pytest.mark.parametrize("case", DOUBLE_CASES, ids=[c.id() for c in DOUBLE_CASES])
+def test_double_backward_mode_fused(case, route, routes):
+    """Second order through mode="fused" on both routes (the eager autograd.Function and the
+    custom op's registered autograd): gradgradcheck in float64, and a gradient penalty's
+    gradients equal the float64 reference's -- including with allow_unused=True, which must
+    return real gradients, never a silent None."""
+    if route == "op":
+        routes["force_op"]()
+    x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
+    perm = case.make_perm()
+
+    def f(*a):
+        return tb.basis_conv2d(*a, **case.kwargs(), mode="fused", perm=perm)
+
+    inputs = (x, basis, coeff, bias)
+    assert torch.autograd.gradgradcheck(f, inputs)
+    assert routes[route] > 0 and routes["eager" if route == "op" else "op"] == 0
+
+    def penalty(fn, ts):
+        (gx,) = torch.autograd.grad(fn(*ts).square().sum(), ts[0], create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), ts[1:], allow_unused=True)
+
+    got = penalty(f, inputs)
+    ref_in = tuple(t.detach().clone().requires_grad_() for t in inputs)
+    want = penalty(lambda *a: tb.basis_conv2d_reference(*a, **case.kwargs(), perm=perm), ref_in)
+    for name, g_got, g_want in zip(("basis", "coeff", "bias"), got, want):
+        assert g_got is not None, f"d{name} of the penalty is None"
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_first_backward_keeps_the_fast_path(routes):
+    """Without create_graph the backward runs the registry's body (the kernels' backward on
+    CUDA), not the differentiable recomputation."""
+    x, basis, coeff, bias = Case().make(requires_grad=True)
+    tb.basis_conv2d(x, basis, coeff, bias, padding=1).sum().backward()
+    assert routes["run_backward"] == 1
+
+
+def test_double_backward_under_compile_is_a_clear_error():
+    """Compiled (aot_autograd), second order is torch's own clear refusal, never a None."""
+    torch._dynamo.reset()
+    layer = tb.BasisConv2d(3, 5, 3, basis_channels=2, padding=1, mode="fused").double()
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    f = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    try:
+        (gx,) = torch.autograd.grad(f(x).square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(gx.square().sum(), (layer.basis, layer.coeff), allow_unused=True)
+    finally:
+        torch._dynamo.reset()

@@ -25,7 +25,6 @@ one flag read.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import registry
 from .geometry import ConvGeometry
@@ -72,9 +71,11 @@ class BasisConv2dFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable  # as the op: its backward op has no autograd formula
     def backward(ctx, grad_out):
+        # not once_differentiable: with create_graph=True (grad mode on here) input_grads
+        # returns gradients in differentiable ops, so double backward works as on the op
         g = ctx.g
+        geometry = (g.stride, g.padding, g.dilation, g.keep_basis)
 
         def backward(grad, x, basis, coeff, out, z_saved, bias, perm, mask):
             return registry.run_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
@@ -82,9 +83,9 @@ class BasisConv2dFunction(torch.autograd.Function):
 
         if _profiling():
             with torch.autograd.profiler.record_function(BACKWARD_NAME):
-                grads = registry.input_grads(ctx, grad_out, backward)
+                grads = registry.input_grads(ctx, grad_out, backward, geometry)
         else:
-            grads = registry.input_grads(ctx, grad_out, backward)
+            grads = registry.input_grads(ctx, grad_out, backward, geometry)
         return (*grads, None)
 
 

@@ -322,13 +322,19 @@ def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out,
     )
 
 
-def input_grads(ctx, grad_out, backward) -> tuple:
+def input_grads(ctx, grad_out, backward, geometry) -> tuple:
     """``(dx, dbasis, dcoeff, dbias)`` for autograd (None where not needed) from what
     :func:`save_for_backward` saved; ``backward(grad, x, basis, coeff, out, z_saved, bias, perm,
-    mask)`` computes them (the backward op, or :func:`run_backward` in the eager route)."""
+    mask)`` computes them (the backward op, or :func:`run_backward` in the eager route).
+    ``geometry``: ``(stride, padding, dilation, keep_basis)``.
+
+    With grad mode on (``create_graph=True``: a second derivative is wanted) the gradients
+    come from :func:`differentiable_grads` instead: the kernels' backward has no derivative."""
     x, basis, coeff, bias, perm, out, z = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(need[2]), bool(need[3])]
+    if torch.is_grad_enabled():
+        return differentiable_grads(grad_out, x, basis, coeff, bias, perm, *geometry, mask)
     empty = grad_out.new_empty(0)
     dx, db, dc, dbias = backward(
         grad_out, x, basis, coeff, empty if out is None else out, empty if z is None else z,
@@ -340,6 +346,32 @@ def input_grads(ctx, grad_out, backward) -> tuple:
         dc if mask[2] else None,
         dbias if mask[3] else None,
     )
+
+
+def differentiable_grads(grad_out, x, basis, coeff, bias, perm, stride, padding, dilation,
+                         keep_basis, mask) -> tuple:
+    """The gradients in differentiable stock ops, for a backward with ``create_graph=True``
+    (double backward: gradient penalties, Hessian-vector products). The forward is recomputed
+    by :func:`reference.basis_conv2d_reference` and differentiated by autograd with
+    ``create_graph=True``, so the returned gradients carry their own graph. The fused kernels'
+    backward computes numbers only; this path costs about one unfused forward + backward and
+    runs only when a second derivative can be asked for (grad mode on in the backward)."""
+    inputs = [t for t, m in zip((x, basis, coeff, bias), mask) if m]
+    if not inputs:
+        return (None, None, None, None)
+    with torch.enable_grad():
+        y = reference.basis_conv2d_reference(x, basis, coeff, bias, stride, padding, dilation,
+                                             keep_basis, perm)
+        got = torch.autograd.grad(y, inputs, grad_out, create_graph=True, allow_unused=True)
+    it = iter(got)
+    out = []
+    for t, m in zip((x, basis, coeff, bias), mask):
+        if not m:
+            out.append(None)
+            continue
+        gr = next(it)
+        out.append(torch.zeros_like(t) if gr is None else gr)  # e.g. coeff of C_rest = 0
+    return tuple(out)
 
 
 def _setup_context(ctx, inputs, output):
@@ -359,7 +391,8 @@ def _backward(ctx, grad_out, _grad_z):
             keep_basis, mask,
         )
 
-    return (*input_grads(ctx, grad_out, backward_op), None, None, None, None, None, None)
+    return (*input_grads(ctx, grad_out, backward_op, (stride, padding, dilation, keep_basis)),
+            None, None, None, None, None, None)
 
 
 basis_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
