@@ -106,7 +106,7 @@ def test_out_perm_survives_state_dict_round_trip(tmp_path):
     layer = tb.from_conv(conv, tb.BasisSpec(ratio=0.5, keep_basis=True))
     path = tmp_path / "layer.pt"
     torch.save(layer.state_dict(), path)
-    fresh = tb.BasisConv2d(4, 8, 3, 4, keep_basis=True)
+    fresh = tb.BasisConv2d(4, 8, 3, basis_channels=4, keep_basis=True)
     assert fresh.out_perm is None
     fresh.load_state_dict(torch.load(path, weights_only=True))
     assert torch.equal(fresh.out_perm, layer.out_perm)
@@ -170,7 +170,7 @@ def test_no_saving_and_unsupported_convs_are_skipped_with_reasons():
         nn.Conv2d(16, 16, 3, groups=16),            # depthwise
         nn.Conv2d(16, 32, 3, groups=4),             # grouped
         nn.ConvTranspose2d(32, 16, 3),              # transposed
-        nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"),  # converted (as any pad)
         nn.Conv2d(16, 64, 3),                       # converted
     )
     conv, rep = tb.convert(net, {"0": {"ratio": 0.75}, "_default": {"ratio": 0.25}},
@@ -179,8 +179,38 @@ def test_no_saving_and_unsupported_convs_are_skipped_with_reasons():
     assert "no saving" in reasons["0"]
     assert "depthwise" in reasons["1"] and "grouped" in reasons["2"]
     assert "3" not in reasons  # ConvTranspose2d is not a candidate at all
-    assert "padding_mode" in reasons["4"]
+    assert reasons["4"] == "" and isinstance(conv[4], tb.BasisConv2d)
+    assert conv[4].padding_mode == "reflect"
     assert isinstance(conv[5], tb.BasisConv2d) and not isinstance(conv[0], tb.BasisConv2d)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("keep_basis", [True, False], ids=["keep", "full"])
+def test_convert_any_padding_mode_and_string_padding(padding_mode, keep_basis):
+    """Convs with every padding_mode and with padding="same" (odd and even windows) /
+    "valid" convert; at full rank the converted model is the dense one (float64), in both
+    modes, and merge gives back convs with the same padding and padding_mode."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, padding_mode=padding_mode),
+        nn.Conv2d(6, 6, (4, 3), padding="same", dilation=(1, 2), padding_mode=padding_mode),
+        nn.Conv2d(6, 5, 2, padding="valid", padding_mode=padding_mode),
+    ).double()
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    spec = tb.BasisSpec(energy=1.0, keep_basis=keep_basis, mode="fused")
+    conv, rep = tb.convert(net, spec, require_saving=False, input_shape=(3, 9, 8),
+                           return_report=True)
+    assert [r.converted for r in rep.layers] == [True, True, True], rep.table()
+    want = net(x)
+    for mode in ("fused", "weight"):
+        for m in conv:
+            m.mode = mode
+        torch.testing.assert_close(conv(x), want, rtol=1e-10, atol=1e-10, msg=mode)
+    back = tb.merge(conv)
+    for a, b in zip(back, net):
+        assert type(a) is nn.Conv2d
+        assert (a.padding, a.padding_mode) == (b.padding, b.padding_mode)
+    torch.testing.assert_close(back(x), want, rtol=1e-10, atol=1e-10)
 
 
 def test_filter_fn_and_inplace():

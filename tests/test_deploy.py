@@ -44,8 +44,8 @@ class One(nn.Module):
         super().__init__()
         x, basis, coeff, bias = case.make()
         self.x = x
-        self.conv = tb.BasisConv2d(case.C_in, case.C_out, case.k, case.C_b, case.stride,
-                                   case.padding, case.dilation, bias=case.bias,
+        self.conv = tb.BasisConv2d(case.C_in, case.C_out, case.k, case.stride, case.padding,
+                                   case.dilation, bias=case.bias, basis_channels=case.C_b,
                                    keep_basis=case.keep_basis, mode="fused")
         with torch.no_grad():
             self.conv.basis.copy_(basis)
@@ -285,13 +285,46 @@ def test_onnx_export_of_an_exported_program_after_decompose(tmp_path):
     assert (y - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
+def _padded_layers():
+    """Basis layers with non-zero padding modes (an explicit pad before the op)."""
+    torch.manual_seed(0)
+    a = tb.BasisConv2d(5, 6, 3, padding=1, padding_mode="reflect", basis_channels=2,
+                       mode="fused")
+    a.set_out_perm(torch.randperm(6))
+    b = tb.BasisConv2d(6, 4, 4, padding="same", padding_mode="circular", basis_channels=2,
+                       keep_basis=False, mode="fused")
+    return nn.Sequential(a, nn.ReLU(), b).eval()
+
+
+@needs_onnx
+@pytest.mark.parametrize("route", ["torch.onnx.export", "tb.export_onnx"])
+def test_onnx_export_with_padding_modes(route, tmp_path):
+    """padding_mode layers export as Pad + the factorized convs, and match onnxruntime."""
+    model = _padded_layers()
+    x = torch.randn(2, 5, 9, 7)
+    path = tmp_path / "pad.onnx"
+    if route == "torch.onnx.export":
+        torch.onnx.export(model, (x,), str(path), verbose=False)
+    else:
+        tb.export_onnx(model, (x,), path)
+    ops, _, conv_w = _graph(path)
+    assert ops.count("Pad") >= 2 and ops.count("Conv") == 4, ops
+    assert conv_w[0] == (2, 5, 3, 3) and conv_w[2] == (2, 6, 4, 4)
+    (y,) = _ort(path, x)
+    with torch.no_grad():
+        ref = model(x)
+    assert (y - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("self_contained", [False, True], ids=["op", "self-contained"])
 def test_aoti_package_matches_eager_on_cpu(self_contained, tmp_path, one_thread):
     """torch.export + AOTInductor (C++ compile on CPU, ~15 s). The default package calls our
     op; the self-contained one is loaded in a fresh process that never imports tritonbasis."""
     case = CASES[0]
-    model = nn.Sequential(nn.Conv2d(5, 5, 1), One(case), nn.ReLU()).eval()
+    # with padding_mode layers too (an explicit pad before the op)
+    model = nn.Sequential(nn.Conv2d(5, 5, 1), One(case), nn.ReLU(), nn.Conv2d(11, 5, 1),
+                          *_padded_layers()).eval()
     x = torch.randn(2, 5, 9, 7)
     path = deploy.aoti_package(model, (x,), tmp_path / "m.pt2", self_contained=self_contained)
     assert os.path.exists(path)

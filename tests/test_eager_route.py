@@ -129,7 +129,7 @@ def test_validation_once_per_call(monkeypatch):
 
 
 def test_layer_takes_the_eager_route(routes):
-    layer = tb.BasisConv2d(4, 8, 3, 3, padding=1, mode="fused")
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, mode="fused")
     y = layer(torch.randn(2, 4, 6, 6))
     assert type(y.grad_fn).__name__ == EAGER_GRAD_FN
     assert routes["eager"] == 1 and routes["op"] == 0
@@ -166,7 +166,7 @@ def test_function_mode_and_subclass_take_the_op(routes):
 
 
 def test_jit_trace_takes_the_op(routes):
-    layer = tb.BasisConv2d(4, 8, 3, 3, padding=1, mode="fused")
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, mode="fused")
     x = torch.randn(1, 4, 6, 6)
     with torch.no_grad():
         traced = torch.jit.trace(layer, x, check_trace=False)
@@ -186,7 +186,8 @@ def test_compile_fullgraph_takes_the_op(keep_basis, routes):
         seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
         return gm.forward
 
-    layer = tb.BasisConv2d(4, 8, 3, 3, padding=1, keep_basis=keep_basis, mode="fused")
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, keep_basis=keep_basis,
+                           mode="fused")
     x = torch.randn(2, 4, 6, 6)
     want = layer(x)
     want.square().sum().backward()

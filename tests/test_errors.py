@@ -324,15 +324,57 @@ def test_forced_triton_env_float64_on_cpu(monkeypatch, no_launch):
         (dict(stride=1.5), TypeError, r"stride must be an int or a pair"),
         (dict(padding=(1, 1, 1)), ValueError, r"padding must be an int or a pair"),
         (dict(dilation=False), TypeError, r"dilation must be an int or a pair.*bool"),
+        (dict(kernel_size=0), ValueError, r"kernel_size must be >= 1, got 0"),
+        (dict(kernel_size=-3), ValueError, r"kernel_size must be >= 1, got -3"),
+        (dict(kernel_size=(3, 0)), ValueError, r"kernel_size must be >= 1"),
+        (dict(kernel_size=3.0), TypeError, r"kernel_size must be an int or a pair"),
+        (dict(stride=0), ValueError, r"stride must be >= 1, got 0"),
+        (dict(dilation=(1, 0)), ValueError, r"dilation must be >= 1"),
+        (dict(padding=-1), ValueError, r"padding must be >= 0, got -1"),
+        (dict(padding="full"), ValueError, r"padding must be 'same', 'valid' or an int"),
+        (dict(padding="same", stride=2), ValueError, r"padding='same' is not supported for "
+                                                     r"strided"),
+        (dict(padding_mode="mirror"), ValueError, r"padding_mode must be one of zeros, "
+                                                  r"reflect, replicate, circular"),
+        (dict(groups=2), ValueError, r"groups=2 is not supported.*groups=1"),
+        (dict(groups=1.0), TypeError, r"groups must be an int"),
+        (dict(bias="yes"), TypeError, r"bias must be a bool"),
+        (dict(keep_basis=1), TypeError, r"keep_basis must be a bool"),
+        (dict(in_channels=-4), ValueError, r"in_channels must be a positive int"),
+        (dict(in_channels=4.0), ValueError, r"in_channels must be a positive int"),
+        (dict(basis_channels=None), TypeError, r"needs basis_channels=<int> or ratio="),
+        (dict(ratio=0.5), ValueError, r"exactly one of basis_channels and ratio"),
+        (dict(basis_channels=None, ratio=0.0), ValueError, r"ratio must be in \(0, 1\]"),
+        (dict(basis_channels=None, ratio=1.5), ValueError, r"ratio must be in \(0, 1\]"),
+        (dict(basis_channels=None, ratio="0.25"), ValueError, r"ratio must be a finite"),
+        (dict(basis_channels=None, ratio=float("nan")), ValueError, r"ratio must be a finite"),
     ],
     ids=["cb0", "cb_neg", "cb_gt_cout", "cb_gt_cout_full", "cb_bool", "cb_float", "cin0",
-         "cout0", "mode", "kernel_3", "stride_float", "padding_3", "dilation_bool"],
+         "cout0", "mode", "kernel_3", "stride_float", "padding_3", "dilation_bool", "k0",
+         "k_neg", "k_pair0", "k_float", "stride0", "dilation0", "padding_neg", "padding_str",
+         "same_strided", "padding_mode", "groups2", "groups_float", "bias_str", "keep_int",
+         "cin_neg", "cin_float", "no_cb", "cb_and_ratio", "ratio0", "ratio_gt1", "ratio_str",
+         "ratio_nan"],
 )
 def test_layer_constructor_rejects(kwargs, exc, match):
     base = dict(in_channels=4, out_channels=8, kernel_size=3, basis_channels=4)
     base.update(kwargs)
     with pytest.raises(exc, match=match):
         tb.BasisConv2d(**base)
+
+
+def test_layer_old_positional_basis_channels_fails_loudly():
+    """The 4th positional argument is stride, as in nn.Conv2d. A call written for the old
+    signature (4th = basis_channels) names the missing keyword instead of meaning stride=16."""
+    with pytest.raises(TypeError, match=r"basis_channels=<int> or ratio=.*4th positional "
+                                        r"argument is stride"):
+        tb.BasisConv2d(64, 64, 3, 16)
+    with pytest.raises(TypeError, match=r"basis_channels=<int> or ratio="):
+        tb.BasisConv2d(64, 64, 3, 16, padding=1, mode="fused")
+    with pytest.raises(TypeError, match="multiple values for argument 'stride'"):
+        tb.BasisConv2d(64, 64, 3, 16, stride=2, basis_channels=16)
+    with pytest.raises(ValueError, match="kernel_size must be >= 1, got 0"):
+        tb.BasisConv2d(4, 8, 0, basis_channels=2)  # was a ZeroDivisionError
 
 
 def test_layer_forward_rejects_wrong_input(no_launch):

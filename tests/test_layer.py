@@ -241,7 +241,7 @@ def test_reset_parameters_bounds():
 def test_extra_repr_default():
     s = repr(tb.BasisConv2d(3, 64, 3, basis_channels=16))
     assert s.startswith("BasisConv2d(")
-    expect = (f"3, 64, kernel_size={(3, 3)}, basis_channels=16, stride={(1, 1)}, "
+    expect = (f"3, 64, kernel_size={(3, 3)}, stride={(1, 1)}, basis_channels=16, "
               f"keep_basis=True, mode={'auto'!r}")
     assert expect in s
     assert "padding" not in s and "dilation" not in s and "bias" not in s
@@ -255,6 +255,53 @@ def test_extra_repr_everything():
                  f"padding={(1, 2)}", f"dilation={(2, 2)}", "bias=False", "keep_basis=False",
                  f"mode={'fused'!r}"):
         assert part in s, (part, s)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [1, (2, 0), "same", "valid"], ids=str)
+def test_padding_and_padding_mode_like_conv2d(padding, padding_mode):
+    """Every padding_mode (an explicit F.pad, then the op with padding 0) and string padding
+    ("same" with an even window: the extra pixel after, as nn.Conv2d): output and gradients
+    equal nn.Conv2d's with the merged weight (float64), fused and weight mode, both forms;
+    to_conv keeps padding and padding_mode."""
+    for keep_basis in (True, False):
+        m = tb.BasisConv2d(3, 7, (4, 3), 1, padding, (1, 2), bias=True,
+                           padding_mode=padding_mode, basis_channels=3, keep_basis=keep_basis,
+                           dtype=torch.float64)
+        m.set_out_perm(torch.randperm(7))
+        conv = m.to_conv()
+        assert (conv.padding, conv.padding_mode) == (m.padding, padding_mode)
+        x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+        want = conv(x)
+        (gx_want,) = torch.autograd.grad(want.square().sum(), x)
+        for mode in ("fused", "weight"):
+            m.mode = mode
+            got = m(x)
+            (gx,) = torch.autograd.grad(got.square().sum(), x)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(gx, gx_want, rtol=1e-10, atol=1e-10)
+            assert m.resolved_mode(x) == mode
+
+
+def test_ratio_sizes_the_basis_like_basis_spec():
+    assert tb.BasisConv2d(16, 32, 3, ratio=0.25).basis_channels == 8
+    assert tb.BasisConv2d(16, 32, 3, ratio=0.01).basis_channels == 1  # at least one
+    assert tb.BasisConv2d(16, 32, 3, ratio=1.0, keep_basis=False).coeff.shape == (32, 32)
+    assert (tb.BasisConv2d(16, 32, 3, ratio=0.3).basis_channels
+            == tb.BasisSpec(ratio=0.3).channels_for(32))
+
+
+def test_module_pickled_before_padding_modes_still_runs():
+    """A whole module pickled before padding modes existed (no padding plan attributes)
+    unpickles and pads with its stored pair, as it did."""
+    m = tb.BasisConv2d(3, 6, 3, padding=1, basis_channels=2, mode="fused")
+    x = torch.randn(1, 3, 5, 5)
+    want = m(x)
+    for k in ("_call_padding", "op_padding"):
+        del m.__dict__[k]
+    back = copy.deepcopy(m)  # __reduce_ex__ -> __setstate__, as unpickling
+    assert back._call_padding == (1, 1) and back.padding_mode == "zeros"
+    torch.testing.assert_close(back(x), want)
 
 
 @pytest.mark.parametrize("cfg", LAYER_CONFIGS, ids=CONFIG_IDS)
@@ -404,8 +451,8 @@ def test_auto_mode_runs_what_it_resolves(monkeypatch):
                         lambda *a, **k: calls.append("weight") or real_weight(*a, **k))
     monkeypatch.setattr(tb_reference, "forward",
                         lambda *a, **k: calls.append("fused") or real_fwd(*a, **k))
-    for m, cin in ((tb.BasisConv2d(3, 64, 3, 16, padding=1), 3),
-                   (tb.BasisConv2d(128, 128, 3, 32, padding=1), 128)):
+    for m, cin in ((tb.BasisConv2d(3, 64, 3, basis_channels=16, padding=1), 3),
+                   (tb.BasisConv2d(128, 128, 3, basis_channels=32, padding=1), 128)):
         x = torch.randn(1, cin, 12, 12)
         calls.clear()
         m(x)

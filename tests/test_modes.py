@@ -71,7 +71,7 @@ def test_cpu_model_thresholds():
 
 
 def test_resolution_happens_once(monkeypatch, count_paths):
-    m = tb.BasisConv2d(16, 16, 3, 4, padding=1)
+    m = tb.BasisConv2d(16, 16, 3, basis_channels=4, padding=1)
     calls = []
     real = modes.decide
     monkeypatch.setattr(modes, "decide", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -94,7 +94,7 @@ def test_resolution_happens_once(monkeypatch, count_paths):
 
 
 def test_first_forward_reads_no_disk_after_the_first(monkeypatch):
-    m = tb.BasisConv2d(16, 16, 3, 4, padding=1)
+    m = tb.BasisConv2d(16, 16, 3, basis_channels=4, padding=1)
     m(torch.randn(2, 16, 8, 8))  # first lookup in this process (cache empty, nothing read)
     reads = []
     real = tune_cache._Store._read
@@ -140,9 +140,9 @@ def _fake_measure(slower):
 
 @pytest.mark.parametrize("slower", ["fused", "weight"])
 def test_tune_sets_modes_from_timings(slower, count_paths):
-    model = nn.Sequential(tb.BasisConv2d(16, 32, 3, 8, padding=1), nn.ReLU(),
-                          tb.BasisConv2d(32, 32, 3, 8, padding=1),
-                          tb.BasisConv2d(32, 32, 3, 8, padding=1, mode="fused"))
+    model = nn.Sequential(tb.BasisConv2d(16, 32, 3, basis_channels=8, padding=1), nn.ReLU(),
+                          tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1),
+                          tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1, mode="fused"))
     rows = tb.tune(model, (4, 16, 8, 8), device="cpu", measure=_fake_measure(slower))
     faster = "weight" if slower == "fused" else "fused"
     assert rows and all(r["mode"] == faster for r in rows)
@@ -154,7 +154,7 @@ def test_tune_sets_modes_from_timings(slower, count_paths):
     # stored in the tuning cache: a fresh layer of that shape picks it up too
     entries = tune_cache._TIMINGS.entries()
     assert {e["mode"] for e in entries.values()} == {faster}
-    fresh = tb.BasisConv2d(32, 32, 3, 8, padding=1)
+    fresh = tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1)
     assert fresh.resolved_mode(torch.randn(4, 32, 8, 8)) == faster
     with pytest.raises(ValueError, match="N, C, H, W"):
         tb.tune(model, (16, 8, 8))
@@ -163,7 +163,7 @@ def test_tune_sets_modes_from_timings(slower, count_paths):
 def test_old_state_dicts_load():
     """resolved / its memo are plain attributes: state_dict keys are unchanged, so checkpoints
     from before load (strict), and a resolved layer's state_dict loads into a fresh one."""
-    m = tb.BasisConv2d(8, 16, 3, 4, padding=1)
+    m = tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1)
     before = set(m.state_dict())
     m.set_resolved("fused")
     m(torch.randn(1, 8, 6, 6))
@@ -171,7 +171,7 @@ def test_old_state_dicts_load():
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
     buf.seek(0)
-    fresh = tb.BasisConv2d(8, 16, 3, 4, padding=1)
+    fresh = tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1)
     fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
     assert fresh.resolved is None
     x = torch.randn(2, 8, 6, 6)

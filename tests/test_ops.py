@@ -73,9 +73,11 @@ def test_custom_op_is_registered_in_project_namespace():
 class _Net(torch.nn.Module):
     def __init__(self, keep_basis):
         super().__init__()
-        self.a = tb.BasisConv2d(3, 8, 3, 4, padding=1, keep_basis=keep_basis, mode="fused")
+        self.a = tb.BasisConv2d(3, 8, 3, basis_channels=4, padding=1, keep_basis=keep_basis,
+                                mode="fused")
         self.bn = torch.nn.BatchNorm2d(8)
-        self.b = tb.BasisConv2d(8, 6, 3, 2, stride=2, keep_basis=keep_basis, mode="fused")
+        self.b = tb.BasisConv2d(8, 6, 3, basis_channels=2, stride=2, keep_basis=keep_basis,
+                                mode="fused")
 
     def forward(self, x):
         return self.b(torch.relu(self.bn(self.a(x))))
@@ -168,7 +170,7 @@ def test_auto_on_cpu_never_runs_triton():
 
 def test_autocast_casts_params_like_conv():
     """Under autocast (CPU bf16 here) params are cast with x, as F.conv2d does."""
-    layer = tb.BasisConv2d(4, 8, 3, 2, padding=1, mode="fused")
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=2, padding=1, mode="fused")
     x = torch.randn(2, 4, 7, 7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
@@ -183,7 +185,7 @@ def test_autocast_casts_params_like_conv():
 def test_empty_batch_like_conv2d(keep_basis, backend):
     """N = 0 gives an empty output of the right shape and zero parameter gradients, as
     nn.Conv2d does (models can see empty batches)."""
-    layer = tb.BasisConv2d(4, 8, 3, 3, stride=2, padding=1, keep_basis=keep_basis,
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, stride=2, padding=1, keep_basis=keep_basis,
                            mode="fused").to(DEVICE)
     x = torch.randn(0, 4, 9, 9, device=DEVICE, requires_grad=True)
     with tb.use_backend(backend):

@@ -279,7 +279,7 @@ def _wide_layer_geometry(n=2):
     # 128 channels, C_b=32 (was 32/8): the CPU cost model (tritonbasis.modes, calibrated on
     # CPU) needs this much work per call to pick fused; the tests need its pick to be fused
     x = torch.randn(n, 128, 8, 8)
-    m = tb.BasisConv2d(128, 128, 3, 32, padding=1, mode="auto")
+    m = tb.BasisConv2d(128, 128, 3, basis_channels=32, padding=1, mode="auto")
     return x, m, tb.check_inputs(x, m.basis, m.coeff, m.bias, 1, 1, 1, True)
 
 

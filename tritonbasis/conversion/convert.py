@@ -133,9 +133,9 @@ def _resolve(layer: BasisConv2d, in_chw, batch: int, device) -> str:
         mode = decide_per_pixel(layer.in_channels, layer.out_channels, layer.basis_channels,
                                 layer.kernel_size, layer.keep_basis, device)
     else:
-        x = torch.empty(batch, *in_chw, device="meta")
+        x = layer._pad(torch.empty(batch, *in_chw, device="meta"))  # as its forward pads
         g = check_inputs(x, layer.basis.to("meta"), layer.coeff.to("meta"), None, layer.stride,
-                         layer.padding, layer.dilation, layer.keep_basis)
+                         layer._call_padding, layer.dilation, layer.keep_basis)
         mode = decide(g, device)
     layer.set_resolved(mode, device)
     return mode
@@ -168,9 +168,9 @@ def convert(
         require_saving: skip convs where the spec saves neither parameters nor MACs (default);
             False converts them anyway (e.g. ``energy=1.0`` to check exactness).
 
-    Candidates are ``nn.Conv2d`` with groups=1 and zero padding; grouped/depthwise/transposed
-    convs, and convs where the spec would not reduce both parameters and MACs, are skipped with
-    the reason in the report.
+    Candidates are ``nn.Conv2d`` with groups=1 (any padding and ``padding_mode``);
+    grouped/depthwise/transposed convs, and convs where the spec would not reduce both
+    parameters and MACs, are skipped with the reason in the report.
     """
     if isinstance(plan, BasisSpec | dict) and (
         isinstance(plan, BasisSpec) or set(plan) <= set(BasisSpec.__dataclass_fields__)
@@ -303,7 +303,7 @@ def merge(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
 
 def candidate_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """(fqn, conv) of every conv that could be converted (groups=1, zero padding, ...)."""
+    """(fqn, conv) of every conv that could be converted (groups=1, ...)."""
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, nn.Conv2d) and not isinstance(m, BasisConv2d)
             and check_convertible(m) is None]

@@ -46,10 +46,6 @@ def check_convertible(conv: nn.Module) -> str | None:
     if conv.groups != 1:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
         return f"{kind} conv (groups={conv.groups}): only groups=1 is supported"
-    if conv.padding_mode != "zeros":
-        return f"padding_mode={conv.padding_mode!r}: only 'zeros' is supported"
-    if isinstance(conv.padding, str):
-        return f"padding={conv.padding!r}: only explicit padding is supported"
     if conv.out_channels < 2:
         return "a single output channel: nothing to share"
     return None
