@@ -142,3 +142,54 @@ def test_check_perm_skips_values_of_fake_tensors():
         _checks.check_perm(fake, 8)  # no values to check: metadata only, no error
         with pytest.raises(ValueError, match=r"perm must have shape \(8,\)"):
             _checks.check_perm(torch.empty(7, dtype=torch.int64), 8)
+
+
+@pytest.mark.parametrize("how", ["data", "numpy"])
+@pytest.mark.parametrize("route", ["layer", "functional", "op", "compiled"])
+def test_perm_edited_behind_the_version_counter_is_caught_on_cpu(how, route):
+    """The contract (README "API"): on CPU the values are checked on every call, so a perm
+    edited after its first use through ``.data`` or ``.numpy()`` (writes that do not bump the
+    version counter) is refused -- never used unchecked -- through every entry point; a
+    still-valid edit is used (the output follows the new permutation)."""
+    torch._dynamo.reset()
+    layer = tb.BasisConv2d(4, 6, 3, padding=1, basis_channels=2, mode="fused")
+    layer.set_out_perm(torch.randperm(6))
+    perm = layer.out_perm
+    x = torch.randn(2, 4, 5, 5)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    call = {
+        "layer": lambda: layer(x),
+        "functional": lambda: tb.basis_conv2d(x, layer.basis, layer.coeff, layer.bias,
+                                              padding=1, perm=perm),
+        "op": lambda: torch.ops.tritonbasis.basis_conv2d(
+            x, layer.basis, layer.coeff, layer.bias, perm, [1, 1], [1, 1], [1, 1], True,
+            False)[0],
+        "compiled": lambda: compiled(x),
+    }[route]
+    try:
+        call()  # checked once and remembered
+        version = perm._version
+
+        def write(i, v):
+            if how == "data":
+                perm.data[i] = v
+            else:
+                perm.numpy()[i] = v
+
+        # a valid edit (swap two channels): used, and the output follows it
+        a, b = int(perm[0]), int(perm[1])
+        write(0, b)
+        write(1, a)
+        assert perm._version == version  # the writes went around the version counter
+        want = tb.basis_conv2d_reference(x, layer.basis, layer.coeff, layer.bias, padding=1,
+                                         perm=perm.clone())
+        torch.testing.assert_close(call(), want, rtol=1e-5, atol=1e-5)
+        # an invalid edit (a duplicate): refused
+        write(0, int(perm[1]))
+        with pytest.raises(ValueError, match="appears more than once"):
+            call()
+        write(0, 99)
+        with pytest.raises(ValueError, match="value 99 is outside 0..5"):
+            call()
+    finally:
+        torch._dynamo.reset()

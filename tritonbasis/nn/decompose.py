@@ -39,9 +39,7 @@ from .spec import BasisSpec
 
 def check_convertible(conv: nn.Module) -> str | None:
     """None if ``conv`` can become a BasisConv2d, else why not."""
-    if type(conv) is not nn.Conv2d and not (
-        isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
-    ):
+    if not isinstance(conv, nn.Conv2d) or getattr(conv, "transposed", False):
         return f"not an nn.Conv2d ({type(conv).__name__})"
     if conv.groups != 1:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"

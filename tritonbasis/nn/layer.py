@@ -11,19 +11,20 @@ import torch.nn.functional as F
 
 from ..op import reference
 from ..op.geometry import check_inputs
+from ..util import compat
+from ..util.compat import tensor_version
 from ..util.ranges import layer_range
 from . import decompose
 from .conv_args import check_conv_args
 from .functional import basis_conv2d, choose_mode, onnx_exporting
 from .spec import BasisSpec, as_spec
 
-
 def _plain_no_grad_call(x) -> bool:
     """A call without autograd, outside tracing / compile / export and autocast, on a plain
     tensor: where weight mode may reuse a merged weight (nothing records the parameters)."""
     return (not torch.is_grad_enabled() and type(x) is torch.Tensor
             and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch._C._is_any_autocast_enabled())
+            and not compat.autocast_enabled())
 
 
 class BasisConv2d(nn.Module):
@@ -162,7 +163,7 @@ class BasisConv2d(nn.Module):
         # self.basis etc. go through nn.Module.__getattr__ (~0.35 us each, 1.3 us of the
         # per-call host time for the four); the dicts hold them. Names not there (pruning,
         # parametrization; bias=False is a plain None attribute) take the attributes.
-        p, b = self._parameters, self._buffers
+        p, b = compat.module_dicts(self)
         if "basis" in p and "coeff" in p and "out_perm" in b:
             basis, coeff, perm = p["basis"], p["coeff"], b["out_perm"]
         else:
@@ -187,12 +188,12 @@ class BasisConv2d(nn.Module):
         train/eval mode is set -- one dense weight of memory per weight-mode layer in eval.
         Writes through ``param.data`` bypass the version counter: call ``.eval()`` again
         after such a write."""
-        key = (basis._version, coeff._version, basis.data_ptr(), coeff.data_ptr(),
+        key = (tensor_version(basis), tensor_version(coeff), basis.data_ptr(), coeff.data_ptr(),
                basis.dtype, basis.device,
-               None if perm is None else (perm._version, perm.data_ptr()))
+               None if perm is None else (tensor_version(perm), perm.data_ptr()))
         cached = self.__dict__.get("_weight_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None and cached[0] == key and key[0] is not None:
+            return cached[1]  # (no version counter to read: built per call)
         w = reference.merged_weight(basis, coeff, self.keep_basis, perm)
         self.__dict__["_weight_cache"] = (key, w)
         return w

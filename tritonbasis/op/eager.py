@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import torch
 
+from ..util import compat
 from . import registry
 from .geometry import ConvGeometry
 
 FORWARD_NAME = "tritonbasis::basis_conv2d"
 BACKWARD_NAME = "tritonbasis::basis_conv2d_backward"
 
-_profiling = torch._C._autograd._profiler_enabled
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-_function_modes = torch._C._is_torch_function_mode_enabled
-_functorch_level = torch._C._functorch.maybe_current_level
-_any_requires_grad = torch._C._any_requires_grad
+# flag reads of torch's dispatch state (private names, util.compat: public fallbacks that
+# send every call to the op route when they are missing)
+_profiling = compat.profiler_enabled
+_dispatch_modes = compat.dispatch_modes
+_function_modes = compat.function_modes
+_functorch_level = compat.functorch_level
+_any_requires_grad = compat.any_requires_grad
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 

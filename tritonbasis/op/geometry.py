@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..util import compat
+from ..util.compat import tensor_version
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Limit of the Triton kernels, known without importing triton: they hold the whole (padded)
@@ -110,19 +113,28 @@ class PermDtypeError(TypeError, ValueError):
     """perm has a non-integer dtype (a TypeError, and a ValueError like every bad perm)."""
 
 
-# Tensors whose values were checked to be a permutation: id -> (weakref, data_ptr, _version,
-# C_out). A hit needs the very same live tensor object with unchanged storage and version
-# counter (any in-place write bumps it), so a freed perm's id reused by another tensor, or an
-# edited perm, is checked again.
+# Tensors whose values were checked to be a permutation: id -> (weakref, what was checked).
+# A hit needs the very same live tensor object and, on CPU, the same values as the copy kept
+# here (a ~1 us compare, so writes that bypass the version counter -- ``perm.data[...] = ``,
+# ``perm.numpy()[...] = ``, DLPack -- are seen too); on other devices the same storage and
+# version counter (any in-place write through the tensor bumps it; a value compare would be a
+# sync per call). A freed perm's id reused by another tensor is checked again.
 _PERM_CHECKED: dict[int, tuple] = {}
 
 
-def _is_fake(t: torch.Tensor) -> bool:
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # pragma: no cover - very old torch
-        return t.device.type == "meta"
-    return is_fake(t) or t.device.type == "meta"
+def _perm_state(perm: torch.Tensor):
+    if perm.device.type == "cpu":
+        return perm.clone()
+    return (perm.data_ptr(), tensor_version(perm))
+
+
+def _perm_unchanged(perm: torch.Tensor, hit) -> bool:
+    if hit[0]() is not perm:
+        return False
+    state = hit[1]
+    if isinstance(state, torch.Tensor):
+        return torch.equal(state, perm)
+    return state[1] is not None and state == (perm.data_ptr(), tensor_version(perm))
 
 
 def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
@@ -132,10 +144,13 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
     contiguous (the kernels read it with unit stride). Raises ValueError (PermDtypeError,
     also a TypeError, for the dtype).
 
-    Cost: the value check is one vectorised sort + compare and a host read of one bool; on
-    CUDA that read synchronises the stream (~10-50 us), so it runs once per tensor and
-    version: a layer's perm buffer is checked on its first call only (cache above); a perm
-    edited in place (its version counter moves) is checked again. While traced
+    When the values are checked (the contract, README "API"): on CPU on every call -- against
+    a copy of the values last validated (~1 us), the full check (a sort) only when they
+    changed, however they were written. On CUDA the check's host read synchronises the
+    stream (~10-50 us), so it runs once per tensor and version: a layer's perm buffer is
+    checked on its first call, and again after an in-place write through the tensor (its
+    version counter moves); a write that bypasses the version counter (``perm.data[...] =``,
+    DLPack) is not seen there -- write through the tensor or use ``set_out_perm``. While traced
     (``torch.compile``, export) and on fake tensors (``register_fake``) there are no values:
     only the metadata is checked, and the op's real implementation checks the values when the
     compiled graph runs."""
@@ -150,14 +165,13 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
         )
     if device is not None and perm.device != device:
         raise ValueError(f"perm is on {perm.device} but x is on {device}; they must match")
-    if torch.compiler.is_compiling() or _is_fake(perm):
+    if torch.compiler.is_compiling() or compat.has_no_values(perm):
         # traced (dynamo / export: a value check would be a data-dependent graph break) or
         # fake: no values here; the op's real implementation checks them when it runs
         return
     key = id(perm)
-    state = (perm.data_ptr(), perm._version, C_out)
     hit = _PERM_CHECKED.get(key)
-    if hit is not None and hit[0]() is perm and hit[1:] == state:
+    if hit is not None and _perm_unchanged(perm, hit):
         return
     ok = torch.equal(torch.sort(perm.long()).values,
                      torch.arange(C_out, device=perm.device, dtype=torch.int64))
@@ -171,7 +185,7 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
             why = f"value {int(vals[counts > 1][0])} appears more than once"
         raise ValueError(f"perm must be a permutation of range({C_out}): {why}")
     _PERM_CHECKED[key] = (weakref.ref(perm, lambda _r, k=key: _PERM_CHECKED.pop(k, None)),
-                          *state)
+                          _perm_state(perm))
 
 
 # Geometries of argument metadata that passed validation: key (see _memo_key) -> geometry.

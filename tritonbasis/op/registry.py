@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 from collections.abc import Sequence
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from ..util import compat
 from . import launchers, reference
 from .geometry import (
     MAX_BASIS_CHANNELS,
@@ -68,10 +68,9 @@ def get_backend() -> str:
     name = _state.backend  # set_backend stores it normalised
     if name is not None:
         return name
-    # the raw value from the store os.environ reads (~0.1 us; Mapping.get ~1.5 us), so
-    # os.environ[...] = ... and monkeypatch.setenv take effect at once
-    raw = (_ENV_DATA.get(_ENV_KEY) if _ENV_DATA is not None and os.environ is _ENVIRON
-           else os.environ.get(_ENV_NAME))
+    # read on every call (util.compat.environ_reader: ~0.1 us), so os.environ[...] = ... and
+    # monkeypatch.setenv take effect at once
+    raw = _read_env()
     if raw is None:
         return "auto"
     name = _ENV_BACKENDS.get(raw)
@@ -87,12 +86,7 @@ def get_backend() -> str:
 
 _ENV_BACKENDS: dict = {}  # raw TRITONBASIS_BACKEND value -> valid backend name
 
-_ENV_NAME = "TRITONBASIS_BACKEND"
-_ENVIRON = os.environ
-try:  # os.environ's own store (bytes keys on POSIX), read by get_backend
-    _ENV_DATA, _ENV_KEY = os.environ._data, os.environ.encodekey(_ENV_NAME)
-except AttributeError:  # another Python's os.environ
-    _ENV_DATA = None
+_read_env = compat.environ_reader("TRITONBASIS_BACKEND")
 
 
 def set_backend(name: str | None) -> None:
