@@ -19,6 +19,7 @@ from .conv_args import check_conv_args
 from .functional import basis_conv2d, choose_mode, onnx_exporting
 from .spec import BasisSpec, as_spec
 
+
 def _plain_no_grad_call(x) -> bool:
     """A call without autograd, outside tracing / compile / export and autocast, on a plain
     tensor: where weight mode may reuse a merged weight (nothing records the parameters)."""
