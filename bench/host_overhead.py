@@ -50,6 +50,7 @@ from torch.utils import benchmark
 
 import tritonbasis as tb
 from tritonbasis.op import eager
+from tritonbasis.op.geometry import check_inputs
 
 
 def _inputs(grad: bool) -> dict:
@@ -109,7 +110,7 @@ def cases(grad: bool) -> dict:
     w1 = coeff[:, :, None, None]
     op = torch.ops.tritonbasis.basis_conv2d
     floor = _floor_op()
-    g = tb.check_inputs(x, basis, coeff, None, 1, 1, 1, True)
+    g = check_inputs(x, basis, coeff, None, 1, 1, 1, True)
 
     def stock_pair():
         return F.conv2d(F.conv2d(x, basis, padding=1), w1)

@@ -32,8 +32,8 @@ def test_full_rank_conversion_reproduces_torchvision_models(name, keep_basis):
     m = _model(name)
     x = torch.randn(2, 3, 32, 32)
     ref = m(x)
-    conv, report = tb.convert(m, {"_default": tb.BasisSpec(energy=1.0, keep_basis=keep_basis)},
-                              return_report=True, require_saving=False)
+    spec = tb.BasisSpec(energy=1.0, keep_basis=keep_basis)
+    conv, report = tb.convert_with_report(m, {"_default": spec}, require_saving=False)
     n_basis = sum(isinstance(mm, tb.BasisConv2d) for mm in conv.modules())
     n_cand = len(tb.candidate_convs(m))
     assert n_basis == n_cand == report.totals()["converted"] > 0
@@ -147,7 +147,7 @@ def test_plan_precedence_and_skip():
 def test_convert_by_plan_reports_every_conv():
     m = _model("resnet18")
     plan = {"re:layer[34]\\.\\d\\.conv[12]": {"ratio": 0.25}, "conv1": None}
-    conv, rep = tb.convert(m, plan, input_shape=(3, 32, 32), return_report=True)
+    conv, rep = tb.convert_with_report(m, plan, input_shape=(3, 32, 32))
     rows = {r.fqn: r for r in rep.layers}
     assert len(rows) == 20  # every Conv2d of resnet18
     assert rows["conv1"].reason.startswith("plan says skip")
@@ -173,8 +173,7 @@ def test_no_saving_and_unsupported_convs_are_skipped_with_reasons():
         nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"),  # converted (as any pad)
         nn.Conv2d(16, 64, 3),                       # converted
     )
-    conv, rep = tb.convert(net, {"0": {"ratio": 0.75}, "_default": {"ratio": 0.25}},
-                           return_report=True)
+    conv, rep = tb.convert_with_report(net, {"0": {"ratio": 0.75}, "_default": {"ratio": 0.25}})
     reasons = {r.fqn: r.reason for r in rep.layers}
     assert "no saving" in reasons["0"]
     assert "depthwise" in reasons["1"] and "grouped" in reasons["2"]
@@ -198,8 +197,7 @@ def test_convert_any_padding_mode_and_string_padding(padding_mode, keep_basis):
     ).double()
     x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
     spec = tb.BasisSpec(energy=1.0, keep_basis=keep_basis, mode="fused")
-    conv, rep = tb.convert(net, spec, require_saving=False, input_shape=(3, 9, 8),
-                           return_report=True)
+    conv, rep = tb.convert_with_report(net, spec, require_saving=False, input_shape=(3, 9, 8))
     assert [r.converted for r in rep.layers] == [True, True, True], rep.table()
     want = net(x)
     for mode in ("fused", "weight"):

@@ -15,6 +15,7 @@ import torch
 import tritonbasis as tb
 import tritonbasis.op.launchers as tb_triton
 import tritonbasis.op.reference as tb_reference
+from tritonbasis.op.geometry import check_inputs
 from tritonbasis.op.registry import triton_import_error
 
 OP = torch.ops.tritonbasis.basis_conv2d
@@ -181,7 +182,7 @@ def test_raw_op_rejects_before_launch(no_launch, args, exc, match):
 def test_check_inputs_rejects(args, exc, match):
     a = args
     with pytest.raises(exc, match=match):
-        tb.check_inputs(a["x"], a["basis"], a["coeff"], a["bias"], a["stride"], a["padding"],
+        check_inputs(a["x"], a["basis"], a["coeff"], a["bias"], a["stride"], a["padding"],
                         a["dilation"], a["keep_basis"])
 
 
@@ -211,7 +212,7 @@ def test_valid_calls_pass_validation():
     """The baseline calls the bad ones are derived from are themselves fine (so each error
     above is caused by the one thing changed)."""
     for a in (good(), good_full(), good(bias=None), good_full(bias=None)):
-        g = tb.check_inputs(a["x"], a["basis"], a["coeff"], a["bias"], a["stride"],
+        g = check_inputs(a["x"], a["basis"], a["coeff"], a["bias"], a["stride"],
                             a["padding"], a["dilation"], a["keep_basis"])
         y = call_functional(a)
         assert y.shape == (g.N, g.C_out, g.Ho, g.Wo)

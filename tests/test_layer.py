@@ -14,8 +14,9 @@ from helpers import UNIT, assert_bounded
 
 import tritonbasis as tb
 import tritonbasis.op.reference as tb_reference
+from tritonbasis.nn import choose_mode
 from tritonbasis.nn.functional import FUSED_EFFICIENCY, MIN_FUSED_PIXELS
-from tritonbasis.op.geometry import MAX_BASIS_CHANNELS
+from tritonbasis.op.geometry import MAX_BASIS_CHANNELS, check_inputs
 
 U32 = UNIT[torch.float32]
 U64 = UNIT[torch.float64]
@@ -380,7 +381,7 @@ def geometry(N, C_in, H, W, C_b, C_out, k, keep_basis=True, stride=1, padding=No
     x = torch.empty(N, C_in, H, W, device="meta")
     basis = torch.empty(C_b, C_in, k, k, device="meta")
     coeff = torch.empty(rows, C_b, device="meta")
-    return tb.check_inputs(x, basis, coeff, None, stride, padding, 1, keep_basis)
+    return check_inputs(x, basis, coeff, None, stride, padding, 1, keep_basis)
 
 
 CUDA = torch.device("cuda")
@@ -390,29 +391,29 @@ CUDA = torch.device("cuda")
 def test_choose_mode_stem_picks_weight(keep_basis):
     # 3 -> 64, 3x3, C_b = 16: C_b*C_in*9 + rest*C_b is not < 0.6 x dense MACs
     g = geometry(32, 3, 224, 224, 16, 64, 3, keep_basis)
-    assert tb.choose_mode(g, "cpu") == "weight"
-    assert tb.choose_mode(g, CUDA) == "weight"
+    assert choose_mode(g, "cpu") == "weight"
+    assert choose_mode(g, CUDA) == "weight"
 
 
 def test_choose_mode_wide_layer_picks_fused():
     g = geometry(32, 128, 56, 56, 32, 128, 3)
     assert g.pixels >= MIN_FUSED_PIXELS
-    assert tb.choose_mode(g, "cpu") == "fused"
-    assert tb.choose_mode(g, CUDA) == "fused"
-    assert tb.choose_mode(g, "cuda") == "fused"  # a string device works too
+    assert choose_mode(g, "cpu") == "fused"
+    assert choose_mode(g, CUDA) == "fused"
+    assert choose_mode(g, "cuda") == "fused"  # a string device works too
 
 
 def test_choose_mode_cuda_tiny_pixels_pick_weight():
     g = geometry(1, 128, 4, 4, 32, 128, 3)
     assert g.pixels < MIN_FUSED_PIXELS
-    assert tb.choose_mode(g, CUDA) == "weight"
+    assert choose_mode(g, CUDA) == "weight"
     # CPU has its own calibrated rule (tritonbasis.modes, bench/NOTES.md): this call saves
     # 1.7M MACs at C_b=32, below the 8M the CPU's fixed cost of the basis path needs
     # (behaviour changed on purpose: it used to be "fused" on CPU too)
-    assert tb.choose_mode(g, "cpu") == "weight"
+    assert choose_mode(g, "cpu") == "weight"
     # the threshold itself: k=1, H=W=1, pixels = N
-    assert tb.choose_mode(geometry(MIN_FUSED_PIXELS, 128, 1, 1, 32, 128, 1), CUDA) == "fused"
-    assert tb.choose_mode(geometry(MIN_FUSED_PIXELS - 1, 128, 1, 1, 32, 128, 1),
+    assert choose_mode(geometry(MIN_FUSED_PIXELS, 128, 1, 1, 32, 128, 1), CUDA) == "fused"
+    assert choose_mode(geometry(MIN_FUSED_PIXELS - 1, 128, 1, 1, 32, 128, 1),
                           CUDA) == "weight"
 
 
@@ -420,14 +421,14 @@ def test_choose_mode_cuda_large_basis_picks_weight():
     big = geometry(4, 2048, 32, 32, MAX_BASIS_CHANNELS + 1, 2048, 1)
     edge = geometry(4, 2048, 32, 32, MAX_BASIS_CHANNELS, 2048, 1)
     assert big.macs()["fused"] < FUSED_EFFICIENCY * big.macs()["dense"]  # FLOPs favour fused
-    assert tb.choose_mode(big, CUDA) == "weight"
-    assert tb.choose_mode(big, "cpu") == "fused"
-    assert tb.choose_mode(edge, CUDA) == "fused"
+    assert choose_mode(big, CUDA) == "weight"
+    assert choose_mode(big, "cpu") == "fused"
+    assert choose_mode(edge, CUDA) == "fused"
 
 
 def test_choose_mode_cb_close_to_cout_picks_weight():
     g = geometry(32, 128, 56, 56, 120, 128, 3)
-    assert tb.choose_mode(g, "cpu") == "weight"
+    assert choose_mode(g, "cpu") == "weight"
 
 
 def test_resolved_mode():

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 import tritonbasis as tb
-from tritonbasis.nn import modes
+from tritonbasis.nn import choose_mode, modes
 from tritonbasis.op import reference, tune_cache
+from tritonbasis.op.geometry import check_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,7 @@ def _geometry(N, C_in, H, C_b, C_out, k=3):
     x = torch.empty(N, C_in, H, H, device="meta")
     basis = torch.empty(C_b, C_in, k, k, device="meta")
     coeff = torch.empty(C_out - C_b, C_b, device="meta")
-    return tb.check_inputs(x, basis, coeff, None, 1, k // 2, 1, True)
+    return check_inputs(x, basis, coeff, None, 1, k // 2, 1, True)
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_injected_timings_decide_on_cpu():
     small = _geometry(64, 16, 16, 4, 16)
     assert modes.decide(small, "cpu") == "weight"
     assert modes.decide(small, "cpu", {"fused": 1.0, "weight": 2.0}) == "fused"
-    assert tb.choose_mode(small, "cpu", {"fused": 1.0, "weight": 2.0}) == "fused"
+    assert choose_mode(small, "cpu", {"fused": 1.0, "weight": 2.0}) == "fused"
 
 
 def test_cpu_model_thresholds():
@@ -110,8 +111,8 @@ def test_convert_report_states_the_mode_that_runs(input_shape, count_paths):
     from tritonbasis.recipes.models import resnet18_cifar
 
     model = resnet18_cifar(width=0.25).eval()
-    conv, rep = tb.convert(model, {"_default": tb.BasisSpec(ratio=0.25)},
-                           input_shape=input_shape, return_report=True)
+    conv, rep = tb.convert_with_report(model, {"_default": tb.BasisSpec(ratio=0.25)},
+                           input_shape=input_shape)
     said = {r.fqn: r.mode for r in rep.converted}
     assert said and all(v.startswith("auto->") for v in said.values())
     ran = {}

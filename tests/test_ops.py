@@ -8,6 +8,8 @@ from conftest import HAS_CUDA, HAS_TRITON
 from helpers import Case
 
 import tritonbasis as tb
+from tritonbasis.op import registry
+from tritonbasis.op.geometry import check_inputs
 from tritonbasis.op.registry import basis_conv2d_backward_flops, basis_conv2d_flops
 
 FWD = torch.ops.tritonbasis.basis_conv2d.default
@@ -164,8 +166,8 @@ def test_backend_env_var_and_context(monkeypatch):
 
 def test_auto_on_cpu_never_runs_triton():
     x = torch.randn(1, 3, 5, 5)
-    g = tb.check_inputs(x, torch.randn(2, 3, 3, 3), torch.randn(2, 2), None, 1, 0, 1, True)
-    assert tb.ops.resolve_backend(x, g) == "torch"
+    g = check_inputs(x, torch.randn(2, 3, 3, 3), torch.randn(2, 2), None, 1, 0, 1, True)
+    assert registry.resolve_backend(x, g) == "torch"
 
 
 def test_autocast_casts_params_like_conv():

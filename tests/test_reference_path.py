@@ -21,6 +21,8 @@ import torch
 from helpers import Case, assert_bounded, check_case, reference_with_bounds, unit_for
 
 import tritonbasis as tb
+from tritonbasis.nn import choose_mode
+from tritonbasis.op.geometry import check_inputs
 
 # "extra" is C_out - C_b. Keep-basis form: Case.C_rest = extra; full form: Case.C_rest = C_out
 # = C_b + extra (so the full form always has C_out >= C_b, and extra=0 means C_b = C_out).
@@ -307,9 +309,9 @@ def test_auto_cases_exercise_both_decisions():
     picks = set()
     for case in AUTO_CASES:
         x, basis, coeff, bias = case.make()
-        g = tb.check_inputs(x, basis, coeff, bias, case.stride, case.padding, case.dilation,
+        g = check_inputs(x, basis, coeff, bias, case.stride, case.padding, case.dilation,
                             case.keep_basis)
-        picks.add(tb.choose_mode(g, x.device))
+        picks.add(choose_mode(g, x.device))
     assert picks == {"fused", "weight"}
 
 

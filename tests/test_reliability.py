@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import tritonbasis as tb
 from tritonbasis.cli.guard import LOCK_NAME, RunLock, RunLockedError
 from tritonbasis.op import tune_cache
+from tritonbasis.op.geometry import check_inputs
 from tritonbasis.recipes import search as S
 from tritonbasis.recipes.data import digits
 from tritonbasis.recipes.models import resnet18_cifar
@@ -427,7 +428,7 @@ def test_tune_cache_of_any_content_is_ignored(tmp_path, monkeypatch):
     monkeypatch.setenv(tune_cache.ENV_DIR, str(tmp_path))
     x = torch.randn(2, 8, 8, 8)
     layer = tb.BasisConv2d(8, 8, 3, basis_channels=2, padding=1, mode="auto")
-    g = tb.check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
+    g = check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
     junk = [b"\xff\xfe\x00", b"[1, 2]", b'{"format": "tritonbasis.tune_cache/1", "entries": 3}',
             json.dumps({"format": tune_cache.FORMAT, "entries": {
                 "a": {"ident": [[{"x": 1}]], "config": {"blocks": {}}}}}).encode()]

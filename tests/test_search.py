@@ -87,7 +87,7 @@ def test_tiny_search_end_to_end(data8, tmp_path):
         assert (tmp_path / f).stat().st_size > 0, f
     # the plan converts exactly the chosen layers
     plan = tb.load_plan(tmp_path / "plan.json")
-    conv, crep = tb.convert(_tiny_model(), plan, return_report=True)
+    conv, crep = tb.convert_with_report(_tiny_model(), plan)
     assert sorted(r.fqn for r in crep.converted) == sorted(sel["chosen"])
 
 

@@ -148,10 +148,11 @@ def convert(
     filter_fn=None,
     inplace: bool = False,
     input_shape=None,
-    return_report: bool = False,
     require_saving: bool = True,
-):
-    """Replace ``nn.Conv2d`` modules by ``BasisConv2d`` according to ``plan``.
+    **removed,
+) -> nn.Module:
+    """Replace ``nn.Conv2d`` modules by ``BasisConv2d`` according to ``plan``; returns the
+    converted model (:func:`convert_with_report` also returns the per-layer report).
 
     Args:
         model: any module tree.
@@ -164,7 +165,6 @@ def convert(
             3-d shape) of that size; without it, by the per-pixel rule. Either way the layer
             keeps the resolved mode (``layer.resolved``; :func:`tritonbasis.tune` measures
             instead) and the report's ``mode`` says what will run, e.g. ``auto->weight``.
-        return_report: return ``(model, ConversionReport)`` instead of the model.
         require_saving: skip convs where the spec saves neither parameters nor MACs (default);
             False converts them anyway (e.g. ``energy=1.0`` to check exactness).
 
@@ -172,6 +172,30 @@ def convert(
     grouped/depthwise/transposed convs, and convs where the spec would not reduce both
     parameters and MACs, are skipped with the reason in the report.
     """
+    if removed:
+        if "return_report" in removed:
+            raise TypeError("convert(return_report=...) is gone: convert() always returns the "
+                            "model; convert_with_report() returns (model, report)")
+        raise TypeError(f"convert() got unexpected keyword argument(s) {sorted(removed)}")
+    return _convert(model, plan, filter_fn, inplace, input_shape, require_saving)[0]
+
+
+def convert_with_report(
+    model: nn.Module,
+    plan,
+    *,
+    filter_fn=None,
+    inplace: bool = False,
+    input_shape=None,
+    require_saving: bool = True,
+) -> tuple[nn.Module, ConversionReport]:
+    """:func:`convert` (same arguments), returning ``(model, ConversionReport)``: per conv
+    layer whether it was converted (or why not), C_b, form, the mode it will run, parameters
+    and MACs before and after, the captured energy; ``report.table()``, ``.to_json()``."""
+    return _convert(model, plan, filter_fn, inplace, input_shape, require_saving)
+
+
+def _convert(model, plan, filter_fn, inplace, input_shape, require_saving):
     if isinstance(plan, BasisSpec | dict) and (
         isinstance(plan, BasisSpec) or set(plan) <= set(BasisSpec.__dataclass_fields__)
     ):
@@ -203,7 +227,7 @@ def convert(
     for fqn, layer in replacements:
         _set_submodule(model, fqn, layer)
     _warn_unused_patterns(plan, report)
-    return (model, report) if return_report else model
+    return model, report
 
 
 def _convert_one(m: nn.Conv2d, fqn: str, plan: dict, filter_fn, px: int | None,
@@ -259,7 +283,7 @@ def _warn_unused_patterns(plan: dict, report) -> None:
         warnings.warn(
             f"plan pattern(s) {', '.join(map(repr, unused))} match no Conv2d of the model "
             "(patterns must match the whole name, e.g. 're:layer4\\..*conv1'); nothing was "
-            "converted by them", UserWarning, stacklevel=3)
+            "converted by them", UserWarning, stacklevel=4)
 
 
 def _check_exact_names(model: nn.Module, plan: dict) -> None:
