@@ -200,8 +200,21 @@ def test_risky_pairs_present():
 # Forward + backward of the op on the torch path
 
 
+@pytest.fixture(params=["conv", "gemm"])
+def pointwise(request, monkeypatch):
+    """The CPU path computes its pointwise products by 1x1 convs for small outputs and by
+    batched GEMMs for large NCHW ones (op.reference._GEMM_MIN_HW / _GEMM_MIN_NUMEL): the
+    tests' small shapes run both."""
+    from tritonbasis.op import reference
+
+    limit = 0 if request.param == "gemm" else 1 << 62
+    monkeypatch.setattr(reference, "_GEMM_MIN_NUMEL", limit)
+    monkeypatch.setattr(reference, "_GEMM_MIN_HW", limit)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=Case.id)
-def test_torch_path_matches_reference(case):
+def test_torch_path_matches_reference(case, pointwise):
     check_case(case, dtype=torch.float32, backend="torch")
 
 
@@ -214,7 +227,7 @@ FLOAT64_CASES = [
 
 
 @pytest.mark.parametrize("case", FLOAT64_CASES, ids=Case.id)
-def test_torch_path_float64(case):
+def test_torch_path_float64(case, pointwise):
     y = check_case(case, dtype=torch.float64, backend="torch")
     assert y.dtype == torch.float64
 
@@ -231,7 +244,7 @@ GRADCHECK_CASES = [
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=Case.id)
-def test_gradcheck_float64(case):
+def test_gradcheck_float64(case, pointwise):
     inputs = case.make(dtype=torch.float64, requires_grad=True)
     x, basis, coeff, bias = inputs
 
@@ -325,7 +338,7 @@ SUBSETS = [("coeff",), ("x",), ("basis",), ("bias",), ("x", "coeff"), ("basis", 
 
 @pytest.mark.parametrize("requires", SUBSETS, ids="+".join)
 @pytest.mark.parametrize("case", PARTIAL_CASES, ids=Case.id)
-def test_partial_requires_grad(case, requires):
+def test_partial_requires_grad(case, requires, pointwise):
     run_and_check(case, "fused", requires=requires)
 
 
@@ -353,7 +366,7 @@ FORMAT_CASES = [
 @pytest.mark.parametrize("mode", ["fused", "weight"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("case", FORMAT_CASES, ids=Case.id)
-def test_output_and_grad_follow_input_memory_format(case, channels_last, mode):
+def test_output_and_grad_follow_input_memory_format(case, channels_last, mode, pointwise):
     case = replace(case, channels_last=channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     other = torch.contiguous_format if channels_last else torch.channels_last
