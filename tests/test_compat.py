@@ -25,8 +25,10 @@ PRIVATE = re.compile(
 # documented entry points under private module names (see util/compat.py's docstring), and a
 # benchmark provider's compile setting (perf: measures, never on the model's call path)
 ALLOWED = {
-    "conversion/deploy.py": ("torch._inductor.aoti_compile_and_package",
-                             "torch._inductor.aoti_load_package"),
+    "conversion/deploy.py": (
+        "torch._inductor.aoti_compile_and_package",
+        "torch._inductor.aoti_load_package",
+    ),
     "perf/bench/providers.py": ("torch._functorch.config",),
 }
 
@@ -68,8 +70,9 @@ def _workload(out_path: str) -> None:
     y = tb.basis_conv2d(x, basis, coeff, bias, padding=1, perm=perm)
     res["functional"] = y.detach()
     res["functional_grads"] = torch.autograd.grad(y.square().sum(), ts)
-    y = torch.ops.tritonbasis.basis_conv2d(x, basis, coeff, bias, perm, [1, 1], [1, 1], [1, 1],
-                                           True, False)[0]
+    y = torch.ops.tritonbasis.basis_conv2d(
+        x, basis, coeff, bias, perm, [1, 1], [1, 1], [1, 1], True, False
+    )[0]
     res["op"] = y.detach()
     res["op_grads"] = torch.autograd.grad(y.square().sum(), ts)
     # the environment variable is read per call
@@ -82,11 +85,27 @@ def _workload(out_path: str) -> None:
     del os.environ["TRITONBASIS_BACKEND"]
     # a model: padding modes, perm, eval + no_grad weight mode (its inference cache)
     model = nn.Sequential(
-        tb.BasisConv2d(4, 6, 3, padding=1, padding_mode="reflect", basis_channels=2,
-                       mode="fused", dtype=torch.float64),
+        tb.BasisConv2d(
+            4,
+            6,
+            3,
+            padding=1,
+            padding_mode="reflect",
+            basis_channels=2,
+            mode="fused",
+            dtype=torch.float64,
+        ),
         nn.ReLU(),
-        tb.BasisConv2d(6, 6, 3, padding=1, basis_channels=3, keep_basis=False, mode="fused",
-                       dtype=torch.float64),
+        tb.BasisConv2d(
+            6,
+            6,
+            3,
+            padding=1,
+            basis_channels=3,
+            keep_basis=False,
+            mode="fused",
+            dtype=torch.float64,
+        ),
     )
     model[0].set_out_perm(torch.randperm(6))
     xm = x.detach()
@@ -109,8 +128,7 @@ def _workload(out_path: str) -> None:
     comp_model = copy.deepcopy(model)
     out = torch.compile(comp_model, fullgraph=True, backend="aot_eager")(xm)
     res["compiled"] = out.detach()
-    res["compiled_grads"] = torch.autograd.grad(out.square().sum(),
-                                                list(comp_model.parameters()))
+    res["compiled_grads"] = torch.autograd.grad(out.square().sum(), list(comp_model.parameters()))
     # torch.export
     with torch.no_grad():
         ep = torch.export.export(model.eval(), (xm,))
@@ -124,10 +142,18 @@ def _run_workload(tmp_path, public_only: bool) -> dict:
     if public_only:
         env["TRITONBASIS_PUBLIC_TORCH_ONLY"] = "1"
     out = tmp_path / f"res-{int(public_only)}.pt"
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import test_compat; test_compat._workload({str(out)!r})")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=str(tmp_path))
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import test_compat; test_compat._workload({str(out)!r})"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return torch.load(out, weights_only=True)
 
@@ -138,17 +164,21 @@ def test_public_fallbacks_give_the_same_results(tmp_path):
     assert private["missing"] == [] and private["eager_route"] is True
     assert public["eager_route"] is False
     assert set(public["missing"]) >= {
-        "torch._C._len_torch_dispatch_stack", "torch._C._any_requires_grad",
-        "torch._C._autograd._profiler_enabled", "torch._C._is_tracing",
-        "torch._C._is_any_autocast_enabled", "torch._subclasses.fake_tensor.is_fake",
-        "os.environ._data", "Tensor._version", "nn.Module._parameters / _buffers",
+        "torch._C._len_torch_dispatch_stack",
+        "torch._C._any_requires_grad",
+        "torch._C._autograd._profiler_enabled",
+        "torch._C._is_tracing",
+        "torch._C._is_any_autocast_enabled",
+        "torch._subclasses.fake_tensor.is_fake",
+        "os.environ._data",
+        "Tensor._version",
+        "nn.Module._parameters / _buffers",
     }
     assert private["env"] == public["env"] == "read"
     for key in private:
         if key in ("missing", "eager_route", "env"):
             continue
-        torch.testing.assert_close(public[key], private[key], rtol=1e-12, atol=1e-12,
-                                   msg=key)
+        torch.testing.assert_close(public[key], private[key], rtol=1e-12, atol=1e-12, msg=key)
     # the inference cache was really rebuilt after the in-place change (both ways)
     w = public["weight_infer"]
     torch.testing.assert_close(w[0], w[1], rtol=0, atol=0)

@@ -11,8 +11,14 @@ import tritonbasis as tb
 from tritonbasis.conversion.plan import lookup, normalize_plan
 
 # Both forms on the two small models; one form each on the large ones (CI time on 2 cores).
-TORCHVISION = [("resnet18", False), ("resnet18", True), ("mobilenet_v2", False),
-               ("mobilenet_v2", True), ("resnet50", False), ("vgg11_bn", True)]
+TORCHVISION = [
+    ("resnet18", False),
+    ("resnet18", True),
+    ("mobilenet_v2", False),
+    ("mobilenet_v2", True),
+    ("resnet50", False),
+    ("vgg11_bn", True),
+]
 
 
 def _model(name):
@@ -26,8 +32,11 @@ def _model(name):
     return m
 
 
-@pytest.mark.parametrize(("name", "keep_basis"), TORCHVISION,
-                         ids=[f"{n}-{'keep' if k else 'full'}" for n, k in TORCHVISION])
+@pytest.mark.parametrize(
+    ("name", "keep_basis"),
+    TORCHVISION,
+    ids=[f"{n}-{'keep' if k else 'full'}" for n, k in TORCHVISION],
+)
 def test_full_rank_conversion_reproduces_torchvision_models(name, keep_basis):
     m = _model(name)
     x = torch.randn(2, 3, 32, 32)
@@ -130,12 +139,14 @@ def test_random_init_and_frozen_orthogonal_basis():
 
 
 def test_plan_precedence_and_skip():
-    plan = normalize_plan({
-        "layer1.0.conv1": {"ratio": 0.5},
-        "re:layer1\\..*": {"ratio": 0.25, "keep_basis": True},
-        "re:layer2\\..*": None,
-        "_default": tb.BasisSpec(basis_channels=8),
-    })
+    plan = normalize_plan(
+        {
+            "layer1.0.conv1": {"ratio": 0.5},
+            "re:layer1\\..*": {"ratio": 0.25, "keep_basis": True},
+            "re:layer2\\..*": None,
+            "_default": tb.BasisSpec(basis_channels=8),
+        }
+    )
     assert lookup(plan, "layer1.0.conv1")[1] == tb.BasisSpec(ratio=0.5)
     assert lookup(plan, "layer1.1.conv2")[1] == tb.BasisSpec(ratio=0.25, keep_basis=True)
     assert lookup(plan, "layer2.0.conv1") == (True, None, "re:layer2\\..*")
@@ -166,12 +177,12 @@ def test_convert_by_plan_reports_every_conv():
 
 def test_no_saving_and_unsupported_convs_are_skipped_with_reasons():
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3),                        # C_in*k^2=27: ratio 0.75 saves nothing
-        nn.Conv2d(16, 16, 3, groups=16),            # depthwise
-        nn.Conv2d(16, 32, 3, groups=4),             # grouped
-        nn.ConvTranspose2d(32, 16, 3),              # transposed
+        nn.Conv2d(3, 16, 3),  # C_in*k^2=27: ratio 0.75 saves nothing
+        nn.Conv2d(16, 16, 3, groups=16),  # depthwise
+        nn.Conv2d(16, 32, 3, groups=4),  # grouped
+        nn.ConvTranspose2d(32, 16, 3),  # transposed
         nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"),  # converted (as any pad)
-        nn.Conv2d(16, 64, 3),                       # converted
+        nn.Conv2d(16, 64, 3),  # converted
     )
     conv, rep = tb.convert_with_report(net, {"0": {"ratio": 0.75}, "_default": {"ratio": 0.25}})
     reasons = {r.fqn: r.reason for r in rep.layers}
@@ -213,15 +224,19 @@ def test_convert_any_padding_mode_and_string_padding(padding_mode, keep_basis):
 
 def test_filter_fn_and_inplace():
     net = nn.Sequential(nn.Conv2d(8, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3))
-    out = tb.convert(net, tb.BasisSpec(ratio=0.25), filter_fn=lambda m, fqn: fqn == "2",
-                     inplace=True)
+    out = tb.convert(
+        net, tb.BasisSpec(ratio=0.25), filter_fn=lambda m, fqn: fqn == "2", inplace=True
+    )
     assert out is net
     assert isinstance(net[2], tb.BasisConv2d) and isinstance(net[0], nn.Conv2d)
 
 
 def test_plan_json_round_trip_and_errors(tmp_path):
-    plan = {"layer1.0.conv1": tb.BasisSpec(ratio=0.25, keep_basis=True), "_default": None,
-            "re:layer4.*": {"energy": 0.9, "mode": "fused"}}
+    plan = {
+        "layer1.0.conv1": tb.BasisSpec(ratio=0.25, keep_basis=True),
+        "_default": None,
+        "re:layer4.*": {"energy": 0.9, "mode": "fused"},
+    }
     path = tb.save_plan(plan, tmp_path / "plan.json", meta={"source": "test"})
     doc = json.loads(path.read_text())
     assert doc["plan"]["_default"] is None and doc["meta"] == {"source": "test"}
@@ -241,16 +256,19 @@ def test_plan_json_round_trip_and_errors(tmp_path):
         normalize_plan({"re:(": {"ratio": 0.5}})
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({}, "exactly one of"),
-    ({"ratio": 0.5, "energy": 0.9}, "exactly one of"),
-    ({"ratio": 1.5}, "ratio must be in"),
-    ({"basis_channels": 0}, "basis_channels must be a positive int"),
-    ({"energy": 0.0}, "energy must be in"),
-    ({"ratio": 0.5, "init": "kaiming"}, "init must be one of"),
-    ({"energy": 0.5, "init": "random"}, "energy needs init='svd'"),
-    ({"ratio": 0.5, "mode": "fast"}, "mode must be one of"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({}, "exactly one of"),
+        ({"ratio": 0.5, "energy": 0.9}, "exactly one of"),
+        ({"ratio": 1.5}, "ratio must be in"),
+        ({"basis_channels": 0}, "basis_channels must be a positive int"),
+        ({"energy": 0.0}, "energy must be in"),
+        ({"ratio": 0.5, "init": "kaiming"}, "init must be one of"),
+        ({"energy": 0.5, "init": "random"}, "energy needs init='svd'"),
+        ({"ratio": 0.5, "mode": "fast"}, "mode must be one of"),
+    ],
+)
 def test_basis_spec_validation(kw, match):
     with pytest.raises(ValueError, match=match):
         tb.BasisSpec(**kw)

@@ -57,8 +57,9 @@ def routes(monkeypatch):
 def _run(case, which, perm, grad_out_seed=1):
     """Output and gradients (float64) of one call, with a fixed upstream gradient."""
     ts = case.make(dtype=torch.float64)
-    ts = tuple(None if t is None else t.clone().requires_grad_(i in which)
-               for i, t in enumerate(ts))
+    ts = tuple(
+        None if t is None else t.clone().requires_grad_(i in which) for i, t in enumerate(ts)
+    )
     x, basis, coeff, bias = ts
     y = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), mode="fused", perm=perm)
     g = torch.Generator().manual_seed(grad_out_seed)
@@ -85,8 +86,9 @@ def test_eager_and_op_routes_agree(case, grad_set, routes):
     assert fn_o != EAGER_GRAD_FN
     assert routes["run_backward"] == 2  # the backward op runs the same body
     assert y_e.dtype == torch.float64 and torch.equal(y_e, y_o)
-    assert y_e.is_contiguous(memory_format=torch.channels_last) == \
-        y_o.is_contiguous(memory_format=torch.channels_last)
+    assert y_e.is_contiguous(memory_format=torch.channels_last) == y_o.is_contiguous(
+        memory_format=torch.channels_last
+    )
     assert len(g_e) == len(g_o) == len(which)
     for a, b in zip(g_e, g_o, strict=True):
         assert torch.equal(a, b)
@@ -99,8 +101,14 @@ def test_eager_route_without_grad_runs_no_function(routes):
         y = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=case.make_perm())
     assert y.grad_fn is None and not y.requires_grad
     assert routes["eager"] == 1 and routes["op"] == 0
-    ref = tb.basis_conv2d_reference(x.detach(), basis.detach(), coeff.detach(), bias.detach(),
-                                    **case.kwargs(), perm=case.make_perm())
+    ref = tb.basis_conv2d_reference(
+        x.detach(),
+        basis.detach(),
+        coeff.detach(),
+        bias.detach(),
+        **case.kwargs(),
+        perm=case.make_perm(),
+    )
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -109,7 +117,8 @@ def test_gradcheck_through_the_eager_route(case, routes):
     x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
     perm = case.make_perm()
     assert torch.autograd.gradcheck(
-        lambda *a: tb.basis_conv2d(*a, **case.kwargs(), perm=perm), (x, basis, coeff, bias))
+        lambda *a: tb.basis_conv2d(*a, **case.kwargs(), perm=perm), (x, basis, coeff, bias)
+    )
     assert routes["eager"] > 0 and routes["op"] == 0
 
 
@@ -160,8 +169,9 @@ def test_function_mode_and_subclass_take_the_op(routes):
 
     y = tb.basis_conv2d(x.as_subclass(Sub), basis, coeff, bias, padding=1)
     assert routes["eager"] == 0 and routes["op"] == 2
-    torch.testing.assert_close(y.as_subclass(torch.Tensor),
-                               tb.basis_conv2d(x, basis, coeff, bias, padding=1))
+    torch.testing.assert_close(
+        y.as_subclass(torch.Tensor), tb.basis_conv2d(x, basis, coeff, bias, padding=1)
+    )
     assert routes["eager"] == 1  # and plain tensors are back on the eager route
 
 
@@ -186,8 +196,9 @@ def test_compile_fullgraph_takes_the_op(keep_basis, routes):
         seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
         return gm.forward
 
-    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, keep_basis=keep_basis,
-                           mode="fused")
+    layer = tb.BasisConv2d(
+        4, 8, 3, basis_channels=3, padding=1, keep_basis=keep_basis, mode="fused"
+    )
     x = torch.randn(2, 4, 6, 6)
     want = layer(x)
     want.square().sum().backward()

@@ -37,10 +37,12 @@ def count_paths(monkeypatch):
     reference.weight_modified the weight path."""
     calls = []
     real_fwd, real_w = reference.forward, reference.weight_modified
-    monkeypatch.setattr(reference, "forward",
-                        lambda *a, **k: calls.append("fused") or real_fwd(*a, **k))
-    monkeypatch.setattr(reference, "weight_modified",
-                        lambda *a, **k: calls.append("weight") or real_w(*a, **k))
+    monkeypatch.setattr(
+        reference, "forward", lambda *a, **k: calls.append("fused") or real_fwd(*a, **k)
+    )
+    monkeypatch.setattr(
+        reference, "weight_modified", lambda *a, **k: calls.append("weight") or real_w(*a, **k)
+    )
     return calls
 
 
@@ -99,8 +101,9 @@ def test_first_forward_reads_no_disk_after_the_first(monkeypatch):
     m(torch.randn(2, 16, 8, 8))  # first lookup in this process (cache empty, nothing read)
     reads = []
     real = tune_cache._Store._read
-    monkeypatch.setattr(tune_cache._Store, "_read",
-                        lambda self, p: reads.append(p) or real(self, p))
+    monkeypatch.setattr(
+        tune_cache._Store, "_read", lambda self, p: reads.append(p) or real(self, p)
+    )
     for n in (2, 3, 4):
         m(torch.randn(n, 16, 8, 8))
     assert reads == []
@@ -111,8 +114,9 @@ def test_convert_report_states_the_mode_that_runs(input_shape, count_paths):
     from tritonbasis.recipes.models import resnet18_cifar
 
     model = resnet18_cifar(width=0.25).eval()
-    conv, rep = tb.convert_with_report(model, {"_default": tb.BasisSpec(ratio=0.25)},
-                           input_shape=input_shape)
+    conv, rep = tb.convert_with_report(
+        model, {"_default": tb.BasisSpec(ratio=0.25)}, input_shape=input_shape
+    )
     said = {r.fqn: r.mode for r in rep.converted}
     assert said and all(v.startswith("auto->") for v in said.values())
     ran = {}
@@ -120,30 +124,35 @@ def test_convert_report_states_the_mode_that_runs(input_shape, count_paths):
         layer = conv.get_submodule(fqn)
         assert layer.mode == "auto" and layer.resolved in ("fused", "weight")
         layer.register_forward_pre_hook(
-            lambda mod, inp, fqn=fqn: ran.__setitem__(fqn, len(count_paths)))
+            lambda mod, inp, fqn=fqn: ran.__setitem__(fqn, len(count_paths))
+        )
     n = input_shape[0] if input_shape and len(input_shape) == 4 else 1
     with torch.no_grad():
         conv(torch.randn(n, 3, 16, 16))
     for fqn, mode in said.items():
         assert count_paths[ran[fqn]] == mode.removeprefix("auto->"), fqn
     if input_shape == (64, 3, 16, 16):  # batch 64 at width 0.25: stage 3-4 run fused
-        assert {"fused", "weight"} <= set(said_m.removeprefix("auto->")
-                                          for said_m in said.values())
+        assert {"fused", "weight"} <= set(said_m.removeprefix("auto->") for said_m in said.values())
 
 
 def _fake_measure(slower):
     """A timer where ``slower`` ("fused"/"weight") takes 2 ms and the other 1 ms."""
+
     def measure(mode, layer, in_shape):
         ms = 2.0 if mode == slower else 1.0
         return {"fwd": ms / 3, "fwd+bwd": ms}
+
     return measure
 
 
 @pytest.mark.parametrize("slower", ["fused", "weight"])
 def test_tune_sets_modes_from_timings(slower, count_paths):
-    model = nn.Sequential(tb.BasisConv2d(16, 32, 3, basis_channels=8, padding=1), nn.ReLU(),
-                          tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1),
-                          tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1, mode="fused"))
+    model = nn.Sequential(
+        tb.BasisConv2d(16, 32, 3, basis_channels=8, padding=1),
+        nn.ReLU(),
+        tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1),
+        tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1, mode="fused"),
+    )
     rows = tb.tune(model, (4, 16, 8, 8), device="cpu", measure=_fake_measure(slower))
     faster = "weight" if slower == "fused" else "fused"
     assert rows and all(r["mode"] == faster for r in rows)

@@ -38,8 +38,18 @@ def _perm(case):
 
 def _op_args(case, need_z, requires_grad=True):
     x, basis, coeff, bias = case.make(device=DEVICE, requires_grad=requires_grad)
-    return (x, basis, coeff, bias, _perm(case), [case.stride] * 2, [case.padding] * 2,
-            [case.dilation] * 2, case.keep_basis, need_z)
+    return (
+        x,
+        basis,
+        coeff,
+        bias,
+        _perm(case),
+        [case.stride] * 2,
+        [case.padding] * 2,
+        [case.dilation] * 2,
+        case.keep_basis,
+        need_z,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -52,17 +62,17 @@ def test_opcheck_forward(case, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", OPCHECK_CASES[:3], ids=[c.id() for c in OPCHECK_CASES[:3]])
 def test_opcheck_backward(case, backend):
-    x, basis, coeff, bias, perm, s, p, d, keep, _ = _op_args(case, need_z=True,
-                                                             requires_grad=False)
+    x, basis, coeff, bias, perm, s, p, d, keep, _ = _op_args(case, need_z=True, requires_grad=False)
     with tb.use_backend(backend):
         out, z = FWD(x, basis, coeff, bias, perm, s, p, d, keep, True)
         grad = torch.randn_like(out)
         mask = [True, True, True, bias is not None]
-        torch.library.opcheck(BWD, (grad, x, basis, coeff, out, z, bias, perm, s, p, d, keep,
-                                    mask))
+        torch.library.opcheck(BWD, (grad, x, basis, coeff, out, z, bias, perm, s, p, d, keep, mask))
         # a partial mask: only d coeff
-        torch.library.opcheck(BWD, (grad, x, basis, coeff, out, z, bias, perm, s, p, d, keep,
-                                    [False, False, True, False]))
+        torch.library.opcheck(
+            BWD,
+            (grad, x, basis, coeff, out, z, bias, perm, s, p, d, keep, [False, False, True, False]),
+        )
 
 
 def test_custom_op_is_registered_in_project_namespace():
@@ -75,11 +85,13 @@ def test_custom_op_is_registered_in_project_namespace():
 class _Net(torch.nn.Module):
     def __init__(self, keep_basis):
         super().__init__()
-        self.a = tb.BasisConv2d(3, 8, 3, basis_channels=4, padding=1, keep_basis=keep_basis,
-                                mode="fused")
+        self.a = tb.BasisConv2d(
+            3, 8, 3, basis_channels=4, padding=1, keep_basis=keep_basis, mode="fused"
+        )
         self.bn = torch.nn.BatchNorm2d(8)
-        self.b = tb.BasisConv2d(8, 6, 3, basis_channels=2, stride=2, keep_basis=keep_basis,
-                                mode="fused")
+        self.b = tb.BasisConv2d(
+            8, 6, 3, basis_channels=2, stride=2, keep_basis=keep_basis, mode="fused"
+        )
 
     def forward(self, x):
         return self.b(torch.relu(self.bn(self.a(x))))
@@ -128,8 +140,9 @@ def test_flop_counter_reports_basis_flops(keep_basis):
     P = case.N * ho * wo
     want = 2 * P * (case.C_b * case.C_in * case.k**2 + case.C_rest * case.C_b)
     assert fc.get_total_flops() == want
-    assert want == basis_conv2d_flops(x.shape, basis.shape, coeff.shape, [2, 2], [1, 1], [1, 1],
-                                      keep_basis)
+    assert want == basis_conv2d_flops(
+        x.shape, basis.shape, coeff.shape, [2, 2], [1, 1], [1, 1], keep_basis
+    )
     # dense conv of the same shape costs more (that is the point)
     dense = 2 * P * case.C_out * case.C_in * case.k**2
     assert want < dense
@@ -139,8 +152,15 @@ def test_flop_counter_reports_basis_flops(keep_basis):
     comb = P * case.C_rest * case.C_b
     assert fc.get_total_flops() == 2 * (comb + 2 * conv + comb)
     assert fc.get_total_flops() == basis_conv2d_backward_flops(
-        x.shape, basis.shape, coeff.shape, [2, 2], [1, 1], [1, 1], keep_basis,
-        [True, True, True, True])
+        x.shape,
+        basis.shape,
+        coeff.shape,
+        [2, 2],
+        [1, 1],
+        [1, 1],
+        keep_basis,
+        [True, True, True, True],
+    )
 
 
 def test_backend_env_var_and_context(monkeypatch):
@@ -148,8 +168,9 @@ def test_backend_env_var_and_context(monkeypatch):
 
     calls = []
     real = reference.forward
-    monkeypatch.setattr(reference, "forward",
-                        lambda *a, **k: (calls.append("torch"), real(*a, **k))[1])
+    monkeypatch.setattr(
+        reference, "forward", lambda *a, **k: (calls.append("torch"), real(*a, **k))[1]
+    )
     x, basis, coeff, bias = Case().make()
     monkeypatch.setenv("TRITONBASIS_BACKEND", "torch")
     assert tb.get_backend() == "torch"
@@ -177,8 +198,9 @@ def test_autocast_casts_params_like_conv():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     assert y.dtype == torch.bfloat16
-    ref = tb.basis_conv2d_reference(x.double(), layer.basis.double(), layer.coeff.double(),
-                                    layer.bias.double(), padding=1)
+    ref = tb.basis_conv2d_reference(
+        x.double(), layer.basis.double(), layer.coeff.double(), layer.bias.double(), padding=1
+    )
     torch.testing.assert_close(y.double(), ref, rtol=3e-2, atol=3e-2)
 
 
@@ -187,8 +209,9 @@ def test_autocast_casts_params_like_conv():
 def test_empty_batch_like_conv2d(keep_basis, backend):
     """N = 0 gives an empty output of the right shape and zero parameter gradients, as
     nn.Conv2d does (models can see empty batches)."""
-    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, stride=2, padding=1, keep_basis=keep_basis,
-                           mode="fused").to(DEVICE)
+    layer = tb.BasisConv2d(
+        4, 8, 3, basis_channels=3, stride=2, padding=1, keep_basis=keep_basis, mode="fused"
+    ).to(DEVICE)
     x = torch.randn(0, 4, 9, 9, device=DEVICE, requires_grad=True)
     with tb.use_backend(backend):
         y = layer(x)
@@ -209,7 +232,8 @@ def test_perm_gradcheck_and_weight_mode(keep_basis):
     perm = case.make_perm()
     with tb.use_backend("torch"):
         assert torch.autograd.gradcheck(
-            lambda *a: tb.basis_conv2d(*a, **case.kwargs(), perm=perm), (x, basis, coeff, bias))
+            lambda *a: tb.basis_conv2d(*a, **case.kwargs(), perm=perm), (x, basis, coeff, bias)
+        )
     fused = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=perm)
     weight = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=perm, mode="weight")
     torch.testing.assert_close(fused, weight, rtol=1e-12, atol=1e-12)
@@ -245,14 +269,26 @@ class _RawOp(torch.nn.Module):
 
     def forward(self, x):
         return torch.ops.tritonbasis.basis_conv2d(
-            x, self.basis, self.coeff, self.bias, self.perm, [1, 1], [1, 1], [1, 1],
-            self.keep_basis, not self.keep_basis)[0]
+            x,
+            self.basis,
+            self.coeff,
+            self.bias,
+            self.perm,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            self.keep_basis,
+            not self.keep_basis,
+        )[0]
 
 
 def _converted_net(keep_basis):
     torch.manual_seed(0)
-    dense = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Conv2d(8, 8, 3, padding=1, bias=True))
+    dense = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, bias=True),
+    )
     spec = tb.BasisSpec(ratio=0.5, keep_basis=keep_basis, mode="fused")
     net = tb.convert(dense, spec, require_saving=False)
     for m in net.modules():

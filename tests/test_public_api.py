@@ -13,10 +13,25 @@ import torch.nn as nn
 import tritonbasis as tb
 
 PUBLIC = {
-    "BasisConv2d", "BasisSpec", "ConversionReport", "LayerReport", "basis_conv2d",
-    "basis_conv2d_reference", "candidate_convs", "convert", "convert_with_report", "deploy",
-    "export_onnx", "from_conv", "get_backend", "load_plan", "merge", "save_plan",
-    "set_backend", "tune", "use_backend",
+    "BasisConv2d",
+    "BasisSpec",
+    "ConversionReport",
+    "LayerReport",
+    "basis_conv2d",
+    "basis_conv2d_reference",
+    "candidate_convs",
+    "convert",
+    "convert_with_report",
+    "deploy",
+    "export_onnx",
+    "from_conv",
+    "get_backend",
+    "load_plan",
+    "merge",
+    "save_plan",
+    "set_backend",
+    "tune",
+    "use_backend",
 }
 # internals that used to be top-level -> where they live
 INTERNAL = {
@@ -41,13 +56,16 @@ def test_internals_live_under_their_modules(name):
     assert hasattr(torch.ops.tritonbasis, "basis_conv2d")  # still registered on import
 
 
-@pytest.mark.parametrize(("alias", "target"), [
-    ("tritonbasis.data", "tritonbasis.recipes.data"),
-    ("tritonbasis.models", "tritonbasis.recipes.models"),
-    ("tritonbasis.train", "tritonbasis.recipes.train"),
-    ("tritonbasis.search", "tritonbasis.recipes.search"),
-    ("tritonbasis.profiling", "tritonbasis.perf.profiling"),
-])
+@pytest.mark.parametrize(
+    ("alias", "target"),
+    [
+        ("tritonbasis.data", "tritonbasis.recipes.data"),
+        ("tritonbasis.models", "tritonbasis.recipes.models"),
+        ("tritonbasis.train", "tritonbasis.recipes.train"),
+        ("tritonbasis.search", "tritonbasis.recipes.search"),
+        ("tritonbasis.profiling", "tritonbasis.perf.profiling"),
+    ],
+)
 def test_documented_import_paths_reexport_their_module(alias, target):
     """README / docs import from these paths: each re-exports its module's __all__."""
     a, t = importlib.import_module(alias), importlib.import_module(target)

@@ -19,5 +19,15 @@ from .convert import (
 )
 from .plan import load_plan, lookup, normalize_plan, save_plan
 
-__all__ = ["ConversionReport", "LayerReport", "candidate_convs", "convert",
-           "convert_with_report", "load_plan", "lookup", "merge", "normalize_plan", "save_plan"]
+__all__ = [
+    "ConversionReport",
+    "LayerReport",
+    "candidate_convs",
+    "convert",
+    "convert_with_report",
+    "load_plan",
+    "lookup",
+    "merge",
+    "normalize_plan",
+    "save_plan",
+]

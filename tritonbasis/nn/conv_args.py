@@ -46,8 +46,21 @@ def _pair_at_least(name: str, v, low: int) -> tuple[int, int]:
     return p
 
 
-def check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                    bias, padding_mode, basis_channels, ratio, keep_basis, mode) -> ConvArgs:
+def check_conv_args(
+    in_channels,
+    out_channels,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    bias,
+    padding_mode,
+    basis_channels,
+    ratio,
+    keep_basis,
+    mode,
+) -> ConvArgs:
     """Validate ``BasisConv2d``'s arguments; raises ``TypeError`` / ``ValueError`` naming the
     argument."""
     _positive_int("in_channels", in_channels)
@@ -95,9 +108,13 @@ def check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dil
             raise ValueError("padding='same' is not supported for strided convolutions")
         # per axis (as nn.Conv2d): total d*(k-1), the smaller half first, the extra pixel of an
         # odd total after
-        sides = [(0, 0), (0, 0)] if padding == "valid" else [
-            (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for d, k in zip(dilation, kernel)
-        ]
+        sides = (
+            [(0, 0), (0, 0)]
+            if padding == "valid"
+            else [
+                (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for d, k in zip(dilation, kernel)
+            ]
+        )
     else:
         p = _pair_at_least("padding", padding, 0)
         sides = [(p[0], p[0]), (p[1], p[1])]
@@ -109,10 +126,22 @@ def check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dil
             pre_pad = None
         pad_mode = padding_mode
     elif (top, left) != (bottom, right):  # 'same', even window: the extra pixel after
-        pre_pad, call_padding, pad_mode = (0, right - left, 0, bottom - top), (top, left), \
-            "constant"
+        pre_pad, call_padding, pad_mode = (
+            (0, right - left, 0, bottom - top),
+            (top, left),
+            "constant",
+        )
     else:
         pre_pad, call_padding, pad_mode = None, (top, left), "constant"
-    return ConvArgs(kernel, stride, padding if isinstance(padding, str) else (top, left),
-                    dilation, basis_channels, padding_mode, call_padding, op_padding, pre_pad,
-                    pad_mode)
+    return ConvArgs(
+        kernel,
+        stride,
+        padding if isinstance(padding, str) else (top, left),
+        dilation,
+        basis_channels,
+        padding_mode,
+        call_padding,
+        op_padding,
+        pre_pad,
+        pad_mode,
+    )

@@ -87,7 +87,7 @@ def captured_energy(h: torch.Tensor, keep_basis: bool, qr=None, sv=None) -> torc
         tail = rows.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{i >= k} rows[i]
         resid = torch.zeros(c_out, dtype=h.dtype)
         n = min(c_out, len(rows) - 1)
-        resid[:n] = tail[1:n + 1]  # after k = i + 1 picks, rows i+1.. remain
+        resid[:n] = tail[1 : n + 1]  # after k = i + 1 picks, rows i+1.. remain
         return (1.0 - resid / total).clamp(0.0, 1.0)
     s2 = (sv if sv is not None else torch.linalg.svdvals(h)) ** 2
     curve = torch.ones(c_out, dtype=h.dtype)

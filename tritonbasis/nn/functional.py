@@ -94,8 +94,11 @@ def basis_conv2d(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     tracing = _tracing()
-    if ((tracing or _autocast_enabled())  # one flag read in eager
-            and isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor)):
+    if (
+        (tracing or _autocast_enabled())  # one flag read in eager
+        and isinstance(x, torch.Tensor)
+        and isinstance(basis, torch.Tensor)
+    ):
         x, basis, coeff, bias = _autocast(x, basis, coeff, bias)
     # validated once per call: the eager route passes g on; the op route's own check_inputs
     # (direct torch.ops calls need it) is a dict lookup (op.geometry._CHECKED)
@@ -107,8 +110,18 @@ def basis_conv2d(
         mode = "fused" if exporting else choose_mode(g, x.device)
     if exporting:
         # ONNX knows no tritonbasis op: the same function in standard ops
-        return reference.basis_conv2d_standard_ops(x, basis, coeff, bias, g.stride, g.padding,
-                                         g.dilation, keep_basis, perm, merged=mode == "weight")
+        return reference.basis_conv2d_standard_ops(
+            x,
+            basis,
+            coeff,
+            bias,
+            g.stride,
+            g.padding,
+            g.dilation,
+            keep_basis,
+            perm,
+            merged=mode == "weight",
+        )
     if mode == "weight":
         return reference.weight_modified(
             x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis, perm
@@ -118,5 +131,6 @@ def basis_conv2d(
         # plain eager: the autograd.Function around the op's own forward/backward bodies,
         # no custom-op dispatch (op/eager.py); traced, under a mode or with a subclass: the op
         return eager.basis_conv2d(x, basis, coeff, bias, perm, g, need_z)
-    return _OP(x, basis, coeff, bias, perm, g.stride, g.padding, g.dilation, g.keep_basis,
-               need_z)[0]
+    return _OP(x, basis, coeff, bias, perm, g.stride, g.padding, g.dilation, g.keep_basis, need_z)[
+        0
+    ]

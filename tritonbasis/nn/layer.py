@@ -23,9 +23,13 @@ from .spec import BasisSpec, as_spec
 def _plain_no_grad_call(x) -> bool:
     """A call without autograd, outside tracing / compile / export and autocast, on a plain
     tensor: where weight mode may reuse a merged weight (nothing records the parameters)."""
-    return (not torch.is_grad_enabled() and type(x) is torch.Tensor
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not compat.autocast_enabled())
+    return (
+        not torch.is_grad_enabled()
+        and type(x) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not compat.autocast_enabled()
+    )
 
 
 class BasisConv2d(nn.Module):
@@ -72,8 +76,21 @@ class BasisConv2d(nn.Module):
         mode: str = "auto",
     ):
         super().__init__()
-        a = check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                            groups, bias, padding_mode, basis_channels, ratio, keep_basis, mode)
+        a = check_conv_args(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            basis_channels,
+            ratio,
+            keep_basis,
+            mode,
+        )
         basis_channels = a.basis_channels
         kh, kw = a.kernel_size
         self.in_channels, self.out_channels = in_channels, out_channels
@@ -174,14 +191,41 @@ class BasisConv2d(nn.Module):
             # inference (eval mode, no autograd): the merged weight is a function of the
             # parameters alone, so it is built once per parameter version instead of per call
             # (weight mode then costs one dense conv, as the layer it replaced)
-            check_inputs(x, basis, coeff, bias, self.stride, self._call_padding,
-                         self.dilation, self.keep_basis, perm)
-            return reference.weight_modified(x, basis, coeff, bias, self.stride,
-                                             self._call_padding, self.dilation,
-                                             self.keep_basis, perm,
-                                             weight=self._inference_weight(basis, coeff, perm))
-        return basis_conv2d(x, basis, coeff, bias, self.stride, self._call_padding,
-                            self.dilation, self.keep_basis, mode=mode, perm=perm)
+            check_inputs(
+                x,
+                basis,
+                coeff,
+                bias,
+                self.stride,
+                self._call_padding,
+                self.dilation,
+                self.keep_basis,
+                perm,
+            )
+            return reference.weight_modified(
+                x,
+                basis,
+                coeff,
+                bias,
+                self.stride,
+                self._call_padding,
+                self.dilation,
+                self.keep_basis,
+                perm,
+                weight=self._inference_weight(basis, coeff, perm),
+            )
+        return basis_conv2d(
+            x,
+            basis,
+            coeff,
+            bias,
+            self.stride,
+            self._call_padding,
+            self.dilation,
+            self.keep_basis,
+            mode=mode,
+            perm=perm,
+        )
 
     def _inference_weight(self, basis, coeff, perm) -> torch.Tensor:
         """``merged_weight`` of the current parameters, remembered until one of them changes
@@ -189,9 +233,15 @@ class BasisConv2d(nn.Module):
         train/eval mode is set -- one dense weight of memory per weight-mode layer in eval.
         Writes through ``param.data`` bypass the version counter: call ``.eval()`` again
         after such a write."""
-        key = (tensor_version(basis), tensor_version(coeff), basis.data_ptr(), coeff.data_ptr(),
-               basis.dtype, basis.device,
-               None if perm is None else (tensor_version(perm), perm.data_ptr()))
+        key = (
+            tensor_version(basis),
+            tensor_version(coeff),
+            basis.data_ptr(),
+            coeff.data_ptr(),
+            basis.dtype,
+            basis.device,
+            None if perm is None else (tensor_version(perm), perm.data_ptr()),
+        )
         cached = self.__dict__.get("_weight_cache")
         if cached is not None and cached[0] == key and key[0] is not None:
             return cached[1]  # (no version counter to read: built per call)
@@ -217,8 +267,17 @@ class BasisConv2d(nn.Module):
             memo = self.__dict__["_mode_memo"] = {}
         mode = memo.get(key)
         if mode is None:
-            g = check_inputs(x, self.basis, self.coeff, self.bias, self.stride,
-                             self._call_padding, self.dilation, self.keep_basis, self.out_perm)
+            g = check_inputs(
+                x,
+                self.basis,
+                self.coeff,
+                self.bias,
+                self.stride,
+                self._call_padding,
+                self.dilation,
+                self.keep_basis,
+                self.out_perm,
+            )
             mode = memo[key] = choose_mode(g, x.device)
         return mode
 
@@ -266,28 +325,30 @@ class BasisConv2d(nn.Module):
             return f"has shape {tuple(perm.shape)}, expected ({self.out_channels},)"
         if perm.device.type == "meta":
             return None  # values unknown (meta init); checked when real weights load
-        if not torch.equal(perm.sort().values.cpu(),
-                           torch.arange(self.out_channels, dtype=perm.dtype)):
+        if not torch.equal(
+            perm.sort().values.cpu(), torch.arange(self.out_channels, dtype=perm.dtype)
+        ):
             return f"is not a permutation of range({self.out_channels})"
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # out_perm is an optional buffer: a checkpoint may have it while a fresh module has
         # None (or the other way round); adopt the checkpoint's.
         key = prefix + "out_perm"
         if key in state_dict:
             why = self._out_perm_problem(state_dict[key])
             if why is not None:
-                error_msgs.append(f"{key} {why}: the checkpoint is corrupt or not from this "
-                                  "layer")
+                error_msgs.append(f"{key} {why}: the checkpoint is corrupt or not from this layer")
                 return
         if key in state_dict and self.out_perm is None:
             self.out_perm = torch.empty_like(state_dict[key], device=self.basis.device)
         elif key not in state_dict and self.out_perm is not None:
             self.out_perm = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def resolved_mode(self, x: torch.Tensor) -> str:
         """What ``mode="auto"`` picks for input ``x`` (``"fused"`` or ``"weight"``)."""
@@ -309,9 +370,16 @@ class BasisConv2d(nn.Module):
         """An ``nn.Conv2d`` computing the same function (weight modification, exact up to
         rounding)."""
         conv = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-            self.dilation, bias=self.bias is not None, padding_mode=self.padding_mode,
-            device=self.basis.device, dtype=self.basis.dtype,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.basis.device,
+            dtype=self.basis.dtype,
         )
         conv.weight.copy_(self.merged_weight())
         if self.bias is not None:
@@ -343,8 +411,13 @@ class BasisConv2d(nn.Module):
         return s
 
 
-def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, *,
-              factors: decompose.Factors | None = None, **kw) -> BasisConv2d:
+def from_conv(
+    conv: nn.Conv2d,
+    spec: BasisSpec | dict | None = None,
+    *,
+    factors: decompose.Factors | None = None,
+    **kw,
+) -> BasisConv2d:
     """A BasisConv2d computing (an approximation of) ``conv``, following ``spec`` (a
     :class:`BasisSpec`, its dict, or its fields as keywords): ``init="svd"`` starts from the
     decomposition of the trained filters (:mod:`tritonbasis.nn.decompose`: SVD for the full
@@ -361,9 +434,18 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, *,
     f = factors if factors is not None else decompose.factors(conv, spec)
     w = conv.weight
     layer = BasisConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        device=w.device, dtype=w.dtype, basis_channels=f.C_b, keep_basis=spec.keep_basis,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=w.device,
+        dtype=w.dtype,
+        basis_channels=f.C_b,
+        keep_basis=spec.keep_basis,
         mode=spec.mode,
     )
     with torch.no_grad():

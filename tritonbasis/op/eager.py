@@ -51,9 +51,14 @@ def eager_ok(x, basis, coeff, bias, perm) -> bool:
     tensor exactly a ``torch.Tensor`` or ``nn.Parameter`` (a subclass gets the op, which it
     can intercept)."""
     return (
-        not _dispatch_modes() and not _function_modes() and _functorch_level() is None
-        and type(x) in _PLAIN and type(basis) in _PLAIN and type(coeff) in _PLAIN
-        and (bias is None or type(bias) in _PLAIN) and (perm is None or type(perm) in _PLAIN)
+        not _dispatch_modes()
+        and not _function_modes()
+        and _functorch_level() is None
+        and type(x) in _PLAIN
+        and type(basis) in _PLAIN
+        and type(coeff) in _PLAIN
+        and (bias is None or type(bias) in _PLAIN)
+        and (perm is None or type(perm) in _PLAIN)
     )
 
 
@@ -81,8 +86,9 @@ class BasisConv2dFunction(torch.autograd.Function):
         geometry = (g.stride, g.padding, g.dilation, g.keep_basis)
 
         def backward(grad, x, basis, coeff, out, z_saved, bias, perm, mask):
-            return registry.run_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
-                                         tuple(mask))
+            return registry.run_backward(
+                grad, x, basis, coeff, out, z_saved, bias, perm, g, tuple(mask)
+            )
 
         if _profiling():
             with torch.autograd.profiler.record_function(BACKWARD_NAME):

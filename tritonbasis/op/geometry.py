@@ -66,8 +66,10 @@ class ConvGeometry:
 
     def macs(self) -> dict[str, int]:
         """Multiply-accumulates of the fused forward and of the dense conv it replaces."""
-        return {**forward_macs(self.C_in, self.C_b, self.C_rest, self.KH, self.KW, self.pixels),
-                "dense": dense_macs(self.C_in, self.C_out, self.KH, self.KW, self.pixels)}
+        return {
+            **forward_macs(self.C_in, self.C_b, self.C_rest, self.KH, self.KW, self.pixels),
+            "dense": dense_macs(self.C_in, self.C_out, self.KH, self.KW, self.pixels),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,8 +78,9 @@ class ConvGeometry:
 # compile tier) calls these.
 
 
-def conv_output_size(size: int, k: int, stride: int = 1, padding: int = 0,
-                     dilation: int = 1) -> int:
+def conv_output_size(
+    size: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> int:
     """Output length of a convolution along one axis (PyTorch's formula, floor division)."""
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
@@ -87,8 +90,9 @@ def dense_macs(C_in: int, C_out: int, KH: int, KW: int, pixels: int = 1) -> int:
     return pixels * C_out * C_in * KH * KW
 
 
-def forward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int,
-                 pixels: int = 1) -> dict[str, int]:
+def forward_macs(
+    C_in: int, C_b: int, C_rest: int, KH: int, KW: int, pixels: int = 1
+) -> dict[str, int]:
     """MACs of the basis convolution's forward over ``pixels`` output pixels: ``basis`` (the
     conv over C_b filters), ``combine`` (the ``C_rest x C_b`` coefficient product) and their
     sum ``fused``."""
@@ -97,16 +101,21 @@ def forward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int,
     return {"basis": basis, "combine": combine, "fused": basis + combine}
 
 
-def backward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int, pixels: int,
-                  output_mask) -> int:
+def backward_macs(
+    C_in: int, C_b: int, C_rest: int, KH: int, KW: int, pixels: int, output_mask
+) -> int:
     """MACs of the backward for the gradients in ``output_mask`` (x, basis, coeff, bias): dZ
     (needed by dx and d basis), dx (as cuDNN counts dgrad: the forward conv's MACs), d basis,
     d coeff. d bias is a sum, no MACs."""
     need_x, need_b, need_c, _ = output_mask
     conv = pixels * C_b * C_in * KH * KW
     combine = pixels * C_rest * C_b
-    return ((combine if (need_x or need_b) else 0) + (conv if need_x else 0)
-            + (conv if need_b else 0) + (combine if need_c else 0))
+    return (
+        (combine if (need_x or need_b) else 0)
+        + (conv if need_x else 0)
+        + (conv if need_b else 0)
+        + (combine if need_c else 0)
+    )
 
 
 class PermDtypeError(TypeError, ValueError):
@@ -173,8 +182,9 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
     hit = _PERM_CHECKED.get(key)
     if hit is not None and _perm_unchanged(perm, hit):
         return
-    ok = torch.equal(torch.sort(perm.long()).values,
-                     torch.arange(C_out, device=perm.device, dtype=torch.int64))
+    ok = torch.equal(
+        torch.sort(perm.long()).values, torch.arange(C_out, device=perm.device, dtype=torch.int64)
+    )
     if not ok:
         p = perm.detach().long().cpu()
         bad = p[(p < 0) | (p >= C_out)]
@@ -184,8 +194,10 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
             vals, counts = torch.unique(p, return_counts=True)
             why = f"value {int(vals[counts > 1][0])} appears more than once"
         raise ValueError(f"perm must be a permutation of range({C_out}): {why}")
-    _PERM_CHECKED[key] = (weakref.ref(perm, lambda _r, k=key: _PERM_CHECKED.pop(k, None)),
-                          _perm_state(perm))
+    _PERM_CHECKED[key] = (
+        weakref.ref(perm, lambda _r, k=key: _PERM_CHECKED.pop(k, None)),
+        _perm_state(perm),
+    )
 
 
 # Geometries of argument metadata that passed validation: key (see _memo_key) -> geometry.
@@ -214,9 +226,15 @@ def _memo_key(x, basis, coeff, bias, stride, padding, dilation, keep_basis) -> t
     memoised: while dynamo traces (no global state in a graph), non-tensor arguments, odd
     forms of stride/padding/dilation (they take the full path and its errors)."""
     s, p, d = _int_pair(stride), _int_pair(padding), _int_pair(dilation)
-    if (s is None or p is None or d is None or not isinstance(x, torch.Tensor)
-            or not isinstance(basis, torch.Tensor) or not isinstance(coeff, torch.Tensor)
-            or torch.compiler.is_compiling()):
+    if (
+        s is None
+        or p is None
+        or d is None
+        or not isinstance(x, torch.Tensor)
+        or not isinstance(basis, torch.Tensor)
+        or not isinstance(coeff, torch.Tensor)
+        or torch.compiler.is_compiling()
+    ):
         return None
     if bias is None:
         b = None
@@ -224,8 +242,22 @@ def _memo_key(x, basis, coeff, bias, stride, padding, dilation, keep_basis) -> t
         b = (bias.shape, bias.dtype, bias.device)
     else:
         return None
-    return (x.shape, x.dtype, x.device, basis.shape, basis.dtype, basis.device, coeff.shape,
-            coeff.dtype, coeff.device, b, s, p, d, bool(keep_basis))
+    return (
+        x.shape,
+        x.dtype,
+        x.device,
+        basis.shape,
+        basis.dtype,
+        basis.device,
+        coeff.shape,
+        coeff.dtype,
+        coeff.device,
+        b,
+        s,
+        p,
+        d,
+        bool(keep_basis),
+    )
 
 
 def check_inputs(
@@ -264,10 +296,13 @@ def check_inputs(
     return g
 
 
-def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
-                  perm) -> ConvGeometry:
-    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(
-        dilation, "dilation"
+def _check_inputs(
+    x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm
+) -> ConvGeometry:
+    stride, padding, dilation = (
+        pair(stride, "stride"),
+        pair(padding, "padding"),
+        pair(dilation, "dilation"),
     )
     _check_tensors(x, basis, coeff, bias)
     C_b, C_rest, C_out = _channels(x, basis, coeff, bias, keep_basis)
@@ -285,7 +320,20 @@ def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
             f"padding {padding}, dilation {dilation}"
         )
     return ConvGeometry(
-        N, C_in, H, W, C_b, C_rest, C_out, KH, KW, Ho, Wo, stride, padding, dilation,
+        N,
+        C_in,
+        H,
+        W,
+        C_b,
+        C_rest,
+        C_out,
+        KH,
+        KW,
+        Ho,
+        Wo,
+        stride,
+        padding,
+        dilation,
         bool(keep_basis),
     )
 
@@ -302,9 +350,7 @@ def _check_tensors(x, basis, coeff, bias) -> None:
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")
     if basis.dim() != 4:
-        raise ValueError(
-            f"basis must be 4-D (C_b, C_in, kH, kW), got shape {tuple(basis.shape)}"
-        )
+        raise ValueError(f"basis must be 4-D (C_b, C_in, kH, kW), got shape {tuple(basis.shape)}")
     if coeff.dim() != 2:
         raise ValueError(f"coeff must be 2-D, got shape {tuple(coeff.shape)}")
 
@@ -324,9 +370,7 @@ def _channels(x, basis, coeff, bias, keep_basis) -> tuple[int, int, int]:
     if C_b < 1:
         raise ValueError(f"basis must hold at least one filter (C_b >= 1), got C_b={C_b}")
     if min(C_in, H, W, KH, KW) < 1:  # N == 0 is fine: an empty output, as nn.Conv2d
-        raise ValueError(
-            f"empty input or filter: x {tuple(x.shape)}, basis {tuple(basis.shape)}"
-        )
+        raise ValueError(f"empty input or filter: x {tuple(x.shape)}, basis {tuple(basis.shape)}")
     C_rest, C_b_coeff = coeff.shape
     if C_b_coeff != C_b:
         raise ValueError(
@@ -373,8 +417,10 @@ def _check_window(stride, padding, dilation) -> None:
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The output follows the input: channels_last if x is channels_last (and not also plainly
     contiguous, which happens when C == 1 or H == W == 1), else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
     ):
         return torch.channels_last
     return torch.contiguous_format

@@ -65,7 +65,15 @@ def merged_weight(
 
 
 def weight_modified(
-    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True, perm=None,
+    x,
+    basis,
+    coeff,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    keep_basis=True,
+    perm=None,
     weight=None,
 ) -> torch.Tensor:
     """Weight-modification path: build ``W`` (cheap, once per call) and run one dense conv.
@@ -110,8 +118,9 @@ def basis_conv2d_standard_ops(
     """
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     if merged:
-        return F.conv2d(x, merged_weight(basis, coeff, keep_basis, perm), bias, stride, padding,
-                        dilation)
+        return F.conv2d(
+            x, merged_weight(basis, coeff, keep_basis, perm), bias, stride, padding, dilation
+        )
     z = F.conv2d(x, basis, None, stride, padding, dilation)
     c_rest = int(coeff.shape[0])
     if not keep_basis:
@@ -180,8 +189,11 @@ def pointwise_weight(coeff, perm, g: ConvGeometry) -> torch.Tensor:
 
 def _gemm(t: torch.Tensor, g: ConvGeometry) -> bool:
     """Batched GEMMs over ``t`` (Z or G): NCHW and large enough."""
-    return (t.is_contiguous() and g.Ho * g.Wo >= _GEMM_MIN_HW
-            and g.N * g.C_out * g.Ho * g.Wo >= _GEMM_MIN_NUMEL)
+    return (
+        t.is_contiguous()
+        and g.Ho * g.Wo >= _GEMM_MIN_HW
+        and g.N * g.C_out * g.Ho * g.Wo >= _GEMM_MIN_NUMEL
+    )
 
 
 def _bmm_into(out3, w, z3, bias) -> None:
@@ -224,15 +236,27 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
             y3[:, : g.C_b].copy_(z3)
         else:
             torch.add(z3, bias[: g.C_b, None], out=y3[:, : g.C_b])
-        _bmm_into(y3[:, g.C_b:], coeff, z3, None if bias is None else bias[g.C_b:])
+        _bmm_into(y3[:, g.C_b :], coeff, z3, None if bias is None else bias[g.C_b :])
     else:  # the stock pair's own ops: the combined channels, then one cat
-        rest = (F.conv2d(z, coeff[:, :, None, None], None if bias is None else bias[g.C_b:])
-                if g.C_rest else None)
+        rest = (
+            F.conv2d(z, coeff[:, :, None, None], None if bias is None else bias[g.C_b :])
+            if g.C_rest
+            else None
+        )
         if bias is not None:
             z = z.add_(bias[: g.C_b, None, None])  # after rest, which reads Z without it
         y = torch.cat([z, rest], dim=1) if rest is not None else z
     # (a copy only where Z is both NCHW and NHWC, e.g. C_b = 1, and x is channels_last)
     return y.contiguous(memory_format=fmt), x.new_empty(0)
+
+
+def _channels(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(1, index)``; on an NCHW tensor through its (N, C, HW) view (0.6 vs
+    1.1 ms at 64x128x16x16: one contiguous block per channel instead of per row)."""
+    if t.is_contiguous():
+        n, _, h, w = t.shape
+        return t.view(n, t.shape[1], h * w).index_select(1, index).view(n, len(index), h, w)
+    return t.index_select(1, index)
 
 
 def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
@@ -244,7 +268,7 @@ def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
         z = out[:, : g.C_b]
         b = bias[: g.C_b] if bias is not None else None
     else:
-        z = out.index_select(1, perm[: g.C_b])
+        z = _channels(out, perm[: g.C_b])
         b = bias.index_select(0, perm[: g.C_b]) if bias is not None else None
     if b is not None:
         z = z - b[None, :, None, None]
@@ -254,25 +278,39 @@ def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
 def _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c):
     """(dZ or None, d coeff or None) of the keep-basis form: G in computed order, sliced."""
     if perm is not None:
-        grad = grad.index_select(1, perm)  # computed order, once
+        grad = _channels(grad, perm)  # computed order, once
     g_b = grad[:, : g.C_b]
     if not g.C_rest:
         return g_b, None
-    g_r = grad[:, g.C_b:]
+    g_r = grad[:, g.C_b :]
     z = basis_outputs(out, z_saved, bias, perm, g) if need_c else None
     if _gemm(grad, g):
         n, hw = g.N, g.Ho * g.Wo
         g3 = grad.view(n, g.C_out, hw)
-        g_b3, g_r3 = g3[:, : g.C_b], g3[:, g.C_b:]
-        dcoeff = (torch.bmm(g_r3, z.reshape(n, g.C_b, hw).transpose(1, 2)).sum(0)
-                  if need_c else None)
-        dz = (torch.baddbmm(g_b3, coeff.t().expand(n, g.C_b, g.C_rest), g_r3).view(
-            n, g.C_b, g.Ho, g.Wo) if need_dz else None)
+        g_b3, g_r3 = g3[:, : g.C_b], g3[:, g.C_b :]
+        dcoeff = torch.bmm(g_r3, z.reshape(n, g.C_b, hw).transpose(1, 2)).sum(0) if need_c else None
+        dz = (
+            torch.baddbmm(g_b3, coeff.t().expand(n, g.C_b, g.C_rest), g_r3).view(
+                n, g.C_b, g.Ho, g.Wo
+            )
+            if need_dz
+            else None
+        )
         return dz, dcoeff
     if need_c:
         dz_r, dw, _ = torch.ops.aten.convolution_backward(
-            g_r, z, coeff[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [need_dz, True, False])
+            g_r,
+            z,
+            coeff[:, :, None, None],
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [need_dz, True, False],
+        )
         dcoeff = dw[:, :, 0, 0]
     else:
         dz_r, dcoeff = (F.conv2d(g_r, coeff.t()[:, :, None, None]) if need_dz else None), None
@@ -298,16 +336,36 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, m
         w = coeff if perm is None else coeff.index_select(0, inverse_permutation(perm))
         if need_c:  # oneDNN's 1x1 backward: dZ and d W in one call
             dz, dw, _ = torch.ops.aten.convolution_backward(
-                grad, z_saved, w[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False,
-                [0, 0], 1, [need_dz, True, False])
+                grad,
+                z_saved,
+                w[:, :, None, None],
+                None,
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [need_dz, True, False],
+            )
             dw = dw[:, :, 0, 0]  # rows in output order: d coeff = d W[perm]
             dcoeff = dw.index_select(0, perm) if perm is not None else dw.clone()
         else:
             dz = _pointwise(grad, w.t(), None, _gemm(grad, g))  # W^T . G
     if need_dz:
         dx_, db_, _ = torch.ops.aten.convolution_backward(
-            dz, x, basis, None, list(g.stride), list(g.padding), list(g.dilation), False,
-            [0, 0], 1, [need_x, need_b, False])
+            dz,
+            x,
+            basis,
+            None,
+            list(g.stride),
+            list(g.padding),
+            list(g.dilation),
+            False,
+            [0, 0],
+            1,
+            [need_x, need_b, False],
+        )
         if need_x:  # (no-ops where mkldnn already returns these layouts)
             dx = dx_.contiguous(memory_format=output_memory_format(x))
         if need_b:

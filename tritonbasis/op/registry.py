@@ -93,9 +93,7 @@ def set_backend(name: str | None) -> None:
     """Force the implementation for this thread (``None`` returns to the environment variable)."""
     if name is not None:
         if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
-            raise ValueError(
-                f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}"
-            )
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}")
         name = name.strip().lower()
     _state.backend = name
 
@@ -217,12 +215,9 @@ def basis_conv2d_op(
 def _(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, need_z):
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     fmt = output_memory_format(x)
-    out = torch.empty(
-        (g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt
-    )
+    out = torch.empty((g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt)
     if need_z and not keep_basis:
-        z = torch.empty((g.N, g.C_b, g.Ho, g.Wo), dtype=x.dtype, device=x.device,
-                        memory_format=fmt)
+        z = torch.empty((g.N, g.C_b, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt)
     else:
         z = x.new_empty(0)
     return out, z
@@ -248,14 +243,41 @@ def basis_conv2d_backward_op(
     keep_basis: bool,
     output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding,
-                        dilation, keep_basis, output_mask)
-    return run_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
-                        tuple(bool(m) for m in output_mask))
+    g = _check_backward(
+        grad,
+        x,
+        basis,
+        coeff,
+        out,
+        z_saved,
+        bias,
+        perm,
+        stride,
+        padding,
+        dilation,
+        keep_basis,
+        output_mask,
+    )
+    return run_backward(
+        grad, x, basis, coeff, out, z_saved, bias, perm, g, tuple(bool(m) for m in output_mask)
+    )
 
 
-def _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
-                    keep_basis, output_mask) -> ConvGeometry:
+def _check_backward(
+    grad,
+    x,
+    basis,
+    coeff,
+    out,
+    z_saved,
+    bias,
+    perm,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    output_mask,
+) -> ConvGeometry:
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     expect = (g.N, g.C_out, g.Ho, g.Wo)
     if tuple(grad.shape) != expect:
@@ -275,19 +297,45 @@ def _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, pad
 
 
 @basis_conv2d_backward_op.register_fake
-def _(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation, keep_basis,
-      output_mask):
-    _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
-                    keep_basis, output_mask)
+def _(
+    grad,
+    x,
+    basis,
+    coeff,
+    out,
+    z_saved,
+    bias,
+    perm,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    output_mask,
+):
+    _check_backward(
+        grad,
+        x,
+        basis,
+        coeff,
+        out,
+        z_saved,
+        bias,
+        perm,
+        stride,
+        padding,
+        dilation,
+        keep_basis,
+        output_mask,
+    )
     need_x, need_b, need_c, need_bias = output_mask
 
     def e():  # distinct empties: outputs must not alias each other
         return grad.new_empty(0)
 
     dx = (
-        torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                    memory_format=output_memory_format(x))
-        if need_x else e()
+        torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        if need_x
+        else e()
     )
     return (
         dx,
@@ -301,8 +349,7 @@ def _(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation
 # Autograd
 
 
-def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out,
-                      z_saved) -> None:
+def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out, z_saved) -> None:
     """What both routes save for the backward (``out, z_saved``: what the forward returned)."""
     # x, basis, coeff and bias are inputs (alive anyway). The output is saved only when
     # d coeff is needed: in the keep-basis form Z = out[:, :C_b] - bias. Saving it means an
@@ -310,7 +357,11 @@ def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out,
     # autograd's version check instead of silently corrupting d coeff.
     need_c = ctx.needs_input_grad[2]
     ctx.save_for_backward(
-        x, basis, coeff, bias, perm,
+        x,
+        basis,
+        coeff,
+        bias,
+        perm,
         out if (need_c and keep_basis) else None,
         z_saved if (need_c and not keep_basis) else None,
     )
@@ -331,8 +382,15 @@ def input_grads(ctx, grad_out, backward, geometry) -> tuple:
         return differentiable_grads(grad_out, x, basis, coeff, bias, perm, *geometry, mask)
     empty = grad_out.new_empty(0)
     dx, db, dc, dbias = backward(
-        grad_out, x, basis, coeff, empty if out is None else out, empty if z is None else z,
-        bias, perm, mask,
+        grad_out,
+        x,
+        basis,
+        coeff,
+        empty if out is None else out,
+        empty if z is None else z,
+        bias,
+        perm,
+        mask,
     )
     return (
         dx if mask[0] else None,
@@ -342,8 +400,9 @@ def input_grads(ctx, grad_out, backward, geometry) -> tuple:
     )
 
 
-def differentiable_grads(grad_out, x, basis, coeff, bias, perm, stride, padding, dilation,
-                         keep_basis, mask) -> tuple:
+def differentiable_grads(
+    grad_out, x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, mask
+) -> tuple:
     """The gradients in differentiable stock ops, for a backward with ``create_graph=True``
     (double backward: gradient penalties, Hessian-vector products). The forward is recomputed
     by :func:`reference.basis_conv2d_reference` and differentiated by autograd with
@@ -354,8 +413,9 @@ def differentiable_grads(grad_out, x, basis, coeff, bias, perm, stride, padding,
     if not inputs:
         return (None, None, None, None)
     with torch.enable_grad():
-        y = reference.basis_conv2d_reference(x, basis, coeff, bias, stride, padding, dilation,
-                                             keep_basis, perm)
+        y = reference.basis_conv2d_reference(
+            x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm
+        )
         got = torch.autograd.grad(y, inputs, grad_out, create_graph=True, allow_unused=True)
     it = iter(got)
     out = []
@@ -381,12 +441,30 @@ def _backward(ctx, grad_out, _grad_z):
 
     def backward_op(grad, x, basis, coeff, out, z_saved, bias, perm, mask):
         return torch.ops.tritonbasis.basis_conv2d_backward(
-            grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
-            keep_basis, mask,
+            grad,
+            x,
+            basis,
+            coeff,
+            out,
+            z_saved,
+            bias,
+            perm,
+            stride,
+            padding,
+            dilation,
+            keep_basis,
+            mask,
         )
 
-    return (*input_grads(ctx, grad_out, backward_op, (stride, padding, dilation, keep_basis)),
-            None, None, None, None, None, None)
+    return (
+        *input_grads(ctx, grad_out, backward_op, (stride, padding, dilation, keep_basis)),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 basis_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
@@ -400,35 +478,75 @@ def _shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation) -> tup
     """``(C_in, C_b, C_rest, KH, KW, output pixels)`` from the op's argument shapes."""
     N, C_in, H, W = x_shape
     C_b, _, KH, KW = basis_shape
-    pixels = (N * conv_output_size(H, KH, stride[0], padding[0], dilation[0])
-              * conv_output_size(W, KW, stride[1], padding[1], dilation[1]))
+    pixels = (
+        N
+        * conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+        * conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    )
     return C_in, C_b, coeff_shape[0], KH, KW, pixels
 
 
-def basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                       keep_basis) -> int:
+def basis_conv2d_flops(
+    x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis
+) -> int:
     """2 x MACs of the fused forward: conv over C_b filters + the (C_rest x C_b) combination."""
-    return 2 * forward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding,
-                                     dilation))["fused"]
+    return (
+        2
+        * forward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation))[
+            "fused"
+        ]
+    )
 
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d)
-def _fwd_flops(x_shape, basis_shape, coeff_shape, bias_shape, perm_shape, stride, padding,
-               dilation, keep_basis, need_z, *args, out_shape=None, **kwargs) -> int:
-    return basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                              keep_basis)
+def _fwd_flops(
+    x_shape,
+    basis_shape,
+    coeff_shape,
+    bias_shape,
+    perm_shape,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    need_z,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
+    return basis_conv2d_flops(
+        x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis
+    )
 
 
-def basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                                keep_basis, output_mask) -> int:
+def basis_conv2d_backward_flops(
+    x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis, output_mask
+) -> int:
     """2 x MACs of the backward for the gradients in ``output_mask``."""
-    return 2 * backward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding,
-                                      dilation), output_mask)
+    return 2 * backward_macs(
+        *_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation), output_mask
+    )
 
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d_backward)
-def _bwd_flops(grad_shape, x_shape, basis_shape, coeff_shape, out_shape_, z_shape, bias_shape,
-               perm_shape, stride, padding, dilation, keep_basis, output_mask, *args,
-               out_shape=None, **kwargs) -> int:
-    return basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding,
-                                       dilation, keep_basis, output_mask)
+def _bwd_flops(
+    grad_shape,
+    x_shape,
+    basis_shape,
+    coeff_shape,
+    out_shape_,
+    z_shape,
+    bias_shape,
+    perm_shape,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    output_mask,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
+    return basis_conv2d_backward_flops(
+        x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis, output_mask
+    )

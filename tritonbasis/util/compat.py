@@ -49,12 +49,15 @@ def missing() -> list[str]:
 # Dispatch state: may a call take the eager route (op/eager.py)? Fallbacks say "a mode may be
 # active", so every call takes the custom-op route, which handles all of them.
 
-_len_dispatch = _private("torch._C._len_torch_dispatch_stack",
-                         lambda: torch._C._len_torch_dispatch_stack)
-_fn_modes = _private("torch._C._is_torch_function_mode_enabled",
-                     lambda: torch._C._is_torch_function_mode_enabled)
-_functorch_level = _private("torch._C._functorch.maybe_current_level",
-                            lambda: torch._C._functorch.maybe_current_level)
+_len_dispatch = _private(
+    "torch._C._len_torch_dispatch_stack", lambda: torch._C._len_torch_dispatch_stack
+)
+_fn_modes = _private(
+    "torch._C._is_torch_function_mode_enabled", lambda: torch._C._is_torch_function_mode_enabled
+)
+_functorch_level = _private(
+    "torch._C._functorch.maybe_current_level", lambda: torch._C._functorch.maybe_current_level
+)
 EAGER_ROUTE_KNOWABLE = None not in (_len_dispatch, _fn_modes, _functorch_level)
 
 if EAGER_ROUTE_KNOWABLE:
@@ -62,6 +65,7 @@ if EAGER_ROUTE_KNOWABLE:
     function_modes = _fn_modes  # a TorchFunctionMode is active
     functorch_level = _functorch_level  # None outside vmap / grad transforms
 else:
+
     def dispatch_modes() -> int:
         return 1
 
@@ -76,15 +80,18 @@ _any_rg = _private("torch._C._any_requires_grad", lambda: torch._C._any_requires
 if _any_rg is not None:
     any_requires_grad = _any_rg
 else:
+
     def any_requires_grad(*tensors) -> bool:
         return any(t is not None and t.requires_grad for t in tensors)
 
 
-_profiling = _private("torch._C._autograd._profiler_enabled",
-                      lambda: torch._C._autograd._profiler_enabled)
+_profiling = _private(
+    "torch._C._autograd._profiler_enabled", lambda: torch._C._autograd._profiler_enabled
+)
 if _profiling is not None:
     profiler_enabled = _profiling
 else:
+
     def profiler_enabled() -> bool:
         # unknown: record the op's range always (a no-op range costs a few us)
         return True
@@ -94,11 +101,13 @@ _tracing = _private("torch._C._is_tracing", lambda: torch._C._is_tracing)
 # torch.jit.is_tracing adds an is_scripting check (~0.5 us); this code is never scripted
 jit_tracing = _tracing if _tracing is not None else torch.jit.is_tracing
 
-_autocast_any = _private("torch._C._is_any_autocast_enabled",
-                         lambda: torch._C._is_any_autocast_enabled)
+_autocast_any = _private(
+    "torch._C._is_any_autocast_enabled", lambda: torch._C._is_any_autocast_enabled
+)
 if _autocast_any is not None:
     autocast_enabled = _autocast_any
 else:
+
     def autocast_enabled() -> bool:
         return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
 
@@ -136,8 +145,10 @@ def tensor_version(t: torch.Tensor) -> int | None:
     return t._version if _HAS_VERSION else None
 
 
-_MODULE_DICTS = _private("nn.Module._parameters / _buffers",
-                         lambda: isinstance(torch.nn.Module()._parameters, dict) or None)
+_MODULE_DICTS = _private(
+    "nn.Module._parameters / _buffers",
+    lambda: isinstance(torch.nn.Module()._parameters, dict) or None,
+)
 _EMPTY: dict = {}
 
 
