@@ -147,6 +147,10 @@ def run(
         "pairs_per_round": pairs,
         "calls_per_measurement": number,
         "load_before": os.getloadavg(),
+        # glibc malloc settings: its dynamic mmap threshold makes some output-sized
+        # allocations fresh mmaps (page faults on first touch, ~8k per fwd+bwd call at
+        # 128ch@16px) depending on the order of earlier frees; fixed thresholds remove that
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "rows": [],
     }
     for C, H, N in shapes:
@@ -196,7 +200,8 @@ def markdown(res: dict) -> str:
         f"{res['pairs_per_round']} alternating measurements per provider of "
         f"{res['calls_per_measurement']} calls. Ratio = stock time / BasisConv2d time, per round, "
         "median (min-max) over rounds: >= 1 means the basis conv is at least as fast. "
-        "C_b = C_out/4, 3x3, padding 1, no bias, float32, NCHW.",
+        "C_b = C_out/4, 3x3, padding 1, no bias, float32, NCHW. GLIBC_TUNABLES: "
+        f"{res.get('glibc_tunables') or 'unset (glibc defaults)'}.",
         "",
         "| shape | form | direction | BasisConv2d ms | stock pair ms | ratio |",
         "|---|---|---|---:|---:|---:|",

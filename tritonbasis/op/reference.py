@@ -149,7 +149,8 @@ def basis_conv2d_standard_ops(
 #   2.8 vs 5.0 ms for its 1x1 backward with the slice copy and the sum).
 # * Keep-basis with perm: one product with W = [I; coeff], rows permuted, writes the output in
 #   output order (no cat, no gather; +C_b^2 MACs per pixel, +3% at C_b = C_out/4, 3x3); the
-#   backward gathers G into computed order once and continues as above.
+#   backward multiplies G as it is (dZ = W^T . G, d W = G x Z, d coeff its rows), no gathered
+#   copy of G. Below GEMM sizes it gathers G into computed order once, then as above.
 # * Full form: W = coeff with rows permuted (perm and bias folded into the one product); its
 #   backward is oneDNN's 1x1 convolution_backward (dZ and d coeff in one call, as autograd
 #   runs for the stock pair).
@@ -277,6 +278,19 @@ def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
 
 def _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c):
     """(dZ or None, d coeff or None) of the keep-basis form: G in computed order, sliced."""
+    if perm is not None and _gemm(grad, g) and g.C_rest:
+        # GEMMs with the forward's W = [I; coeff] (rows permuted) over G as it is: no gathered
+        # copy of G (one output-sized allocation and pass fewer)
+        n, hw = g.N, g.Ho * g.Wo
+        g3 = grad.view(n, g.C_out, hw)
+        w = pointwise_weight(coeff, perm, g)
+        dz = torch.matmul(w.t(), g3).view(n, g.C_b, g.Ho, g.Wo) if need_dz else None
+        dcoeff = None
+        if need_c:
+            z3 = basis_outputs(out, z_saved, bias, perm, g).reshape(n, g.C_b, hw)
+            dw = torch.bmm(g3, z3.transpose(1, 2)).sum(0)  # rows in output order
+            dcoeff = dw.index_select(0, perm[g.C_b :])
+        return dz, dcoeff
     if perm is not None:
         grad = _channels(grad, perm)  # computed order, once
     g_b = grad[:, : g.C_b]
