@@ -50,6 +50,7 @@ from torch.utils import benchmark
 
 import tritonbasis as tb
 from tritonbasis.op import eager
+from tritonbasis.op.geometry import check_inputs
 
 
 def _inputs(grad: bool) -> dict:
@@ -65,8 +66,14 @@ def _inputs(grad: bool) -> dict:
         layers[mode] = m
     for t in (x, basis, coeff, coeff_full):
         t.requires_grad_(grad)
-    return {"x": x, "basis": basis, "coeff": coeff, "coeff_full": coeff_full,
-            "layer_fused": layers["fused"], "layer_auto": layers["auto"]}
+    return {
+        "x": x,
+        "basis": basis,
+        "coeff": coeff,
+        "coeff_full": coeff_full,
+        "layer_fused": layers["fused"],
+        "layer_auto": layers["auto"],
+    }
 
 
 _FLOOR = None
@@ -82,10 +89,18 @@ def _floor_op():
         return _FLOOR
 
     @torch.library.custom_op("hostprobe::pair", mutates_args=())
-    def pair(x: torch.Tensor, basis: torch.Tensor, coeff: torch.Tensor,
-             bias: torch.Tensor | None, perm: torch.Tensor | None, stride: list[int],
-             padding: list[int], dilation: list[int], keep_basis: bool,
-             need_z: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(
+        x: torch.Tensor,
+        basis: torch.Tensor,
+        coeff: torch.Tensor,
+        bias: torch.Tensor | None,
+        perm: torch.Tensor | None,
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        keep_basis: bool,
+        need_z: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         z = F.conv2d(x, basis, None, stride, padding, dilation)
         return torch.cat([z, F.conv2d(z, coeff[:, :, None, None])], dim=1), x.new_empty(0)
 
@@ -109,7 +124,7 @@ def cases(grad: bool) -> dict:
     w1 = coeff[:, :, None, None]
     op = torch.ops.tritonbasis.basis_conv2d
     floor = _floor_op()
-    g = tb.check_inputs(x, basis, coeff, None, 1, 1, 1, True)
+    g = check_inputs(x, basis, coeff, None, 1, 1, 1, True)
 
     def stock_pair():
         return F.conv2d(F.conv2d(x, basis, padding=1), w1)
@@ -121,16 +136,17 @@ def cases(grad: bool) -> dict:
     return {
         "stock_pair": stock_pair,
         "stock_pair_cat": stock_pair_cat,
-        "functional_keep": lambda: tb.basis_conv2d(x, basis, coeff, None, 1, 1, 1, True,
-                                                   mode="fused"),
-        "functional_full": lambda: tb.basis_conv2d(x, basis, coeff_full, None, 1, 1, 1, False,
-                                                   mode="fused"),
+        "functional_keep": lambda: tb.basis_conv2d(
+            x, basis, coeff, None, 1, 1, 1, True, mode="fused"
+        ),
+        "functional_full": lambda: tb.basis_conv2d(
+            x, basis, coeff_full, None, 1, 1, 1, False, mode="fused"
+        ),
         "eager_route": lambda: eager.basis_conv2d(x, basis, coeff, None, None, g, False),
         "layer_fused": lambda: v["layer_fused"](x),
         "layer_auto": lambda: v["layer_auto"](x),
         "raw_op": lambda: op(x, basis, coeff, None, None, [1, 1], [1, 1], [1, 1], True, False),
-        "floor_op": lambda: floor(x, basis, coeff, None, None, [1, 1], [1, 1], [1, 1], True,
-                                  False),
+        "floor_op": lambda: floor(x, basis, coeff, None, None, [1, 1], [1, 1], [1, 1], True, False),
     }
 
 
@@ -140,17 +156,26 @@ def time_once(fn, grad: bool, min_run_time: float) -> dict:
         fn()  # warm: first-call work (perm checks, memo fills) is not per-call cost
         t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=1)
         m = t.blocked_autorange(min_run_time=min_run_time)
-    return {"median_us": m.median * 1e6, "iqr_us": m.iqr * 1e6, "runs": len(m.times),
-            "calls": m.number_per_run * len(m.times)}
+    return {
+        "median_us": m.median * 1e6,
+        "iqr_us": m.iqr * 1e6,
+        "runs": len(m.times),
+        "calls": m.number_per_run * len(m.times),
+    }
 
 
 def run(min_run_time: float = 0.2, repeats: int = 5, only=None) -> dict:
     """Every case ``repeats`` times, interleaved (case 1, 2, ..., then again), so a slow phase
     of a shared machine hits every case alike; each case keeps its lowest-median run."""
     torch.set_num_threads(1)
-    out = {"load_before": os.getloadavg(), "torch": torch.__version__,
-           "python": sys.version.split()[0], "repeats": repeats,
-           "min_run_time_s": min_run_time, "rows": {}}
+    out = {
+        "load_before": os.getloadavg(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "repeats": repeats,
+        "min_run_time_s": min_run_time,
+        "rows": {},
+    }
     todo = {}
     for grad in (False, True):
         for name, fn in cases(grad).items():
@@ -167,10 +192,12 @@ def run(min_run_time: float = 0.2, repeats: int = 5, only=None) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = [f"torch {res['torch']}, python {res['python']}, 1 thread; load average "
-             f"{res['load_before'][0]:.2f} before, {res['load_after'][0]:.2f} after",
-             f"{'case':28s} {'median us':>10s} {'IQR us':>8s} {'vs stock':>9s}  (stock: the pair, "
-             "+ cat for the keep-basis cases)"]
+    lines = [
+        f"torch {res['torch']}, python {res['python']}, 1 thread; load average "
+        f"{res['load_before'][0]:.2f} before, {res['load_after'][0]:.2f} after",
+        f"{'case':28s} {'median us':>10s} {'IQR us':>8s} {'vs stock':>9s}  (stock: the pair, "
+        "+ cat for the keep-basis cases)",
+    ]
     for key, r in res["rows"].items():
         name, grad = key.split("/")
         base = "stock_pair" if name in ("stock_pair", "functional_full") else "stock_pair_cat"

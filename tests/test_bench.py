@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-import tritonbasis as tb
 from tritonbasis.cli import main
 from tritonbasis.op import tune_cache
+from tritonbasis.op.geometry import check_inputs
 from tritonbasis.perf import bench as tbb
 from tritonbasis.util import timing
 from tritonbasis.util.config_args import from_args
@@ -435,7 +435,7 @@ def test_tune_cpu_tiny_run_feeds_mode_auto(capsys, cache, one_thread):
     checked = 0
     for _fqns, m, in_shape in layer_geometries(model, (2, 3, 8, 8)):
         x = torch.zeros(in_shape)
-        g = tb.check_inputs(x, m.basis, m.coeff, m.bias, m.stride, m.padding, m.dilation,
+        g = check_inputs(x, m.basis, m.coeff, m.bias, m.stride, m.padding, m.dilation,
                             m.keep_basis)
         assert m.resolved_mode(x) == by_geo[tune_cache.geometry_key(g)]
         checked += 1

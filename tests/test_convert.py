@@ -11,8 +11,14 @@ import tritonbasis as tb
 from tritonbasis.conversion.plan import lookup, normalize_plan
 
 # Both forms on the two small models; one form each on the large ones (CI time on 2 cores).
-TORCHVISION = [("resnet18", False), ("resnet18", True), ("mobilenet_v2", False),
-               ("mobilenet_v2", True), ("resnet50", False), ("vgg11_bn", True)]
+TORCHVISION = [
+    ("resnet18", False),
+    ("resnet18", True),
+    ("mobilenet_v2", False),
+    ("mobilenet_v2", True),
+    ("resnet50", False),
+    ("vgg11_bn", True),
+]
 
 
 def _model(name):
@@ -26,14 +32,17 @@ def _model(name):
     return m
 
 
-@pytest.mark.parametrize(("name", "keep_basis"), TORCHVISION,
-                         ids=[f"{n}-{'keep' if k else 'full'}" for n, k in TORCHVISION])
+@pytest.mark.parametrize(
+    ("name", "keep_basis"),
+    TORCHVISION,
+    ids=[f"{n}-{'keep' if k else 'full'}" for n, k in TORCHVISION],
+)
 def test_full_rank_conversion_reproduces_torchvision_models(name, keep_basis):
     m = _model(name)
     x = torch.randn(2, 3, 32, 32)
     ref = m(x)
-    conv, report = tb.convert(m, {"_default": tb.BasisSpec(energy=1.0, keep_basis=keep_basis)},
-                              return_report=True, require_saving=False)
+    spec = tb.BasisSpec(energy=1.0, keep_basis=keep_basis)
+    conv, report = tb.convert_with_report(m, {"_default": spec}, require_saving=False)
     n_basis = sum(isinstance(mm, tb.BasisConv2d) for mm in conv.modules())
     n_cand = len(tb.candidate_convs(m))
     assert n_basis == n_cand == report.totals()["converted"] > 0
@@ -106,7 +115,7 @@ def test_out_perm_survives_state_dict_round_trip(tmp_path):
     layer = tb.from_conv(conv, tb.BasisSpec(ratio=0.5, keep_basis=True))
     path = tmp_path / "layer.pt"
     torch.save(layer.state_dict(), path)
-    fresh = tb.BasisConv2d(4, 8, 3, 4, keep_basis=True)
+    fresh = tb.BasisConv2d(4, 8, 3, basis_channels=4, keep_basis=True)
     assert fresh.out_perm is None
     fresh.load_state_dict(torch.load(path, weights_only=True))
     assert torch.equal(fresh.out_perm, layer.out_perm)
@@ -130,12 +139,14 @@ def test_random_init_and_frozen_orthogonal_basis():
 
 
 def test_plan_precedence_and_skip():
-    plan = normalize_plan({
-        "layer1.0.conv1": {"ratio": 0.5},
-        "re:layer1\\..*": {"ratio": 0.25, "keep_basis": True},
-        "re:layer2\\..*": None,
-        "_default": tb.BasisSpec(basis_channels=8),
-    })
+    plan = normalize_plan(
+        {
+            "layer1.0.conv1": {"ratio": 0.5},
+            "re:layer1\\..*": {"ratio": 0.25, "keep_basis": True},
+            "re:layer2\\..*": None,
+            "_default": tb.BasisSpec(basis_channels=8),
+        }
+    )
     assert lookup(plan, "layer1.0.conv1")[1] == tb.BasisSpec(ratio=0.5)
     assert lookup(plan, "layer1.1.conv2")[1] == tb.BasisSpec(ratio=0.25, keep_basis=True)
     assert lookup(plan, "layer2.0.conv1") == (True, None, "re:layer2\\..*")
@@ -147,7 +158,7 @@ def test_plan_precedence_and_skip():
 def test_convert_by_plan_reports_every_conv():
     m = _model("resnet18")
     plan = {"re:layer[34]\\.\\d\\.conv[12]": {"ratio": 0.25}, "conv1": None}
-    conv, rep = tb.convert(m, plan, input_shape=(3, 32, 32), return_report=True)
+    conv, rep = tb.convert_with_report(m, plan, input_shape=(3, 32, 32))
     rows = {r.fqn: r for r in rep.layers}
     assert len(rows) == 20  # every Conv2d of resnet18
     assert rows["conv1"].reason.startswith("plan says skip")
@@ -166,34 +177,66 @@ def test_convert_by_plan_reports_every_conv():
 
 def test_no_saving_and_unsupported_convs_are_skipped_with_reasons():
     net = nn.Sequential(
-        nn.Conv2d(3, 16, 3),                        # C_in*k^2=27: ratio 0.75 saves nothing
-        nn.Conv2d(16, 16, 3, groups=16),            # depthwise
-        nn.Conv2d(16, 32, 3, groups=4),             # grouped
-        nn.ConvTranspose2d(32, 16, 3),              # transposed
-        nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"),
-        nn.Conv2d(16, 64, 3),                       # converted
+        nn.Conv2d(3, 16, 3),  # C_in*k^2=27: ratio 0.75 saves nothing
+        nn.Conv2d(16, 16, 3, groups=16),  # depthwise
+        nn.Conv2d(16, 32, 3, groups=4),  # grouped
+        nn.ConvTranspose2d(32, 16, 3),  # transposed
+        nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect"),  # converted (as any pad)
+        nn.Conv2d(16, 64, 3),  # converted
     )
-    conv, rep = tb.convert(net, {"0": {"ratio": 0.75}, "_default": {"ratio": 0.25}},
-                           return_report=True)
+    conv, rep = tb.convert_with_report(net, {"0": {"ratio": 0.75}, "_default": {"ratio": 0.25}})
     reasons = {r.fqn: r.reason for r in rep.layers}
     assert "no saving" in reasons["0"]
     assert "depthwise" in reasons["1"] and "grouped" in reasons["2"]
     assert "3" not in reasons  # ConvTranspose2d is not a candidate at all
-    assert "padding_mode" in reasons["4"]
+    assert reasons["4"] == "" and isinstance(conv[4], tb.BasisConv2d)
+    assert conv[4].padding_mode == "reflect"
     assert isinstance(conv[5], tb.BasisConv2d) and not isinstance(conv[0], tb.BasisConv2d)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("keep_basis", [True, False], ids=["keep", "full"])
+def test_convert_any_padding_mode_and_string_padding(padding_mode, keep_basis):
+    """Convs with every padding_mode and with padding="same" (odd and even windows) /
+    "valid" convert; at full rank the converted model is the dense one (float64), in both
+    modes, and merge gives back convs with the same padding and padding_mode."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, padding_mode=padding_mode),
+        nn.Conv2d(6, 6, (4, 3), padding="same", dilation=(1, 2), padding_mode=padding_mode),
+        nn.Conv2d(6, 5, 2, padding="valid", padding_mode=padding_mode),
+    ).double()
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    spec = tb.BasisSpec(energy=1.0, keep_basis=keep_basis, mode="fused")
+    conv, rep = tb.convert_with_report(net, spec, require_saving=False, input_shape=(3, 9, 8))
+    assert [r.converted for r in rep.layers] == [True, True, True], rep.table()
+    want = net(x)
+    for mode in ("fused", "weight"):
+        for m in conv:
+            m.mode = mode
+        torch.testing.assert_close(conv(x), want, rtol=1e-10, atol=1e-10, msg=mode)
+    back = tb.merge(conv)
+    for a, b in zip(back, net):
+        assert type(a) is nn.Conv2d
+        assert (a.padding, a.padding_mode) == (b.padding, b.padding_mode)
+    torch.testing.assert_close(back(x), want, rtol=1e-10, atol=1e-10)
 
 
 def test_filter_fn_and_inplace():
     net = nn.Sequential(nn.Conv2d(8, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3))
-    out = tb.convert(net, tb.BasisSpec(ratio=0.25), filter_fn=lambda m, fqn: fqn == "2",
-                     inplace=True)
+    out = tb.convert(
+        net, tb.BasisSpec(ratio=0.25), filter_fn=lambda m, fqn: fqn == "2", inplace=True
+    )
     assert out is net
     assert isinstance(net[2], tb.BasisConv2d) and isinstance(net[0], nn.Conv2d)
 
 
 def test_plan_json_round_trip_and_errors(tmp_path):
-    plan = {"layer1.0.conv1": tb.BasisSpec(ratio=0.25, keep_basis=True), "_default": None,
-            "re:layer4.*": {"energy": 0.9, "mode": "fused"}}
+    plan = {
+        "layer1.0.conv1": tb.BasisSpec(ratio=0.25, keep_basis=True),
+        "_default": None,
+        "re:layer4.*": {"energy": 0.9, "mode": "fused"},
+    }
     path = tb.save_plan(plan, tmp_path / "plan.json", meta={"source": "test"})
     doc = json.loads(path.read_text())
     assert doc["plan"]["_default"] is None and doc["meta"] == {"source": "test"}
@@ -213,16 +256,19 @@ def test_plan_json_round_trip_and_errors(tmp_path):
         normalize_plan({"re:(": {"ratio": 0.5}})
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({}, "exactly one of"),
-    ({"ratio": 0.5, "energy": 0.9}, "exactly one of"),
-    ({"ratio": 1.5}, "ratio must be in"),
-    ({"basis_channels": 0}, "basis_channels must be a positive int"),
-    ({"energy": 0.0}, "energy must be in"),
-    ({"ratio": 0.5, "init": "kaiming"}, "init must be one of"),
-    ({"energy": 0.5, "init": "random"}, "energy needs init='svd'"),
-    ({"ratio": 0.5, "mode": "fast"}, "mode must be one of"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({}, "exactly one of"),
+        ({"ratio": 0.5, "energy": 0.9}, "exactly one of"),
+        ({"ratio": 1.5}, "ratio must be in"),
+        ({"basis_channels": 0}, "basis_channels must be a positive int"),
+        ({"energy": 0.0}, "energy must be in"),
+        ({"ratio": 0.5, "init": "kaiming"}, "init must be one of"),
+        ({"energy": 0.5, "init": "random"}, "energy needs init='svd'"),
+        ({"ratio": 0.5, "mode": "fast"}, "mode must be one of"),
+    ],
+)
 def test_basis_spec_validation(kw, match):
     with pytest.raises(ValueError, match=match):
         tb.BasisSpec(**kw)

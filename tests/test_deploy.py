@@ -44,9 +44,18 @@ class One(nn.Module):
         super().__init__()
         x, basis, coeff, bias = case.make()
         self.x = x
-        self.conv = tb.BasisConv2d(case.C_in, case.C_out, case.k, case.C_b, case.stride,
-                                   case.padding, case.dilation, bias=case.bias,
-                                   keep_basis=case.keep_basis, mode="fused")
+        self.conv = tb.BasisConv2d(
+            case.C_in,
+            case.C_out,
+            case.k,
+            case.stride,
+            case.padding,
+            case.dilation,
+            bias=case.bias,
+            basis_channels=case.C_b,
+            keep_basis=case.keep_basis,
+            mode="fused",
+        )
         with torch.no_grad():
             self.conv.basis.copy_(basis)
             self.conv.coeff.copy_(coeff)
@@ -122,9 +131,11 @@ def test_onnx_export_keeps_the_factorization(case, route, tmp_path):
         assert conv_w[1] == (case.C_rest, case.C_b, 1, 1)
     (y,) = _ort(path, x)
     (ref, _), (ref_abs, _) = reference_with_bounds(
-        case, (x, model.conv.basis, model.conv.coeff, model.conv.bias), perm=model.conv.out_perm)
-    assert_bounded(y, ref, ref_abs, UNIT[torch.float32], case.reduction_lengths()["out"],
-                   "onnxruntime out")
+        case, (x, model.conv.basis, model.conv.coeff, model.conv.bias), perm=model.conv.out_perm
+    )
+    assert_bounded(
+        y, ref, ref_abs, UNIT[torch.float32], case.reduction_lengths()["out"], "onnxruntime out"
+    )
 
 
 @needs_onnx
@@ -144,10 +155,13 @@ def test_onnx_export_legacy_exporter_matches(tmp_path):
     assert conv_w[0] == (case.C_b, case.C_in, case.k, case.k)
     (y,) = _ort(path, model.x)
     (ref, _), (ref_abs, _) = reference_with_bounds(
-        case, (model.x, model.conv.basis, model.conv.coeff, model.conv.bias),
-        perm=model.conv.out_perm)
-    assert_bounded(y, ref, ref_abs, UNIT[torch.float32], case.reduction_lengths()["out"],
-                   "onnxruntime out")
+        case,
+        (model.x, model.conv.basis, model.conv.coeff, model.conv.bias),
+        perm=model.conv.out_perm,
+    )
+    assert_bounded(
+        y, ref, ref_abs, UNIT[torch.float32], case.reduction_lengths()["out"], "onnxruntime out"
+    )
 
 
 def _converted_resnet():
@@ -159,9 +173,11 @@ def _converted_resnet():
         if isinstance(mod, nn.BatchNorm2d):
             mod.running_mean.uniform_(-0.1, 0.1)
             mod.running_var.uniform_(0.5, 1.5)
-    plan = {"re:layer[34]\\..*conv[12]": tb.BasisSpec(ratio=0.25),                  # full
-            "re:layer2\\..*conv[12]": tb.BasisSpec(ratio=0.25, keep_basis=True),   # keep
-            "_default": None}
+    plan = {
+        "re:layer[34]\\..*conv[12]": tb.BasisSpec(ratio=0.25),  # full
+        "re:layer2\\..*conv[12]": tb.BasisSpec(ratio=0.25, keep_basis=True),  # keep
+        "_default": None,
+    }
     cm = tb.convert(m, plan)
     layers = [mm for mm in cm.modules() if isinstance(mm, tb.BasisConv2d)]
     assert len(layers) == 12
@@ -173,8 +189,9 @@ def test_onnx_export_of_a_converted_resnet(tmp_path):
     """The README's flow: convert, export, run in onnxruntime with a dynamic batch."""
     dense, cm, layers = _converted_resnet()
     keep = [m for m in layers if m.keep_basis]
-    n_dense_convs = sum(isinstance(m, nn.Conv2d) and not isinstance(m, tb.BasisConv2d)
-                        for m in cm.modules())
+    n_dense_convs = sum(
+        isinstance(m, nn.Conv2d) and not isinstance(m, tb.BasisConv2d) for m in cm.modules()
+    )
     x = torch.randn(2, 3, 16, 16)
     path = tmp_path / "resnet.onnx"
     tb.export_onnx(cm, (x,), path, dynamic_batch=True)
@@ -201,11 +218,21 @@ def test_onnx_export_of_a_converted_resnet(tmp_path):
 def _small_converted():
     """conv (kept dense) -> keep-basis conv with a permutation -> full-form conv."""
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                      nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
-                      nn.Conv2d(16, 16, 3, padding=1)).eval()
-    cm = tb.convert(m, {"2": tb.BasisSpec(ratio=0.25, keep_basis=True),
-                        "4": tb.BasisSpec(ratio=0.25), "_default": None})
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+    ).eval()
+    cm = tb.convert(
+        m,
+        {
+            "2": tb.BasisSpec(ratio=0.25, keep_basis=True),
+            "4": tb.BasisSpec(ratio=0.25),
+            "_default": None,
+        },
+    )
     layers = [cm[2], cm[4]]
     assert all(isinstance(m, tb.BasisConv2d) for m in layers)
     return cm, layers
@@ -231,8 +258,18 @@ def test_export_onnx_modes(tmp_path):
     assert conv_w[2:] == [(4, 16, 3, 3), (16, 4, 1, 1)]
     tb.export_onnx(cm, (x,), tmp_path / "fused.onnx")  # default: every layer factorized
     ops, _, conv_w = _graph(tmp_path / "fused.onnx")
-    assert ops == ["Conv", "Relu", "Conv", "Conv", "Concat", "Gather", "Add", "Relu", "Conv",
-                   "Conv"], ops
+    assert ops == [
+        "Conv",
+        "Relu",
+        "Conv",
+        "Conv",
+        "Concat",
+        "Gather",
+        "Add",
+        "Relu",
+        "Conv",
+        "Conv",
+    ], ops
     assert conv_w == [(8, 3, 3, 3), (4, 8, 3, 3), (12, 4, 1, 1), (4, 16, 3, 3), (16, 4, 1, 1)]
     assert [m.mode for m in layers] == ["weight", "auto"]
     with pytest.raises(ValueError, match="mode must be"):
@@ -243,8 +280,11 @@ def test_export_onnx_without_onnx_packages_is_a_clear_error(monkeypatch, tmp_pat
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxscript" else real(name, *a),
+    )
     with pytest.raises(ImportError, match=r"onnxscript.*tritonbasis\[onnx\]"):
         tb.export_onnx(One(CASES[0]), (torch.randn(1, 5, 9, 7),), tmp_path / "m.onnx")
 
@@ -285,13 +325,54 @@ def test_onnx_export_of_an_exported_program_after_decompose(tmp_path):
     assert (y - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
+def _padded_layers():
+    """Basis layers with non-zero padding modes (an explicit pad before the op)."""
+    torch.manual_seed(0)
+    a = tb.BasisConv2d(5, 6, 3, padding=1, padding_mode="reflect", basis_channels=2, mode="fused")
+    a.set_out_perm(torch.randperm(6))
+    b = tb.BasisConv2d(
+        6,
+        4,
+        4,
+        padding="same",
+        padding_mode="circular",
+        basis_channels=2,
+        keep_basis=False,
+        mode="fused",
+    )
+    return nn.Sequential(a, nn.ReLU(), b).eval()
+
+
+@needs_onnx
+@pytest.mark.parametrize("route", ["torch.onnx.export", "tb.export_onnx"])
+def test_onnx_export_with_padding_modes(route, tmp_path):
+    """padding_mode layers export as Pad + the factorized convs, and match onnxruntime."""
+    model = _padded_layers()
+    x = torch.randn(2, 5, 9, 7)
+    path = tmp_path / "pad.onnx"
+    if route == "torch.onnx.export":
+        torch.onnx.export(model, (x,), str(path), verbose=False)
+    else:
+        tb.export_onnx(model, (x,), path)
+    ops, _, conv_w = _graph(path)
+    assert ops.count("Pad") >= 2 and ops.count("Conv") == 4, ops
+    assert conv_w[0] == (2, 5, 3, 3) and conv_w[2] == (2, 6, 4, 4)
+    (y,) = _ort(path, x)
+    with torch.no_grad():
+        ref = model(x)
+    assert (y - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("self_contained", [False, True], ids=["op", "self-contained"])
 def test_aoti_package_matches_eager_on_cpu(self_contained, tmp_path, one_thread):
     """torch.export + AOTInductor (C++ compile on CPU, ~15 s). The default package calls our
     op; the self-contained one is loaded in a fresh process that never imports tritonbasis."""
     case = CASES[0]
-    model = nn.Sequential(nn.Conv2d(5, 5, 1), One(case), nn.ReLU()).eval()
+    # with padding_mode layers too (an explicit pad before the op)
+    model = nn.Sequential(
+        nn.Conv2d(5, 5, 1), One(case), nn.ReLU(), nn.Conv2d(11, 5, 1), *_padded_layers()
+    ).eval()
     x = torch.randn(2, 5, 9, 7)
     path = deploy.aoti_package(model, (x,), tmp_path / "m.pt2", self_contained=self_contained)
     assert os.path.exists(path)
@@ -316,8 +397,13 @@ def _check_in_fresh_process(path, x, ref, tmp_path):
         assert err <= 1e-5 * d["ref"].abs().max().item(), err
         print("OK", err)
     """
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                       text=True, timeout=300, cwd=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 

@@ -57,8 +57,9 @@ def routes(monkeypatch):
 def _run(case, which, perm, grad_out_seed=1):
     """Output and gradients (float64) of one call, with a fixed upstream gradient."""
     ts = case.make(dtype=torch.float64)
-    ts = tuple(None if t is None else t.clone().requires_grad_(i in which)
-               for i, t in enumerate(ts))
+    ts = tuple(
+        None if t is None else t.clone().requires_grad_(i in which) for i, t in enumerate(ts)
+    )
     x, basis, coeff, bias = ts
     y = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), mode="fused", perm=perm)
     g = torch.Generator().manual_seed(grad_out_seed)
@@ -85,8 +86,9 @@ def test_eager_and_op_routes_agree(case, grad_set, routes):
     assert fn_o != EAGER_GRAD_FN
     assert routes["run_backward"] == 2  # the backward op runs the same body
     assert y_e.dtype == torch.float64 and torch.equal(y_e, y_o)
-    assert y_e.is_contiguous(memory_format=torch.channels_last) == \
-        y_o.is_contiguous(memory_format=torch.channels_last)
+    assert y_e.is_contiguous(memory_format=torch.channels_last) == y_o.is_contiguous(
+        memory_format=torch.channels_last
+    )
     assert len(g_e) == len(g_o) == len(which)
     for a, b in zip(g_e, g_o, strict=True):
         assert torch.equal(a, b)
@@ -99,8 +101,14 @@ def test_eager_route_without_grad_runs_no_function(routes):
         y = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=case.make_perm())
     assert y.grad_fn is None and not y.requires_grad
     assert routes["eager"] == 1 and routes["op"] == 0
-    ref = tb.basis_conv2d_reference(x.detach(), basis.detach(), coeff.detach(), bias.detach(),
-                                    **case.kwargs(), perm=case.make_perm())
+    ref = tb.basis_conv2d_reference(
+        x.detach(),
+        basis.detach(),
+        coeff.detach(),
+        bias.detach(),
+        **case.kwargs(),
+        perm=case.make_perm(),
+    )
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -109,7 +117,8 @@ def test_gradcheck_through_the_eager_route(case, routes):
     x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
     perm = case.make_perm()
     assert torch.autograd.gradcheck(
-        lambda *a: tb.basis_conv2d(*a, **case.kwargs(), perm=perm), (x, basis, coeff, bias))
+        lambda *a: tb.basis_conv2d(*a, **case.kwargs(), perm=perm), (x, basis, coeff, bias)
+    )
     assert routes["eager"] > 0 and routes["op"] == 0
 
 
@@ -129,7 +138,7 @@ def test_validation_once_per_call(monkeypatch):
 
 
 def test_layer_takes_the_eager_route(routes):
-    layer = tb.BasisConv2d(4, 8, 3, 3, padding=1, mode="fused")
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, mode="fused")
     y = layer(torch.randn(2, 4, 6, 6))
     assert type(y.grad_fn).__name__ == EAGER_GRAD_FN
     assert routes["eager"] == 1 and routes["op"] == 0
@@ -160,13 +169,14 @@ def test_function_mode_and_subclass_take_the_op(routes):
 
     y = tb.basis_conv2d(x.as_subclass(Sub), basis, coeff, bias, padding=1)
     assert routes["eager"] == 0 and routes["op"] == 2
-    torch.testing.assert_close(y.as_subclass(torch.Tensor),
-                               tb.basis_conv2d(x, basis, coeff, bias, padding=1))
+    torch.testing.assert_close(
+        y.as_subclass(torch.Tensor), tb.basis_conv2d(x, basis, coeff, bias, padding=1)
+    )
     assert routes["eager"] == 1  # and plain tensors are back on the eager route
 
 
 def test_jit_trace_takes_the_op(routes):
-    layer = tb.BasisConv2d(4, 8, 3, 3, padding=1, mode="fused")
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, mode="fused")
     x = torch.randn(1, 4, 6, 6)
     with torch.no_grad():
         traced = torch.jit.trace(layer, x, check_trace=False)
@@ -186,7 +196,9 @@ def test_compile_fullgraph_takes_the_op(keep_basis, routes):
         seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
         return gm.forward
 
-    layer = tb.BasisConv2d(4, 8, 3, 3, padding=1, keep_basis=keep_basis, mode="fused")
+    layer = tb.BasisConv2d(
+        4, 8, 3, basis_channels=3, padding=1, keep_basis=keep_basis, mode="fused"
+    )
     x = torch.randn(2, 4, 6, 6)
     want = layer(x)
     want.square().sum().backward()
@@ -228,10 +240,60 @@ def test_eager_route_reports_inplace_edit_of_saved_output():
         y.sum().backward()
 
 
-def test_double_backward_is_refused():
-    """As on the op route (its backward op has no autograd formula): no silent second order."""
-    x, basis, coeff, bias = Case().make(dtype=torch.float64, requires_grad=True)
-    y = tb.basis_conv2d(x, basis, coeff, bias, padding=1)
-    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
-        gx.sum().backward()
+DOUBLE_CASES = [
+    Case(C_in=3, C_b=2, C_rest=3, stride=2, perm=True, H=5, W=5, N=1),
+    Case(C_in=2, C_b=2, C_rest=4, keep_basis=False, perm=True, H=5, W=5, N=1),
+]
+
+
+@pytest.mark.parametrize("route", ["eager", "op"])
+@pytest.mark.parametrize("case", DOUBLE_CASES, ids=[c.id() for c in DOUBLE_CASES])
+def test_double_backward_mode_fused(case, route, routes):
+    """Second order through mode="fused" on both routes (the eager autograd.Function and the
+    custom op's registered autograd): gradgradcheck in float64, and a gradient penalty's
+    gradients equal the float64 reference's -- including with allow_unused=True, which must
+    return real gradients, never a silent None."""
+    if route == "op":
+        routes["force_op"]()
+    x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
+    perm = case.make_perm()
+
+    def f(*a):
+        return tb.basis_conv2d(*a, **case.kwargs(), mode="fused", perm=perm)
+
+    inputs = (x, basis, coeff, bias)
+    assert torch.autograd.gradgradcheck(f, inputs)
+    assert routes[route] > 0 and routes["eager" if route == "op" else "op"] == 0
+
+    def penalty(fn, ts):
+        (gx,) = torch.autograd.grad(fn(*ts).square().sum(), ts[0], create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), ts[1:], allow_unused=True)
+
+    got = penalty(f, inputs)
+    ref_in = tuple(t.detach().clone().requires_grad_() for t in inputs)
+    want = penalty(lambda *a: tb.basis_conv2d_reference(*a, **case.kwargs(), perm=perm), ref_in)
+    for name, g_got, g_want in zip(("basis", "coeff", "bias"), got, want):
+        assert g_got is not None, f"d{name} of the penalty is None"
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_first_backward_keeps_the_fast_path(routes):
+    """Without create_graph the backward runs the registry's body (the kernels' backward on
+    CUDA), not the differentiable recomputation."""
+    x, basis, coeff, bias = Case().make(requires_grad=True)
+    tb.basis_conv2d(x, basis, coeff, bias, padding=1).sum().backward()
+    assert routes["run_backward"] == 1
+
+
+def test_double_backward_under_compile_is_a_clear_error():
+    """Compiled (aot_autograd), second order is torch's own clear refusal, never a None."""
+    torch._dynamo.reset()
+    layer = tb.BasisConv2d(3, 5, 3, basis_channels=2, padding=1, mode="fused").double()
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    f = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    try:
+        (gx,) = torch.autograd.grad(f(x).square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(gx.square().sum(), (layer.basis, layer.coeff), allow_unused=True)
+    finally:
+        torch._dynamo.reset()

@@ -76,15 +76,15 @@ def test_keep_basis_needs_more_channels_than_full_at_the_same_energy():
 
 def test_report_states_captured_energy_per_layer():
     model = nn.Sequential(_conv(), nn.ReLU(), _conv(c_in=24, c_out=24, seed=1))
-    _, report = tb.convert(model, {"_default": tb.BasisSpec(energy=0.9, keep_basis=True)},
-                           return_report=True)
+    spec = tb.BasisSpec(energy=0.9, keep_basis=True)
+    _, report = tb.convert_with_report(model, {"_default": spec})
     rows = report.converted
     assert len(rows) == 2
     for r in rows:
         assert r.captured_energy is not None and 0.9 <= r.captured_energy <= 1.0
     assert "energy 0.9" in report.table()
     # ratio specs report what they capture too (below the threshold they were not asked for)
-    _, rep = tb.convert(model, {"_default": tb.BasisSpec(ratio=0.25)}, return_report=True)
+    _, rep = tb.convert_with_report(model, {"_default": tb.BasisSpec(ratio=0.25)})
     assert all(0.0 < r.captured_energy < 0.9 for r in rep.converted)
 
 
@@ -176,8 +176,8 @@ def test_report_json_has_captured_energy_per_layer():
 
     model = nn.Sequential(_conv(), nn.ReLU(), _conv(c_in=24, c_out=24, seed=1), nn.ReLU(),
                           nn.Conv2d(24, 24, 3, groups=24).double())  # depthwise: skipped
-    conv_model, report = tb.convert(
-        model, {"_default": tb.BasisSpec(energy=0.95, keep_basis=True)}, return_report=True)
+    conv_model, report = tb.convert_with_report(
+        model, {"_default": tb.BasisSpec(energy=0.95, keep_basis=True)})
     rows = json.loads(report.to_json())["layers"]
     assert [r["captured_energy"] is not None for r in rows] == [True, True, False]
     for r, (name, m) in zip(rows[:2], [("0", model[0]), ("2", model[2])]):

@@ -11,7 +11,8 @@ from conftest import HAS_CUDA, HAS_TRITON
 from helpers import Case, check_case
 from test_kernels import CASES as SMALL
 
-import tritonbasis as tb
+from tritonbasis.op import registry
+from tritonbasis.op.geometry import check_inputs
 
 pytestmark = [
     pytest.mark.gpu,
@@ -50,5 +51,5 @@ def test_gpu_fp32_ieee(case):
 def test_gpu_auto_picks_triton():
     case = LARGE[0]
     x = case.make(device="cuda")[0]
-    g = tb.check_inputs(*case.make(device="cuda"), **{k: v for k, v in case.kwargs().items()})
-    assert tb.ops.resolve_backend(x, g) == "triton"
+    g = check_inputs(*case.make(device="cuda"), **{k: v for k, v in case.kwargs().items()})
+    assert registry.resolve_backend(x, g) == "triton"

@@ -14,8 +14,9 @@ from helpers import UNIT, assert_bounded
 
 import tritonbasis as tb
 import tritonbasis.op.reference as tb_reference
+from tritonbasis.nn import choose_mode
 from tritonbasis.nn.functional import FUSED_EFFICIENCY, MIN_FUSED_PIXELS
-from tritonbasis.op.geometry import MAX_BASIS_CHANNELS
+from tritonbasis.op.geometry import MAX_BASIS_CHANNELS, check_inputs
 
 U32 = UNIT[torch.float32]
 U64 = UNIT[torch.float64]
@@ -25,12 +26,19 @@ def reference_and_abs(layer: tb.BasisConv2d, x: torch.Tensor):
     """float64 reference of ``layer(x)`` and the same math on |inputs| (the error scale)."""
 
     def run(absval):
-        ts = [None if t is None else t.detach().double() for t in
-              (x, layer.basis, layer.coeff, layer.bias)]
+        ts = [
+            None if t is None else t.detach().double()
+            for t in (x, layer.basis, layer.coeff, layer.bias)
+        ]
         if absval:
             ts = [None if t is None else t.abs() for t in ts]
-        return tb.basis_conv2d_reference(*ts, stride=layer.stride, padding=layer.padding,
-                                         dilation=layer.dilation, keep_basis=layer.keep_basis)
+        return tb.basis_conv2d_reference(
+            *ts,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            keep_basis=layer.keep_basis,
+        )
 
     return run(False), run(True)
 
@@ -49,10 +57,25 @@ def assert_matches_reference(layer, x, y, name="out"):
 
 LAYER_CONFIGS = [
     dict(in_channels=3, out_channels=16, kernel_size=3, basis_channels=5, padding=1),
-    dict(in_channels=8, out_channels=12, kernel_size=3, basis_channels=4, stride=2, padding=1,
-         dilation=2, bias=False, keep_basis=False),
-    dict(in_channels=16, out_channels=10, kernel_size=(3, 5), basis_channels=10, padding=(1, 2),
-         keep_basis=True),
+    dict(
+        in_channels=8,
+        out_channels=12,
+        kernel_size=3,
+        basis_channels=4,
+        stride=2,
+        padding=1,
+        dilation=2,
+        bias=False,
+        keep_basis=False,
+    ),
+    dict(
+        in_channels=16,
+        out_channels=10,
+        kernel_size=(3, 5),
+        basis_channels=10,
+        padding=(1, 2),
+        keep_basis=True,
+    ),
     dict(in_channels=6, out_channels=9, kernel_size=1, basis_channels=3, keep_basis=False),
 ]
 CONFIG_IDS = ["keep_3to16", "full_s2_d2_nobias", "keep_cb_eq_cout_3x5", "full_1x1"]
@@ -114,22 +137,36 @@ def layer_K(layer: tb.BasisConv2d, x_shape) -> dict[str, int]:
     ho = (H + 2 * layer.padding[0] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1
     wo = (W + 2 * layer.padding[1] - layer.dilation[1] * (kw - 1) - 1) // layer.stride[1] + 1
     pix, rows = N * ho * wo, layer.coeff.shape[0]
-    return {"out": out_K(layer), "x": (rows + 1) * layer.basis_channels * kh * kw,
-            "basis": pix * (rows + 1), "coeff": pix * layer.in_channels * kh * kw,
-            "bias": pix}
+    return {
+        "out": out_K(layer),
+        "x": (rows + 1) * layer.basis_channels * kh * kw,
+        "basis": pix * (rows + 1),
+        "coeff": pix * layer.in_channels * kh * kw,
+        "bias": pix,
+    }
 
 
 def reference_grads(layer: tb.BasisConv2d, x, g, absval=False):
     """float64 gradients of <reference(x), g> w.r.t. x and the layer's parameters; with
     ``absval``, the same on |inputs| and |g| (the sum of |terms| of every gradient)."""
-    ts = {k: (None if t is None else t.detach().double()) for k, t in
-          (("x", x), ("basis", layer.basis), ("coeff", layer.coeff), ("bias", layer.bias))}
+    ts = {
+        k: (None if t is None else t.detach().double())
+        for k, t in (("x", x), ("basis", layer.basis), ("coeff", layer.coeff), ("bias", layer.bias))
+    }
     if absval:
         ts = {k: (None if t is None else t.abs()) for k, t in ts.items()}
         g = g.abs()
     ts = {k: (None if t is None else t.requires_grad_()) for k, t in ts.items()}
-    y = tb.basis_conv2d_reference(ts["x"], ts["basis"], ts["coeff"], ts["bias"], layer.stride,
-                                  layer.padding, layer.dilation, layer.keep_basis)
+    y = tb.basis_conv2d_reference(
+        ts["x"],
+        ts["basis"],
+        ts["coeff"],
+        ts["bias"],
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.keep_basis,
+    )
     y.backward(g.double())
     return {k: (None if t is None else t.grad) for k, t in ts.items()}
 
@@ -177,19 +214,32 @@ def output_variance_ratio(cfg: dict, n_inits: int = 32, coeff_scale: float = 1.0
     vb = torch.tensor(vb, dtype=torch.float64)
     vc = torch.tensor(vc, dtype=torch.float64)
     ratio = (vb.mean() / vc.mean()).item()
-    rel_se = math.sqrt((vb.var() / n_inits / vb.mean() ** 2
-                        + vc.var() / n_inits / vc.mean() ** 2).item())
+    rel_se = math.sqrt(
+        (vb.var() / n_inits / vb.mean() ** 2 + vc.var() / n_inits / vc.mean() ** 2).item()
+    )
     return ratio, rel_se
 
 
 INIT_CONFIGS = [
     dict(in_channels=3, out_channels=64, kernel_size=3, basis_channels=16, padding=1),
     dict(in_channels=64, out_channels=64, kernel_size=3, basis_channels=16, padding=1),
-    dict(in_channels=32, out_channels=48, kernel_size=5, basis_channels=12, padding=2,
-         keep_basis=False),
+    dict(
+        in_channels=32,
+        out_channels=48,
+        kernel_size=5,
+        basis_channels=12,
+        padding=2,
+        keep_basis=False,
+    ),
     dict(in_channels=16, out_channels=32, kernel_size=1, basis_channels=8, bias=False),
-    dict(in_channels=8, out_channels=24, kernel_size=3, basis_channels=24, padding=1,
-         keep_basis=False),
+    dict(
+        in_channels=8,
+        out_channels=24,
+        kernel_size=3,
+        basis_channels=24,
+        padding=1,
+        keep_basis=False,
+    ),
 ]
 INIT_IDS = ["stem_3to64_cb16", "64to64_cb16", "full_5x5_cb12", "1x1_nobias", "full_cb_eq_cout"]
 
@@ -209,8 +259,7 @@ def test_init_variance_matches_conv2d(cfg):
 
 
 @pytest.mark.parametrize("coeff_scale", [2.0, math.sqrt(2.0)], ids=["x2", "xsqrt2"])
-@pytest.mark.parametrize("cfg", [INIT_CONFIGS[0], INIT_CONFIGS[2]], ids=[INIT_IDS[0],
-                                                                         INIT_IDS[2]])
+@pytest.mark.parametrize("cfg", [INIT_CONFIGS[0], INIT_CONFIGS[2]], ids=[INIT_IDS[0], INIT_IDS[2]])
 def test_init_variance_metric_detects_misscaled_coeff(cfg, coeff_scale):
     """Negative control: the same metric and tolerance reject a deliberately mis-scaled coeff."""
     ratio, se = output_variance_ratio(cfg, coeff_scale=coeff_scale)
@@ -241,20 +290,98 @@ def test_reset_parameters_bounds():
 def test_extra_repr_default():
     s = repr(tb.BasisConv2d(3, 64, 3, basis_channels=16))
     assert s.startswith("BasisConv2d(")
-    expect = (f"3, 64, kernel_size={(3, 3)}, basis_channels=16, stride={(1, 1)}, "
-              f"keep_basis=True, mode={'auto'!r}")
+    expect = (
+        f"3, 64, kernel_size={(3, 3)}, stride={(1, 1)}, basis_channels=16, "
+        f"keep_basis=True, mode={'auto'!r}"
+    )
     assert expect in s
     assert "padding" not in s and "dilation" not in s and "bias" not in s
 
 
 def test_extra_repr_everything():
-    m = tb.BasisConv2d(8, 12, (3, 5), basis_channels=4, stride=2, padding=(1, 2), dilation=2,
-                       bias=False, keep_basis=False, mode="fused")
+    m = tb.BasisConv2d(
+        8,
+        12,
+        (3, 5),
+        basis_channels=4,
+        stride=2,
+        padding=(1, 2),
+        dilation=2,
+        bias=False,
+        keep_basis=False,
+        mode="fused",
+    )
     s = m.extra_repr()
-    for part in ("8, 12", f"kernel_size={(3, 5)}", "basis_channels=4", f"stride={(2, 2)}",
-                 f"padding={(1, 2)}", f"dilation={(2, 2)}", "bias=False", "keep_basis=False",
-                 f"mode={'fused'!r}"):
+    for part in (
+        "8, 12",
+        f"kernel_size={(3, 5)}",
+        "basis_channels=4",
+        f"stride={(2, 2)}",
+        f"padding={(1, 2)}",
+        f"dilation={(2, 2)}",
+        "bias=False",
+        "keep_basis=False",
+        f"mode={'fused'!r}",
+    ):
         assert part in s, (part, s)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [1, (2, 0), "same", "valid"], ids=str)
+def test_padding_and_padding_mode_like_conv2d(padding, padding_mode):
+    """Every padding_mode (an explicit F.pad, then the op with padding 0) and string padding
+    ("same" with an even window: the extra pixel after, as nn.Conv2d): output and gradients
+    equal nn.Conv2d's with the merged weight (float64), fused and weight mode, both forms;
+    to_conv keeps padding and padding_mode."""
+    for keep_basis in (True, False):
+        m = tb.BasisConv2d(
+            3,
+            7,
+            (4, 3),
+            1,
+            padding,
+            (1, 2),
+            bias=True,
+            padding_mode=padding_mode,
+            basis_channels=3,
+            keep_basis=keep_basis,
+            dtype=torch.float64,
+        )
+        m.set_out_perm(torch.randperm(7))
+        conv = m.to_conv()
+        assert (conv.padding, conv.padding_mode) == (m.padding, padding_mode)
+        x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+        want = conv(x)
+        (gx_want,) = torch.autograd.grad(want.square().sum(), x)
+        for mode in ("fused", "weight"):
+            m.mode = mode
+            got = m(x)
+            (gx,) = torch.autograd.grad(got.square().sum(), x)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(gx, gx_want, rtol=1e-10, atol=1e-10)
+            assert m.resolved_mode(x) == mode
+
+
+def test_ratio_sizes_the_basis_like_basis_spec():
+    assert tb.BasisConv2d(16, 32, 3, ratio=0.25).basis_channels == 8
+    assert tb.BasisConv2d(16, 32, 3, ratio=0.01).basis_channels == 1  # at least one
+    assert tb.BasisConv2d(16, 32, 3, ratio=1.0, keep_basis=False).coeff.shape == (32, 32)
+    assert tb.BasisConv2d(16, 32, 3, ratio=0.3).basis_channels == tb.BasisSpec(
+        ratio=0.3
+    ).channels_for(32)
+
+
+def test_module_pickled_before_padding_modes_still_runs():
+    """A whole module pickled before padding modes existed (no padding plan attributes)
+    unpickles and pads with its stored pair, as it did."""
+    m = tb.BasisConv2d(3, 6, 3, padding=1, basis_channels=2, mode="fused")
+    x = torch.randn(1, 3, 5, 5)
+    want = m(x)
+    for k in ("_call_padding", "op_padding"):
+        del m.__dict__[k]
+    back = copy.deepcopy(m)  # __reduce_ex__ -> __setstate__, as unpickling
+    assert back._call_padding == (1, 1) and back.padding_mode == "zeros"
+    torch.testing.assert_close(back(x), want)
 
 
 @pytest.mark.parametrize("cfg", LAYER_CONFIGS, ids=CONFIG_IDS)
@@ -333,7 +460,7 @@ def geometry(N, C_in, H, W, C_b, C_out, k, keep_basis=True, stride=1, padding=No
     x = torch.empty(N, C_in, H, W, device="meta")
     basis = torch.empty(C_b, C_in, k, k, device="meta")
     coeff = torch.empty(rows, C_b, device="meta")
-    return tb.check_inputs(x, basis, coeff, None, stride, padding, 1, keep_basis)
+    return check_inputs(x, basis, coeff, None, stride, padding, 1, keep_basis)
 
 
 CUDA = torch.device("cuda")
@@ -343,44 +470,43 @@ CUDA = torch.device("cuda")
 def test_choose_mode_stem_picks_weight(keep_basis):
     # 3 -> 64, 3x3, C_b = 16: C_b*C_in*9 + rest*C_b is not < 0.6 x dense MACs
     g = geometry(32, 3, 224, 224, 16, 64, 3, keep_basis)
-    assert tb.choose_mode(g, "cpu") == "weight"
-    assert tb.choose_mode(g, CUDA) == "weight"
+    assert choose_mode(g, "cpu") == "weight"
+    assert choose_mode(g, CUDA) == "weight"
 
 
 def test_choose_mode_wide_layer_picks_fused():
     g = geometry(32, 128, 56, 56, 32, 128, 3)
     assert g.pixels >= MIN_FUSED_PIXELS
-    assert tb.choose_mode(g, "cpu") == "fused"
-    assert tb.choose_mode(g, CUDA) == "fused"
-    assert tb.choose_mode(g, "cuda") == "fused"  # a string device works too
+    assert choose_mode(g, "cpu") == "fused"
+    assert choose_mode(g, CUDA) == "fused"
+    assert choose_mode(g, "cuda") == "fused"  # a string device works too
 
 
 def test_choose_mode_cuda_tiny_pixels_pick_weight():
     g = geometry(1, 128, 4, 4, 32, 128, 3)
     assert g.pixels < MIN_FUSED_PIXELS
-    assert tb.choose_mode(g, CUDA) == "weight"
+    assert choose_mode(g, CUDA) == "weight"
     # CPU has its own calibrated rule (tritonbasis.modes, bench/NOTES.md): this call saves
     # 1.7M MACs at C_b=32, below the 8M the CPU's fixed cost of the basis path needs
     # (behaviour changed on purpose: it used to be "fused" on CPU too)
-    assert tb.choose_mode(g, "cpu") == "weight"
+    assert choose_mode(g, "cpu") == "weight"
     # the threshold itself: k=1, H=W=1, pixels = N
-    assert tb.choose_mode(geometry(MIN_FUSED_PIXELS, 128, 1, 1, 32, 128, 1), CUDA) == "fused"
-    assert tb.choose_mode(geometry(MIN_FUSED_PIXELS - 1, 128, 1, 1, 32, 128, 1),
-                          CUDA) == "weight"
+    assert choose_mode(geometry(MIN_FUSED_PIXELS, 128, 1, 1, 32, 128, 1), CUDA) == "fused"
+    assert choose_mode(geometry(MIN_FUSED_PIXELS - 1, 128, 1, 1, 32, 128, 1), CUDA) == "weight"
 
 
 def test_choose_mode_cuda_large_basis_picks_weight():
     big = geometry(4, 2048, 32, 32, MAX_BASIS_CHANNELS + 1, 2048, 1)
     edge = geometry(4, 2048, 32, 32, MAX_BASIS_CHANNELS, 2048, 1)
     assert big.macs()["fused"] < FUSED_EFFICIENCY * big.macs()["dense"]  # FLOPs favour fused
-    assert tb.choose_mode(big, CUDA) == "weight"
-    assert tb.choose_mode(big, "cpu") == "fused"
-    assert tb.choose_mode(edge, CUDA) == "fused"
+    assert choose_mode(big, CUDA) == "weight"
+    assert choose_mode(big, "cpu") == "fused"
+    assert choose_mode(edge, CUDA) == "fused"
 
 
 def test_choose_mode_cb_close_to_cout_picks_weight():
     g = geometry(32, 128, 56, 56, 120, 128, 3)
-    assert tb.choose_mode(g, "cpu") == "weight"
+    assert choose_mode(g, "cpu") == "weight"
 
 
 def test_resolved_mode():
@@ -400,12 +526,18 @@ def test_auto_mode_runs_what_it_resolves(monkeypatch):
     calls = []
     real_weight = tb_reference.weight_modified
     real_fwd = tb_reference.forward
-    monkeypatch.setattr(tb_reference, "weight_modified",
-                        lambda *a, **k: calls.append("weight") or real_weight(*a, **k))
-    monkeypatch.setattr(tb_reference, "forward",
-                        lambda *a, **k: calls.append("fused") or real_fwd(*a, **k))
-    for m, cin in ((tb.BasisConv2d(3, 64, 3, 16, padding=1), 3),
-                   (tb.BasisConv2d(128, 128, 3, 32, padding=1), 128)):
+    monkeypatch.setattr(
+        tb_reference,
+        "weight_modified",
+        lambda *a, **k: calls.append("weight") or real_weight(*a, **k),
+    )
+    monkeypatch.setattr(
+        tb_reference, "forward", lambda *a, **k: calls.append("fused") or real_fwd(*a, **k)
+    )
+    for m, cin in (
+        (tb.BasisConv2d(3, 64, 3, basis_channels=16, padding=1), 3),
+        (tb.BasisConv2d(128, 128, 3, basis_channels=32, padding=1), 128),
+    ):
         x = torch.randn(1, cin, 12, 12)
         calls.clear()
         m(x)
@@ -429,8 +561,7 @@ def test_in_sequential_with_batchnorm(keep_basis, mode):
     the reference backward of dz_abs on |inputs|. The conv bias right before training-mode BN
     has true gradient 0, so only this kind of bound (not a relative one) can test it.
     """
-    layer = tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1, keep_basis=keep_basis,
-                           mode=mode)
+    layer = tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1, keep_basis=keep_basis, mode=mode)
     bn = nn.BatchNorm2d(16)
     with torch.no_grad():  # non-trivial affine params
         bn.weight.uniform_(0.5, 1.5)
@@ -443,11 +574,26 @@ def test_in_sequential_with_batchnorm(keep_basis, mode):
 
     # float64 reference
     dims = (0, 2, 3)
-    p = {k: (None if t is None else t.detach().double().requires_grad_())
-         for k, t in (("basis", layer.basis), ("coeff", layer.coeff), ("bias", layer.bias),
-                      ("gamma", bn.weight), ("beta", bn.bias))}
-    z = tb.basis_conv2d_reference(x.double(), p["basis"], p["coeff"], p["bias"], layer.stride,
-                                  layer.padding, layer.dilation, layer.keep_basis)
+    p = {
+        k: (None if t is None else t.detach().double().requires_grad_())
+        for k, t in (
+            ("basis", layer.basis),
+            ("coeff", layer.coeff),
+            ("bias", layer.bias),
+            ("gamma", bn.weight),
+            ("beta", bn.bias),
+        )
+    }
+    z = tb.basis_conv2d_reference(
+        x.double(),
+        p["basis"],
+        p["coeff"],
+        p["bias"],
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.keep_basis,
+    )
     yr = F.relu(F.batch_norm(z, None, None, p["gamma"], p["beta"], training=True, eps=bn.eps))
     yr.backward(g.double())
 
@@ -460,8 +606,15 @@ def test_in_sequential_with_batchnorm(keep_basis, mode):
     ga = g.double().abs()
     z_abs = reference_and_abs(layer, x)[1]
     y_abs = gam / sigma * (z_abs + z_abs.mean(dim=dims, keepdim=True)) + gam * xhat.abs() + beta
-    dz_abs = gam / sigma * (ga + ga.mean(dim=dims, keepdim=True)
-                            + xhat.abs() * (ga * xhat.abs()).mean(dim=dims, keepdim=True))
+    dz_abs = (
+        gam
+        / sigma
+        * (
+            ga
+            + ga.mean(dim=dims, keepdim=True)
+            + xhat.abs() * (ga * xhat.abs()).mean(dim=dims, keepdim=True)
+        )
+    )
     abs_grads = reference_grads(layer, x, dz_abs, absval=True)
     abs_grads["gamma"] = (ga * xhat.abs()).sum(dim=dims)
     abs_grads["beta"] = ga.sum(dim=dims)
@@ -469,8 +622,13 @@ def test_in_sequential_with_batchnorm(keep_basis, mode):
     pix = x.shape[0] * x.shape[2] * x.shape[3]  # BN's reduction
     K = layer_K(layer, x.shape)
     assert_bounded(y, yr.detach(), y_abs, U32, K["out"] + pix, "out")
-    named = {"basis": layer.basis, "coeff": layer.coeff, "bias": layer.bias,
-             "gamma": bn.weight, "beta": bn.bias}
+    named = {
+        "basis": layer.basis,
+        "coeff": layer.coeff,
+        "bias": layer.bias,
+        "gamma": bn.weight,
+        "beta": bn.bias,
+    }
     for k, t in named.items():
         assert t.grad is not None, f"no grad for {k}"
         Kk = K.get(k, 0) + K["out"] + pix
@@ -482,8 +640,9 @@ def test_inplace_op_after_layer_is_not_silent(keep_basis):
     """The keep-basis form recovers Z from its output for d coeff; an in-place op on that
     output (ReLU(inplace=True)) must be reported by autograd, never silently corrupt d coeff.
     The full form saves Z separately, so the same model trains and matches the reference."""
-    layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, keep_basis=keep_basis,
-                           mode="fused")
+    layer = tb.BasisConv2d(
+        4, 8, 3, basis_channels=3, padding=1, keep_basis=keep_basis, mode="fused"
+    )
     model = nn.Sequential(layer, nn.ReLU(inplace=True))
     x = torch.randn(2, 4, 7, 7)
     y = model(x)
@@ -496,8 +655,14 @@ def test_inplace_op_after_layer_is_not_silent(keep_basis):
         mask = (reference_and_abs(layer, x)[0] > 0).double()
         ref = reference_grads(layer, x, mask)
         ref_abs = reference_grads(layer, x, mask, absval=True)
-        assert_bounded(layer.coeff.grad, ref["coeff"], ref_abs["coeff"], U32,
-                       layer_K(layer, x.shape)["coeff"], "dcoeff")
+        assert_bounded(
+            layer.coeff.grad,
+            ref["coeff"],
+            ref_abs["coeff"],
+            U32,
+            layer_K(layer, x.shape)["coeff"],
+            "dcoeff",
+        )
 
 
 def _small_model(seed=0):
@@ -525,8 +690,9 @@ def test_torch_compile_fullgraph_matches_eager(monkeypatch):
     # opaque to Inductor), not be traced through or replaced
     calls = []
     real_fwd = tb_reference.forward
-    monkeypatch.setattr(tb_reference, "forward",
-                        lambda *a, **k: calls.append(1) or real_fwd(*a, **k))
+    monkeypatch.setattr(
+        tb_reference, "forward", lambda *a, **k: calls.append(1) or real_fwd(*a, **k)
+    )
     compiled = torch.compile(compiled_model, fullgraph=True, backend="inductor")
     try:
         y_c = compiled(x)
@@ -545,8 +711,7 @@ def test_torch_compile_fullgraph_matches_eager(monkeypatch):
         assert pc.grad is not None, f"compiled: no grad for {name}"
         assert (pc.grad - pe.grad).abs().max() <= 4 * tol * pe.grad.abs().max(), name
     # BN running stats were updated identically
-    assert torch.allclose(compiled_model[1].running_mean, eager[1].running_mean,
-                          rtol=tol, atol=tol)
+    assert torch.allclose(compiled_model[1].running_mean, eager[1].running_mean, rtol=tol, atol=tol)
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,8 +720,17 @@ def test_torch_compile_fullgraph_matches_eager(monkeypatch):
 
 @pytest.mark.parametrize("keep_basis", [True, False], ids=["keep", "full"])
 def test_float64_layer(keep_basis):
-    m = tb.BasisConv2d(4, 10, 3, basis_channels=3, padding=1, keep_basis=keep_basis,
-                       mode="fused", device="cpu", dtype=torch.float64)
+    m = tb.BasisConv2d(
+        4,
+        10,
+        3,
+        basis_channels=3,
+        padding=1,
+        keep_basis=keep_basis,
+        mode="fused",
+        device="cpu",
+        dtype=torch.float64,
+    )
     for p in m.parameters():
         assert p.dtype == torch.float64 and p.device.type == "cpu"
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64, requires_grad=True)

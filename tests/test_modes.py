@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 import tritonbasis as tb
-from tritonbasis.nn import modes
+from tritonbasis.nn import choose_mode, modes
 from tritonbasis.op import reference, tune_cache
+from tritonbasis.op.geometry import check_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,7 @@ def _geometry(N, C_in, H, C_b, C_out, k=3):
     x = torch.empty(N, C_in, H, H, device="meta")
     basis = torch.empty(C_b, C_in, k, k, device="meta")
     coeff = torch.empty(C_out - C_b, C_b, device="meta")
-    return tb.check_inputs(x, basis, coeff, None, 1, k // 2, 1, True)
+    return check_inputs(x, basis, coeff, None, 1, k // 2, 1, True)
 
 
 @pytest.fixture
@@ -36,10 +37,12 @@ def count_paths(monkeypatch):
     reference.weight_modified the weight path."""
     calls = []
     real_fwd, real_w = reference.forward, reference.weight_modified
-    monkeypatch.setattr(reference, "forward",
-                        lambda *a, **k: calls.append("fused") or real_fwd(*a, **k))
-    monkeypatch.setattr(reference, "weight_modified",
-                        lambda *a, **k: calls.append("weight") or real_w(*a, **k))
+    monkeypatch.setattr(
+        reference, "forward", lambda *a, **k: calls.append("fused") or real_fwd(*a, **k)
+    )
+    monkeypatch.setattr(
+        reference, "weight_modified", lambda *a, **k: calls.append("weight") or real_w(*a, **k)
+    )
     return calls
 
 
@@ -52,7 +55,7 @@ def test_injected_timings_decide_on_cpu():
     small = _geometry(64, 16, 16, 4, 16)
     assert modes.decide(small, "cpu") == "weight"
     assert modes.decide(small, "cpu", {"fused": 1.0, "weight": 2.0}) == "fused"
-    assert tb.choose_mode(small, "cpu", {"fused": 1.0, "weight": 2.0}) == "fused"
+    assert choose_mode(small, "cpu", {"fused": 1.0, "weight": 2.0}) == "fused"
 
 
 def test_cpu_model_thresholds():
@@ -71,7 +74,7 @@ def test_cpu_model_thresholds():
 
 
 def test_resolution_happens_once(monkeypatch, count_paths):
-    m = tb.BasisConv2d(16, 16, 3, 4, padding=1)
+    m = tb.BasisConv2d(16, 16, 3, basis_channels=4, padding=1)
     calls = []
     real = modes.decide
     monkeypatch.setattr(modes, "decide", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -94,12 +97,13 @@ def test_resolution_happens_once(monkeypatch, count_paths):
 
 
 def test_first_forward_reads_no_disk_after_the_first(monkeypatch):
-    m = tb.BasisConv2d(16, 16, 3, 4, padding=1)
+    m = tb.BasisConv2d(16, 16, 3, basis_channels=4, padding=1)
     m(torch.randn(2, 16, 8, 8))  # first lookup in this process (cache empty, nothing read)
     reads = []
     real = tune_cache._Store._read
-    monkeypatch.setattr(tune_cache._Store, "_read",
-                        lambda self, p: reads.append(p) or real(self, p))
+    monkeypatch.setattr(
+        tune_cache._Store, "_read", lambda self, p: reads.append(p) or real(self, p)
+    )
     for n in (2, 3, 4):
         m(torch.randn(n, 16, 8, 8))
     assert reads == []
@@ -110,8 +114,9 @@ def test_convert_report_states_the_mode_that_runs(input_shape, count_paths):
     from tritonbasis.recipes.models import resnet18_cifar
 
     model = resnet18_cifar(width=0.25).eval()
-    conv, rep = tb.convert(model, {"_default": tb.BasisSpec(ratio=0.25)},
-                           input_shape=input_shape, return_report=True)
+    conv, rep = tb.convert_with_report(
+        model, {"_default": tb.BasisSpec(ratio=0.25)}, input_shape=input_shape
+    )
     said = {r.fqn: r.mode for r in rep.converted}
     assert said and all(v.startswith("auto->") for v in said.values())
     ran = {}
@@ -119,30 +124,35 @@ def test_convert_report_states_the_mode_that_runs(input_shape, count_paths):
         layer = conv.get_submodule(fqn)
         assert layer.mode == "auto" and layer.resolved in ("fused", "weight")
         layer.register_forward_pre_hook(
-            lambda mod, inp, fqn=fqn: ran.__setitem__(fqn, len(count_paths)))
+            lambda mod, inp, fqn=fqn: ran.__setitem__(fqn, len(count_paths))
+        )
     n = input_shape[0] if input_shape and len(input_shape) == 4 else 1
     with torch.no_grad():
         conv(torch.randn(n, 3, 16, 16))
     for fqn, mode in said.items():
         assert count_paths[ran[fqn]] == mode.removeprefix("auto->"), fqn
     if input_shape == (64, 3, 16, 16):  # batch 64 at width 0.25: stage 3-4 run fused
-        assert {"fused", "weight"} <= set(said_m.removeprefix("auto->")
-                                          for said_m in said.values())
+        assert {"fused", "weight"} <= set(said_m.removeprefix("auto->") for said_m in said.values())
 
 
 def _fake_measure(slower):
     """A timer where ``slower`` ("fused"/"weight") takes 2 ms and the other 1 ms."""
+
     def measure(mode, layer, in_shape):
         ms = 2.0 if mode == slower else 1.0
         return {"fwd": ms / 3, "fwd+bwd": ms}
+
     return measure
 
 
 @pytest.mark.parametrize("slower", ["fused", "weight"])
 def test_tune_sets_modes_from_timings(slower, count_paths):
-    model = nn.Sequential(tb.BasisConv2d(16, 32, 3, 8, padding=1), nn.ReLU(),
-                          tb.BasisConv2d(32, 32, 3, 8, padding=1),
-                          tb.BasisConv2d(32, 32, 3, 8, padding=1, mode="fused"))
+    model = nn.Sequential(
+        tb.BasisConv2d(16, 32, 3, basis_channels=8, padding=1),
+        nn.ReLU(),
+        tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1),
+        tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1, mode="fused"),
+    )
     rows = tb.tune(model, (4, 16, 8, 8), device="cpu", measure=_fake_measure(slower))
     faster = "weight" if slower == "fused" else "fused"
     assert rows and all(r["mode"] == faster for r in rows)
@@ -154,7 +164,7 @@ def test_tune_sets_modes_from_timings(slower, count_paths):
     # stored in the tuning cache: a fresh layer of that shape picks it up too
     entries = tune_cache._TIMINGS.entries()
     assert {e["mode"] for e in entries.values()} == {faster}
-    fresh = tb.BasisConv2d(32, 32, 3, 8, padding=1)
+    fresh = tb.BasisConv2d(32, 32, 3, basis_channels=8, padding=1)
     assert fresh.resolved_mode(torch.randn(4, 32, 8, 8)) == faster
     with pytest.raises(ValueError, match="N, C, H, W"):
         tb.tune(model, (16, 8, 8))
@@ -163,7 +173,7 @@ def test_tune_sets_modes_from_timings(slower, count_paths):
 def test_old_state_dicts_load():
     """resolved / its memo are plain attributes: state_dict keys are unchanged, so checkpoints
     from before load (strict), and a resolved layer's state_dict loads into a fresh one."""
-    m = tb.BasisConv2d(8, 16, 3, 4, padding=1)
+    m = tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1)
     before = set(m.state_dict())
     m.set_resolved("fused")
     m(torch.randn(1, 8, 6, 6))
@@ -171,7 +181,7 @@ def test_old_state_dicts_load():
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
     buf.seek(0)
-    fresh = tb.BasisConv2d(8, 16, 3, 4, padding=1)
+    fresh = tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1)
     fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
     assert fresh.resolved is None
     x = torch.randn(2, 8, 6, 6)

@@ -34,7 +34,8 @@ def test_imports_without_triton():
                          for f in sys.meta_path]
         import torch, tritonbasis as tb
         x = torch.randn(2, 3, 6, 6, requires_grad=True)
-        layer = tb.BasisConv2d(3, 8, 3, 2, padding=1, mode="fused")  # the op, not weight mode
+        # the op, not weight mode
+        layer = tb.BasisConv2d(3, 8, 3, basis_channels=2, padding=1, mode="fused")
         layer(x).sum().backward()
         assert x.grad is not None
         assert not any(m == "triton" or m.startswith("triton.") for m in sys.modules)

@@ -47,14 +47,26 @@ BAD = {
     "float": (lambda: torch.arange(8.0), ValueError, "int64 or int32"),
     "int16": (lambda: torch.arange(8, dtype=torch.int16), ValueError, "int64 or int32"),
     "bool": (lambda: torch.ones(8, dtype=torch.bool), ValueError, "int64 or int32"),
-    "duplicate": (lambda: torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]), ValueError,
-                  r"permutation of range\(8\): value 6 appears more than once"),
-    "negative": (lambda: torch.tensor([0, 1, 2, 3, 4, 5, 6, -1]), ValueError,
-                 r"value -1 is outside 0\.\.7"),
-    "too_large": (lambda: torch.tensor([0, 1, 2, 3, 4, 5, 6, 8]), ValueError,
-                  r"value 8 is outside 0\.\.7"),
-    "int32_duplicate": (lambda: torch.tensor([7, 7, 0, 1, 2, 3, 4, 5], dtype=torch.int32),
-                        ValueError, "appears more than once"),
+    "duplicate": (
+        lambda: torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]),
+        ValueError,
+        r"permutation of range\(8\): value 6 appears more than once",
+    ),
+    "negative": (
+        lambda: torch.tensor([0, 1, 2, 3, 4, 5, 6, -1]),
+        ValueError,
+        r"value -1 is outside 0\.\.7",
+    ),
+    "too_large": (
+        lambda: torch.tensor([0, 1, 2, 3, 4, 5, 6, 8]),
+        ValueError,
+        r"value 8 is outside 0\.\.7",
+    ),
+    "int32_duplicate": (
+        lambda: torch.tensor([7, 7, 0, 1, 2, 3, 4, 5], dtype=torch.int32),
+        ValueError,
+        "appears more than once",
+    ),
     # a strided view of 16 values whose every other element is not a permutation
     "strided_not_a_perm": (lambda: torch.arange(16)[::2], ValueError, "outside 0..7"),
     "other_device": (lambda: torch.arange(8, device="meta"), ValueError, "perm is on meta"),
@@ -89,8 +101,21 @@ def test_bad_perm_in_backward_op():
     out = torch.zeros(2, 8, 6, 6, device=DEVICE)
     bad = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6], device=DEVICE)
     with pytest.raises(ValueError, match="appears more than once"):
-        BWD(torch.ones_like(out), x, basis, coeff, out, out.new_empty(0), bias, bad,
-            [1, 1], [1, 1], [1, 1], True, [True, True, True, True])
+        BWD(
+            torch.ones_like(out),
+            x,
+            basis,
+            coeff,
+            out,
+            out.new_empty(0),
+            bias,
+            bad,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            True,
+            [True, True, True, True],
+        )
 
 
 def test_dtype_error_is_also_a_type_error():
@@ -142,3 +167,56 @@ def test_check_perm_skips_values_of_fake_tensors():
         _checks.check_perm(fake, 8)  # no values to check: metadata only, no error
         with pytest.raises(ValueError, match=r"perm must have shape \(8,\)"):
             _checks.check_perm(torch.empty(7, dtype=torch.int64), 8)
+
+
+@pytest.mark.parametrize("how", ["data", "numpy"])
+@pytest.mark.parametrize("route", ["layer", "functional", "op", "compiled"])
+def test_perm_edited_behind_the_version_counter_is_caught_on_cpu(how, route):
+    """The contract (README "API"): on CPU the values are checked on every call, so a perm
+    edited after its first use through ``.data`` or ``.numpy()`` (writes that do not bump the
+    version counter) is refused -- never used unchecked -- through every entry point; a
+    still-valid edit is used (the output follows the new permutation)."""
+    torch._dynamo.reset()
+    layer = tb.BasisConv2d(4, 6, 3, padding=1, basis_channels=2, mode="fused")
+    layer.set_out_perm(torch.randperm(6))
+    perm = layer.out_perm
+    x = torch.randn(2, 4, 5, 5)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    call = {
+        "layer": lambda: layer(x),
+        "functional": lambda: tb.basis_conv2d(
+            x, layer.basis, layer.coeff, layer.bias, padding=1, perm=perm
+        ),
+        "op": lambda: torch.ops.tritonbasis.basis_conv2d(
+            x, layer.basis, layer.coeff, layer.bias, perm, [1, 1], [1, 1], [1, 1], True, False
+        )[0],
+        "compiled": lambda: compiled(x),
+    }[route]
+    try:
+        call()  # checked once and remembered
+        version = perm._version
+
+        def write(i, v):
+            if how == "data":
+                perm.data[i] = v
+            else:
+                perm.numpy()[i] = v
+
+        # a valid edit (swap two channels): used, and the output follows it
+        a, b = int(perm[0]), int(perm[1])
+        write(0, b)
+        write(1, a)
+        assert perm._version == version  # the writes went around the version counter
+        want = tb.basis_conv2d_reference(
+            x, layer.basis, layer.coeff, layer.bias, padding=1, perm=perm.clone()
+        )
+        torch.testing.assert_close(call(), want, rtol=1e-5, atol=1e-5)
+        # an invalid edit (a duplicate): refused
+        write(0, int(perm[1]))
+        with pytest.raises(ValueError, match="appears more than once"):
+            call()
+        write(0, 99)
+        with pytest.raises(ValueError, match="value 99 is outside 0..5"):
+            call()
+    finally:
+        torch._dynamo.reset()

@@ -22,9 +22,10 @@ from tritonbasis.perf import profiling
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem = tb.BasisConv2d(3, 8, 3, 4, padding=1)
-        self.block = nn.Sequential(nn.Conv2d(8, 8, 1),
-                                   tb.BasisConv2d(8, 8, 3, 2, padding=1, mode="fused"))
+        self.stem = tb.BasisConv2d(3, 8, 3, basis_channels=4, padding=1)
+        self.block = nn.Sequential(
+            nn.Conv2d(8, 8, 1),
+            tb.BasisConv2d(8, 8, 3, basis_channels=2, padding=1, mode="fused"))
 
     def forward(self, x):
         return self.block(torch.relu(self.stem(x)))
@@ -144,7 +145,7 @@ def test_profile_cli_writes_trace_naming_the_layers(tmp_path, capsys, one_thread
 
 
 def test_profile_without_trace_runs_steps(tmp_path):
-    model = nn.Sequential(tb.BasisConv2d(3, 8, 3, 4, padding=1), nn.Flatten(),
+    model = nn.Sequential(tb.BasisConv2d(3, 8, 3, basis_channels=4, padding=1), nn.Flatten(),
                           nn.Linear(8 * 4 * 4, 5))
     calls = []
     model[0].register_forward_hook(lambda *a: calls.append(1))  # deep-copied with the model

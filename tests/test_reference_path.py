@@ -21,6 +21,8 @@ import torch
 from helpers import Case, assert_bounded, check_case, reference_with_bounds, unit_for
 
 import tritonbasis as tb
+from tritonbasis.nn import choose_mode
+from tritonbasis.op.geometry import check_inputs
 
 # "extra" is C_out - C_b. Keep-basis form: Case.C_rest = extra; full form: Case.C_rest = C_out
 # = C_b + extra (so the full form always has C_out >= C_b, and extra=0 means C_b = C_out).
@@ -44,9 +46,18 @@ AXES: dict[str, tuple] = {
 def _case(**v) -> Case:
     keep = v["keep_basis"]
     return Case(
-        N=v["N"], C_in=v["C_in"], H=v["H"], W=v["W"], C_b=v["C_b"],
-        C_rest=v["extra"] if keep else v["C_b"] + v["extra"], k=v["k"], stride=v["stride"],
-        padding=v["padding"], dilation=v["dilation"], bias=v["bias"], keep_basis=keep,
+        N=v["N"],
+        C_in=v["C_in"],
+        H=v["H"],
+        W=v["W"],
+        C_b=v["C_b"],
+        C_rest=v["extra"] if keep else v["C_b"] + v["extra"],
+        k=v["k"],
+        stride=v["stride"],
+        padding=v["padding"],
+        dilation=v["dilation"],
+        bias=v["bias"],
+        keep_basis=keep,
         channels_last=v["channels_last"],
     )
 
@@ -54,10 +65,19 @@ def _case(**v) -> Case:
 def axis_values(case: Case) -> dict:
     """The AXES coordinates of a case (inverse of _case)."""
     return {
-        "C_in": case.C_in, "C_b": case.C_b, "extra": case.C_out - case.C_b, "k": case.k,
-        "stride": case.stride, "padding": case.padding, "dilation": case.dilation,
-        "H": case.H, "W": case.W, "bias": case.bias, "keep_basis": case.keep_basis,
-        "channels_last": case.channels_last, "N": case.N,
+        "C_in": case.C_in,
+        "C_b": case.C_b,
+        "extra": case.C_out - case.C_b,
+        "k": case.k,
+        "stride": case.stride,
+        "padding": case.padding,
+        "dilation": case.dilation,
+        "H": case.H,
+        "W": case.W,
+        "bias": case.bias,
+        "keep_basis": case.keep_basis,
+        "channels_last": case.channels_last,
+        "N": case.N,
     }
 
 
@@ -107,52 +127,158 @@ PAIRWISE = pairwise_design()
 RISKY = [
     # stride 2 with dilation 2: tap offsets and output stride interact
     Case(N=2, C_in=16, H=15, W=15, C_b=5, C_rest=3, k=3, stride=2, padding=2, dilation=2),
-    Case(N=1, C_in=3, H=9, W=15, C_b=16, C_rest=64, k=5, stride=2, padding=1, dilation=2,
-         bias=False, channels_last=True),
-    Case(N=2, C_in=16, H=15, W=9, C_b=5, C_rest=8, k=3, stride=2, padding=0, dilation=2,
-         keep_basis=False),
+    Case(
+        N=1,
+        C_in=3,
+        H=9,
+        W=15,
+        C_b=16,
+        C_rest=64,
+        k=5,
+        stride=2,
+        padding=1,
+        dilation=2,
+        bias=False,
+        channels_last=True,
+    ),
+    Case(
+        N=2,
+        C_in=16,
+        H=15,
+        W=9,
+        C_b=5,
+        C_rest=8,
+        k=3,
+        stride=2,
+        padding=0,
+        dilation=2,
+        keep_basis=False,
+    ),
     # k=5 with padding 0 on 7x7: 3x3 output, every tap in bounds
     Case(N=2, C_in=16, H=7, W=7, C_b=5, C_rest=3, k=5, stride=1, padding=0),
-    Case(N=2, C_in=3, H=7, W=7, C_b=5, C_rest=5, k=5, stride=2, padding=0, keep_basis=False,
-         channels_last=True),
+    Case(
+        N=2,
+        C_in=3,
+        H=7,
+        W=7,
+        C_b=5,
+        C_rest=5,
+        k=5,
+        stride=2,
+        padding=0,
+        keep_basis=False,
+        channels_last=True,
+    ),
     # dilated k=5 on 9x9 without padding: a single output pixel
-    Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=3, k=5, stride=1, padding=0, dilation=2,
-         channels_last=True),
+    Case(
+        N=2,
+        C_in=16,
+        H=9,
+        W=9,
+        C_b=5,
+        C_rest=3,
+        k=5,
+        stride=1,
+        padding=0,
+        dilation=2,
+        channels_last=True,
+    ),
     # C_b = 1 in both forms (a rank-1 layer; full form with C_out = 1)
     Case(N=2, C_in=16, H=9, W=9, C_b=1, C_rest=3, k=3, padding=1),
     Case(N=2, C_in=16, H=9, W=9, C_b=1, C_rest=1, k=3, padding=1, keep_basis=False),
-    Case(N=2, C_in=3, H=7, W=9, C_b=1, C_rest=64, k=3, padding=1, keep_basis=False,
-         channels_last=True),
+    Case(
+        N=2,
+        C_in=3,
+        H=7,
+        W=9,
+        C_b=1,
+        C_rest=64,
+        k=3,
+        padding=1,
+        keep_basis=False,
+        channels_last=True,
+    ),
     # C_rest = 0 (keep-basis, C_out = C_b: no combination at all), with and without bias
     Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=0, k=3, padding=1),
-    Case(N=2, C_in=3, H=7, W=7, C_b=16, C_rest=0, k=3, stride=2, padding=1, bias=False,
-         channels_last=True),
+    Case(
+        N=2,
+        C_in=3,
+        H=7,
+        W=7,
+        C_b=16,
+        C_rest=0,
+        k=3,
+        stride=2,
+        padding=1,
+        bias=False,
+        channels_last=True,
+    ),
     # full form with C_b = C_out (the "no saving" edge)
     Case(N=2, C_in=16, H=9, W=9, C_b=16, C_rest=16, k=3, padding=1, keep_basis=False),
     # channels_last with C_in = 3 (an RGB stem: x is channels_last but C is tiny)
-    Case(N=2, C_in=3, H=15, W=15, C_b=16, C_rest=48, k=3, stride=2, padding=1,
-         channels_last=True),
+    Case(N=2, C_in=3, H=15, W=15, C_b=16, C_rest=48, k=3, stride=2, padding=1, channels_last=True),
     Case(N=2, C_in=3, H=15, W=15, C_b=5, C_rest=3, k=1, padding=0, channels_last=True),
     # 1x1 projection shortcut with stride 2 (skips every other pixel)
     Case(N=2, C_in=64, H=15, W=15, C_b=16, C_rest=48, k=1, stride=2, padding=0, bias=False),
     # padding 2 with k=1: the border ring of the output sees only zeros (bias-only pixels)
-    Case(N=2, C_in=16, H=7, W=9, C_b=5, C_rest=8, k=1, padding=2, keep_basis=False,
-         channels_last=True),
+    Case(
+        N=2,
+        C_in=16,
+        H=7,
+        W=9,
+        C_b=5,
+        C_rest=8,
+        k=1,
+        padding=2,
+        keep_basis=False,
+        channels_last=True,
+    ),
     # stride 2 + dilation 2 + k=5 + padding 2, full form with C_b=48 (not a power of two)
-    Case(N=1, C_in=16, H=15, W=15, C_b=48, C_rest=51, k=5, stride=2, padding=2, dilation=2,
-         keep_basis=False),
+    Case(
+        N=1,
+        C_in=16,
+        H=15,
+        W=15,
+        C_b=48,
+        C_rest=51,
+        k=5,
+        stride=2,
+        padding=2,
+        dilation=2,
+        keep_basis=False,
+    ),
     # non-square input, stride 2, C_in=64, C_rest=64, channels_last
-    Case(N=2, C_in=64, H=15, W=7, C_b=16, C_rest=64, k=3, stride=2, padding=1,
-         channels_last=True),
+    Case(N=2, C_in=64, H=15, W=7, C_b=16, C_rest=64, k=3, stride=2, padding=1, channels_last=True),
     # C_b = 48 (not a power of two) with dilation 2, padding 2, channels_last
-    Case(N=2, C_in=64, H=9, W=7, C_b=48, C_rest=64, k=3, stride=1, padding=2, dilation=2,
-         channels_last=True),
+    Case(
+        N=2,
+        C_in=64,
+        H=9,
+        W=7,
+        C_b=48,
+        C_rest=64,
+        k=3,
+        stride=1,
+        padding=2,
+        dilation=2,
+        channels_last=True,
+    ),
     # output-channel permutation (keep-basis conversions keep the original channel order)
     Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=11, k=3, stride=2, padding=1, perm=True),
-    Case(N=2, C_in=3, H=7, W=7, C_b=5, C_rest=3, k=3, padding=1, channels_last=True,
-         bias=False, perm=True),
-    Case(N=2, C_in=16, H=7, W=7, C_b=5, C_rest=8, k=1, padding=0, keep_basis=False,
-         perm=True),
+    Case(
+        N=2,
+        C_in=3,
+        H=7,
+        W=7,
+        C_b=5,
+        C_rest=3,
+        k=3,
+        padding=1,
+        channels_last=True,
+        bias=False,
+        perm=True,
+    ),
+    Case(N=2, C_in=16, H=7, W=7, C_b=5, C_rest=8, k=1, padding=0, keep_basis=False, perm=True),
 ]
 
 CASES = PAIRWISE + [c for c in RISKY if c not in PAIRWISE]
@@ -189,7 +315,8 @@ def test_risky_pairs_present():
     assert has(lambda c: c.stride == 2 and c.dilation == 2)
     assert has(lambda c: c.k == 5 and c.padding == 0 and c.H == c.W == 7)
     assert has(lambda c: c.C_b == 1 and c.keep_basis) and has(
-        lambda c: c.C_b == 1 and not c.keep_basis)
+        lambda c: c.C_b == 1 and not c.keep_basis
+    )
     assert has(lambda c: c.keep_basis and c.C_rest == 0)
     assert has(lambda c: c.channels_last and c.C_in == 3)
 
@@ -198,38 +325,85 @@ def test_risky_pairs_present():
 # Forward + backward of the op on the torch path
 
 
+@pytest.fixture(params=["conv", "gemm"])
+def pointwise(request, monkeypatch):
+    """The CPU path computes its pointwise products by 1x1 convs for small outputs and by
+    batched GEMMs for large NCHW ones (op.reference._GEMM_MIN_HW / _GEMM_MIN_NUMEL): the
+    tests' small shapes run both."""
+    from tritonbasis.op import reference
+
+    limit = 0 if request.param == "gemm" else 1 << 62
+    monkeypatch.setattr(reference, "_GEMM_MIN_NUMEL", limit)
+    monkeypatch.setattr(reference, "_GEMM_MIN_HW", limit)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES, ids=Case.id)
-def test_torch_path_matches_reference(case):
+def test_torch_path_matches_reference(case, pointwise):
     check_case(case, dtype=torch.float32, backend="torch")
 
 
 FLOAT64_CASES = [
     Case(N=2, C_in=16, H=9, W=15, C_b=5, C_rest=3, k=3, stride=2, padding=2, dilation=2),
-    Case(N=1, C_in=3, H=7, W=7, C_b=5, C_rest=16, k=5, padding=2, keep_basis=False,
-         channels_last=True),
+    Case(
+        N=1,
+        C_in=3,
+        H=7,
+        W=7,
+        C_b=5,
+        C_rest=16,
+        k=5,
+        padding=2,
+        keep_basis=False,
+        channels_last=True,
+    ),
     Case(N=2, C_in=16, H=9, W=9, C_b=16, C_rest=0, k=3, padding=1, bias=False),
 ]
 
 
 @pytest.mark.parametrize("case", FLOAT64_CASES, ids=Case.id)
-def test_torch_path_float64(case):
+def test_torch_path_float64(case, pointwise):
     y = check_case(case, dtype=torch.float64, backend="torch")
     assert y.dtype == torch.float64
 
 
 GRADCHECK_CASES = [
     Case(N=1, C_in=3, H=7, W=6, C_b=2, C_rest=3, k=3, stride=2, padding=1),
-    Case(N=1, C_in=3, H=7, W=7, C_b=2, C_rest=3, k=3, stride=1, padding=2, dilation=2,
-         bias=False, keep_basis=False),
+    Case(
+        N=1,
+        C_in=3,
+        H=7,
+        W=7,
+        C_b=2,
+        C_rest=3,
+        k=3,
+        stride=1,
+        padding=2,
+        dilation=2,
+        bias=False,
+        keep_basis=False,
+    ),
     Case(N=2, C_in=3, H=5, W=6, C_b=2, C_rest=2, k=3, padding=1, channels_last=True),
     Case(N=1, C_in=2, H=6, W=5, C_b=3, C_rest=0, k=3, stride=2, padding=0, bias=False),
-    Case(N=1, C_in=3, H=7, W=7, C_b=2, C_rest=4, k=3, stride=2, padding=1, dilation=2,
-         keep_basis=False, channels_last=True),
+    Case(
+        N=1,
+        C_in=3,
+        H=7,
+        W=7,
+        C_b=2,
+        C_rest=4,
+        k=3,
+        stride=2,
+        padding=1,
+        dilation=2,
+        keep_basis=False,
+        channels_last=True,
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=Case.id)
-def test_gradcheck_float64(case):
+def test_gradcheck_float64(case, pointwise):
     inputs = case.make(dtype=torch.float64, requires_grad=True)
     x, basis, coeff, bias = inputs
 
@@ -237,8 +411,7 @@ def test_gradcheck_float64(case):
         return tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs())
 
     with tb.use_backend("torch"):
-        assert torch.autograd.gradcheck(f, (x, basis, coeff, bias), eps=1e-6, atol=1e-7,
-                                        rtol=1e-5)
+        assert torch.autograd.gradcheck(f, (x, basis, coeff, bias), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,8 +429,9 @@ def run_and_check(case: Case, mode: str, dtype=torch.float32, requires=None):
             t.requires_grad_()
     with tb.use_backend("torch"):
         y = tb.basis_conv2d(*inputs, **case.kwargs(), mode=mode)
-        g_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
-                            dtype=torch.float64).to(dtype)
+        g_out = torch.randn(
+            y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+        ).to(dtype)
         if y.requires_grad:
             y.backward(g_out)
     want_fmt = torch.channels_last if case.channels_last else torch.contiguous_format
@@ -293,8 +467,7 @@ AUTO_CASES = [
     Case(N=2, C_in=3, H=15, W=15, C_b=16, C_rest=48, k=3, padding=1),
     # N=3: the CPU cost model (tritonbasis.modes) needs >= 16M MACs saved per call at C_b=16
     Case(N=3, C_in=64, H=15, W=15, C_b=16, C_rest=48, k=3, padding=1, channels_last=True),
-    Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=16, k=3, stride=2, padding=1,
-         keep_basis=False),
+    Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=16, k=3, stride=2, padding=1, keep_basis=False),
 ]
 
 
@@ -307,9 +480,10 @@ def test_auto_cases_exercise_both_decisions():
     picks = set()
     for case in AUTO_CASES:
         x, basis, coeff, bias = case.make()
-        g = tb.check_inputs(x, basis, coeff, bias, case.stride, case.padding, case.dilation,
-                            case.keep_basis)
-        picks.add(tb.choose_mode(g, x.device))
+        g = check_inputs(
+            x, basis, coeff, bias, case.stride, case.padding, case.dilation, case.keep_basis
+        )
+        picks.add(choose_mode(g, x.device))
     assert picks == {"fused", "weight"}
 
 
@@ -317,13 +491,20 @@ PARTIAL_CASES = [
     Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=11, k=3, stride=2, padding=1, keep_basis=False),
     Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=6, k=3, padding=1, channels_last=True),
 ]
-SUBSETS = [("coeff",), ("x",), ("basis",), ("bias",), ("x", "coeff"), ("basis", "coeff"),
-           ("x", "basis", "bias")]
+SUBSETS = [
+    ("coeff",),
+    ("x",),
+    ("basis",),
+    ("bias",),
+    ("x", "coeff"),
+    ("basis", "coeff"),
+    ("x", "basis", "bias"),
+]
 
 
 @pytest.mark.parametrize("requires", SUBSETS, ids="+".join)
 @pytest.mark.parametrize("case", PARTIAL_CASES, ids=Case.id)
-def test_partial_requires_grad(case, requires):
+def test_partial_requires_grad(case, requires, pointwise):
     run_and_check(case, "fused", requires=requires)
 
 
@@ -337,8 +518,9 @@ def test_no_grad_with_params_requiring_grad(keep_basis):
         y = tb.basis_conv2d(*inputs, **case.kwargs())
     assert not y.requires_grad and y.grad_fn is None
     (ry, _), (ay, _) = reference_with_bounds(case, inputs)
-    assert_bounded(y, ry, ay, unit_for(torch.float32, "cpu"), case.reduction_lengths()["out"],
-                   "out")
+    assert_bounded(
+        y, ry, ay, unit_for(torch.float32, "cpu"), case.reduction_lengths()["out"], "out"
+    )
 
 
 FORMAT_CASES = [
@@ -351,7 +533,7 @@ FORMAT_CASES = [
 @pytest.mark.parametrize("mode", ["fused", "weight"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("case", FORMAT_CASES, ids=Case.id)
-def test_output_and_grad_follow_input_memory_format(case, channels_last, mode):
+def test_output_and_grad_follow_input_memory_format(case, channels_last, mode, pointwise):
     case = replace(case, channels_last=channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     other = torch.contiguous_format if channels_last else torch.channels_last

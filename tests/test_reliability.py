@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import tritonbasis as tb
 from tritonbasis.cli.guard import LOCK_NAME, RunLock, RunLockedError
 from tritonbasis.op import tune_cache
+from tritonbasis.op.geometry import check_inputs
 from tritonbasis.recipes import search as S
 from tritonbasis.recipes.data import digits
 from tritonbasis.recipes.models import resnet18_cifar
@@ -426,8 +427,8 @@ def test_truncated_training_checkpoint_is_a_clear_error(data8, tmp_path):
 def test_tune_cache_of_any_content_is_ignored(tmp_path, monkeypatch):
     monkeypatch.setenv(tune_cache.ENV_DIR, str(tmp_path))
     x = torch.randn(2, 8, 8, 8)
-    layer = tb.BasisConv2d(8, 8, 3, 2, padding=1, mode="auto")
-    g = tb.check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
+    layer = tb.BasisConv2d(8, 8, 3, basis_channels=2, padding=1, mode="auto")
+    g = check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
     junk = [b"\xff\xfe\x00", b"[1, 2]", b'{"format": "tritonbasis.tune_cache/1", "entries": 3}',
             json.dumps({"format": tune_cache.FORMAT, "entries": {
                 "a": {"ident": [[{"x": 1}]], "config": {"blocks": {}}}}}).encode()]
@@ -450,18 +451,18 @@ def test_tune_cache_of_any_content_is_ignored(tmp_path, monkeypatch):
 
 def test_out_perm_is_validated_on_load_and_gradients_use_the_same_mapping():
     torch.manual_seed(0)
-    src = tb.BasisConv2d(3, 6, 3, 2, padding=1, keep_basis=True).double()
+    src = tb.BasisConv2d(3, 6, 3, basis_channels=2, padding=1, keep_basis=True).double()
     src.set_out_perm(torch.tensor([3, 0, 5, 1, 4, 2]))
     sd = src.state_dict()
     for bad, why in ((torch.tensor([0, 0, 1, 2, 3, 4]), "not a permutation"),
                      (torch.tensor([0, 1, 2, 3, 4, 99]), "not a permutation"),
                      (torch.tensor([0.0, 1, 2, 3, 4, 5]), "dtype"),
                      (torch.tensor([0, 1, 2]), "shape")):
-        dst = tb.BasisConv2d(3, 6, 3, 2, padding=1, keep_basis=True).double()
+        dst = tb.BasisConv2d(3, 6, 3, basis_channels=2, padding=1, keep_basis=True).double()
         with pytest.raises(RuntimeError, match=f"out_perm .*{why}"):
             dst.load_state_dict({**sd, "out_perm": bad})
         assert dst.out_perm is None  # nothing adopted
-    dst = tb.BasisConv2d(3, 6, 3, 2, padding=1, keep_basis=True).double()
+    dst = tb.BasisConv2d(3, 6, 3, basis_channels=2, padding=1, keep_basis=True).double()
     dst.load_state_dict(sd)
     assert torch.equal(dst.out_perm, src.out_perm)
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
@@ -477,8 +478,8 @@ def test_out_perm_is_validated_on_load_and_gradients_use_the_same_mapping():
 
 def test_export_with_dynamic_batch(one_thread):
     torch.manual_seed(0)
-    m = nn.Sequential(tb.BasisConv2d(8, 16, 3, 4, padding=1, mode="auto"), nn.ReLU(),
-                      tb.BasisConv2d(16, 16, 3, 14, padding=1, mode="auto")).eval()
+    m = nn.Sequential(tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1, mode="auto"), nn.ReLU(),
+                      tb.BasisConv2d(16, 16, 3, basis_channels=14, padding=1, mode="auto")).eval()
     batch = torch.export.Dim("batch", min=1, max=1024)
     ep = torch.export.export(m, (torch.randn(4, 8, 16, 16),),
                              dynamic_shapes={"input": {0: batch}})
@@ -493,7 +494,7 @@ def test_inf_inputs_fused_is_non_finite_where_the_dense_conv_is():
     coefficients of both signs is Inf - Inf = NaN, so fused gives NaN at some positions where
     the dense conv gives +-Inf -- but it is non-finite at exactly the same positions."""
     torch.manual_seed(0)
-    layer = tb.BasisConv2d(4, 8, 3, 2, padding=1, keep_basis=True)
+    layer = tb.BasisConv2d(4, 8, 3, basis_channels=2, padding=1, keep_basis=True)
     x = torch.randn(2, 4, 6, 6)
     x[0, 0, 2, 2] = float("inf")
     x[1, :, 3, 1] = float("inf")

@@ -87,7 +87,7 @@ def test_tiny_search_end_to_end(data8, tmp_path):
         assert (tmp_path / f).stat().st_size > 0, f
     # the plan converts exactly the chosen layers
     plan = tb.load_plan(tmp_path / "plan.json")
-    conv, crep = tb.convert(_tiny_model(), plan, return_report=True)
+    conv, crep = tb.convert_with_report(_tiny_model(), plan)
     assert sorted(r.fqn for r in crep.converted) == sorted(sel["chosen"])
 
 
@@ -98,13 +98,13 @@ def _fragile_setup(data8):
     train_data, _ = data8
     torch.manual_seed(0)
     m = nn.Sequential()
-    m.add_module("c1", tb.BasisConv2d(3, 16, 3, 4, padding=1, keep_basis=False))
+    m.add_module("c1", tb.BasisConv2d(3, 16, 3, basis_channels=4, padding=1, keep_basis=False))
     m.add_module("b1", nn.BatchNorm2d(16))
     m.add_module("r1", nn.ReLU())
     m.add_module("c2", nn.Conv2d(16, 16, 3, padding=1))
     m.add_module("b2", nn.BatchNorm2d(16))
     m.add_module("r2", nn.ReLU())
-    m.add_module("c3", tb.BasisConv2d(16, 16, 3, 4, padding=1, keep_basis=False))
+    m.add_module("c3", tb.BasisConv2d(16, 16, 3, basis_channels=4, padding=1, keep_basis=False))
     m.add_module("b3", nn.BatchNorm2d(16))
     m.add_module("r3", nn.ReLU())
     m.add_module("pool", nn.AdaptiveAvgPool2d(1))

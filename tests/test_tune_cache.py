@@ -17,6 +17,7 @@ from conftest import HAS_CUDA, HAS_TRITON
 import tritonbasis as tb
 from tritonbasis.nn.functional import choose_mode
 from tritonbasis.op import reference, tune_cache
+from tritonbasis.op.geometry import check_inputs
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_cache_dir_env_xdg_and_default(monkeypatch, tmp_path):
 
 def _geo(n=2, c_b=8):
     x = torch.zeros(n, 16, 6, 6)
-    return tb.check_inputs(x, torch.zeros(c_b, 16, 3, 3), torch.zeros(16 - c_b, c_b), None, 1,
+    return check_inputs(x, torch.zeros(c_b, 16, 3, 3), torch.zeros(16 - c_b, c_b), None, 1,
                            1, 1, True)
 
 
@@ -86,10 +87,11 @@ def test_second_process_reads_the_timings(cache):
     g = _geo()
     _timing(g, tune_cache.device_name("cpu"))
     code = textwrap.dedent("""
-        import torch, tritonbasis as tb
+        import torch
         from tritonbasis.op import tune_cache
+        from tritonbasis.op.geometry import check_inputs
         x = torch.zeros(2, 16, 6, 6)
-        g = tb.check_inputs(x, torch.zeros(8, 16, 3, 3), torch.zeros(8, 8), None, 1, 1, 1, True)
+        g = check_inputs(x, torch.zeros(8, 16, 3, 3), torch.zeros(8, 8), None, 1, 1, 1, True)
         print(tune_cache.lookup_mode(g, "cpu"))
     """)
     env = {**os.environ, tune_cache.ENV_DIR: str(cache)}
@@ -279,8 +281,8 @@ def _wide_layer_geometry(n=2):
     # 128 channels, C_b=32 (was 32/8): the CPU cost model (tritonbasis.modes, calibrated on
     # CPU) needs this much work per call to pick fused; the tests need its pick to be fused
     x = torch.randn(n, 128, 8, 8)
-    m = tb.BasisConv2d(128, 128, 3, 32, padding=1, mode="auto")
-    return x, m, tb.check_inputs(x, m.basis, m.coeff, m.bias, 1, 1, 1, True)
+    m = tb.BasisConv2d(128, 128, 3, basis_channels=32, padding=1, mode="auto")
+    return x, m, check_inputs(x, m.basis, m.coeff, m.bias, 1, 1, 1, True)
 
 
 def _store(g, device_name, mode, kernel=None):
@@ -362,7 +364,7 @@ def test_basis_above_kernel_limit_stays_weight_on_cuda(cache, monkeypatch):
     monkeypatch.setattr(tune_cache, "device_name", lambda device: "FakeGPU")
     x = torch.randn(16, 256, 8, 8)
     basis, coeff = torch.randn(192, 256, 3, 3), torch.randn(64, 192)
-    g = tb.check_inputs(x, basis, coeff, None, 1, 1, 1, True)
+    g = check_inputs(x, basis, coeff, None, 1, 1, 1, True)
     _store(g, "FakeGPU", "fused")
     assert choose_mode(g, "cuda") == "weight"
 

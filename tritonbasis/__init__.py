@@ -10,15 +10,20 @@ import triton when it is installed; without triton everything but the kernels wo
 """
 
 from .conversion import deploy
-from .conversion.convert import ConversionReport, LayerReport, candidate_convs, convert, merge
+from .conversion.convert import (
+    ConversionReport,
+    LayerReport,
+    candidate_convs,
+    convert,
+    convert_with_report,
+    merge,
+)
 from .conversion.deploy import export_onnx
 from .conversion.plan import load_plan, save_plan
-from .nn.functional import basis_conv2d, choose_mode
+from .nn.functional import basis_conv2d  # (importing it registers torch.ops.tritonbasis.*)
 from .nn.layer import BasisConv2d, from_conv
 from .nn.spec import BasisSpec
-from .op import registry as ops  # registers torch.ops.tritonbasis.*
-from .op.geometry import ConvGeometry, check_inputs
-from .op.reference import basis_conv2d_reference, merged_weight
+from .op.reference import basis_conv2d_reference
 from .op.registry import get_backend, set_backend, use_backend
 
 __version__ = "0.1.0"
@@ -32,26 +37,29 @@ def tune(model, input_shape, **kwargs):
     return _tune(model, input_shape, **kwargs)
 
 
+# What users call. Internals stay under their modules: argument validation and geometry
+# (tritonbasis.op.geometry: check_inputs, ConvGeometry), the registered ops and backend
+# resolution (tritonbasis.op.registry), the mode decision (tritonbasis.nn.modes.decide,
+# tritonbasis.nn.choose_mode), the merged weight (tritonbasis.op.reference.merged_weight;
+# BasisConv2d.merged_weight()). Public import paths beside this one: tritonbasis.data,
+# .models, .train, .search, .profiling (the recipes and the profiler); tb.deploy is
+# tritonbasis.conversion.deploy.
 __all__ = [
     "BasisConv2d",
     "BasisSpec",
     "ConversionReport",
-    "ConvGeometry",
     "LayerReport",
     "basis_conv2d",
     "basis_conv2d_reference",
     "candidate_convs",
-    "check_inputs",
-    "choose_mode",
     "convert",
+    "convert_with_report",
     "deploy",
     "export_onnx",
     "from_conv",
     "get_backend",
     "load_plan",
     "merge",
-    "merged_weight",
-    "ops",
     "save_plan",
     "set_backend",
     "tune",

@@ -177,7 +177,7 @@ def plan_from_args(args):
 def converted_model(args, default_ratio=None):
     """The model of --model/--width/--num-classes converted by --plan or --ratio (or, with
     neither, by ``default_ratio`` on every candidate conv if given)."""
-    from ..conversion.convert import convert
+    from ..conversion.convert import convert_with_report
     from ..nn.spec import BasisSpec
     from ..recipes.models import get_model
 
@@ -187,8 +187,8 @@ def converted_model(args, default_ratio=None):
     model = get_model(args.model, num_classes=args.num_classes, width=args.width)
     report = None
     if plan is not None:
-        model, report = convert(model, plan, input_shape=(3, args.image_size, args.image_size),
-                                return_report=True, inplace=True)
+        shape = (3, args.image_size, args.image_size)
+        model, report = convert_with_report(model, plan, input_shape=shape, inplace=True)
     return model, report
 
 

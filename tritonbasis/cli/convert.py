@@ -18,15 +18,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..conversion.convert import convert
+    from ..conversion.convert import convert_with_report
     from ..recipes.models import get_model
 
     plan = plan_from_args(args)
     if plan is None:
         raise SystemExit("convert needs --plan PLAN.json or --ratio R")
     model = get_model(args.model, num_classes=args.num_classes, width=args.width)
-    _, report = convert(model, plan, input_shape=(3, args.image_size, args.image_size),
-                        return_report=True, inplace=True)
+    shape = (3, args.image_size, args.image_size)
+    _, report = convert_with_report(model, plan, input_shape=shape, inplace=True)
     print(f"{args.model} (width {args.width}) at {args.image_size}x{args.image_size}, "
           f"plan: {args.plan or f'ratio {args.ratio}'}")
     print(report.table())

@@ -94,7 +94,7 @@ def run(args) -> int:
 
 
 def _run(args, out: Path, plan, cfg: TrainConfig) -> int:
-    from ..conversion.convert import convert
+    from ..conversion.convert import convert_with_report
     from ..recipes import distributed as D
     from ..recipes.data import get_data
     from ..recipes.models import get_model
@@ -109,8 +109,7 @@ def _run(args, out: Path, plan, cfg: TrainConfig) -> int:
     report = None
     shape = tuple(train_data[0][0].shape)
     if plan is not None:
-        model, report = convert(model, plan, input_shape=shape, return_report=True,
-                                inplace=True)
+        model, report = convert_with_report(model, plan, input_shape=shape, inplace=True)
         print(report.table())
     print(f"training {args.model} (width {args.width}) on {args.data} "
           f"({len(train_data)} train / {len(val_data)} val, {shape[1]}x{shape[2]}), "

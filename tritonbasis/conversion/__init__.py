@@ -9,8 +9,25 @@
 Imports only ``tritonbasis.nn``, ``tritonbasis.op`` and ``tritonbasis.util``.
 """
 
-from .convert import ConversionReport, LayerReport, candidate_convs, convert, merge
+from .convert import (
+    ConversionReport,
+    LayerReport,
+    candidate_convs,
+    convert,
+    convert_with_report,
+    merge,
+)
 from .plan import load_plan, lookup, normalize_plan, save_plan
 
-__all__ = ["ConversionReport", "LayerReport", "candidate_convs", "convert", "load_plan",
-           "lookup", "merge", "normalize_plan", "save_plan"]
+__all__ = [
+    "ConversionReport",
+    "LayerReport",
+    "candidate_convs",
+    "convert",
+    "convert_with_report",
+    "load_plan",
+    "lookup",
+    "merge",
+    "normalize_plan",
+    "save_plan",
+]

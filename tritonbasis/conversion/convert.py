@@ -64,9 +64,15 @@ class ConversionReport:
         pa = sum(r.params_after for r in self.layers)
         mb = sum(r.macs_before for r in self.layers)
         ma = sum(r.macs_after for r in self.layers)
-        return {"conv_layers": len(self.layers), "converted": len(self.converted),
-                "conv_params_before": pb, "conv_params_after": pa,
-                "conv_macs_before": mb, "conv_macs_after": ma, "macs_unit": self.macs_unit}
+        return {
+            "conv_layers": len(self.layers),
+            "converted": len(self.converted),
+            "conv_params_before": pb,
+            "conv_params_after": pa,
+            "conv_macs_before": mb,
+            "conv_macs_after": ma,
+            "macs_unit": self.macs_unit,
+        }
 
     def to_dict(self) -> dict:
         return {"layers": [asdict(r) for r in self.layers], "totals": self.totals()}
@@ -76,12 +82,15 @@ class ConversionReport:
 
     def table(self) -> str:
         """A plain-text table, one row per conv layer, then the totals."""
-        head = f"{'layer':34s} {'shape':>16s} {'C_b':>5s} {'form':>5s} {'params':>19s} " \
-               f"{'MACs':>23s}  note"
+        head = (
+            f"{'layer':34s} {'shape':>16s} {'C_b':>5s} {'form':>5s} {'params':>19s} "
+            f"{'MACs':>23s}  note"
+        )
         lines = [head, "-" * len(head)]
         for r in self.layers:
             shape = f"{r.C_in}->{r.C_out} {r.kernel[0]}x{r.kernel[1]}" + (
-                f"/{r.stride[0]}" if r.stride != (1, 1) else "")
+                f"/{r.stride[0]}" if r.stride != (1, 1) else ""
+            )
             cb = str(r.C_b) if r.converted else "-"
             form = ("keep" if r.keep_basis else "full") if r.converted else "-"
             p = f"{r.params_before:,}->{r.params_after:,}"
@@ -89,8 +98,9 @@ class ConversionReport:
             note = r.mode if r.converted else r.reason
             if r.converted and r.captured_energy is not None:
                 note = f"energy {r.captured_energy:.3f}; {note}"
-            lines.append(f"{r.fqn[:34]:34s} {shape:>16s} {cb:>5s} {form:>5s} {p:>19s} "
-                         f"{m:>23s}  {note}")
+            lines.append(
+                f"{r.fqn[:34]:34s} {shape:>16s} {cb:>5s} {form:>5s} {p:>19s} {m:>23s}  {note}"
+            )
         t = self.totals()
         lines.append("-" * len(head))
         lines.append(
@@ -98,7 +108,8 @@ class ConversionReport:
             f"{t['conv_params_before']:,} -> {t['conv_params_after']:,} "
             f"({_ratio(t['conv_params_before'], t['conv_params_after'])}); conv MACs "
             f"{_si(t['conv_macs_before'])} -> {_si(t['conv_macs_after'])} "
-            f"({_ratio(t['conv_macs_before'], t['conv_macs_after'])}, {self.macs_unit})")
+            f"({_ratio(t['conv_macs_before'], t['conv_macs_after'])}, {self.macs_unit})"
+        )
         return "\n".join(lines)
 
 
@@ -130,12 +141,26 @@ def _resolve(layer: BasisConv2d, in_chw, batch: int, device) -> str:
     if layer.mode != "auto":
         return layer.mode
     if in_chw is None:
-        mode = decide_per_pixel(layer.in_channels, layer.out_channels, layer.basis_channels,
-                                layer.kernel_size, layer.keep_basis, device)
+        mode = decide_per_pixel(
+            layer.in_channels,
+            layer.out_channels,
+            layer.basis_channels,
+            layer.kernel_size,
+            layer.keep_basis,
+            device,
+        )
     else:
-        x = torch.empty(batch, *in_chw, device="meta")
-        g = check_inputs(x, layer.basis.to("meta"), layer.coeff.to("meta"), None, layer.stride,
-                         layer.padding, layer.dilation, layer.keep_basis)
+        x = layer._pad(torch.empty(batch, *in_chw, device="meta"))  # as its forward pads
+        g = check_inputs(
+            x,
+            layer.basis.to("meta"),
+            layer.coeff.to("meta"),
+            None,
+            layer.stride,
+            layer._call_padding,
+            layer.dilation,
+            layer.keep_basis,
+        )
         mode = decide(g, device)
     layer.set_resolved(mode, device)
     return mode
@@ -148,10 +173,11 @@ def convert(
     filter_fn=None,
     inplace: bool = False,
     input_shape=None,
-    return_report: bool = False,
     require_saving: bool = True,
-):
-    """Replace ``nn.Conv2d`` modules by ``BasisConv2d`` according to ``plan``.
+    **removed,
+) -> nn.Module:
+    """Replace ``nn.Conv2d`` modules by ``BasisConv2d`` according to ``plan``; returns the
+    converted model (:func:`convert_with_report` also returns the per-layer report).
 
     Args:
         model: any module tree.
@@ -164,14 +190,39 @@ def convert(
             3-d shape) of that size; without it, by the per-pixel rule. Either way the layer
             keeps the resolved mode (``layer.resolved``; :func:`tritonbasis.tune` measures
             instead) and the report's ``mode`` says what will run, e.g. ``auto->weight``.
-        return_report: return ``(model, ConversionReport)`` instead of the model.
         require_saving: skip convs where the spec saves neither parameters nor MACs (default);
             False converts them anyway (e.g. ``energy=1.0`` to check exactness).
 
-    Candidates are ``nn.Conv2d`` with groups=1 and zero padding; grouped/depthwise/transposed
-    convs, and convs where the spec would not reduce both parameters and MACs, are skipped with
-    the reason in the report.
+    Candidates are ``nn.Conv2d`` with groups=1 (any padding and ``padding_mode``);
+    grouped/depthwise/transposed convs, and convs where the spec would not reduce both
+    parameters and MACs, are skipped with the reason in the report.
     """
+    if removed:
+        if "return_report" in removed:
+            raise TypeError(
+                "convert(return_report=...) is gone: convert() always returns the "
+                "model; convert_with_report() returns (model, report)"
+            )
+        raise TypeError(f"convert() got unexpected keyword argument(s) {sorted(removed)}")
+    return _convert(model, plan, filter_fn, inplace, input_shape, require_saving)[0]
+
+
+def convert_with_report(
+    model: nn.Module,
+    plan,
+    *,
+    filter_fn=None,
+    inplace: bool = False,
+    input_shape=None,
+    require_saving: bool = True,
+) -> tuple[nn.Module, ConversionReport]:
+    """:func:`convert` (same arguments), returning ``(model, ConversionReport)``: per conv
+    layer whether it was converted (or why not), C_b, form, the mode it will run, parameters
+    and MACs before and after, the captured energy; ``report.table()``, ``.to_json()``."""
+    return _convert(model, plan, filter_fn, inplace, input_shape, require_saving)
+
+
+def _convert(model, plan, filter_fn, inplace, input_shape, require_saving):
     if isinstance(plan, BasisSpec | dict) and (
         isinstance(plan, BasisSpec) or set(plan) <= set(BasisSpec.__dataclass_fields__)
     ):
@@ -180,9 +231,14 @@ def convert(
     _check_exact_names(model, plan)
     if not inplace:
         model = copy.deepcopy(model)
-    probe = ({f: (c.out_shape[-2] * c.out_shape[-1], c.in_shape) for f, c in
-              module_calls(model, input_shape, (nn.Conv2d, BasisConv2d)).items()}
-             if input_shape is not None else {})
+    probe = (
+        {
+            f: (c.out_shape[-2] * c.out_shape[-1], c.in_shape)
+            for f, c in module_calls(model, input_shape, (nn.Conv2d, BasisConv2d)).items()
+        }
+        if input_shape is not None
+        else {}
+    )
     pixels = {k: v[0] for k, v in probe.items()}
     batch = int(input_shape[0]) if input_shape is not None and len(input_shape) == 4 else 1
     p0 = next(model.parameters(), None)
@@ -203,20 +259,31 @@ def convert(
     for fqn, layer in replacements:
         _set_submodule(model, fqn, layer)
     _warn_unused_patterns(plan, report)
-    return (model, report) if return_report else model
+    return model, report
 
 
-def _convert_one(m: nn.Conv2d, fqn: str, plan: dict, filter_fn, px: int | None,
-                 require_saving: bool):
+def _convert_one(
+    m: nn.Conv2d, fqn: str, plan: dict, filter_fn, px: int | None, require_saving: bool
+):
     """The report row of one conv and its ``BasisConv2d`` (None when the plan, ``filter_fn``,
     convertibility or the saving rule skip it: the row says why). MACs per sample when the
     conv's output pixels ``px`` are known, else per output pixel."""
     k = tuple(m.kernel_size)
     dense_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k) * (px or 1)
-    r = LayerReport(fqn=fqn, converted=False, reason="", C_in=m.in_channels,
-                    C_out=m.out_channels, kernel=k, stride=tuple(m.stride),
-                    params_before=_params(m), params_after=_params(m), out_pixels=px,
-                    macs_before=dense_macs, macs_after=dense_macs)
+    r = LayerReport(
+        fqn=fqn,
+        converted=False,
+        reason="",
+        C_in=m.in_channels,
+        C_out=m.out_channels,
+        kernel=k,
+        stride=tuple(m.stride),
+        params_before=_params(m),
+        params_after=_params(m),
+        out_pixels=px,
+        macs_before=dense_macs,
+        macs_after=dense_macs,
+    )
     matched, spec, key = lookup(plan, fqn)
     r.plan_key = key
     if not matched or spec is None:
@@ -233,16 +300,23 @@ def _convert_one(m: nn.Conv2d, fqn: str, plan: dict, filter_fn, px: int | None,
     f = factors(m, spec)
     cb = f.C_b
     rest = m.out_channels - cb if spec.keep_basis else m.out_channels
-    new_params = cb * m.in_channels * k[0] * k[1] + rest * cb + (
-        m.out_channels if m.bias is not None else 0)
+    new_params = (
+        cb * m.in_channels * k[0] * k[1] + rest * cb + (m.out_channels if m.bias is not None else 0)
+    )
     new_macs = _conv_macs_per_pixel(m.in_channels, m.out_channels, k, cb, rest) * (px or 1)
     if require_saving and (new_params >= r.params_before or new_macs >= dense_macs):
-        r.reason = (f"no saving at C_b={cb} (params {new_params:,} vs {r.params_before:,}, "
-                    f"MACs/px {new_macs // (px or 1):,} vs {dense_macs // (px or 1):,})")
+        r.reason = (
+            f"no saving at C_b={cb} (params {new_params:,} vs {r.params_before:,}, "
+            f"MACs/px {new_macs // (px or 1):,} vs {dense_macs // (px or 1):,})"
+        )
         return r, None
     layer = from_conv(m, spec, factors=f)
-    r.converted, r.C_b, r.keep_basis, r.mode = True, layer.basis_channels, \
-        layer.keep_basis, layer.mode
+    r.converted, r.C_b, r.keep_basis, r.mode = (
+        True,
+        layer.basis_channels,
+        layer.keep_basis,
+        layer.mode,
+    )
     r.params_after = _params(layer)
     r.macs_after = new_macs
     if layer.captured_energy is not None:
@@ -259,7 +333,10 @@ def _warn_unused_patterns(plan: dict, report) -> None:
         warnings.warn(
             f"plan pattern(s) {', '.join(map(repr, unused))} match no Conv2d of the model "
             "(patterns must match the whole name, e.g. 're:layer4\\..*conv1'); nothing was "
-            "converted by them", UserWarning, stacklevel=3)
+            "converted by them",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _check_exact_names(model: nn.Module, plan: dict) -> None:
@@ -303,7 +380,11 @@ def merge(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
 
 def candidate_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """(fqn, conv) of every conv that could be converted (groups=1, zero padding, ...)."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and not isinstance(m, BasisConv2d)
-            and check_convertible(m) is None]
+    """(fqn, conv) of every conv that could be converted (groups=1, ...)."""
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d)
+        and not isinstance(m, BasisConv2d)
+        and check_convertible(m) is None
+    ]

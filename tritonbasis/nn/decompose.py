@@ -39,17 +39,11 @@ from .spec import BasisSpec
 
 def check_convertible(conv: nn.Module) -> str | None:
     """None if ``conv`` can become a BasisConv2d, else why not."""
-    if type(conv) is not nn.Conv2d and not (
-        isinstance(conv, nn.Conv2d) and not isinstance(conv, nn.modules.conv._ConvTransposeNd)
-    ):
+    if not isinstance(conv, nn.Conv2d) or getattr(conv, "transposed", False):
         return f"not an nn.Conv2d ({type(conv).__name__})"
     if conv.groups != 1:
         kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
         return f"{kind} conv (groups={conv.groups}): only groups=1 is supported"
-    if conv.padding_mode != "zeros":
-        return f"padding_mode={conv.padding_mode!r}: only 'zeros' is supported"
-    if isinstance(conv.padding, str):
-        return f"padding={conv.padding!r}: only explicit padding is supported"
     if conv.out_channels < 2:
         return "a single output channel: nothing to share"
     return None
@@ -93,7 +87,7 @@ def captured_energy(h: torch.Tensor, keep_basis: bool, qr=None, sv=None) -> torc
         tail = rows.flip(0).cumsum(0).flip(0)  # tail[k] = sum_{i >= k} rows[i]
         resid = torch.zeros(c_out, dtype=h.dtype)
         n = min(c_out, len(rows) - 1)
-        resid[:n] = tail[1:n + 1]  # after k = i + 1 picks, rows i+1.. remain
+        resid[:n] = tail[1 : n + 1]  # after k = i + 1 picks, rows i+1.. remain
         return (1.0 - resid / total).clamp(0.0, 1.0)
     s2 = (sv if sv is not None else torch.linalg.svdvals(h)) ** 2
     curve = torch.ones(c_out, dtype=h.dtype)

@@ -8,6 +8,8 @@ import torch
 
 from ..op import eager, reference
 from ..op.geometry import ConvGeometry, check_inputs
+from ..util.compat import autocast_enabled as _autocast_enabled
+from ..util.compat import jit_tracing as _jit_tracing
 
 # The decision lives in tritonbasis.modes (constants re-exported here for old imports).
 from .modes import FUSED_EFFICIENCY, MIN_FUSED_PIXELS, _has_symbolic, decide  # noqa: F401
@@ -48,9 +50,8 @@ def onnx_exporting() -> bool:
 
 
 def _tracing() -> bool:
-    # torch._C._is_tracing is torch.jit.is_tracing without its is_scripting check (~0.5 us;
-    # this is never scripted); under dynamo is_compiling() is True and short-circuits
-    return torch.compiler.is_compiling() or torch._C._is_tracing()
+    # under dynamo is_compiling() is True and short-circuits
+    return torch.compiler.is_compiling() or _jit_tracing()
 
 
 def _onnx_export_on() -> bool:
@@ -93,8 +94,11 @@ def basis_conv2d(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     tracing = _tracing()
-    if ((tracing or torch._C._is_any_autocast_enabled())  # one flag read in eager
-            and isinstance(x, torch.Tensor) and isinstance(basis, torch.Tensor)):
+    if (
+        (tracing or _autocast_enabled())  # one flag read in eager
+        and isinstance(x, torch.Tensor)
+        and isinstance(basis, torch.Tensor)
+    ):
         x, basis, coeff, bias = _autocast(x, basis, coeff, bias)
     # validated once per call: the eager route passes g on; the op route's own check_inputs
     # (direct torch.ops calls need it) is a dict lookup (op.geometry._CHECKED)
@@ -106,8 +110,18 @@ def basis_conv2d(
         mode = "fused" if exporting else choose_mode(g, x.device)
     if exporting:
         # ONNX knows no tritonbasis op: the same function in standard ops
-        return reference.basis_conv2d_standard_ops(x, basis, coeff, bias, g.stride, g.padding,
-                                         g.dilation, keep_basis, perm, merged=mode == "weight")
+        return reference.basis_conv2d_standard_ops(
+            x,
+            basis,
+            coeff,
+            bias,
+            g.stride,
+            g.padding,
+            g.dilation,
+            keep_basis,
+            perm,
+            merged=mode == "weight",
+        )
     if mode == "weight":
         return reference.weight_modified(
             x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis, perm
@@ -117,5 +131,6 @@ def basis_conv2d(
         # plain eager: the autograd.Function around the op's own forward/backward bodies,
         # no custom-op dispatch (op/eager.py); traced, under a mode or with a subclass: the op
         return eager.basis_conv2d(x, basis, coeff, bias, perm, g, need_z)
-    return _OP(x, basis, coeff, bias, perm, g.stride, g.padding, g.dilation, g.keep_basis,
-               need_z)[0]
+    return _OP(x, basis, coeff, bias, perm, g.stride, g.padding, g.dilation, g.keep_basis, need_z)[
+        0
+    ]

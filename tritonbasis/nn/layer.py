@@ -7,26 +7,43 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..op import reference
-from ..op.geometry import check_inputs, pair
+from ..op.geometry import check_inputs
+from ..util import compat
+from ..util.compat import tensor_version
 from ..util.ranges import layer_range
 from . import decompose
-from .functional import MODES, basis_conv2d, choose_mode, onnx_exporting
+from .conv_args import check_conv_args
+from .functional import basis_conv2d, choose_mode, onnx_exporting
 from .spec import BasisSpec, as_spec
 
 
 def _plain_no_grad_call(x) -> bool:
     """A call without autograd, outside tracing / compile / export and autocast, on a plain
     tensor: where weight mode may reuse a merged weight (nothing records the parameters)."""
-    return (not torch.is_grad_enabled() and type(x) is torch.Tensor
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch._C._is_any_autocast_enabled())
+    return (
+        not torch.is_grad_enabled()
+        and type(x) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not compat.autocast_enabled()
+    )
 
 
 class BasisConv2d(nn.Module):
-    """Drop-in for ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-    dilation, groups=1, bias)`` with ``basis_channels`` trainable filters.
+    """Drop-in for ``nn.Conv2d``: the same positional arguments (``in_channels,
+    out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+    padding_mode="zeros", device=None, dtype=None``), plus the size of the basis, keyword-only
+    and required: exactly one of ``basis_channels`` (C_b) or ``ratio`` (C_b / C_out, C_b =
+    max(1, round(ratio * C_out)), as :class:`BasisSpec`). ``keep_basis``: the form;
+    ``mode``: fused / weight / auto.
+
+    ``padding``: an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only; an even window gets
+    the extra pixel after, as ``nn.Conv2d``); ``padding_mode`` ``"zeros"`` (the op pads),
+    ``"reflect"``, ``"replicate"`` or ``"circular"`` (an explicit ``F.pad`` first, then the op
+    with padding 0, as ``nn.Conv2d`` does). Only ``groups=1`` (else a ValueError).
 
     Parameters: ``basis (C_b, C_in, kH, kW)``, ``coeff`` (``(C_out - C_b, C_b)`` with
     ``keep_basis=True``, else ``(C_out, C_b)``), ``bias (C_out,)`` or None.
@@ -44,35 +61,49 @@ class BasisConv2d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size,
-        basis_channels: int,
         stride=1,
         padding=0,
         dilation=1,
+        groups: int = 1,
         bias: bool = True,
-        keep_basis: bool = True,
-        mode: str = "auto",
+        padding_mode: str = "zeros",
         device=None,
         dtype=None,
+        *,
+        basis_channels: int | None = None,
+        ratio: float | None = None,
+        keep_basis: bool = True,
+        mode: str = "auto",
     ):
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
-                        ("basis_channels", basis_channels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if basis_channels > out_channels:
-            raise ValueError(
-                f"basis_channels={basis_channels} is out of range: must be in "
-                f"[1, out_channels={out_channels}]"
-            )
-        kh, kw = pair(kernel_size, "kernel_size")
+        a = check_conv_args(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            basis_channels,
+            ratio,
+            keep_basis,
+            mode,
+        )
+        basis_channels = a.basis_channels
+        kh, kw = a.kernel_size
         self.in_channels, self.out_channels = in_channels, out_channels
         self.basis_channels = basis_channels
         self.kernel_size = (kh, kw)
-        self.stride = pair(stride, "stride")
-        self.padding = pair(padding, "padding")
-        self.dilation = pair(dilation, "dilation")
+        self.stride = a.stride
+        self.padding = a.padding  # as nn.Conv2d: "same", "valid" or a pair
+        self.dilation = a.dilation
+        self.groups = 1
+        self.padding_mode = a.padding_mode
+        # how the forward pads (conv_args.ConvArgs): F.pad first or not, then the op's padding
+        self._pre_pad, self._pad_mode, self._call_padding = a.pre_pad, a.pad_mode, a.call_padding
+        self.op_padding = a.op_padding
         self.keep_basis = bool(keep_basis)
         self.mode = mode  # as asked: "auto", "fused" or "weight"
         # What "auto" runs, decided once (plain attributes, not in the state_dict, so old and
@@ -108,6 +139,11 @@ class BasisConv2d(nn.Module):
     profile_name: str | None = None
     profile_nvtx: bool = False
     # class defaults: modules pickled whole before these attributes existed still unpickle
+    # (and then pad as they always did: zeros, by the op, padding = the stored pair)
+    groups: int = 1
+    padding_mode: str = "zeros"
+    _pre_pad: tuple[int, int, int, int] | None = None
+    _pad_mode: str = "constant"
     resolved: str | None = None
     resolved_device: str | None = None
     # What "auto" runs for calls without autograd (inference), when measured apart from the
@@ -124,14 +160,28 @@ class BasisConv2d(nn.Module):
                 return self._forward(x)
         return self._forward(x)
 
+    def __setstate__(self, state):
+        # pickled before padding modes: the op padded with the stored pair
+        state.setdefault("_call_padding", state.get("padding"))
+        state.setdefault("op_padding", state.get("padding"))
+        super().__setstate__(state)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the op sees it: explicitly padded first for a non-zero ``padding_mode``
+        (and the extra pixel of ``padding="same"`` with an even window), as nn.Conv2d."""
+        if self._pre_pad is None:
+            return x
+        return F.pad(x, self._pre_pad, mode=self._pad_mode)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pad(x)
         mode = self.mode
         if mode == "auto" and not onnx_exporting():  # exported: factorized (functional)
             mode = self._auto_mode(x)
         # self.basis etc. go through nn.Module.__getattr__ (~0.35 us each, 1.3 us of the
         # per-call host time for the four); the dicts hold them. Names not there (pruning,
         # parametrization; bias=False is a plain None attribute) take the attributes.
-        p, b = self._parameters, self._buffers
+        p, b = compat.module_dicts(self)
         if "basis" in p and "coeff" in p and "out_perm" in b:
             basis, coeff, perm = p["basis"], p["coeff"], b["out_perm"]
         else:
@@ -141,13 +191,41 @@ class BasisConv2d(nn.Module):
             # inference (eval mode, no autograd): the merged weight is a function of the
             # parameters alone, so it is built once per parameter version instead of per call
             # (weight mode then costs one dense conv, as the layer it replaced)
-            check_inputs(x, basis, coeff, bias, self.stride, self.padding, self.dilation,
-                         self.keep_basis, perm)
-            return reference.weight_modified(x, basis, coeff, bias, self.stride, self.padding,
-                                             self.dilation, self.keep_basis, perm,
-                                             weight=self._inference_weight(basis, coeff, perm))
-        return basis_conv2d(x, basis, coeff, bias, self.stride, self.padding, self.dilation,
-                            self.keep_basis, mode=mode, perm=perm)
+            check_inputs(
+                x,
+                basis,
+                coeff,
+                bias,
+                self.stride,
+                self._call_padding,
+                self.dilation,
+                self.keep_basis,
+                perm,
+            )
+            return reference.weight_modified(
+                x,
+                basis,
+                coeff,
+                bias,
+                self.stride,
+                self._call_padding,
+                self.dilation,
+                self.keep_basis,
+                perm,
+                weight=self._inference_weight(basis, coeff, perm),
+            )
+        return basis_conv2d(
+            x,
+            basis,
+            coeff,
+            bias,
+            self.stride,
+            self._call_padding,
+            self.dilation,
+            self.keep_basis,
+            mode=mode,
+            perm=perm,
+        )
 
     def _inference_weight(self, basis, coeff, perm) -> torch.Tensor:
         """``merged_weight`` of the current parameters, remembered until one of them changes
@@ -155,12 +233,18 @@ class BasisConv2d(nn.Module):
         train/eval mode is set -- one dense weight of memory per weight-mode layer in eval.
         Writes through ``param.data`` bypass the version counter: call ``.eval()`` again
         after such a write."""
-        key = (basis._version, coeff._version, basis.data_ptr(), coeff.data_ptr(),
-               basis.dtype, basis.device,
-               None if perm is None else (perm._version, perm.data_ptr()))
+        key = (
+            tensor_version(basis),
+            tensor_version(coeff),
+            basis.data_ptr(),
+            coeff.data_ptr(),
+            basis.dtype,
+            basis.device,
+            None if perm is None else (tensor_version(perm), perm.data_ptr()),
+        )
         cached = self.__dict__.get("_weight_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None and cached[0] == key and key[0] is not None:
+            return cached[1]  # (no version counter to read: built per call)
         w = reference.merged_weight(basis, coeff, self.keep_basis, perm)
         self.__dict__["_weight_cache"] = (key, w)
         return w
@@ -183,8 +267,17 @@ class BasisConv2d(nn.Module):
             memo = self.__dict__["_mode_memo"] = {}
         mode = memo.get(key)
         if mode is None:
-            g = check_inputs(x, self.basis, self.coeff, self.bias, self.stride, self.padding,
-                             self.dilation, self.keep_basis, self.out_perm)
+            g = check_inputs(
+                x,
+                self.basis,
+                self.coeff,
+                self.bias,
+                self.stride,
+                self._call_padding,
+                self.dilation,
+                self.keep_basis,
+                self.out_perm,
+            )
             mode = memo[key] = choose_mode(g, x.device)
         return mode
 
@@ -232,34 +325,36 @@ class BasisConv2d(nn.Module):
             return f"has shape {tuple(perm.shape)}, expected ({self.out_channels},)"
         if perm.device.type == "meta":
             return None  # values unknown (meta init); checked when real weights load
-        if not torch.equal(perm.sort().values.cpu(),
-                           torch.arange(self.out_channels, dtype=perm.dtype)):
+        if not torch.equal(
+            perm.sort().values.cpu(), torch.arange(self.out_channels, dtype=perm.dtype)
+        ):
             return f"is not a permutation of range({self.out_channels})"
         return None
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # out_perm is an optional buffer: a checkpoint may have it while a fresh module has
         # None (or the other way round); adopt the checkpoint's.
         key = prefix + "out_perm"
         if key in state_dict:
             why = self._out_perm_problem(state_dict[key])
             if why is not None:
-                error_msgs.append(f"{key} {why}: the checkpoint is corrupt or not from this "
-                                  "layer")
+                error_msgs.append(f"{key} {why}: the checkpoint is corrupt or not from this layer")
                 return
         if key in state_dict and self.out_perm is None:
             self.out_perm = torch.empty_like(state_dict[key], device=self.basis.device)
         elif key not in state_dict and self.out_perm is not None:
             self.out_perm = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def resolved_mode(self, x: torch.Tensor) -> str:
         """What ``mode="auto"`` picks for input ``x`` (``"fused"`` or ``"weight"``)."""
         if self.mode != "auto":
             return self.mode
-        return self._auto_mode(x)
+        return self._auto_mode(self._pad(x))
 
     def merged_weight(self) -> torch.Tensor:
         """The equivalent dense filter bank ``W`` (C_out, C_in, kH, kW)."""
@@ -275,8 +370,15 @@ class BasisConv2d(nn.Module):
         """An ``nn.Conv2d`` computing the same function (weight modification, exact up to
         rounding)."""
         conv = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-            self.dilation, bias=self.bias is not None, device=self.basis.device,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=self.basis.device,
             dtype=self.basis.dtype,
         )
         conv.weight.copy_(self.merged_weight())
@@ -287,14 +389,17 @@ class BasisConv2d(nn.Module):
     def extra_repr(self) -> str:
         s = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"basis_channels={self.basis_channels}, stride={self.stride}"
+            f"stride={self.stride}"
         )
         if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+            s += f", padding={self.padding!r}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        s += f", basis_channels={self.basis_channels}"
         s += f", keep_basis={self.keep_basis}, mode={self.mode!r}"
         if self.mode == "auto" and self.resolved is not None:
             s += f" (runs {self.resolved!r} on {self.resolved_device}"
@@ -306,8 +411,13 @@ class BasisConv2d(nn.Module):
         return s
 
 
-def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, *,
-              factors: decompose.Factors | None = None, **kw) -> BasisConv2d:
+def from_conv(
+    conv: nn.Conv2d,
+    spec: BasisSpec | dict | None = None,
+    *,
+    factors: decompose.Factors | None = None,
+    **kw,
+) -> BasisConv2d:
     """A BasisConv2d computing (an approximation of) ``conv``, following ``spec`` (a
     :class:`BasisSpec`, its dict, or its fields as keywords): ``init="svd"`` starts from the
     decomposition of the trained filters (:mod:`tritonbasis.nn.decompose`: SVD for the full
@@ -324,9 +434,19 @@ def from_conv(conv: nn.Conv2d, spec: BasisSpec | dict | None = None, *,
     f = factors if factors is not None else decompose.factors(conv, spec)
     w = conv.weight
     layer = BasisConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, f.C_b, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-        keep_basis=spec.keep_basis, mode=spec.mode, device=w.device, dtype=w.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=w.device,
+        dtype=w.dtype,
+        basis_channels=f.C_b,
+        keep_basis=spec.keep_basis,
+        mode=spec.mode,
     )
     with torch.no_grad():
         if f.basis is not None:

@@ -25,19 +25,21 @@ one flag read.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from ..util import compat
 from . import registry
 from .geometry import ConvGeometry
 
 FORWARD_NAME = "tritonbasis::basis_conv2d"
 BACKWARD_NAME = "tritonbasis::basis_conv2d_backward"
 
-_profiling = torch._C._autograd._profiler_enabled
-_dispatch_modes = torch._C._len_torch_dispatch_stack
-_function_modes = torch._C._is_torch_function_mode_enabled
-_functorch_level = torch._C._functorch.maybe_current_level
-_any_requires_grad = torch._C._any_requires_grad
+# flag reads of torch's dispatch state (private names, util.compat: public fallbacks that
+# send every call to the op route when they are missing)
+_profiling = compat.profiler_enabled
+_dispatch_modes = compat.dispatch_modes
+_function_modes = compat.function_modes
+_functorch_level = compat.functorch_level
+_any_requires_grad = compat.any_requires_grad
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -49,9 +51,14 @@ def eager_ok(x, basis, coeff, bias, perm) -> bool:
     tensor exactly a ``torch.Tensor`` or ``nn.Parameter`` (a subclass gets the op, which it
     can intercept)."""
     return (
-        not _dispatch_modes() and not _function_modes() and _functorch_level() is None
-        and type(x) in _PLAIN and type(basis) in _PLAIN and type(coeff) in _PLAIN
-        and (bias is None or type(bias) in _PLAIN) and (perm is None or type(perm) in _PLAIN)
+        not _dispatch_modes()
+        and not _function_modes()
+        and _functorch_level() is None
+        and type(x) in _PLAIN
+        and type(basis) in _PLAIN
+        and type(coeff) in _PLAIN
+        and (bias is None or type(bias) in _PLAIN)
+        and (perm is None or type(perm) in _PLAIN)
     )
 
 
@@ -72,19 +79,22 @@ class BasisConv2dFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable  # as the op: its backward op has no autograd formula
     def backward(ctx, grad_out):
+        # not once_differentiable: with create_graph=True (grad mode on here) input_grads
+        # returns gradients in differentiable ops, so double backward works as on the op
         g = ctx.g
+        geometry = (g.stride, g.padding, g.dilation, g.keep_basis)
 
         def backward(grad, x, basis, coeff, out, z_saved, bias, perm, mask):
-            return registry.run_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
-                                         tuple(mask))
+            return registry.run_backward(
+                grad, x, basis, coeff, out, z_saved, bias, perm, g, tuple(mask)
+            )
 
         if _profiling():
             with torch.autograd.profiler.record_function(BACKWARD_NAME):
-                grads = registry.input_grads(ctx, grad_out, backward)
+                grads = registry.input_grads(ctx, grad_out, backward, geometry)
         else:
-            grads = registry.input_grads(ctx, grad_out, backward)
+            grads = registry.input_grads(ctx, grad_out, backward, geometry)
         return (*grads, None)
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..util import compat
+from ..util.compat import tensor_version
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # Limit of the Triton kernels, known without importing triton: they hold the whole (padded)
@@ -63,8 +66,10 @@ class ConvGeometry:
 
     def macs(self) -> dict[str, int]:
         """Multiply-accumulates of the fused forward and of the dense conv it replaces."""
-        return {**forward_macs(self.C_in, self.C_b, self.C_rest, self.KH, self.KW, self.pixels),
-                "dense": dense_macs(self.C_in, self.C_out, self.KH, self.KW, self.pixels)}
+        return {
+            **forward_macs(self.C_in, self.C_b, self.C_rest, self.KH, self.KW, self.pixels),
+            "dense": dense_macs(self.C_in, self.C_out, self.KH, self.KW, self.pixels),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,8 +78,9 @@ class ConvGeometry:
 # compile tier) calls these.
 
 
-def conv_output_size(size: int, k: int, stride: int = 1, padding: int = 0,
-                     dilation: int = 1) -> int:
+def conv_output_size(
+    size: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> int:
     """Output length of a convolution along one axis (PyTorch's formula, floor division)."""
     return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
 
@@ -84,8 +90,9 @@ def dense_macs(C_in: int, C_out: int, KH: int, KW: int, pixels: int = 1) -> int:
     return pixels * C_out * C_in * KH * KW
 
 
-def forward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int,
-                 pixels: int = 1) -> dict[str, int]:
+def forward_macs(
+    C_in: int, C_b: int, C_rest: int, KH: int, KW: int, pixels: int = 1
+) -> dict[str, int]:
     """MACs of the basis convolution's forward over ``pixels`` output pixels: ``basis`` (the
     conv over C_b filters), ``combine`` (the ``C_rest x C_b`` coefficient product) and their
     sum ``fused``."""
@@ -94,35 +101,49 @@ def forward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int,
     return {"basis": basis, "combine": combine, "fused": basis + combine}
 
 
-def backward_macs(C_in: int, C_b: int, C_rest: int, KH: int, KW: int, pixels: int,
-                  output_mask) -> int:
+def backward_macs(
+    C_in: int, C_b: int, C_rest: int, KH: int, KW: int, pixels: int, output_mask
+) -> int:
     """MACs of the backward for the gradients in ``output_mask`` (x, basis, coeff, bias): dZ
     (needed by dx and d basis), dx (as cuDNN counts dgrad: the forward conv's MACs), d basis,
     d coeff. d bias is a sum, no MACs."""
     need_x, need_b, need_c, _ = output_mask
     conv = pixels * C_b * C_in * KH * KW
     combine = pixels * C_rest * C_b
-    return ((combine if (need_x or need_b) else 0) + (conv if need_x else 0)
-            + (conv if need_b else 0) + (combine if need_c else 0))
+    return (
+        (combine if (need_x or need_b) else 0)
+        + (conv if need_x else 0)
+        + (conv if need_b else 0)
+        + (combine if need_c else 0)
+    )
 
 
 class PermDtypeError(TypeError, ValueError):
     """perm has a non-integer dtype (a TypeError, and a ValueError like every bad perm)."""
 
 
-# Tensors whose values were checked to be a permutation: id -> (weakref, data_ptr, _version,
-# C_out). A hit needs the very same live tensor object with unchanged storage and version
-# counter (any in-place write bumps it), so a freed perm's id reused by another tensor, or an
-# edited perm, is checked again.
+# Tensors whose values were checked to be a permutation: id -> (weakref, what was checked).
+# A hit needs the very same live tensor object and, on CPU, the same values as the copy kept
+# here (a ~1 us compare, so writes that bypass the version counter -- ``perm.data[...] = ``,
+# ``perm.numpy()[...] = ``, DLPack -- are seen too); on other devices the same storage and
+# version counter (any in-place write through the tensor bumps it; a value compare would be a
+# sync per call). A freed perm's id reused by another tensor is checked again.
 _PERM_CHECKED: dict[int, tuple] = {}
 
 
-def _is_fake(t: torch.Tensor) -> bool:
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # pragma: no cover - very old torch
-        return t.device.type == "meta"
-    return is_fake(t) or t.device.type == "meta"
+def _perm_state(perm: torch.Tensor):
+    if perm.device.type == "cpu":
+        return perm.clone()
+    return (perm.data_ptr(), tensor_version(perm))
+
+
+def _perm_unchanged(perm: torch.Tensor, hit) -> bool:
+    if hit[0]() is not perm:
+        return False
+    state = hit[1]
+    if isinstance(state, torch.Tensor):
+        return torch.equal(state, perm)
+    return state[1] is not None and state == (perm.data_ptr(), tensor_version(perm))
 
 
 def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
@@ -132,12 +153,16 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
     contiguous (the kernels read it with unit stride). Raises ValueError (PermDtypeError,
     also a TypeError, for the dtype).
 
-    Cost: the value check is one vectorised sort + compare and a host read of one bool; on
-    CUDA that read synchronises the stream (~10-50 us), so it runs once per tensor and
-    version: a layer's perm buffer is checked on its first call only (cache above); a perm
-    edited in place (its version counter moves) is checked again. Fake tensors
-    (torch.compile tracing, register_fake) carry no values: only their metadata is checked,
-    and the real call checks the values."""
+    When the values are checked (the contract, README "API"): on CPU on every call -- against
+    a copy of the values last validated (~1 us), the full check (a sort) only when they
+    changed, however they were written. On CUDA the check's host read synchronises the
+    stream (~10-50 us), so it runs once per tensor and version: a layer's perm buffer is
+    checked on its first call, and again after an in-place write through the tensor (its
+    version counter moves); a write that bypasses the version counter (``perm.data[...] =``,
+    DLPack) is not seen there -- write through the tensor or use ``set_out_perm``. While traced
+    (``torch.compile``, export) and on fake tensors (``register_fake``) there are no values:
+    only the metadata is checked, and the op's real implementation checks the values when the
+    compiled graph runs."""
     if not isinstance(perm, torch.Tensor):
         raise TypeError(f"perm must be a torch.Tensor or None, got {type(perm).__name__}")
     if perm.dtype not in (torch.int64, torch.int32):
@@ -149,15 +174,17 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
         )
     if device is not None and perm.device != device:
         raise ValueError(f"perm is on {perm.device} but x is on {device}; they must match")
-    if _is_fake(perm):
+    if torch.compiler.is_compiling() or compat.has_no_values(perm):
+        # traced (dynamo / export: a value check would be a data-dependent graph break) or
+        # fake: no values here; the op's real implementation checks them when it runs
         return
     key = id(perm)
-    state = (perm.data_ptr(), perm._version, C_out)
     hit = _PERM_CHECKED.get(key)
-    if hit is not None and hit[0]() is perm and hit[1:] == state:
+    if hit is not None and _perm_unchanged(perm, hit):
         return
-    ok = torch.equal(torch.sort(perm.long()).values,
-                     torch.arange(C_out, device=perm.device, dtype=torch.int64))
+    ok = torch.equal(
+        torch.sort(perm.long()).values, torch.arange(C_out, device=perm.device, dtype=torch.int64)
+    )
     if not ok:
         p = perm.detach().long().cpu()
         bad = p[(p < 0) | (p >= C_out)]
@@ -167,8 +194,10 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
             vals, counts = torch.unique(p, return_counts=True)
             why = f"value {int(vals[counts > 1][0])} appears more than once"
         raise ValueError(f"perm must be a permutation of range({C_out}): {why}")
-    _PERM_CHECKED[key] = (weakref.ref(perm, lambda _r, k=key: _PERM_CHECKED.pop(k, None)),
-                          *state)
+    _PERM_CHECKED[key] = (
+        weakref.ref(perm, lambda _r, k=key: _PERM_CHECKED.pop(k, None)),
+        _perm_state(perm),
+    )
 
 
 # Geometries of argument metadata that passed validation: key (see _memo_key) -> geometry.
@@ -197,9 +226,15 @@ def _memo_key(x, basis, coeff, bias, stride, padding, dilation, keep_basis) -> t
     memoised: while dynamo traces (no global state in a graph), non-tensor arguments, odd
     forms of stride/padding/dilation (they take the full path and its errors)."""
     s, p, d = _int_pair(stride), _int_pair(padding), _int_pair(dilation)
-    if (s is None or p is None or d is None or not isinstance(x, torch.Tensor)
-            or not isinstance(basis, torch.Tensor) or not isinstance(coeff, torch.Tensor)
-            or torch.compiler.is_compiling()):
+    if (
+        s is None
+        or p is None
+        or d is None
+        or not isinstance(x, torch.Tensor)
+        or not isinstance(basis, torch.Tensor)
+        or not isinstance(coeff, torch.Tensor)
+        or torch.compiler.is_compiling()
+    ):
         return None
     if bias is None:
         b = None
@@ -207,8 +242,22 @@ def _memo_key(x, basis, coeff, bias, stride, padding, dilation, keep_basis) -> t
         b = (bias.shape, bias.dtype, bias.device)
     else:
         return None
-    return (x.shape, x.dtype, x.device, basis.shape, basis.dtype, basis.device, coeff.shape,
-            coeff.dtype, coeff.device, b, s, p, d, bool(keep_basis))
+    return (
+        x.shape,
+        x.dtype,
+        x.device,
+        basis.shape,
+        basis.dtype,
+        basis.device,
+        coeff.shape,
+        coeff.dtype,
+        coeff.device,
+        b,
+        s,
+        p,
+        d,
+        bool(keep_basis),
+    )
 
 
 def check_inputs(
@@ -247,10 +296,13 @@ def check_inputs(
     return g
 
 
-def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
-                  perm) -> ConvGeometry:
-    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(
-        dilation, "dilation"
+def _check_inputs(
+    x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm
+) -> ConvGeometry:
+    stride, padding, dilation = (
+        pair(stride, "stride"),
+        pair(padding, "padding"),
+        pair(dilation, "dilation"),
     )
     _check_tensors(x, basis, coeff, bias)
     C_b, C_rest, C_out = _channels(x, basis, coeff, bias, keep_basis)
@@ -268,7 +320,20 @@ def _check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
             f"padding {padding}, dilation {dilation}"
         )
     return ConvGeometry(
-        N, C_in, H, W, C_b, C_rest, C_out, KH, KW, Ho, Wo, stride, padding, dilation,
+        N,
+        C_in,
+        H,
+        W,
+        C_b,
+        C_rest,
+        C_out,
+        KH,
+        KW,
+        Ho,
+        Wo,
+        stride,
+        padding,
+        dilation,
         bool(keep_basis),
     )
 
@@ -285,9 +350,7 @@ def _check_tensors(x, basis, coeff, bias) -> None:
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C_in, H, W), got shape {tuple(x.shape)}")
     if basis.dim() != 4:
-        raise ValueError(
-            f"basis must be 4-D (C_b, C_in, kH, kW), got shape {tuple(basis.shape)}"
-        )
+        raise ValueError(f"basis must be 4-D (C_b, C_in, kH, kW), got shape {tuple(basis.shape)}")
     if coeff.dim() != 2:
         raise ValueError(f"coeff must be 2-D, got shape {tuple(coeff.shape)}")
 
@@ -307,9 +370,7 @@ def _channels(x, basis, coeff, bias, keep_basis) -> tuple[int, int, int]:
     if C_b < 1:
         raise ValueError(f"basis must hold at least one filter (C_b >= 1), got C_b={C_b}")
     if min(C_in, H, W, KH, KW) < 1:  # N == 0 is fine: an empty output, as nn.Conv2d
-        raise ValueError(
-            f"empty input or filter: x {tuple(x.shape)}, basis {tuple(basis.shape)}"
-        )
+        raise ValueError(f"empty input or filter: x {tuple(x.shape)}, basis {tuple(basis.shape)}")
     C_rest, C_b_coeff = coeff.shape
     if C_b_coeff != C_b:
         raise ValueError(
@@ -356,8 +417,10 @@ def _check_window(stride, padding, dilation) -> None:
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The output follows the input: channels_last if x is channels_last (and not also plainly
     contiguous, which happens when C == 1 or H == W == 1), else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-        memory_format=torch.channels_last
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
     ):
         return torch.channels_last
     return torch.contiguous_format

@@ -65,7 +65,15 @@ def merged_weight(
 
 
 def weight_modified(
-    x, basis, coeff, bias=None, stride=1, padding=0, dilation=1, keep_basis=True, perm=None,
+    x,
+    basis,
+    coeff,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    keep_basis=True,
+    perm=None,
     weight=None,
 ) -> torch.Tensor:
     """Weight-modification path: build ``W`` (cheap, once per call) and run one dense conv.
@@ -110,8 +118,9 @@ def basis_conv2d_standard_ops(
     """
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     if merged:
-        return F.conv2d(x, merged_weight(basis, coeff, keep_basis, perm), bias, stride, padding,
-                        dilation)
+        return F.conv2d(
+            x, merged_weight(basis, coeff, keep_basis, perm), bias, stride, padding, dilation
+        )
     z = F.conv2d(x, basis, None, stride, padding, dilation)
     c_rest = int(coeff.shape[0])
     if not keep_basis:
@@ -127,101 +136,260 @@ def basis_conv2d_standard_ops(
 
 
 # --------------------------------------------------------------------------------------------
-# The CPU path of the op.
+# The CPU path of the op (also CUDA where Triton cannot run): the stock pair's work (the basis
+# conv, the C_rest x C_b product, the basis conv's convolution_backward) without the stock
+# pair's copies, in the input's memory format. Relayouts to channels_last and back cost more
+# than they save (at 64ch@32px, batch 32: 42 layout copies were 36% of a forward+backward).
+#
+# * Keep-basis, no perm, NCHW, >= _GEMM_MIN_HW output pixels per image: Z and coeff . Z are
+#   two channel slices of the output. Z is written into its slice, one batched GEMM writes
+#   coeff . Z (+ bias) into the other: no cat. Backward: dZ = G_b + coeff^T . G_r is one
+#   batched GEMM over the two slices of G (no slice copies, no sum), d coeff another (at
+#   128ch@16px, batch 64, C_b 32, 1 thread: 1.4 vs 8.9 ms forward for the stock conv + cat,
+#   2.8 vs 5.0 ms for its 1x1 backward with the slice copy and the sum).
+# * Keep-basis with perm: one product with W = [I; coeff], rows permuted, writes the output in
+#   output order (no cat, no gather; +C_b^2 MACs per pixel, +3% at C_b = C_out/4, 3x3); the
+#   backward multiplies G as it is (dZ = W^T . G, d W = G x Z, d coeff its rows), no gathered
+#   copy of G. Below GEMM sizes it gathers G into computed order once, then as above.
+# * Full form: W = coeff with rows permuted (perm and bias folded into the one product); its
+#   backward is oneDNN's 1x1 convolution_backward (dZ and d coeff in one call, as autograd
+#   runs for the stock pair).
+# * Below _GEMM_MIN_HW pixels per image the batched GEMMs are small: the products are 1x1
+#   convs (oneDNN) as in the stock pair (at 256ch@8px the GEMMs lost 1.4 vs 0.8 ms).
+# bench/cpu_path.py measures the whole against the stock pair.
+
+# Per-image output pixels from which the pointwise products are batched GEMMs (NCHW), and the
+# output size below which they are 1x1 convs anyway (lower fixed cost: 7.4 vs 10.7 us at
+# 1x16x8x8, the per-call host time of small layers).
+_GEMM_MIN_HW = 256
+_GEMM_MIN_NUMEL = 1 << 15
+
+_EYES: dict[tuple, torch.Tensor] = {}
 
 
-def _compute_layout(t: torch.Tensor) -> torch.Tensor:
-    """On CPU, run the convolutions in channels_last: mkldnn's NCHW convolution backward is ~2x
-    slower than its NHWC one at ResNet shapes (12.9 vs 6.0 ms at 64x128x16x16, C_b = 32),
-    far more than the ~1 ms layout copy. Results go back to the input's format at the end."""
-    if t.device.type == "cpu" and t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    return t
+def _eye(n: int, like: torch.Tensor) -> torch.Tensor:
+    """The n x n identity, kept per (n, dtype, device) (torch.eye costs ~1.7 us per call; a
+    model has a few distinct C_b)."""
+    key = (n, like.dtype, like.device)
+    e = _EYES.get(key)
+    if e is None:
+        if len(_EYES) >= 256:
+            _EYES.clear()
+        e = _EYES[key] = torch.eye(n, dtype=like.dtype, device=like.device)
+    return e
 
 
-# Below this many input elements the forward runs in the input's own layout: the two layout
-# copies of _compute_layout (x in, y out) then cost more than an NHWC convolution saves.
-# Measured (CPU, 1 thread, keep-basis 3x3, C_b = C_in/4, best of 2 blocked_autorange runs):
-# every input under 4096 elements ran faster without the copies (time ratio 0.58-0.94, e.g.
-# 1x16x8x8: 53 vs 82 us); above it the result is mixed (0.3-1.4x: NHWC wins at batch 64 and
-# 4-16 px, NCHW at 32 px), so the layout stays as it was measured for the search.
-_MIN_RELAYOUT_NUMEL = 4096
+def pointwise_weight(coeff, perm, g: ConvGeometry) -> torch.Tensor:
+    """W (C_out, C_b) of the product that writes the whole output: ``[I; coeff]``
+    (keep-basis) or ``coeff`` (full), row ``perm[c]`` = computed channel c."""
+    w = torch.cat([_eye(g.C_b, coeff), coeff]) if g.keep_basis else coeff
+    if perm is not None:
+        w = w.index_select(0, inverse_permutation(perm))
+    return w
+
+
+def _gemm(t: torch.Tensor, g: ConvGeometry) -> bool:
+    """Batched GEMMs over ``t`` (Z or G): NCHW and large enough."""
+    return (
+        t.is_contiguous()
+        and g.Ho * g.Wo >= _GEMM_MIN_HW
+        and g.N * g.C_out * g.Ho * g.Wo >= _GEMM_MIN_NUMEL
+    )
+
+
+def _bmm_into(out3, w, z3, bias) -> None:
+    """``out3 = w . z3 (+ bias)`` per image; ``out3`` may be a channel slice of the output."""
+    if bias is None:
+        torch.matmul(w, z3, out=out3)
+    else:
+        torch.baddbmm(bias[:, None], w.expand(z3.shape[0], *w.shape), z3, out=out3)
+
+
+def _pointwise(z, w, bias, gemm: bool) -> torch.Tensor:
+    """``w . z + bias`` per pixel: a batched GEMM (``gemm``: z NCHW) or a 1x1 conv. The result
+    is a fresh tensor, no view (an autograd.Function's output may not be one)."""
+    if not gemm:
+        return F.conv2d(z, w[:, :, None, None], bias)
+    n, cb, h, wd = z.shape
+    y = z.new_empty((n, w.shape[0], h, wd))
+    _bmm_into(y.view(n, w.shape[0], h * wd), w, z.view(n, cb, h * wd), bias)
+    return y
 
 
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     """Returns ``(y, z_saved)``; ``z_saved`` is Z when :func:`~.geometry.saves_z` says the
-    backward reads it (the full form, or keep-basis with a 16-bit bias), else empty."""
+    backward reads it (the full form, or keep-basis with a 16-bit bias), else empty. ``y`` has
+    the input's memory format."""
     fmt = output_memory_format(x)
-    if x.numel() >= _MIN_RELAYOUT_NUMEL:
-        x = _compute_layout(x)
     z = F.conv2d(x, basis, None, g.stride, g.padding, g.dilation)
-    rest = combine(z, coeff) if g.C_rest else None
-    if g.keep_basis:
-        y = torch.cat([z, rest], dim=1) if rest is not None else z.clone()
-    else:
-        y = rest
-    if perm is not None:  # one gather here; the Triton kernel permutes in its epilogue store
-        y = y.index_select(1, inverse_permutation(perm))
-    if bias is not None:
-        y.add_(bias[None, :, None, None])
-    y = y.contiguous(memory_format=fmt)
-    z_saved = (z.contiguous(memory_format=saved_z_format(g.keep_basis, fmt))
-               if saves_z(g.keep_basis, bias is not None, x.dtype, need_z) else x.new_empty(0))
-    return y, z_saved
+    gemm = _gemm(z, g)
+    if not g.keep_basis:
+        w = coeff if perm is None else coeff.index_select(0, inverse_permutation(perm))
+        y = _pointwise(z, w, bias, gemm)
+        z_saved = z.contiguous(memory_format=fmt) if need_z else x.new_empty(0)
+        return y.contiguous(memory_format=fmt), z_saved
+    # a copy, not a view: the branches below may add the bias to Z in place
+    z_saved = (
+        z.clone(memory_format=saved_z_format(True, fmt))
+        if saves_z(True, bias is not None, x.dtype, need_z)
+        else x.new_empty(0)
+    )
+    if perm is not None:
+        y = _pointwise(z, pointwise_weight(coeff, perm, g), bias, gemm)
+    elif gemm and g.C_rest:
+        n, hw = g.N, g.Ho * g.Wo
+        y = z.new_empty((n, g.C_out, g.Ho, g.Wo))
+        y3, z3 = y.view(n, g.C_out, hw), z.view(n, g.C_b, hw)
+        if bias is None:
+            y3[:, : g.C_b].copy_(z3)
+        else:
+            torch.add(z3, bias[: g.C_b, None], out=y3[:, : g.C_b])
+        _bmm_into(y3[:, g.C_b :], coeff, z3, None if bias is None else bias[g.C_b :])
+    else:  # the stock pair's own ops: the combined channels, then one cat
+        rest = (
+            F.conv2d(z, coeff[:, :, None, None], None if bias is None else bias[g.C_b :])
+            if g.C_rest
+            else None
+        )
+        if bias is not None:
+            z = z.add_(bias[: g.C_b, None, None])  # after rest, which reads Z without it
+        y = torch.cat([z, rest], dim=1) if rest is not None else z
+    # (a copy only where Z is both NCHW and NHWC, e.g. C_b = 1, and x is channels_last)
+    return y.contiguous(memory_format=fmt), z_saved
+
+
+def _channels(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(1, index)``; on an NCHW tensor through its (N, C, HW) view (0.6 vs
+    1.1 ms at 64x128x16x16: one contiguous block per channel instead of per row)."""
+    if t.is_contiguous():
+        n, _, h, w = t.shape
+        return t.view(n, t.shape[1], h * w).index_select(1, index).view(n, len(index), h, w)
+    return t.index_select(1, index)
 
 
 def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
-    """Z for the backward: the saved Z (full form, or keep-basis when the forward saved it), or
-    the basis output channels minus their bias (keep-basis form, nothing extra saved)."""
+    """Z for the backward, in computed order: the saved Z (full form, or keep-basis when the
+    forward saved it), or the basis output channels minus their bias (keep-basis form,
+    nothing extra saved)."""
     if not g.keep_basis or z_saved.dim() == 4:
         return z_saved
     if perm is None:
         z = out[:, : g.C_b]
         b = bias[: g.C_b] if bias is not None else None
     else:
-        z = out.index_select(1, perm[: g.C_b])
-        b = bias[perm[: g.C_b]] if bias is not None else None
+        z = _channels(out, perm[: g.C_b])
+        b = bias.index_select(0, perm[: g.C_b]) if bias is not None else None
     if b is not None:
         z = z - b[None, :, None, None]
     return z
 
 
-def grad_basis_outputs(grad, coeff, g: ConvGeometry) -> torch.Tensor:
-    """dZ from the gradient in *computed* channel order."""
-    """dZ = G_b + coeff^T . G_r (keep-basis) or coeff^T . G (full)."""
-    if g.keep_basis:
-        dz = grad[:, : g.C_b]
-        if g.C_rest:
-            dz = dz + combine(grad[:, g.C_b :], coeff.t())
-        return dz
-    return combine(grad, coeff.t())
+def _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c):
+    """(dZ or None, d coeff or None) of the keep-basis form: G in computed order, sliced."""
+    if perm is not None and _gemm(grad, g) and g.C_rest:
+        # GEMMs with the forward's W = [I; coeff] (rows permuted) over G as it is: no gathered
+        # copy of G (one output-sized allocation and pass fewer)
+        n, hw = g.N, g.Ho * g.Wo
+        g3 = grad.view(n, g.C_out, hw)
+        w = pointwise_weight(coeff, perm, g)
+        dz = torch.matmul(w.t(), g3).view(n, g.C_b, g.Ho, g.Wo) if need_dz else None
+        dcoeff = None
+        if need_c:
+            z3 = basis_outputs(out, z_saved, bias, perm, g).reshape(n, g.C_b, hw)
+            dw = torch.bmm(g3, z3.transpose(1, 2)).sum(0)  # rows in output order
+            dcoeff = dw.index_select(0, perm[g.C_b :])
+        return dz, dcoeff
+    if perm is not None:
+        grad = _channels(grad, perm)  # computed order, once
+    g_b = grad[:, : g.C_b]
+    if not g.C_rest:
+        return g_b, None
+    g_r = grad[:, g.C_b :]
+    z = basis_outputs(out, z_saved, bias, perm, g) if need_c else None
+    if _gemm(grad, g):
+        n, hw = g.N, g.Ho * g.Wo
+        g3 = grad.view(n, g.C_out, hw)
+        g_b3, g_r3 = g3[:, : g.C_b], g3[:, g.C_b :]
+        dcoeff = torch.bmm(g_r3, z.reshape(n, g.C_b, hw).transpose(1, 2)).sum(0) if need_c else None
+        dz = (
+            torch.baddbmm(g_b3, coeff.t().expand(n, g.C_b, g.C_rest), g_r3).view(
+                n, g.C_b, g.Ho, g.Wo
+            )
+            if need_dz
+            else None
+        )
+        return dz, dcoeff
+    if need_c:
+        dz_r, dw, _ = torch.ops.aten.convolution_backward(
+            g_r,
+            z,
+            coeff[:, :, None, None],
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [need_dz, True, False],
+        )
+        dcoeff = dw[:, :, 0, 0]
+    else:
+        dz_r, dcoeff = (F.conv2d(g_r, coeff.t()[:, :, None, None]) if need_dz else None), None
+    return (dz_r.add_(g_b) if need_dz else None), dcoeff
 
 
 def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, mask):
     """Gradients ``(dx, dbasis, dcoeff, dbias)``; an unrequested one is an empty tensor."""
     need_x, need_b, need_c, need_bias = mask
-    dbias_grad = grad  # d bias is in output-channel order
-    if perm is not None and (need_x or need_b or need_c):
-        grad = grad.index_select(1, perm)  # computed order
+    need_dz = need_x or need_b
     # distinct empties: a custom op's outputs must not alias each other
     dx, dbasis, dcoeff, dbias = (grad.new_empty(0) for _ in range(4))
-    if need_x or need_b:
-        dz = grad_basis_outputs(_compute_layout(grad), coeff, g)
+    if need_bias:
+        dbias = grad.sum(dim=(0, 2, 3))  # d bias is in output-channel order
+    if need_c and not g.C_rest:  # keep-basis with C_out = C_b: coeff has no entries
+        dcoeff, need_c = coeff.new_zeros(coeff.shape), False
+    dz = None
+    if g.keep_basis and (need_dz or need_c):
+        dz, dc = _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c)
+        if need_c:
+            dcoeff = dc.clone() if dc._base is not None else dc  # own storage, no view
+    elif need_dz or need_c:
+        w = coeff if perm is None else coeff.index_select(0, inverse_permutation(perm))
+        if need_c:  # oneDNN's 1x1 backward: dZ and d W in one call
+            dz, dw, _ = torch.ops.aten.convolution_backward(
+                grad,
+                z_saved,
+                w[:, :, None, None],
+                None,
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [need_dz, True, False],
+            )
+            dw = dw[:, :, 0, 0]  # rows in output order: d coeff = d W[perm]
+            dcoeff = dw.index_select(0, perm) if perm is not None else dw.clone()
+        else:
+            dz = _pointwise(grad, w.t(), None, _gemm(grad, g))  # W^T . G
+    if need_dz:
         dx_, db_, _ = torch.ops.aten.convolution_backward(
-            _compute_layout(dz), _compute_layout(x), basis, None, list(g.stride),
-            list(g.padding), list(g.dilation), False, [0, 0], 1, [need_x, need_b, False],
+            dz,
+            x,
+            basis,
+            None,
+            list(g.stride),
+            list(g.padding),
+            list(g.dilation),
+            False,
+            [0, 0],
+            1,
+            [need_x, need_b, False],
         )
-        if need_x:
+        if need_x:  # (no-ops where mkldnn already returns these layouts)
             dx = dx_.contiguous(memory_format=output_memory_format(x))
         if need_b:
             dbasis = db_.contiguous()
-    if need_c:
-        if g.C_rest:
-            z = basis_outputs(out, z_saved, bias, perm, g)
-            g_r = grad[:, g.C_b :] if g.keep_basis else grad
-            dcoeff = torch.einsum("njhw,nchw->jc", g_r, z)
-        else:
-            dcoeff = coeff.new_zeros(coeff.shape)
-    if need_bias:
-        dbias = dbias_grad.sum(dim=(0, 2, 3))
     return dx, dbasis, dcoeff, dbias

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 from collections.abc import Sequence
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from ..util import compat
 from . import launchers, reference
 from .geometry import (
     MAX_BASIS_CHANNELS,
@@ -71,10 +71,9 @@ def get_backend() -> str:
     name = _state.backend  # set_backend stores it normalised
     if name is not None:
         return name
-    # the raw value from the store os.environ reads (~0.1 us; Mapping.get ~1.5 us), so
-    # os.environ[...] = ... and monkeypatch.setenv take effect at once
-    raw = (_ENV_DATA.get(_ENV_KEY) if _ENV_DATA is not None and os.environ is _ENVIRON
-           else os.environ.get(_ENV_NAME))
+    # read on every call (util.compat.environ_reader: ~0.1 us), so os.environ[...] = ... and
+    # monkeypatch.setenv take effect at once
+    raw = _read_env()
     if raw is None:
         return "auto"
     name = _ENV_BACKENDS.get(raw)
@@ -90,21 +89,14 @@ def get_backend() -> str:
 
 _ENV_BACKENDS: dict = {}  # raw TRITONBASIS_BACKEND value -> valid backend name
 
-_ENV_NAME = "TRITONBASIS_BACKEND"
-_ENVIRON = os.environ
-try:  # os.environ's own store (bytes keys on POSIX), read by get_backend
-    _ENV_DATA, _ENV_KEY = os.environ._data, os.environ.encodekey(_ENV_NAME)
-except AttributeError:  # another Python's os.environ
-    _ENV_DATA = None
+_read_env = compat.environ_reader("TRITONBASIS_BACKEND")
 
 
 def set_backend(name: str | None) -> None:
     """Force the implementation for this thread (``None`` returns to the environment variable)."""
     if name is not None:
         if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
-            raise ValueError(
-                f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}"
-            )
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)} or None, got {name!r}")
         name = name.strip().lower()
     _state.backend = name
 
@@ -226,12 +218,14 @@ def basis_conv2d_op(
 def _(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, need_z):
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     fmt = output_memory_format(x)
-    out = torch.empty(
-        (g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt
-    )
+    out = torch.empty((g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt)
     if saves_z(keep_basis, bias is not None, x.dtype, need_z):
-        z = torch.empty((g.N, g.C_b, g.Ho, g.Wo), dtype=x.dtype, device=x.device,
-                        memory_format=saved_z_format(keep_basis, fmt))
+        z = torch.empty(
+            (g.N, g.C_b, g.Ho, g.Wo),
+            dtype=x.dtype,
+            device=x.device,
+            memory_format=saved_z_format(keep_basis, fmt),
+        )
     else:
         z = x.new_empty(0)
     return out, z
@@ -257,14 +251,41 @@ def basis_conv2d_backward_op(
     keep_basis: bool,
     output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    g = _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding,
-                        dilation, keep_basis, output_mask)
-    return run_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g,
-                        tuple(bool(m) for m in output_mask))
+    g = _check_backward(
+        grad,
+        x,
+        basis,
+        coeff,
+        out,
+        z_saved,
+        bias,
+        perm,
+        stride,
+        padding,
+        dilation,
+        keep_basis,
+        output_mask,
+    )
+    return run_backward(
+        grad, x, basis, coeff, out, z_saved, bias, perm, g, tuple(bool(m) for m in output_mask)
+    )
 
 
-def _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
-                    keep_basis, output_mask) -> ConvGeometry:
+def _check_backward(
+    grad,
+    x,
+    basis,
+    coeff,
+    out,
+    z_saved,
+    bias,
+    perm,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    output_mask,
+) -> ConvGeometry:
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     expect = (g.N, g.C_out, g.Ho, g.Wo)
     if tuple(grad.shape) != expect:
@@ -286,19 +307,45 @@ def _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, pad
 
 
 @basis_conv2d_backward_op.register_fake
-def _(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation, keep_basis,
-      output_mask):
-    _check_backward(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
-                    keep_basis, output_mask)
+def _(
+    grad,
+    x,
+    basis,
+    coeff,
+    out,
+    z_saved,
+    bias,
+    perm,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    output_mask,
+):
+    _check_backward(
+        grad,
+        x,
+        basis,
+        coeff,
+        out,
+        z_saved,
+        bias,
+        perm,
+        stride,
+        padding,
+        dilation,
+        keep_basis,
+        output_mask,
+    )
     need_x, need_b, need_c, need_bias = output_mask
 
     def e():  # distinct empties: outputs must not alias each other
         return grad.new_empty(0)
 
     dx = (
-        torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                    memory_format=output_memory_format(x))
-        if need_x else e()
+        torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+        if need_x
+        else e()
     )
     return (
         dx,
@@ -312,8 +359,7 @@ def _(grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation
 # Autograd
 
 
-def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out,
-                      z_saved) -> None:
+def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out, z_saved) -> None:
     """What both routes save for the backward (``out, z_saved``: what the forward returned)."""
     # x, basis, coeff and bias are inputs (alive anyway). For d coeff, the Z the forward
     # returned (4-D: geometry.saves_z), else in the keep-basis form the output (Z =
@@ -323,23 +369,40 @@ def save_for_backward(ctx, x, basis, coeff, bias, perm, keep_basis: bool, out,
     need_c = ctx.needs_input_grad[2]
     has_z = z_saved.dim() == 4
     ctx.save_for_backward(
-        x, basis, coeff, bias, perm,
+        x,
+        basis,
+        coeff,
+        bias,
+        perm,
         out if (need_c and keep_basis and not has_z) else None,
         z_saved if (need_c and has_z) else None,
     )
 
 
-def input_grads(ctx, grad_out, backward) -> tuple:
+def input_grads(ctx, grad_out, backward, geometry) -> tuple:
     """``(dx, dbasis, dcoeff, dbias)`` for autograd (None where not needed) from what
     :func:`save_for_backward` saved; ``backward(grad, x, basis, coeff, out, z_saved, bias, perm,
-    mask)`` computes them (the backward op, or :func:`run_backward` in the eager route)."""
+    mask)`` computes them (the backward op, or :func:`run_backward` in the eager route).
+    ``geometry``: ``(stride, padding, dilation, keep_basis)``.
+
+    With grad mode on (``create_graph=True``: a second derivative is wanted) the gradients
+    come from :func:`differentiable_grads` instead: the kernels' backward has no derivative."""
     x, basis, coeff, bias, perm, out, z = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(need[2]), bool(need[3])]
+    if torch.is_grad_enabled():
+        return differentiable_grads(grad_out, x, basis, coeff, bias, perm, *geometry, mask)
     empty = grad_out.new_empty(0)
     dx, db, dc, dbias = backward(
-        grad_out, x, basis, coeff, empty if out is None else out, empty if z is None else z,
-        bias, perm, mask,
+        grad_out,
+        x,
+        basis,
+        coeff,
+        empty if out is None else out,
+        empty if z is None else z,
+        bias,
+        perm,
+        mask,
     )
     return (
         dx if mask[0] else None,
@@ -347,6 +410,34 @@ def input_grads(ctx, grad_out, backward) -> tuple:
         dc if mask[2] else None,
         dbias if mask[3] else None,
     )
+
+
+def differentiable_grads(
+    grad_out, x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, mask
+) -> tuple:
+    """The gradients in differentiable stock ops, for a backward with ``create_graph=True``
+    (double backward: gradient penalties, Hessian-vector products). The forward is recomputed
+    by :func:`reference.basis_conv2d_reference` and differentiated by autograd with
+    ``create_graph=True``, so the returned gradients carry their own graph. The fused kernels'
+    backward computes numbers only; this path costs about one unfused forward + backward and
+    runs only when a second derivative can be asked for (grad mode on in the backward)."""
+    inputs = [t for t, m in zip((x, basis, coeff, bias), mask) if m]
+    if not inputs:
+        return (None, None, None, None)
+    with torch.enable_grad():
+        y = reference.basis_conv2d_reference(
+            x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm
+        )
+        got = torch.autograd.grad(y, inputs, grad_out, create_graph=True, allow_unused=True)
+    it = iter(got)
+    out = []
+    for t, m in zip((x, basis, coeff, bias), mask):
+        if not m:
+            out.append(None)
+            continue
+        gr = next(it)
+        out.append(torch.zeros_like(t) if gr is None else gr)  # e.g. coeff of C_rest = 0
+    return tuple(out)
 
 
 def _setup_context(ctx, inputs, output):
@@ -362,11 +453,30 @@ def _backward(ctx, grad_out, _grad_z):
 
     def backward_op(grad, x, basis, coeff, out, z_saved, bias, perm, mask):
         return torch.ops.tritonbasis.basis_conv2d_backward(
-            grad, x, basis, coeff, out, z_saved, bias, perm, stride, padding, dilation,
-            keep_basis, mask,
+            grad,
+            x,
+            basis,
+            coeff,
+            out,
+            z_saved,
+            bias,
+            perm,
+            stride,
+            padding,
+            dilation,
+            keep_basis,
+            mask,
         )
 
-    return (*input_grads(ctx, grad_out, backward_op), None, None, None, None, None, None)
+    return (
+        *input_grads(ctx, grad_out, backward_op, (stride, padding, dilation, keep_basis)),
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 basis_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
@@ -380,35 +490,75 @@ def _shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation) -> tup
     """``(C_in, C_b, C_rest, KH, KW, output pixels)`` from the op's argument shapes."""
     N, C_in, H, W = x_shape
     C_b, _, KH, KW = basis_shape
-    pixels = (N * conv_output_size(H, KH, stride[0], padding[0], dilation[0])
-              * conv_output_size(W, KW, stride[1], padding[1], dilation[1]))
+    pixels = (
+        N
+        * conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+        * conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    )
     return C_in, C_b, coeff_shape[0], KH, KW, pixels
 
 
-def basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                       keep_basis) -> int:
+def basis_conv2d_flops(
+    x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis
+) -> int:
     """2 x MACs of the fused forward: conv over C_b filters + the (C_rest x C_b) combination."""
-    return 2 * forward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding,
-                                     dilation))["fused"]
+    return (
+        2
+        * forward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation))[
+            "fused"
+        ]
+    )
 
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d)
-def _fwd_flops(x_shape, basis_shape, coeff_shape, bias_shape, perm_shape, stride, padding,
-               dilation, keep_basis, need_z, *args, out_shape=None, **kwargs) -> int:
-    return basis_conv2d_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                              keep_basis)
+def _fwd_flops(
+    x_shape,
+    basis_shape,
+    coeff_shape,
+    bias_shape,
+    perm_shape,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    need_z,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
+    return basis_conv2d_flops(
+        x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis
+    )
 
 
-def basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding, dilation,
-                                keep_basis, output_mask) -> int:
+def basis_conv2d_backward_flops(
+    x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis, output_mask
+) -> int:
     """2 x MACs of the backward for the gradients in ``output_mask``."""
-    return 2 * backward_macs(*_shapes(x_shape, basis_shape, coeff_shape, stride, padding,
-                                      dilation), output_mask)
+    return 2 * backward_macs(
+        *_shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation), output_mask
+    )
 
 
 @register_flop_formula(torch.ops.tritonbasis.basis_conv2d_backward)
-def _bwd_flops(grad_shape, x_shape, basis_shape, coeff_shape, out_shape_, z_shape, bias_shape,
-               perm_shape, stride, padding, dilation, keep_basis, output_mask, *args,
-               out_shape=None, **kwargs) -> int:
-    return basis_conv2d_backward_flops(x_shape, basis_shape, coeff_shape, stride, padding,
-                                       dilation, keep_basis, output_mask)
+def _bwd_flops(
+    grad_shape,
+    x_shape,
+    basis_shape,
+    coeff_shape,
+    out_shape_,
+    z_shape,
+    bias_shape,
+    perm_shape,
+    stride,
+    padding,
+    dilation,
+    keep_basis,
+    output_mask,
+    *args,
+    out_shape=None,
+    **kwargs,
+) -> int:
+    return basis_conv2d_backward_flops(
+        x_shape, basis_shape, coeff_shape, stride, padding, dilation, keep_basis, output_mask
+    )

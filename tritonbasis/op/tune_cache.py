@@ -11,7 +11,7 @@ One JSON file in :func:`cache_dir` (``$TRITONBASIS_CACHE_DIR``, else
 
 * ``mode-timings.json`` -- one entry per (device name, layer geometry): fused and weight
   medians (ms, forward and forward+backward) and the faster ``mode``, written by
-  ``tritonbasis tune`` (:func:`tritonbasis.tune.tune_shapes`). :func:`tritonbasis.choose_mode`
+  ``tritonbasis tune`` (:func:`tritonbasis.tune.tune_shapes`). :func:`tritonbasis.nn.choose_mode`
   uses that ``mode`` when there is an entry, and the FLOP model otherwise. Entries measured on a
   GPU are only used with the same triton version and kernel source.
 

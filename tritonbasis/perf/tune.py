@@ -83,7 +83,7 @@ def layer_geometries(model: torch.nn.Module, input_shape) -> list[tuple[list[str
     for fqn, call in module_calls(model, input_shape, (BasisConv2d,)).items():
         m = call.module
         in_shape = (n, *call.in_shape)
-        key = (in_shape, tuple(m.basis.shape), tuple(m.coeff.shape), m.stride, m.padding,
+        key = (in_shape, tuple(m.basis.shape), tuple(m.coeff.shape), m.stride, m.op_padding,
                m.dilation, m.keep_basis, m.out_perm is not None, m.bias is not None)
         if key in seen:
             seen[key][0].append(fqn)
@@ -169,7 +169,7 @@ def _layer_tensors(m, in_shape, device, tdtype, fmt) -> dict[str, Any]:
     bias = mk(*m.bias.shape) if m.bias is not None else None
     perm = (torch.randperm(m.out_channels, generator=torch.Generator().manual_seed(0))
             .to(device) if m.out_perm is not None else None)
-    g = check_inputs(xs[0], basis, coeff, bias, m.stride, m.padding, m.dilation, m.keep_basis,
+    g = check_inputs(xs[0], basis, coeff, bias, m.stride, m.op_padding, m.dilation, m.keep_basis,
                      perm)
     dys = [mk(g.N, g.C_out, g.Ho, g.Wo, grad=False) for _ in range(2)]
     return {"xs": xs, "dys": dys, "basis": basis, "coeff": coeff, "bias": bias, "perm": perm,
@@ -188,7 +188,7 @@ def _time_modes(mode, xs, dys, basis, coeff, bias, perm, m, *, device, warmup_ms
         return state["i"]
 
     def f(x):
-        return basis_conv2d(x, basis, coeff, bias, m.stride, m.padding, m.dilation,
+        return basis_conv2d(x, basis, coeff, bias, m.stride, m.op_padding, m.dilation,
                             m.keep_basis, mode=mode, perm=perm)
 
     def fwd():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ...conversion.convert import LayerReport, candidate_convs, convert
+from ...conversion.convert import LayerReport, candidate_convs, convert, convert_with_report
 from ...nn.modes import from_timings
 from ...nn.spec import BasisSpec
 from ...util.probe import module_calls
@@ -105,7 +105,7 @@ def candidates(dense: nn.Module, spec: BasisSpec,
     saving -- and the conversion report's row of each (shapes, C_b, params and MACs before and
     after)."""
     cands = [f for f, _ in candidate_convs(dense)]
-    _, rep = convert(dense, {f: spec for f in cands}, input_shape=shape, return_report=True)
+    _, rep = convert_with_report(dense, {f: spec for f in cands}, input_shape=shape)
     rows = {r.fqn: r for r in rep.layers}
     return [f for f in cands if rows[f].converted], rows  # drop convs with no saving
 
