@@ -28,7 +28,6 @@ import torch
 from tritonbasis.cli import main
 from tritonbasis.cli.guard import LOCK_NAME, RunLock, RunLockedError, check_writable
 from tritonbasis.op import tune_cache
-from tritonbasis.recipes import search as S
 from tritonbasis.recipes.data import digits
 from tritonbasis.recipes.models import resnet18_cifar
 from tritonbasis.recipes.search import final, probes
@@ -37,11 +36,45 @@ from tritonbasis.util import fileio
 from tritonbasis.util.fileio import CheckpointError, load_checkpoint
 
 TINY = ["--width", "0.125", "--image-size", "8", "--quiet"]
-TRAIN = ["train", *TINY, "--epochs", "2", "--batch-size", "256", "--max-steps", "6",
-         "--ratio", "0.25", "--time-steps", "1", "--seed", "3"]
-SEARCH = ["search", *TINY, "--epochs", "1", "--batch-size", "128", "--probe-steps", "0",
-          "--verify-steps", "0", "--no-probe-groups", "--final-epochs", "0", "--final-seeds",
-          "1", "--time-rounds", "1", "--time-steps", "1", "--time-batch", "4"]
+TRAIN = [
+    "train",
+    *TINY,
+    "--epochs",
+    "2",
+    "--batch-size",
+    "256",
+    "--max-steps",
+    "6",
+    "--ratio",
+    "0.25",
+    "--time-steps",
+    "1",
+    "--seed",
+    "3",
+]
+SEARCH = [
+    "search",
+    *TINY,
+    "--epochs",
+    "1",
+    "--batch-size",
+    "128",
+    "--probe-steps",
+    "0",
+    "--verify-steps",
+    "0",
+    "--no-probe-groups",
+    "--final-epochs",
+    "0",
+    "--final-seeds",
+    "1",
+    "--time-rounds",
+    "1",
+    "--time-steps",
+    "1",
+    "--time-batch",
+    "4",
+]
 
 
 class Hung(BaseException):
@@ -94,6 +127,8 @@ def digest(folder: Path) -> dict[str, str]:
     for p in sorted(folder.rglob("*")):
         if p.is_symlink() or not (p.is_file() or p.is_dir()):
             out[str(p)] = "special"
+        elif p.stat().st_size > 1 << 26:  # the sparse "huge" files: not read into memory
+            out[str(p)] = f"{p.stat().st_size} bytes, mtime {p.stat().st_mtime_ns}"
         elif p.is_file():
             out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
@@ -129,8 +164,17 @@ def make(path: Path, kind: str) -> Path:
     return path
 
 
-FILE_KINDS = ["fifo", "directory", "device", "huge", "deep", "deep-but-parses", "nan",
-              "infinity", "binary"]
+FILE_KINDS = [
+    "fifo",
+    "directory",
+    "device",
+    "huge",
+    "deep",
+    "deep-but-parses",
+    "nan",
+    "infinity",
+    "binary",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,34 +206,46 @@ def _first(d: dict) -> str:
 STATE_EDITS = {
     "final_runs accuracy a string": (
         lambda st: st["final_runs"]["0"]["chosen"].update(val_acc="high"),
-        "stages.final_runs['0'].chosen.val_acc"),
+        "stages.final_runs['0'].chosen.val_acc",
+    ),
     "final_timing rounds of strings": (
         lambda st: st["final_timing"]["dense"].update(train_step_ms=["x"]),
-        "stages.final_timing.dense.train_step_ms[0]"),
+        "stages.final_timing.dense.train_step_ms[0]",
+    ),
     "final params negative": (
-        lambda st: st["final"]["naive"].update(params=-5), "stages.final.naive.params"),
+        lambda st: st["final"]["naive"].update(params=-5),
+        "stages.final.naive.params",
+    ),
     "final_runs seed not a number": (
         lambda st: st["final_runs"].update(zero=st["final_runs"].pop("0")),
-        "stages.final_runs key is 'zero'"),
+        "stages.final_runs key is 'zero'",
+    ),
     "chosen layer that does not exist": (
         lambda st: st["selection"].update(chosen=["layer9.0.conv9"]),
-        "stages.selection.chosen[0] is 'layer9.0.conv9'"),
+        "stages.selection.chosen[0] is 'layer9.0.conv9'",
+    ),
     "probe of a layer that does not exist": (
         lambda st: st["probes"].update({"fc": st["probes"][_first(st["probes"])]}),
-        "stages.probes key is 'fc'"),
+        "stages.probes key is 'fc'",
+    ),
     "gain mode not a mode": (
-        lambda st: st["gains"][_first(st["gains"])].update(mode="turbo"), ".mode"),
+        lambda st: st["gains"][_first(st["gains"])].update(mode="turbo"),
+        ".mode",
+    ),
     "accuracy above 1": (
-        lambda st: st["probes"][_first(st["probes"])].update(probe_acc=7.5), ".probe_acc"),
+        lambda st: st["probes"][_first(st["probes"])].update(probe_acc=7.5),
+        ".probe_acc",
+    ),
     "backoffs a float": (
-        lambda st: st["selection"].update(backoffs=1.5), "stages.selection.backoffs"),
+        lambda st: st["selection"].update(backoffs=1.5),
+        "stages.selection.backoffs",
+    ),
     "unknown stage": (lambda st: st.update(finale={}), "stages.finale"),
 }
 
 
 @pytest.mark.parametrize("edit", list(STATE_EDITS), ids=list(STATE_EDITS))
-def test_state_edited_by_hand_is_refused_naming_file_and_field(edit, search_run, tmp_path,
-                                                               capsys):
+def test_state_edited_by_hand_is_refused_naming_file_and_field(edit, search_run, tmp_path, capsys):
     change, field = STATE_EDITS[edit]
     out = tmp_path / "run"
     shutil.copytree(search_run, out)
@@ -287,9 +343,11 @@ def test_tuning_cache_of_any_kind_is_ignored_with_a_warning(kind, tmp_path, monk
     monkeypatch.setenv(tune_cache.ENV_DIR, str(tmp_path))
     path = tmp_path / tune_cache.TIMINGS_FILE
     if kind == "nan-in-entry":
-        path.write_text('{"format": "%s", "kind": "mode-timings", "entries": {"k": '
-                        '{"device": "cpu (x86_64)", "mode": "fused", "fused_ms": NaN}}}'
-                        % tune_cache.FORMAT)
+        entry = '{"device": "cpu (x86_64)", "mode": "fused", "fused_ms": NaN}'
+        path.write_text(
+            f'{{"format": "{tune_cache.FORMAT}", "kind": "mode-timings", '
+            f'"entries": {{"k": {entry}}}}}'
+        )
     else:
         make(path, kind)
     layer_g = _geometry()
@@ -317,8 +375,9 @@ def test_fifo_tuning_cache_does_not_block_a_command(tmp_path, capsys, monkeypatc
     tune_cache.clear_memory()
     try:
         with pytest.warns(RuntimeWarning, match="FIFO"):
-            rc, _ = cli(capsys, "convert", "--width", "0.125", "--image-size", "8",
-                        "--ratio", "0.25")
+            rc, _ = cli(
+                capsys, "convert", "--width", "0.125", "--image-size", "8", "--ratio", "0.25"
+            )
     finally:
         tune_cache.clear_memory()
     assert rc == 0
@@ -327,9 +386,16 @@ def test_fifo_tuning_cache_does_not_block_a_command(tmp_path, capsys, monkeypatc
 def _lock(folder: Path, pid, host=None, started=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     started = started or time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    (folder / LOCK_NAME).write_text(json.dumps({
-        "pid": pid, "host": socket.gethostname() if host is None else host,
-        "command": "search", "started": started}))
+    (folder / LOCK_NAME).write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": socket.gethostname() if host is None else host,
+                "command": "search",
+                "started": started,
+            }
+        )
+    )
     return folder / LOCK_NAME
 
 
@@ -340,8 +406,9 @@ def _pid_max() -> int:
         return 1 << 22
 
 
-@pytest.mark.parametrize("pid", [0, -1, 2**31, 2**70, "pid_max+1", True, 10**30],
-                         ids=lambda p: repr(p))
+@pytest.mark.parametrize(
+    "pid", [0, -1, 2**31, 2**70, "pid_max+1", True, 10**30], ids=lambda p: repr(p)
+)
 def test_lock_whose_pid_cannot_be_live_is_stale(pid, tmp_path):
     """pid 0 / -1 signal a process group / every process (os.kill says "alive": told to wait
     forever); 2**31 and up overflow os.kill (a traceback)."""
@@ -357,8 +424,11 @@ def test_lock_of_a_reused_pid_is_stale_a_live_one_is_not(tmp_path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         # written before that process started (an hour ago): its pid was reused since
-        _lock(tmp_path, other.pid, started=time.strftime(
-            "%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 3600)))
+        _lock(
+            tmp_path,
+            other.pid,
+            started=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 3600)),
+        )
         said = []
         if not Path(f"/proc/{other.pid}/cmdline").exists():
             pytest.skip("no /proc: pid reuse cannot be told apart here")
@@ -436,13 +506,15 @@ def _disk_fills_after(monkeypatch, n_writes: int) -> None:
 
 
 def test_full_disk_is_one_line_with_the_reason_and_the_last_checkpoint_loads(
-        tmp_path, capsys, monkeypatch):
+    tmp_path, capsys, monkeypatch
+):
     """torch.save on a full disk raised `RuntimeError: [enforce fail at inline_container.cc]
     unexpected pos` (a traceback naming neither the cause nor the file)."""
     out = tmp_path / "run"
     _disk_fills_after(monkeypatch, 1)  # epoch 1's checkpoint fits, epoch 2's does not
-    one_line(capsys, 1, *TRAIN, "--out", out,
-             names=("No space left on device", str(out / "last.pt")))
+    one_line(
+        capsys, 1, *TRAIN, "--out", out, names=("No space left on device", str(out / "last.pt"))
+    )
     monkeypatch.undo()
     ck = load_checkpoint(out / "last.pt")  # the previous checkpoint, intact
     assert ck["epoch"] == 1
@@ -459,13 +531,17 @@ def test_full_tmpfs_is_one_line_and_the_last_checkpoint_loads(tmp_path, capsys):
         pytest.skip("mounting a size-limited tmpfs needs root")
     out = tmp_path / "run"
     out.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=800k", "tmpfs", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=800k", "tmpfs", str(out)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
     try:
-        line = one_line(capsys, 1, *TRAIN, "--out", out, names=("No space left on device",
-                                                                "last.pt"))
+        line = one_line(
+            capsys, 1, *TRAIN, "--out", out, names=("No space left on device", "last.pt")
+        )
         assert "inline_container" not in line
         assert load_checkpoint(out / "last.pt")["epoch"] == 1
     finally:

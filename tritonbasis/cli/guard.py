@@ -60,7 +60,8 @@ def check_writable(out: str | os.PathLike) -> Path:
     out = Path(out)
     why = _not_a_folder(out)
     if why is not None:
-        raise OutputNotWritableError(f"output folder {str(out)!r} {why}; choose another --out")
+        raise OutputNotWritableError(f"output folder {str(out)!r} is not writable: {why}; "
+                                     "choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=str(out))
@@ -84,17 +85,15 @@ def _not_a_folder(out: Path) -> str | None:
     in, or None: a dangling symlink (say where it points), a file, a FIFO, a device."""
     p = out
     while True:
+        it = "it" if p == out else f"{str(p)!r} above it"
         if p.is_symlink() and not p.exists():
-            target = os.readlink(p)
-            where = "" if p == out else f" ({str(p)!r} above it)"
-            return (f"is a symlink to {target!r}, which does not exist{where}; create that "
-                    "folder or remove the link")
+            return (f"{it} is a symlink to {os.readlink(p)!r}, which does not exist (create "
+                    "that folder or remove the link)")
         if p.exists():
             if p.is_dir():
                 return None
             kind = "a file" if p.is_file() else "not a folder (a FIFO, device or socket)"
-            return (f"is {kind}" if p == out else f"cannot be created: {str(p)!r} above it "
-                                                  f"is {kind}")
+            return f"{it} is {kind}"
         if p.parent == p:
             return None
         p = p.parent

@@ -14,8 +14,23 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-__all__ = ["Bool", "Int", "Is", "Json", "List", "Map", "Name", "Node", "Num", "Obj", "Opt",
-           "SchemaError", "Str", "check", "problems"]
+__all__ = [
+    "Bool",
+    "Int",
+    "Is",
+    "Json",
+    "List",
+    "Map",
+    "Name",
+    "Node",
+    "Num",
+    "Obj",
+    "Opt",
+    "SchemaError",
+    "Str",
+    "check",
+    "problems",
+]
 
 
 class SchemaError(ValueError):
@@ -37,8 +52,13 @@ def _show(v) -> str:
 
 
 def _type(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a bool",
-            type(None): "null"}.get(type(v), f"a {type(v).__name__}")
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a bool",
+        type(None): "null",
+    }.get(type(v), f"a {type(v).__name__}")
 
 
 class Node:
@@ -89,8 +109,12 @@ class Str(Node):
     """A string: one of ``choices``, or matching ``pattern`` (full match), at most
     ``max_len`` characters."""
 
-    def __init__(self, choices: Collection[str] | None = None, pattern: str | None = None,
-                 max_len: int = 4096):
+    def __init__(
+        self,
+        choices: Collection[str] | None = None,
+        pattern: str | None = None,
+        max_len: int = 4096,
+    ):
         self.choices, self.max_len = choices, max_len
         self.pattern = re.compile(pattern) if pattern else None
 
@@ -147,8 +171,9 @@ class Is(Node):
 class List(Node):
     """A list of ``item``, ``min_len`` to ``max_len`` long; ``unique``: no repeats."""
 
-    def __init__(self, item: Node, min_len: int = 0, max_len: int | None = None,
-                 unique: bool = False):
+    def __init__(
+        self, item: Node, min_len: int = 0, max_len: int | None = None, unique: bool = False
+    ):
         self.item, self.min_len, self.max_len, self.unique = item, min_len, max_len, unique
 
     def check(self, v, where, ctx, out):
@@ -156,8 +181,10 @@ class List(Node):
             out.append(f"{where} is {_type(v)}, not a list")
             return
         if len(v) < self.min_len or (self.max_len is not None and len(v) > self.max_len):
-            out.append(f"{where} has {len(v)} entries (expected {self.min_len} to "
-                       f"{self.max_len if self.max_len is not None else 'any number'})")
+            out.append(
+                f"{where} has {len(v)} entries (expected {self.min_len} to "
+                f"{self.max_len if self.max_len is not None else 'any number'})"
+            )
         n = len(out)
         for i, x in enumerate(v):
             self.item.check(x, _at(where, i), ctx, out)
@@ -186,8 +213,12 @@ class Obj(Node):
     """An object with ``required`` and ``optional`` fields (name -> node); any other key is a
     problem unless ``extra`` (a node for every other value) is given."""
 
-    def __init__(self, required: Mapping[str, Node] | None = None,
-                 optional: Mapping[str, Node] | None = None, extra: Node | None = None):
+    def __init__(
+        self,
+        required: Mapping[str, Node] | None = None,
+        optional: Mapping[str, Node] | None = None,
+        extra: Node | None = None,
+    ):
         self.required, self.optional = dict(required or {}), dict(optional or {})
         self.extra = extra
 
@@ -231,8 +262,9 @@ class Json(Node):
             out.append(f"{where} is {_type(v)}, not a JSON value")
 
 
-def problems(doc: Any, schema: Node, names: Mapping[str, Collection[str]] | None = None
-             ) -> list[str]:
+def problems(
+    doc: Any, schema: Node, names: Mapping[str, Collection[str]] | None = None
+) -> list[str]:
     """Every mismatch of ``doc`` against ``schema``, one line each (empty: it matches).
     ``names``: the sets :class:`Name` nodes check against (kind -> names)."""
     out: list[str] = []
@@ -240,8 +272,13 @@ def problems(doc: Any, schema: Node, names: Mapping[str, Collection[str]] | None
     return out
 
 
-def check(doc: Any, schema: Node, what: str, names: Mapping[str, Collection[str]] | None = None,
-          shown: int = 4) -> None:
+def check(
+    doc: Any,
+    schema: Node,
+    what: str,
+    names: Mapping[str, Collection[str]] | None = None,
+    shown: int = 4,
+) -> None:
     """Raise :class:`SchemaError` (``"<what>: <problem>; <problem>; ... (N more)"``) unless
     ``doc`` matches ``schema``."""
     found = problems(doc, schema, names)

@@ -98,7 +98,22 @@ class SearchState:
         self.save()
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.doc, indent=1, allow_nan=False))
+        try:
+            text = json.dumps(self.doc, indent=1, allow_nan=False)
+        except ValueError:  # JSON has no NaN: say which stage diverged, not json's words
+            bad = [k for k, v in self.doc["stages"].items() if not _finite(v)]
+            raise FloatingPointError(
+                f"the search's {', '.join(bad) or 'state'} results hold a non-finite number "
+                "(a training diverged); lower --lr, --probe-lr or --final-lr") from None
+        atomic_write_text(self.path, text)
+
+
+def _finite(v) -> bool:
+    try:
+        json.dumps(v, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def default_device() -> str:
