@@ -293,7 +293,10 @@ class RunLock:
         if not self._held:
             return
         self._held = False
-        holder = self._read_holder()
+        try:
+            holder = self._read_holder()
+        except RunLockedError:  # something else than our lock file is there now: leave it
+            return
         # only remove our own lock (a takeover after a long stall must not be undone)
         if holder is None or (holder.get("pid") == os.getpid()
                               and holder.get("host") == socket.gethostname()):
