@@ -1,16 +1,20 @@
 """Guards for long commands: fail before any work, one writer per output folder, one-line
 errors.
 
-* :func:`check_writable` -- create the output folder and a probe file in it, so that a
-  read-only mount or a path through a regular file fails before hours of work, not at the
-  first checkpoint.
+* :func:`check_writable` -- create the output folder and write a 4 KiB probe file in it, so
+  that a read-only mount, a full disk or a path through a file fails before hours of work,
+  not at the first checkpoint; a dangling symlink, a file or a FIFO in its place is named.
 * :class:`RunLock` -- ``<out>/.tritonbasis.lock`` created with ``O_CREAT | O_EXCL`` (atomic on
   local file systems) holding pid, host and start time. A second process on the same folder is
-  refused while the holder lives; a lock whose pid is dead on this host is stale (a killed run)
-  and is taken over with a message. A lock from another host cannot be checked and is refused
-  (its message says how to remove it).
+  refused while the holder lives. Stale, and taken over with a message: a lock whose pid is
+  dead on this host (a killed run), one whose pid no process can have (<= 0, above pid_max,
+  not an integer), and (Linux) one whose live pid belongs to another program now (no
+  tritonbasis command, started after the lock was written, or the lock predates the boot). A
+  lock from another host cannot be checked and is refused (its message says how to remove
+  it); a FIFO, device, folder or symlink in the lock's place is refused, never read.
 * argparse ``type=`` functions (:func:`positive_int`, :func:`finite_float`, ...): a bad value
-  is refused at parse time (exit 2, one line) before anything is written.
+  is refused at parse time (exit 2, one line) before anything is written; counts stop at
+  2**31 - 1 and numbers at float32's range (beyond them torch fails with a traceback).
 * :data:`KNOWN_ERRORS`: exception types our code raises on purpose; the CLI prints them as
   ``tritonbasis: error: <message>`` (no traceback unless ``--debug`` or
   ``TRITONBASIS_DEBUG=1``).
