@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 
 import pytest
+import torch
 
 from tritonbasis.cli import COMMANDS, build_parser, main
 from tritonbasis.cli.common import check_args
@@ -149,3 +151,57 @@ def test_a_config_refused_value_names_the_profile_flag(capsys):
     with pytest.raises(SystemExit) as e:
         config_from_args(p, ProfileConfig, args, names=COMMANDS["profile"].NAMES)
     assert e.value.code == 2 and "--rows" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# every value a flag's help names parses
+
+
+_SHOWN_DEFAULT = re.compile(r"\(default:? ([^\s;()]+)[;)]")  # "(default: 0.25)", "(default 32;"
+_NONE = re.compile(r"\bnone\b")  # "(default: none)", "none: 2 x probe_steps"
+_LISTED = re.compile(r"((?:[\w.+/-]+, )*)([\w.+/-]+),? or ([\w.+/-]+)")  # "a, b, or c"
+_NUMBER_LABEL = re.compile(r"(?:^|[(;] ?)(\d+(?:\.\d+)?): ")  # "0: ...", "(0.25: CPU-sized)"
+# what a value needs beside it to parse at all
+_WITH = {("--data", "cifar10"): ["--data-dir", "somewhere"]}
+
+
+def _named_values(action: argparse.Action) -> set[str]:
+    """The values a flag's help text (or its argparse choices) offers."""
+    text = " ".join((action.help or "").split())
+    values = {str(c) for c in action.choices or ()}
+    values |= set(_SHOWN_DEFAULT.findall(text))
+    values |= {"none"} if _NONE.search(text) else set()
+    for head, a, b in _LISTED.findall(text):
+        values |= {v for v in head.split(", ") if v} | {a, b}
+    values |= set(_NUMBER_LABEL.findall(text))
+    return values
+
+
+def _flags_and_values():
+    for cmd, sub in _subparsers(build_parser()).items():
+        for a in sub._actions:
+            if a.option_strings and a.nargs != 0:  # switches take no value
+                for v in sorted(_named_values(a)):
+                    yield cmd, a.option_strings[-1], v
+
+
+def test_help_and_parsers_agree_on_every_named_value(capsys):
+    """For every subcommand, every flag whose help names values (``none: ...``, ``cpu or
+    cuda``, ``(default: X)``, ``0: ...``) or that has argparse choices: each named value parses
+    (with the parse-time checks of the command). `search --verify-steps none` was refused
+    although its help offered "none"."""
+    cases = list(_flags_and_values())
+    assert {c for c, _, _ in cases} == set(COMMANDS)
+    assert ("search", "--verify-steps", "none") in cases and ("demo", "--device", "cpu") in cases
+    refused = []
+    for cmd, flag, value in cases:
+        try:
+            _parsed(cmd, flag, value, *_WITH.get((flag, value), []))
+        except SystemExit:
+            err = capsys.readouterr().err.strip()
+            if value == "cuda" and not torch.cuda.is_available():
+                assert "CUDA is not available" in err, err  # refused with the reason
+                continue
+            refused.append((cmd, flag, value, err))
+    assert not refused, refused
+    assert len(cases) > 60  # the extraction finds the values (a regex that broke finds none)

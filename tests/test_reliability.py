@@ -7,6 +7,7 @@ steps): one CLI training run is ~10 s on the 2-core CI machine."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -89,8 +90,9 @@ def _dead_pid() -> int:
 def _write_lock(folder: Path, pid: int, host: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
-                                "command": "search", "started": "2026-01-01T00:00:00+00:00"}))
+                                "command": "search", "started": started}))
     return lock
 
 
@@ -365,12 +367,13 @@ def test_search_state_is_validated_and_config_changes_are_named(data8, tmp_path,
     good = json.dumps(doc)
     doc["stages"]["baseline"]["val_acc"] = "high"
     state.write_text(json.dumps(doc))
-    with pytest.raises(S.SearchStateError, match=r"schema: baseline.val_acc is str"):
+    with pytest.raises(S.SearchStateError,
+                       match=r"state\.json' is corrupt: stages\.baseline\.val_acc is a string"):
         _search(data8, tmp_path, _fast_config())
     doc = json.loads(good)
     doc["stages"] = []
     state.write_text(json.dumps(doc))
-    with pytest.raises(S.SearchStateError, match="'stages' is not an object"):
+    with pytest.raises(S.SearchStateError, match="stages is a list, not an object"):
         _search(data8, tmp_path, _fast_config())
     state.write_bytes(b"\xff\xfe binary")
     with pytest.raises(S.SearchStateError, match="corrupt"):

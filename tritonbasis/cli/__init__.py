@@ -26,7 +26,7 @@ import sys
 
 from . import bench, convert, demo, profile, search, train, tune
 from .common import Parser, UsageError, check_args
-from .guard import debug_enabled, known_errors, one_line
+from .guard import debug_enabled, known_errors, one_line, out_of_memory
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
@@ -67,6 +67,12 @@ def main(argv=None) -> int:
             raise
         print(f"tritonbasis: error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
+    except (MemoryError, RuntimeError) as e:
+        line = out_of_memory(e)
+        if debug or line is None:
+            raise
+        print(f"tritonbasis: error: {line}", file=sys.stderr)
+        return 1
 
 
 def _main(argv) -> int:

@@ -18,12 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from ..util.config_args import add_dataclass_arguments, field_flags, from_args
-from .guard import RunLock, check_writable, positive_float, positive_int, readable_file, unit_ratio
+from .guard import (
+    RunLock,
+    check_writable,
+    positive_int,
+    readable_file,
+    unit_ratio,
+    width_float,
+)
 
 __all__ = ["MIN_IMAGE_SIZE", "MIN_IMAGE_SIZE_TORCHVISION", "Parser", "SubcommandErrors",
            "UsageError", "add_config_arguments", "add_model_args", "check_args",
            "check_data_dir", "config_from_args", "converted_model", "digits_batch",
-           "is_writer_rank", "plan_from_args", "run_folder"]
+           "is_writer_rank", "load_plan_file", "plan_from_args", "run_folder"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -150,7 +157,7 @@ def run_folder(out: Path, command: str):
 def add_model_args(p):
     p.add_argument("--model", default="resnet18_cifar",
                    help="resnet18_cifar (default) or a torchvision classification model name")
-    p.add_argument("--width", type=positive_float, default=1.0,
+    p.add_argument("--width", type=width_float, default=1.0,
                    help="channel width multiplier (resnet18_cifar only; default 1.0)")
     p.add_argument("--num-classes", type=positive_int, default=10,
                    help="classifier outputs (default 10)")
@@ -161,14 +168,28 @@ def add_model_args(p):
     p.add_argument("--keep-basis", action="store_true", help="with --ratio: keep-basis form")
 
 
+def load_plan_file(path) -> dict:
+    """A plan JSON file read as every file the package reads (util.fileio.load_json: a
+    regular file, size-capped, UTF-8, no NaN/Infinity, bounded nesting), then checked as
+    ``conversion.plan.load_plan`` checks it; every problem one ValueError naming the file."""
+    from ..conversion.plan import normalize_plan
+    from ..util.fileio import load_json
+
+    doc = load_json(path, "plan file")
+    plan = doc["plan"] if isinstance(doc, dict) and "plan" in doc else doc
+    try:
+        return normalize_plan(plan)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"plan file {path}: {e}") from None
+
+
 def plan_from_args(args):
-    from ..conversion.plan import load_plan
     from ..nn.spec import BasisSpec
 
     if args.plan and args.ratio is not None:
         raise SystemExit("give --plan or --ratio, not both")
     if args.plan:
-        return load_plan(args.plan)
+        return load_plan_file(args.plan)
     if args.ratio is not None:
         return {"_default": BasisSpec(ratio=args.ratio, keep_basis=args.keep_basis)}
     return None

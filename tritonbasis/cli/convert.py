@@ -3,8 +3,7 @@ every candidate conv)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..util.fileio import atomic_write_text
 from .common import add_model_args, plan_from_args
 from .guard import positive_int
 
@@ -31,6 +30,6 @@ def run(args) -> int:
           f"plan: {args.plan or f'ratio {args.ratio}'}")
     print(report.table())
     if args.json:
-        Path(args.json).write_text(report.to_json(indent=1))
+        atomic_write_text(args.json, report.to_json(indent=1))
         print(f"report written to {args.json}")
     return 0

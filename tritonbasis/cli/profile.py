@@ -20,7 +20,7 @@ from .common import (
     converted_model,
     run_folder,
 )
-from .guard import nonneg_int, positive_float, positive_int
+from .guard import device_arg, nonneg_int, positive_float, positive_int
 
 NAMES = {"row_limit": "--rows"}
 # parse-time validators (one line, exit 2); ProfileConfig checks the same at parse time
@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
                     help="input size (default 32)")
     pr.add_argument("--batch", type=positive_int, default=None,
                     help="default 256 (CUDA), 16 (CPU)")
-    pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    pr.add_argument("--device", default=None, type=device_arg,
+                    help="cpu or cuda (default: cuda if available)")
     pr.add_argument("--out", default=None, help="output folder (default runs/profile-<time>)")
     add_config_arguments(pr, ProfileConfig, names=NAMES, types=TYPES)
 

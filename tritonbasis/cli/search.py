@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..recipes.search import ExperimentConfig, SearchConfig, verdict_lines
+from ..recipes.train_config import SCHEDULES
 from .common import (
     add_config_arguments,
     check_data_dir,
@@ -30,6 +31,7 @@ from .guard import (
     positive_float,
     positive_int,
     unit_ratio,
+    width_float,
 )
 
 # the experiment the command runs by default (ExperimentConfig's defaults: sized for a CPU)
@@ -45,8 +47,12 @@ TYPES = {"max_drop": nonneg_float, "baseline_epochs": positive_int, "batch_size"
          "time_steps": positive_int, "seed": nonneg_int, "device": device_arg,
          "final_epochs": nonneg_int, "final_lr": positive_float, "final_seeds": positive_int,
          "time_rounds": positive_int}
-CHOICES = {"gain": ("macs", "params", "time")}
-EXP_TYPES = {"width": positive_float, "image_size": positive_int, "ratio": unit_ratio,
+CHOICES = {"gain": ("macs", "params", "time"), "schedule": SCHEDULES}
+# the command's words where they differ from the field's: the command builds a fresh model, so
+# the API's "0: the given weights are the baseline" has no meaning here (0 is refused)
+HELP = {"baseline_epochs": "epochs of the dense baseline (and of every final seed's dense "
+                           "model), at least 1: the command trains its model from scratch"}
+EXP_TYPES = {"width": width_float, "image_size": positive_int, "ratio": unit_ratio,
              "split_seed": nonneg_int}
 # what `search --overwrite` deletes: only names the search itself writes
 SEARCH_OUTPUTS = ("state.json", "report.json", "plan.json", "summary.md", "sensitivity.png",
@@ -58,7 +64,7 @@ SEARCH_DIR_GLOBS = ("final_seed*",)  # each final seed's dense / chosen / naive 
 def add_parser(sub) -> None:
     se = sub.add_parser("search", help="layer-sensitivity search (the main job)")
     add_config_arguments(se, ExperimentConfig, types=EXP_TYPES)
-    add_config_arguments(se, SearchConfig, exclude=("spec",),
+    add_config_arguments(se, SearchConfig, exclude=("spec",), help=HELP,
                          names=NAMES, types=TYPES, choices=CHOICES)
     se.add_argument("--out", default=None, help="output folder (default runs/search-<time>); "
                                                 "an existing one is resumed")

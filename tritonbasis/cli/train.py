@@ -27,6 +27,7 @@ from .guard import (
     nonneg_int,
     positive_float,
     positive_int,
+    workers_int,
 )
 
 NAMES = {"num_workers": "--workers"}
@@ -34,7 +35,7 @@ NAMES = {"num_workers": "--workers"}
 TYPES = {"epochs": positive_int, "batch_size": positive_int, "lr": positive_float,
          "momentum": nonneg_float, "weight_decay": nonneg_float, "warmup": nonneg_float,
          "label_smoothing": nonneg_float, "seed": nonneg_int, "device": device_arg,
-         "log_every": positive_int, "max_steps": positive_int, "num_workers": nonneg_int}
+         "log_every": positive_int, "max_steps": positive_int, "num_workers": workers_int}
 CHOICES = {"schedule": SCHEDULES}
 # the command's words where it does more than the field (the seed also seeds the model)
 HELP = {"seed": "seeds everything: model init, conversion, shuffling"}

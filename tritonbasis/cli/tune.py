@@ -13,7 +13,7 @@ import torch
 
 from ..perf.tune import TuneConfig
 from .common import add_config_arguments, add_model_args, config_from_args, converted_model
-from .guard import nonneg_float, positive_float, positive_int
+from .guard import device_arg, nonneg_float, positive_float, positive_int
 
 # parse-time validators (one line, exit 2); TuneConfig checks the same at parse time
 TYPES = {"warmup_ms": nonneg_float, "rep_ms": positive_float, "min_reps": positive_int}
@@ -26,9 +26,9 @@ def add_parser(sub) -> None:
     tu.add_argument("--image-size", type=positive_int, default=32,
                     help="input size (default 32)")
     tu.add_argument("--batch", type=positive_int, default=256, help="batch size (default 256)")
-    tu.add_argument("--device", default=None,
-                    help="default cuda; without CUDA the command explains and exits unless "
-                         "--device cpu (times the CPU torch paths)")
+    tu.add_argument("--device", default=None, type=device_arg,
+                    help="cuda or cpu (default cuda; without CUDA the command explains and "
+                         "exits unless --device cpu, which times the CPU torch paths)")
     add_config_arguments(tu, TuneConfig, types=TYPES)
     tu.add_argument("--show", action="store_true",
                     help="print the cache location and what it holds, and exit")

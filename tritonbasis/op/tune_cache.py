@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from ..util.fileio import atomic_write_text
+from ..util.fileio import BadFileError, atomic_write_text, load_json
 
 ENV_DIR = "TRITONBASIS_CACHE_DIR"
 ENV_ENABLE = "TRITONBASIS_TUNE_CACHE"
@@ -133,19 +133,20 @@ class _Store:
 
     def _read(self, path: Path) -> dict[str, dict]:
         """Entries in the file; {} (with a warning naming the file) if it is not valid cache
-        JSON, whatever it holds (binary, wrong types); malformed entries are dropped with a
-        warning."""
+        JSON, whatever it holds or is (binary, wrong types, NaN, a FIFO, a device, a huge
+        file: read without blocking, size-capped, util.fileio.load_json); malformed entries
+        are dropped with a warning."""
         try:
-            raw = path.read_bytes()
+            data = load_json(path, "tuning cache")
         except FileNotFoundError:
             return {}
         except OSError as e:
             warnings.warn(f"tritonbasis: cannot read tuning cache {path} ({e}); ignoring it",
                           RuntimeWarning, stacklevel=3)
             return {}
-        try:
-            # UnicodeDecodeError is a ValueError: non-UTF-8 bytes are "not JSON" too
-            data = json.loads(raw.decode("utf-8"))
+        except BadFileError as e:
+            data, why = None, f"it {' '.join(e.problem.split())[:160]}"
+        else:
             why = None
             if not isinstance(data, dict):
                 why = "top level is not an object"
@@ -153,8 +154,6 @@ class _Store:
                 why = f"format {data.get('format')!r}, expected {FORMAT!r}"
             elif not isinstance(data.get("entries"), dict):
                 why = "no 'entries' object"
-        except (ValueError, RecursionError) as e:
-            why = f"not JSON: {' '.join(str(e).split())[:100]}"
         good = {}
         if why is None:
             good = {k: v for k, v in data["entries"].items()

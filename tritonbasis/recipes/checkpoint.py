@@ -17,17 +17,36 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..util.fileio import load_checkpoint, save_checkpoint
+from ..util.fileio import CheckpointError, load_checkpoint, save_checkpoint
+from ..util.schema import Int, Is, Json, List, Map, Num, Obj, Opt, SchemaError, Str
+from ..util.schema import check as check_schema
 from .train_config import RESUME_KEYS, TrainConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "check_resume_config", "load",
-           "rng_state", "save", "seed_all", "set_rng_state"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_SCHEMA", "HISTORY_KEYS",
+           "check_resume_config", "load", "rng_state", "save", "seed_all", "set_rng_state"]
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "tritonbasis.train/1"
-# what a training checkpoint must hold besides "format" (and the checksum)
-REQUIRED_KEYS = ("epoch", "global_step", "model", "optimizer", "scheduler", "history",
-                 "config", "train_size", "steps_per_epoch", "rng")
+# a history row's keys, in the order the loop records them (saved in last.pt and the result)
+HISTORY_KEYS = ("epoch", "steps", "global_step", "lr", "train_loss", "train_acc", "val_loss",
+                "val_acc", "epoch_time_s", "eval_time_s", "step_time_ms", "images_per_s")
+_TENSOR = Is(torch.Tensor, "a tensor")
+_STATE_DICT = Is(dict, "an object")  # optimizer / scheduler: checked by their load_state_dict
+# What a training checkpoint holds (its non-tensor part is what a hand-made file gets wrong;
+# the checksum already catches a damaged one). Other keys are allowed and ignored.
+CHECKPOINT_SCHEMA = Obj(
+    {"format": Str((CHECKPOINT_FORMAT,)), "epoch": Int(0), "global_step": Int(0),
+     "model": Map(_TENSOR), "optimizer": _STATE_DICT, "scheduler": _STATE_DICT,
+     # a row may hold a non-finite validation loss (a diverged model): numbers, not finite ones
+     "history": List(Obj({k: Opt(Is((int, float), "a number")) for k in HISTORY_KEYS})),
+     "config": Map(Json()),
+     "train_size": Int(1), "steps_per_epoch": Int(1),
+     "rng": Obj({"torch": _TENSOR, "cuda": List(_TENSOR),
+                 "python": Obj({"version": Int(), "state": _TENSOR, "gauss": Opt(Num())}),
+                 "numpy": Obj({"kind": Str(), "keys": _TENSOR, "pos": Int(0),
+                               "has_gauss": Int(0, 1), "cached_gaussian": Num()}),
+                 "loader": Opt(_TENSOR)})},
+    extra=Is(object, "anything"))
 
 
 def seed_all(seed: int) -> None:
@@ -82,10 +101,12 @@ def load(path: Path) -> dict[str, Any]:
     restart or a resume from wrong weights."""
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a tritonbasis training checkpoint")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}")
+        raise CheckpointError(f"{str(path)!r} is not a tritonbasis training checkpoint")
+    try:
+        check_schema(ckpt, CHECKPOINT_SCHEMA, f"checkpoint {str(path)!r} is malformed")
+    except SchemaError as e:
+        raise CheckpointError(f"{e}; delete it to start again, or restore it from a copy"
+                              ) from None
     return ckpt
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 __all__ = [
     "CIFAR10_MEAN",
+    "CorruptDataError",
     "CIFAR10_STD",
     "DATASETS",
     "TensorData",
@@ -98,9 +99,24 @@ def digits(size: int = 32, channels: int = 3, val_fraction: float = 0.25,
     return (TensorData(x_train, y[it], 10, mean, std), TensorData(x_val, y[iv], 10, mean, std))
 
 
+# The official batch files are 30.7 MB each (batches.meta: 158 bytes); a file far larger is
+# not one of them, and torchvision would hash all of it before saying so.
+_CIFAR10_MAX_BYTES = 64 << 20
+
+
+class CorruptDataError(RuntimeError, ValueError):
+    """Data files that are there but are not the data set (a ValueError for the CLI's one
+    line; a RuntimeError as torchvision's own integrity error)."""
+
+
 def _missing_cifar10(root: Path) -> list[str]:
     folder = root / _CIFAR10_FOLDER
     return [f for f in _CIFAR10_FILES if not (folder / f).is_file()]
+
+
+def _oversized_cifar10(root: Path) -> list[str]:
+    folder = root / _CIFAR10_FOLDER
+    return [f for f in _CIFAR10_FILES if (folder / f).stat().st_size > _CIFAR10_MAX_BYTES]
 
 
 def _how_to_get_cifar10(root: Path) -> str:
@@ -138,8 +154,14 @@ def cifar10(data_dir: str | os.PathLike, train: bool = True, augment: bool = Tru
         if missing:
             raise FileNotFoundError(
                 f"CIFAR-10 data folder {str(root)!r} has no complete "
-                f"{_CIFAR10_FOLDER}/ (missing: {', '.join(missing)}). " + _how_to_get_cifar10(root)
+                f"{_CIFAR10_FOLDER}/ (missing: {', '.join(missing)}). "
+                + _how_to_get_cifar10(root)
             )
+        big = _oversized_cifar10(root)
+        if big:
+            raise CorruptDataError(
+                f"CIFAR-10 files in {str(root / _CIFAR10_FOLDER)!r} are not the data set "
+                f"({', '.join(big)}: larger than any CIFAR-10 file). " + _how_to_get_cifar10(root))
     else:
         root.mkdir(parents=True, exist_ok=True)
 
@@ -152,7 +174,7 @@ def cifar10(data_dir: str | os.PathLike, train: bool = True, augment: bool = Tru
         return torchvision.datasets.CIFAR10(str(root), train=train, transform=tf,
                                             download=download)
     except RuntimeError as e:  # torchvision's md5 check: files there but corrupted/other data
-        raise RuntimeError(
+        raise CorruptDataError(
             f"CIFAR-10 files in {str(root / _CIFAR10_FOLDER)!r} failed torchvision's integrity "
             f"check ({e}). " + _how_to_get_cifar10(root)
         ) from e

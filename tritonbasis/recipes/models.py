@@ -15,9 +15,14 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock, ResNet
 
-__all__ = ["MODELS", "CifarResNet", "get_model", "list_models", "resnet18_cifar"]
+__all__ = ["MAX_WIDTH", "MODELS", "CifarResNet", "get_model", "list_models", "resnet18_cifar"]
 
 _BASE_WIDTHS = (64, 128, 256, 512)
+
+
+# Widest multiplier accepted: 64 x 512 = 32768 channels in the last stage, already ~10^10
+# parameters; above it channel counts overflow before any allocation could fail cleanly.
+MAX_WIDTH = 64.0
 
 
 def _scaled(c: int, width: float) -> int:
@@ -46,8 +51,9 @@ class CifarResNet(ResNet):
     ):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not (isinstance(width, (int, float)) and width > 0):
-            raise ValueError(f"width must be a positive number, got {width!r}")
+        if not (isinstance(width, (int, float)) and not isinstance(width, bool)
+                and 0 < width <= MAX_WIDTH):
+            raise ValueError(f"width must be a number in (0, {MAX_WIDTH}], got {width!r}")
         # ResNet.__init__ hard-codes the ImageNet stem and 64..512 widths; we set up the same
         # attributes its _make_layer reads and build the rest ourselves.
         nn.Module.__init__(self)

@@ -38,9 +38,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..util.fileio import CheckpointError
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import CHECKPOINT_NAME, HISTORY_KEYS
 from .checkpoint import seed_all as _seed_all
 from .data import make_loaders
 from .evaluation import as_loader, autocast, evaluate, resolve_device, to_device
@@ -212,8 +213,8 @@ def _resume(run: _Run) -> None:
     that the checkpoint belongs to this run (config, data size, model)."""
     path = run.ckpt_path
 
-    def read():
-        return ckpt_io.load(path) if path.is_file() else None
+    def read():  # anything in its place (a FIFO, a dangling link) is read, and refused
+        return ckpt_io.load(path) if (path.exists() or path.is_symlink()) else None
 
     ckpt = run.ddp.read_checkpoint(read) if run.ddp else read()
     if ckpt is None:
@@ -231,12 +232,20 @@ def _resume(run: _Run) -> None:
         raise ValueError(
             f"cannot resume from {str(path)!r}: its weights do not fit this model ({e})"
         ) from e
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
+    for part, restore in (
+            ("optimizer state", lambda: run.optimizer.load_state_dict(ckpt["optimizer"])),
+            ("scheduler state", lambda: run.scheduler.load_state_dict(ckpt["scheduler"])),
+            ("RNG states", lambda: ckpt_io.set_rng_state(ckpt["rng"],
+                                                         run.train_loader.generator))):
+        try:
+            restore()
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"cannot resume from {str(path)!r}: its {part} does not fit this run "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
     run.history = list(ckpt["history"])
     run.start_epoch, run.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
     run.resumed_from = run.start_epoch
-    ckpt_io.set_rng_state(ckpt["rng"], run.train_loader.generator)
     if run.progress:
         tqdm.write(f"resumed from {path} at epoch {run.start_epoch}/{run.n_epochs}")
 
@@ -331,13 +340,10 @@ def _validate(run: _Run) -> tuple[float | None, float | None]:
     return evaluate(run.model, run.val_loader, run.device, amp=run.use_amp)
 
 
-# the history row's key order (it is saved in last.pt and the JSON result)
-_ROW_KEYS = ("epoch", "steps", "global_step", "lr", "train_loss", "train_acc", "val_loss",
-             "val_acc", "epoch_time_s", "eval_time_s", "step_time_ms", "images_per_s")
-
-
 def _ordered_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in _ROW_KEYS}
+    """The history row in :data:`.checkpoint.HISTORY_KEYS` order (saved in last.pt and the
+    JSON result)."""
+    return {k: row[k] for k in HISTORY_KEYS}
 
 
 def _log_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:

@@ -7,8 +7,9 @@ one set of defaults (the dataclass's).
 Per field, from its annotation and default:
 
 * ``int``, ``float``, ``str``, ``pathlib.Path``: ``--name VALUE`` of that type;
-* ``Optional[X]`` / ``X | None``: as ``X``, default ``None``; a union of several types parses
-  its **first** non-None member (``str | Sequence[str] | None`` reads a string on the command
+* ``Optional[X]`` / ``X | None``: as ``X``, and the word ``none`` gives None (what the help
+  shows as ``(default: none)``; without ``choices``); a union of several types parses its
+  **first** non-None member (``str | Sequence[str] | None`` reads a string on the command
   line; the other members are for Python callers);
 * ``Literal["a", "b"]``: ``--name {a,b}``;
 * ``bool``: default False -> ``--name`` (``store_true``); default True -> ``--no-name``
@@ -204,7 +205,19 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
             kw["choices"] = list(choices[f.name])
         if "choices" not in kw:  # named after the flag, not the field (--dtype DTYPE)
             kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()
+            if kind == "scalar" and _strip_optional(hints[f.name])[1]:
+                kw["type"] = _or_none(kw["type"])
         parser.add_argument(flag, help=_help(text, default), **kw)
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, except that the word ``none`` is None (an Optional field's "not set", the
+    default the help shows as ``(default: none)``)."""
+    def parse_or_none(text: str):
+        return None if text.strip().lower() == "none" else parse(text)
+
+    parse_or_none.__name__ = getattr(parse, "__name__", "value")  # argparse's messages
+    return parse_or_none
 
 
 def _word_bool(name: str, yes: str, no: str) -> Callable[[str], bool]:

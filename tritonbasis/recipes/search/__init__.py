@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from ...conversion.convert import candidate_convs
 from ...nn.spec import BasisSpec
 from .. import distributed as D
 from ..measure import count_params
@@ -106,7 +107,8 @@ def sensitivity_search(
     """
     cfg = _resolved_config(config, spec, max_drop)
     identity = _identity(identity, model, train_data, val_data)
-    ctx = _open(cfg, identity, train_data, val_data, Path(out), progress, log)
+    ctx = _open(cfg, identity, train_data, val_data, Path(out), progress, log,
+                [f for f, _ in candidate_convs(model)])
     t_start = time.perf_counter()
     init_state = copy.deepcopy(model.state_dict())  # the shared initialisation
 
@@ -118,6 +120,9 @@ def sensitivity_search(
         return _probe(dense, fqns, setup, steps)
 
     cands, conv_rows = candidates(dense, ctx.spec, ctx.shape)  # 2
+    # every layer the state names must be one of these (an energy spec's C_b, so whether a
+    # conv saves anything, depends on the trained weights: known only now)
+    D.on_main(lambda: ctx.state.check(cands))
     probes = run_layer_probes(ctx, cands, probe)
     groups = run_group_probes(ctx, cands, conv_rows, probes, probe)
     gains = measure_gains(ctx, dense, cands)  # 3
@@ -169,14 +174,14 @@ def _identity(identity, model, train_data, val_data) -> dict:
 
 
 def _open(cfg: SearchConfig, identity: dict, train_data, val_data, out: Path, progress: bool,
-          log) -> SearchContext:
+          log, layers) -> SearchContext:
     """Check what can be checked before anything is written, then read (or create) the
-    state: under torchrun rank 0 owns ``state.json`` (and every file); the other ranks get a
-    replica."""
+    state (``layers``: the convs its layer names may be): under torchrun rank 0 owns
+    ``state.json`` (and every file); the other ranks get a replica."""
     if cfg.baseline_epochs > 0 or cfg.final:  # these stages train with DDP under torchrun
         D.check_global_batch(cfg.batch_size, len(train_data))
     state = D.main_state(lambda: SearchState(out, config_hash(cfg, identity), identity,
-                                             asdict(cfg)))
+                                             asdict(cfg), layers=layers))
     return SearchContext(cfg=cfg, spec=BasisSpec.from_dict(cfg.spec), train_data=train_data,
                          val_data=val_data, out=out, state=state,
                          shape=tuple(train_data[0][0].shape), progress=progress, log=log)

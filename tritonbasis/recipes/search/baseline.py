@@ -51,5 +51,6 @@ def run_baseline(ctx: SearchContext, model: nn.Module) -> tuple[nn.Module, dict]
         baseline = state.get("baseline")
     else:
         ctx.log(f"[1/5] baseline: done (val acc {100 * baseline['val_acc']:.2f}%)")
-    D.load_on_main(dense, lambda: load_baseline(base_path, state))  # rank 0 reads, broadcasts
+    # rank 0 reads (checked: digest, names, shapes), broadcasts
+    D.load_on_main(dense, lambda: load_baseline(base_path, state, dense))
     return dense, baseline

@@ -93,6 +93,10 @@ def probe(dense: nn.Module, fqns, setup: ProbeSetup, steps: int) -> dict:
         train(m, setup.train_data, None, cfg.probe_train_config(steps, len(setup.train_data)),
               progress=False)
         pl, pa = evaluate(m, setup.val_data, cfg.device, cfg.batch_size)
+        if not math.isfinite(pl):  # a finite training loss can still end in a NaN model
+            raise FloatingPointError(
+                f"probe of {', '.join(fqns)}: the validation loss became {pl} after {steps} "
+                f"fine-tuning steps at probe_lr={cfg.probe_lr}; lower --probe-lr")
     return {"zero_shot_acc": za, "zero_shot_drop": pp(setup.base_acc, za),
             "zero_shot_loss_delta": round(zl - setup.base_loss, 6),
             "probe_acc": pa, "probe_drop": pp(setup.base_acc, pa),

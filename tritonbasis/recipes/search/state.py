@@ -2,8 +2,9 @@
 
 It holds the configuration (and its hash, :func:`config_hash`), the model/data identity and
 every finished stage's results under ``"stages"``, and is written atomically after every
-stage and probe. Read back, it is checked against its schema (:func:`state_problems`) and
-against this run's configuration (a different one is refused, naming the differing fields,
+stage and probe. Read back, it is checked against its one schema (:data:`STATE_SCHEMA`:
+types, ranges, and layer names that exist in the model) and against this run's
+configuration (a different one is refused, naming the differing fields,
 compared as resolved values: ``device=None`` equals the device it resolves to). The baseline
 weights (``baseline.pt``) are a plain state_dict whose digest is recorded here.
 
@@ -22,11 +23,18 @@ from pathlib import Path
 import torch
 
 from ...util.config_args import dataclass_defaults
-from ...util.fileio import atomic_write_text, load_checkpoint
+from ...util.fileio import (
+    BadFileError,
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    load_json,
+)
+from ...util.schema import Bool, Int, Json, List, Map, Name, Num, Obj, Opt, Str, problems
 from .config import SearchConfig
 
-__all__ = ["STATE_FORMAT", "SearchState", "SearchStateError", "config_hash", "default_device",
-           "load_baseline", "state_problems"]
+__all__ = ["STATE_FORMAT", "STATE_SCHEMA", "SearchState", "SearchStateError", "config_hash",
+           "default_device", "load_baseline", "state_problems"]
 
 STATE_FORMAT = "tritonbasis-search-state/1"
 
@@ -35,28 +43,25 @@ class SearchStateError(RuntimeError):
     """The state folder belongs to another configuration, or is unreadable."""
 
 
+_REDO = "delete it (the search starts over) or use another --out folder"
+
+
 class SearchState:
     """``state.json``: the config (and its hash) plus every finished stage's results, checked
     against :func:`state_problems` when read."""
 
-    def __init__(self, out: Path, config_hash: str, identity: dict, config: dict | None = None):
+    def __init__(self, out: Path, config_hash: str, identity: dict, config: dict | None = None,
+                 layers=None):
         self.path = out / "state.json"
         self.out = out
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             try:
-                doc = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:  # ValueError: JSON and UnicodeDecodeError
-                raise SearchStateError(
-                    f"{self.path} is corrupt ({' '.join(str(e).split())[:120]}); delete it or "
-                    "use another --out folder"
-                ) from None
-            if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-                raise SearchStateError(f"{self.path} is not a tritonbasis search state")
-            problems = state_problems(doc)
-            if problems:
-                raise SearchStateError(
-                    f"{self.path} is corrupt (does not match the search-state schema: "
-                    f"{'; '.join(problems[:4])}); delete it or use another --out folder")
+                doc = load_json(self.path, "search state")
+            except BadFileError as e:
+                raise SearchStateError(f"search state {str(self.path)!r} is corrupt: it "
+                                       f"{e.problem}; {_REDO}") from None
+            self.doc = doc
+            self.check(layers)
             if doc["config_hash"] != config_hash:
                 diffs = config_diffs(doc, config, identity)
                 if diffs is None or diffs:
@@ -66,7 +71,6 @@ class SearchState:
                         f"{self.path} was written by a search with a different configuration "
                         f"({what}); use another --out folder, or delete the folder to start "
                         "over")
-            self.doc = doc
         else:
             out.mkdir(parents=True, exist_ok=True)
             self.doc = {"format": STATE_FORMAT, "config_hash": config_hash,
@@ -74,6 +78,17 @@ class SearchState:
             if config is not None:
                 self.doc["config"] = config
             self.save()
+
+    def check(self, layers=None) -> None:
+        """Refuse (:class:`SearchStateError`, naming the file and the fields) a document that
+        does not match :data:`STATE_SCHEMA`; ``layers``: the model's candidate layers, which
+        every layer name in the state must be."""
+        found = state_problems(self.doc, layers)
+        if found:
+            more = f" ({len(found) - 4} more)" if len(found) > 4 else ""
+            raise SearchStateError(
+                f"search state {str(self.path)!r} is corrupt: {'; '.join(found[:4])}{more}; "
+                f"{_REDO}")
 
     def get(self, key, default=None):
         return self.doc["stages"].get(key, default)
@@ -83,7 +98,22 @@ class SearchState:
         self.save()
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.doc, indent=1, allow_nan=False))
+        try:
+            text = json.dumps(self.doc, indent=1, allow_nan=False)
+        except ValueError:  # JSON has no NaN: say which stage diverged, not json's words
+            bad = [k for k, v in self.doc["stages"].items() if not _finite(v)]
+            raise FloatingPointError(
+                f"the search's {', '.join(bad) or 'state'} results hold a non-finite number "
+                "(a training diverged); lower --lr, --probe-lr or --final-lr") from None
+        atomic_write_text(self.path, text)
+
+
+def _finite(v) -> bool:
+    try:
+        json.dumps(v, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def default_device() -> str:
@@ -119,79 +149,80 @@ def config_diffs(doc: dict, config: dict | None, identity: dict) -> list[str] | 
     return diffs
 
 
-_NUM = (int, float)
-# stage -> (type, {field: type}) of each value (per-layer dicts for probes/gains)
-_PROBE_FIELDS = {"zero_shot_acc": _NUM, "zero_shot_drop": _NUM, "zero_shot_loss_delta": _NUM,
-                 "probe_acc": _NUM, "probe_drop": _NUM, "probe_loss_delta": _NUM}
-_GAIN_FIELDS = {"time_dense_ms": _NUM, "time_basis_ms": _NUM, "time_saved_ms": _NUM}
-_BASELINE_FIELDS = {"val_acc": _NUM, "val_loss": _NUM, "params": int, "macs": int,
-                    "history": list}
-_SELECTION_FIELDS = {"chosen": list, "predicted_drop": _NUM, "verified_drop": _NUM,
-                     "within_budget": bool, "verifications": list, "backoffs": int,
-                     "max_drop": _NUM}
+# The one schema of state.json. Accuracies are fractions, drops percentage points, times
+# milliseconds; every layer name must be one of the model's candidate layers (Name("layer")).
+# Fields marked optional are absent from states written by earlier versions.
+_LAYER = Name("layer", "a candidate layer of this model")
+_LAYERS = List(_LAYER, unique=True)
+_ACC, _PP, _MS = Num(0, 1), Num(-100, 100), Num(0)
+_COUNT = Int(0)
+_PROBE = {"zero_shot_acc": _ACC, "zero_shot_drop": _PP, "zero_shot_loss_delta": Num(),
+          "probe_acc": _ACC, "probe_drop": _PP, "probe_loss_delta": Num()}
+_MODE = Str(("fused", "weight"))
+_MODELS = Str(("dense", "chosen", "naive"))
+_SEED = Str(pattern=r"[0-9]{1,9}")
+_FINAL = Obj(
+    {"val_acc": _ACC, "params": _COUNT, "macs": _COUNT, "train_step_ms": _MS, "infer_ms": _MS},
+    {"val_acc_sd": Num(0), "val_acc_per_seed": List(_ACC), "val_loss": Num(0),
+     "drop_pp": _PP, "drop_sd_pp": Num(0), "drop_per_seed_pp": List(_PP),
+     "seeds": List(Int(0)), "converted": _COUNT, "train_step_ms_rounds": List(_MS),
+     "infer_ms_rounds": List(_MS), "timing_device": Str()})
+STATE_SCHEMA = Obj(
+    {"format": Str((STATE_FORMAT,)), "config_hash": Str(pattern=r"[0-9a-f]{64}"),
+     "identity": Map(Json()),
+     "stages": Obj(optional={
+         "baseline": Obj({"val_acc": _ACC, "val_loss": Num(0), "params": _COUNT,
+                          "macs": _COUNT, "history": List(Map(Opt(Num())))}),
+         "baseline_sha256": Str(pattern=r"[0-9a-f]{64}"),
+         "probe_runs": List(Obj({"world_size": Int(1), "probes": List(_LAYER)})),
+         "probes": Map(Obj(_PROBE, {"rank": _COUNT}), key=_LAYER),
+         "groups": List(Obj({"group": Str(("light", "heavy")), "layers": _LAYERS, **_PROBE,
+                             "sum_of_layer_probe_drops": Num()})),
+         "gains": Map(Obj({"time_dense_ms": _MS, "time_basis_ms": _MS, "time_saved_ms": Num()},
+                          {"time_fused_ms": _MS, "time_weight_ms": _MS, "mode": _MODE,
+                           "time_dense_infer_ms": _MS, "time_fused_infer_ms": _MS,
+                           "time_weight_infer_ms": _MS, "mode_infer": _MODE}), key=_LAYER),
+         "verifications": List(Obj({"layers": _LAYERS, **_PROBE})),
+         "selection": Obj(
+             {"chosen": _LAYERS, "predicted_drop": Num(0), "verified_drop": _PP,
+              "within_budget": Bool(), "verifications": List(Obj({"layers": _LAYERS, **_PROBE})),
+              "backoffs": _COUNT, "max_drop": Num(0)},
+             {"method": Str(("bisect", "greedy")), "order": _LAYERS,
+              "verified_loss_delta": Opt(Num()),
+              "steps": List(Obj({"n_layers": _COUNT, "predicted_drop": Num(0),
+                                 "verified_drop": _PP, "verified_loss_delta": Opt(Num()),
+                                 "fits": Bool()}))}),
+         "final_runs": Map(Map(Obj({"val_acc": _ACC, "val_loss": Num(0)}), key=_MODELS),
+                           key=_SEED),
+         "final_timing": Map(Obj({"train_step_ms": List(_MS, min_len=1),
+                                  "infer_ms": List(_MS, min_len=1), "params": _COUNT,
+                                  "macs": _COUNT, "timing_device": Str()}), key=_MODELS),
+         "final": Map(_FINAL, key=_MODELS),
+         "seconds": Num(0)})},
+    {"config": Map(Json())})
 
 
-def _fields_problems(where: str, d, fields: dict) -> list[str]:
-    if not isinstance(d, dict):
-        return [f"{where} is {type(d).__name__}, not an object"]
-    out = []
-    for k, t in fields.items():
-        v = d.get(k)
-        if k not in d:
-            out.append(f"{where} lacks {k!r}")
-        elif isinstance(v, bool) and t is not bool:
-            out.append(f"{where}.{k} is a bool")
-        elif not isinstance(v, t):
-            out.append(f"{where}.{k} is {type(v).__name__}")
-    return out
-
-
-def state_problems(doc: dict) -> list[str]:
-    """What is wrong with a state document (empty if it matches the schema). A hand-written
-    check: a malformed state used to fail deep in the search with a KeyError or TypeError."""
-    p = []
-    if not isinstance(doc.get("config_hash"), str):
-        p.append("'config_hash' is not a string")
-    if not isinstance(doc.get("identity"), dict):
-        p.append("'identity' is not an object")
-    if "config" in doc and not isinstance(doc["config"], dict):
-        p.append("'config' is not an object")
-    st = doc.get("stages")
-    if not isinstance(st, dict):
-        return p + ["'stages' is not an object"]
-    if "baseline" in st:
-        p += _fields_problems("baseline", st["baseline"], _BASELINE_FIELDS)
-    if "baseline_sha256" in st and not isinstance(st["baseline_sha256"], str):
-        p.append("baseline_sha256 is not a string")
-    for name, fields in (("probes", _PROBE_FIELDS), ("gains", _GAIN_FIELDS)):
-        if name in st:
-            if not isinstance(st[name], dict):
-                p.append(f"{name} is not an object")
-            else:
-                for k, v in st[name].items():
-                    p += _fields_problems(f"{name}[{k!r}]", v, fields)
-    for name in ("groups", "verifications"):
-        if name in st:
-            if not isinstance(st[name], list):
-                p.append(f"{name} is not a list")
-                continue
-            for i, v in enumerate(st[name]):
-                p += _fields_problems(f"{name}[{i}]", v, {**_PROBE_FIELDS, "layers": list})
-    if "selection" in st:
-        p += _fields_problems("selection", st["selection"], _SELECTION_FIELDS)
-    if "final" in st:
-        if not isinstance(st["final"], dict):
-            p.append("final is not an object")
-        else:
-            for k, v in st["final"].items():
-                if k not in ("dense", "chosen", "naive"):
-                    continue
-                p += _fields_problems(f"final[{k!r}]", v, {"val_acc": _NUM, "params": int,
-                                                           "macs": int})
-    if "seconds" in st and (isinstance(st["seconds"], bool)
-                            or not isinstance(st["seconds"], _NUM)):
-        p.append("seconds is not a number")
-    return p
+def state_problems(doc, layers=None) -> list[str]:
+    """What is wrong with a state document against :data:`STATE_SCHEMA` (empty if nothing),
+    one line per problem naming its field; ``layers``: the names every layer reference must
+    be one of (None: any string). Beyond the types: the chosen layers must be among the
+    ranked ones and have a probe, and the stages that hold per-model results must hold all
+    three models (dense, chosen, naive)."""
+    found = problems(doc, STATE_SCHEMA, {"layer": layers} if layers is not None else None)
+    if found or not isinstance(doc, dict):
+        return found
+    st = doc["stages"]
+    sel = st.get("selection")
+    if sel is not None:
+        ranked = set(sel.get("order", sel["chosen"]))
+        found += [f"stages.selection.chosen: {f!r} is not in stages.selection.order"
+                  for f in sel["chosen"] if f not in ranked]
+        found += [f"stages.selection.chosen: {f!r} has no entry in stages.probes"
+                  for f in sel["chosen"] if f not in st.get("probes", {})]
+    for name in ("final_timing", "final"):
+        if name in st and set(st[name]) != {"dense", "chosen", "naive"}:
+            found.append(f"stages.{name} holds {sorted(st[name])}, not dense, chosen and naive")
+    return found
 
 
 def config_hash(config: SearchConfig, identity: dict) -> str:
@@ -199,11 +230,36 @@ def config_hash(config: SearchConfig, identity: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def load_baseline(path: Path, state: SearchState) -> dict:
-    """``baseline.pt``, checked against the digest the state recorded for it."""
-    if not path.is_file():
+def load_baseline(path: Path, state: SearchState, model: torch.nn.Module | None = None) -> dict:
+    """``baseline.pt``, checked against the digest the state recorded for it and, given
+    ``model``, against its parameter and buffer names and shapes (a file that does not fit
+    is a :class:`~tritonbasis.util.fileio.CheckpointError` naming it)."""
+    if not path.exists():
         raise SearchStateError(
             f"{state.path} says the baseline is done but {path} is missing; delete "
             f"{state.path.name} to start over, or restore the file")
-    return load_checkpoint(path, expect_digest=state.get("baseline_sha256"),
-                           require_checksum=False)
+    sd = load_checkpoint(path, expect_digest=state.get("baseline_sha256"),
+                         require_checksum=False)
+    if model is not None:
+        check_fits(sd, model, path)
+    return sd
+
+
+def check_fits(sd, model: torch.nn.Module, path: Path) -> None:
+    """A state_dict read from ``path`` must hold exactly ``model``'s tensors, with their
+    shapes."""
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    why = None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        why = "it is not a state_dict of tensors"
+    elif set(sd) != set(want):
+        odd = sorted(set(sd) ^ set(want))
+        why = f"its keys differ from the model's ({', '.join(map(repr, odd[:3]))})"
+    else:
+        bad = [k for k in want if tuple(sd[k].shape) != want[k]]
+        if bad:
+            why = (f"{bad[0]!r} has shape {tuple(sd[bad[0]].shape)}, the model's "
+                   f"{want[bad[0]]}")
+    if why:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the model: {why}; "
+                              "delete it to start that stage again, or restore it from a copy")
