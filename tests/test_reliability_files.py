@@ -361,10 +361,11 @@ def test_tuning_cache_of_any_kind_is_ignored_with_a_warning(kind, tmp_path, monk
 
 def _geometry():
     import tritonbasis as tb
+    from tritonbasis.op.geometry import check_inputs
 
     x = torch.randn(2, 8, 8, 8)
     layer = tb.BasisConv2d(8, 8, 3, basis_channels=2, padding=1)
-    return tb.check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
+    return check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
 
 
 def test_fifo_tuning_cache_does_not_block_a_command(tmp_path, capsys, monkeypatch):

@@ -73,7 +73,7 @@ class BenchConfig:
     directions: str | Sequence[str] | None = None
     device: str | torch.device | None = None
     tf32: bool = True
-    compile_mode: str | None = None
+    compile_mode: str = "auto"
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     warmup_ms: float | None = None
     rep_ms: float | None = None
@@ -99,8 +99,8 @@ HELP = {
     "device": "cuda or cpu (default: cuda if available)",
     "tf32": "fp32 convolutions and matmuls on TF32 tensor cores (default on, PyTorch's conv "
             "default; stated in the results)",
-    "compile_mode": "torch.compile mode of unfused_compiled (default max-autotune on CUDA, "
-                    "default on CPU; 'none' skips the provider)",
+    "compile_mode": "torch.compile mode of unfused_compiled; auto = max-autotune on CUDA, "
+                    "default on CPU; 'none' skips the provider",
     "cuda_graphs": "time fwd/fwd+bwd through triton.testing.do_bench_cudagraph: auto = "
                    f"outputs <= 2**{GRAPH_MAX_OUT_ELEMS.bit_length() - 1} elements",
     "warmup_ms": "warm-up per measurement (default 25; 5 with --quick)",
@@ -188,7 +188,9 @@ def resolve(cfg: BenchConfig) -> Resolved:
         from ...conversion.plan import load_plan
 
         plan, plan_label = load_plan(cfg.plan), str(cfg.plan)
-    compile_mode = cfg.compile_mode or ("max-autotune" if cuda else "default")
+    compile_mode = cfg.compile_mode
+    if compile_mode == "auto":
+        compile_mode = "max-autotune" if cuda else "default"
     return Resolved(
         device=device, cases=select_cases(cfg.cases, cfg.quick),
         ratios=parse_ratios(cfg.ratios, cfg.quick),
