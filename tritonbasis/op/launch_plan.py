@@ -166,6 +166,9 @@ def _scalars(key: tuple | None, build) -> tuple:
     return hit
 
 
+# Not reformatted (fmt: off): the tuples below list each kernel's arguments in its signature's
+# order, several per line as the kernels group them; one per line would double their length.
+# fmt: off
 def _flags(g: ConvGeometry, x, y, z, bias, perm, store_z: bool, split: int) -> dict:
     """Constexprs shared by ``fwd`` and ``fwd_reduce``."""
     return dict(HAS_BIAS=bias is not None, HAS_PERM=perm is not None, KEEP_BASIS=g.keep_basis,
@@ -358,6 +361,8 @@ def bwd_reduce_args(segs) -> Launch:
     return Launch("bwd_reduce", lambda meta: (sum(_cdiv(s[3], meta["BLOCK"]) for s in segs),),
                   tuple(v for s in segs for v in s), {})
 
+
+# fmt: on
 
 # --------------------------------------------------------------------------------------------
 # Forward: plan
