@@ -476,7 +476,7 @@ def test_bench_cli_rejects_bad_choices(tmp_path):
 
 
 def test_bench_core_preset_runs_through_the_suite(tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     try:
         import bench_core
     finally:

@@ -220,7 +220,7 @@ def test_triton_kernels_have_readable_names():
     """)
     # a process without TRITON_INTERPRET (the interpreter cannot compile)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    tools = str(Path(__file__).resolve().parents[2] / "tools")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
     r = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600

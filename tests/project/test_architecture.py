@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "tritonbasis"
+PKG = Path(__file__).resolve().parents[2] / "tritonbasis"
 KERNELS = PKG.parent / "kernels"
 
 # rank: a module may import modules of its own rank or lower
