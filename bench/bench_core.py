@@ -20,8 +20,15 @@ import sys
 
 from tritonbasis.cli import main as cli_main
 
-PRESET = ["--ratios", "1/4", "--directions", "fwd,fwd+bwd",
-          "--providers", "dense_cudnn,unfused_eager,weight_mod,fused", "--no-e2e"]
+PRESET = [
+    "--ratios",
+    "1/4",
+    "--directions",
+    "fwd,fwd+bwd",
+    "--providers",
+    "dense_cudnn,unfused_eager,weight_mod,fused",
+    "--no-e2e",
+]
 
 
 def main(argv=None) -> int:

@@ -52,8 +52,9 @@ def quick() -> bool:
 
 
 def compile_mode() -> str | None:
-    m = _env("TRITONBASIS_BENCH_COMPILE") or ("max-autotune" if DEVICE.type == "cuda"
-                                               else "default")
+    m = _env("TRITONBASIS_BENCH_COMPILE") or (
+        "max-autotune" if DEVICE.type == "cuda" else "default"
+    )
     return None if m == "none" else m
 
 
@@ -63,13 +64,22 @@ def selected() -> list[tuple[Variant, str, str]]:
     q = quick()
     cases = select_cases(_env("TRITONBASIS_BENCH_CASES"), q)
     ratios = parse_ratios(_env("TRITONBASIS_BENCH_RATIOS") or "1/4", q)
-    dtypes = parse_choice(_env("TRITONBASIS_BENCH_DTYPES"), DTYPES,
-                           ["bfloat16" if DEVICE.type == "cuda" else "float32"], "dtype")
-    layouts = parse_choice(_env("TRITONBASIS_BENCH_LAYOUTS"), LAYOUTS, ["channels_last"],
-                            "layout")
-    providers = parse_choice(_env("TRITONBASIS_BENCH_PROVIDERS"), PROVIDERS, list(PROVIDERS),
-                              "provider")
-    directions = parse_choice(_env("TRITONBASIS_BENCH_DIRECTIONS"), DIRECTIONS,
-                               list(DIRECTIONS), "direction")
-    return [(v, p, d) for v in variants(cases, ratios, dtypes, layouts)
-            for d in directions for p in providers]
+    dtypes = parse_choice(
+        _env("TRITONBASIS_BENCH_DTYPES"),
+        DTYPES,
+        ["bfloat16" if DEVICE.type == "cuda" else "float32"],
+        "dtype",
+    )
+    layouts = parse_choice(_env("TRITONBASIS_BENCH_LAYOUTS"), LAYOUTS, ["channels_last"], "layout")
+    providers = parse_choice(
+        _env("TRITONBASIS_BENCH_PROVIDERS"), PROVIDERS, list(PROVIDERS), "provider"
+    )
+    directions = parse_choice(
+        _env("TRITONBASIS_BENCH_DIRECTIONS"), DIRECTIONS, list(DIRECTIONS), "direction"
+    )
+    return [
+        (v, p, d)
+        for v in variants(cases, ratios, dtypes, layouts)
+        for d in directions
+        for p in providers
+    ]

@@ -43,8 +43,9 @@ def _sync():
         torch.cuda.synchronize(cases.DEVICE)
 
 
-@pytest.mark.parametrize(("variant", "provider", "direction"), SELECTED,
-                         ids=[f"{v}-{p}-{d}" for v, p, d in SELECTED])
+@pytest.mark.parametrize(
+    ("variant", "provider", "direction"), SELECTED, ids=[f"{v}-{p}-{d}" for v, p, d in SELECTED]
+)
 def test_basis_conv(benchmark, variant, provider, direction):
     prob = _problem(variant)
     try:
@@ -60,10 +61,18 @@ def test_basis_conv(benchmark, variant, provider, direction):
         _sync()
 
     benchmark.group = f"{variant} {direction}"
-    benchmark.extra_info.update({
-        "case": variant.case.name, "shape": variant.shape(), "dtype": variant.dtype,
-        "layout": variant.layout, "direction": direction, "provider": provider,
-        "basis_flops": tbb.basis_flops(variant, direction),
-        "basis_bytes": tbb.basis_bytes(variant, direction), "device": str(cases.DEVICE)})
+    benchmark.extra_info.update(
+        {
+            "case": variant.case.name,
+            "shape": variant.shape(),
+            "dtype": variant.dtype,
+            "layout": variant.layout,
+            "direction": direction,
+            "provider": provider,
+            "basis_flops": tbb.basis_flops(variant, direction),
+            "basis_bytes": tbb.basis_bytes(variant, direction),
+            "device": str(cases.DEVICE),
+        }
+    )
     rounds = 20 if cases.quick() else 50
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=2, iterations=1)

@@ -60,18 +60,49 @@ def basis_conv_grad_z_kernel(
     wsb_ptr,  # fp32 (P, C_out): d bias partial of each program, output order (NEED_DBIAS)
     w_ptr,  # basis (C_b, C_in, KH, KW), any strides (COPY_W)
     wt_ptr,  # out (KH*KW, C_in, C_b) contiguous: the K-contiguous basis for grad_x (COPY_W)
-    M, M_KEY, C_b, C_rest, C_in, KW, LW, CHUNK, W_CHUNK,
-    Ho, Wo,
-    sg_n, sg_c, sg_h, sg_w,
-    sc_o, sc_b,
-    sd_n, sd_c, sd_h, sd_w,
-    sz_n, sz_c, sz_h, sz_w,
-    sw_o, sw_c, sw_h, sw_w,
-    KEEP_BASIS: tl.constexpr, STORE_DZ: tl.constexpr, NEED_DC: tl.constexpr,
-    NEED_DBIAS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PERM: tl.constexpr,
-    Z_FROM_OUT: tl.constexpr, COPY_W: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_CB: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    M,
+    M_KEY,
+    C_b,
+    C_rest,
+    C_in,
+    KW,
+    LW,
+    CHUNK,
+    W_CHUNK,
+    Ho,
+    Wo,
+    sg_n,
+    sg_c,
+    sg_h,
+    sg_w,
+    sc_o,
+    sc_b,
+    sd_n,
+    sd_c,
+    sd_h,
+    sd_w,
+    sz_n,
+    sz_c,
+    sz_h,
+    sz_w,
+    sw_o,
+    sw_c,
+    sw_h,
+    sw_w,
+    KEEP_BASIS: tl.constexpr,
+    STORE_DZ: tl.constexpr,
+    NEED_DC: tl.constexpr,
+    NEED_DBIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_PERM: tl.constexpr,
+    Z_FROM_OUT: tl.constexpr,
+    COPY_W: tl.constexpr,
+    INT64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_CB: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     p_lo = pid * CHUNK
@@ -119,7 +150,8 @@ def basis_conv_grad_z_kernel(
         if NEED_DC:
             zt = tl.load(
                 (z_ptr + n * sz_n + oh * sz_h + ow * sz_w)[:, None] + z_ch[None, :] * sz_c,
-                mask=mcb, other=0.0,
+                mask=mcb,
+                other=0.0,
             )
             if Z_FROM_OUT and HAS_BIAS:
                 zt = tl.where(mcb, zt.to(tl.float32) - z_shift[None, :], 0.0)
@@ -137,11 +169,15 @@ def basis_conv_grad_z_kernel(
                 oc = tl.load(p_ptr + c_off + jj, mask=j_ok, other=0)
             else:
                 oc = c_off + jj
-            gr = tl.load(g_pix[:, None] + oc[None, :] * sg_c,
-                         mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+            gr = tl.load(
+                g_pix[:, None] + oc[None, :] * sg_c, mask=m_ok[:, None] & j_ok[None, :], other=0.0
+            )
             if STORE_DZ:
-                cj = tl.load(c_ptr + jj[:, None] * sc_o + offs_cb[None, :] * sc_b,
-                             mask=j_ok[:, None] & cb_ok[None, :], other=0.0)
+                cj = tl.load(
+                    c_ptr + jj[:, None] * sc_o + offs_cb[None, :] * sc_b,
+                    mask=j_ok[:, None] & cb_ok[None, :],
+                    other=0.0,
+                )
                 acc = tl.dot(gr, cj, acc, input_precision=PRECISION)
             if NEED_DC:
                 part = tl.dot(tl.trans(gr), zt, input_precision=PRECISION)  # (BLOCK_N, C_b)
@@ -155,8 +191,9 @@ def basis_conv_grad_z_kernel(
                 tl.store(bp, prev_b + tl.sum(gr.to(tl.float32), axis=0), mask=j_ok)
         if STORE_DZ:
             dz_pix = dz_ptr + n * sd_n + oh * sd_h + ow * sd_w
-            tl.store(dz_pix[:, None] + offs_cb[None, :] * sd_c,
-                     acc.to(dz_ptr.dtype.element_ty), mask=mcb)
+            tl.store(
+                dz_pix[:, None] + offs_cb[None, :] * sd_c, acc.to(dz_ptr.dtype.element_ty), mask=mcb
+            )
     if NEED_DBIAS and KEEP_BASIS:
         tl.store(wsb_ptr + pid * C_out + oc_b, dbias_b, mask=cb_ok)
 
@@ -172,8 +209,11 @@ def basis_conv_grad_z_kernel(
             t = e // C_b
             ci = t % C_in
             tap = t // C_in
-            v = tl.load(w_ptr + cb * sw_o + ci * sw_c + (tap // KW) * sw_h + (tap % KW) * sw_w,
-                        mask=e_ok, other=0.0)
+            v = tl.load(
+                w_ptr + cb * sw_o + ci * sw_c + (tap // KW) * sw_h + (tap % KW) * sw_w,
+                mask=e_ok,
+                other=0.0,
+            )
             tl.store(wt_ptr + e, v, mask=e_ok)
 
 
@@ -182,13 +222,37 @@ def basis_conv_grad_x_kernel(
     dz_ptr,  # dZ (N, C_b, Ho, Wo), any strides (the launcher passes NHWC)
     wt_ptr,  # basis, K-contiguous: (KH*KW, C_in, C_b), C_b fastest
     dx_ptr,  # dX out (N, C_in, H, W)
-    N, M_KEY, C_in, H, W, C_b, Ho, Wo,
-    sd_n, sd_c, sd_h, sd_w,
-    sx_n, sx_c, sx_h, sx_w,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w,
-    KH: tl.constexpr, KW: tl.constexpr,
-    INT64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    N,
+    M_KEY,
+    C_in,
+    H,
+    W,
+    C_b,
+    Ho,
+    Wo,
+    sd_n,
+    sd_c,
+    sd_h,
+    sd_w,
+    sx_n,
+    sx_c,
+    sx_h,
+    sx_w,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    step_h,
+    step_w,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    INT64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # Programs: (phase, pixel tile) flattened on axis 0; every phase gets the tile count of
     # phase (0, 0), the largest; tiles past a smaller phase's end are fully masked.
@@ -233,15 +297,24 @@ def basis_conv_grad_x_kernel(
         ow = tw // stride_w
         ok = m_ok & (th >= 0) & (oh < Ho) & (tw >= 0) & (ow < Wo)
         k_ok = kk < C_b
-        a = tl.load(dz_img[:, None] + (oh * sd_h + ow * sd_w)[:, None] + kk[None, :] * sd_c,
-                    mask=ok[:, None] & k_ok[None, :], other=0.0)
+        a = tl.load(
+            dz_img[:, None] + (oh * sd_h + ow * sd_w)[:, None] + kk[None, :] * sd_c,
+            mask=ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
         tap = kh * KW + kw
-        b = tl.load(wt_ptr + (tap * C_in + offs_ci[None, :]) * C_b + kk[:, None],
-                    mask=k_ok[:, None] & ci_ok[None, :], other=0.0)
+        b = tl.load(
+            wt_ptr + (tap * C_in + offs_ci[None, :]) * C_b + kk[:, None],
+            mask=k_ok[:, None] & ci_ok[None, :],
+            other=0.0,
+        )
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     dx_pix = dx_ptr + n * sx_n + ih * sx_h + iw * sx_w
-    tl.store(dx_pix[:, None] + offs_ci[None, :] * sx_c, acc.to(dx_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & ci_ok[None, :])
+    tl.store(
+        dx_pix[:, None] + offs_ci[None, :] * sx_c,
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & ci_ok[None, :],
+    )
 
 
 @triton.jit
@@ -249,13 +322,38 @@ def basis_conv_wgrad_kernel(
     dz_ptr,  # dZ (N, C_b, Ho, Wo), any strides (NHWC from the launcher)
     x_ptr,  # x (N, C_in, H, W), any strides
     ws_ptr,  # fp32 (SPLIT, C_b, C_in, KH, KW) contiguous: one partial per pixel slice
-    N, M_KEY, C_in, H, W, C_b, Ho, Wo, SPLIT,
-    sd_n, sd_c, sd_h, sd_w,
-    sx_n, sx_c, sx_h, sx_w,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w,
-    KH: tl.constexpr, KW: tl.constexpr,
-    INT64: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_A: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_P: tl.constexpr,
+    N,
+    M_KEY,
+    C_in,
+    H,
+    W,
+    C_b,
+    Ho,
+    Wo,
+    SPLIT,
+    sd_n,
+    sd_c,
+    sd_h,
+    sd_w,
+    sx_n,
+    sx_c,
+    sx_h,
+    sx_w,
+    stride_h,
+    stride_w,
+    pad_h,
+    pad_w,
+    dil_h,
+    dil_w,
+    step_h,
+    step_w,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    INT64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     pid_r = tl.program_id(0)  # tile of the (tap of this phase, cb) rows
     pid_x = tl.program_id(1)  # tile of C_in
@@ -295,24 +393,27 @@ def basis_conv_wgrad_kernel(
         ih = (rem // Wp) * stride_h + ph
         iw = (rem % Wp) * stride_w + pw
         # the stationary operand: one x tile, used by all BLOCK_A (tap, cb) rows
-        xt = tl.load(x_ptr + (n * sx_n + ih * sx_h + iw * sx_w)[:, None]
-                     + offs_x[None, :] * sx_c,
-                     mask=p_ok[:, None] & x_ok[None, :], other=0.0)
+        xt = tl.load(
+            x_ptr + (n * sx_n + ih * sx_h + iw * sx_w)[:, None] + offs_x[None, :] * sx_c,
+            mask=p_ok[:, None] & x_ok[None, :],
+            other=0.0,
+        )
         th = ih[None, :] + pad_h - (kh * dil_h)[:, None]  # (BLOCK_A, BLOCK_P)
         tw = iw[None, :] + pad_w - (kw * dil_w)[:, None]
         oh = th // stride_h
         ow = tw // stride_w
-        ok = (r_ok[:, None] & p_ok[None, :] & (th >= 0) & (oh < Ho) & (tw >= 0)
-              & (ow < Wo))
-        at = tl.load(dz_ptr + n[None, :] * sd_n + oh * sd_h + ow * sd_w + (cb * sd_c)[:, None],
-                     mask=ok, other=0.0)
+        ok = r_ok[:, None] & p_ok[None, :] & (th >= 0) & (oh < Ho) & (tw >= 0) & (ow < Wo)
+        at = tl.load(
+            dz_ptr + n[None, :] * sd_n + oh * sd_h + ow * sd_w + (cb * sd_c)[:, None],
+            mask=ok,
+            other=0.0,
+        )
         acc = tl.dot(at, xt, acc, input_precision=PRECISION)
     # Every (slice, tap) is written by exactly one program (each tap has one phase), zeros
     # included when the slice is empty: the reduce reads no uninitialised partial.
     L = C_b * C_in * KH * KW
     tap = kh * KW + kw
-    o = (ws_ptr + sl * L + (cb * (C_in * KH * KW) + tap)[:, None]
-         + offs_x[None, :] * (KH * KW))
+    o = ws_ptr + sl * L + (cb * (C_in * KH * KW) + tap)[:, None] + offs_x[None, :] * (KH * KW)
     tl.store(o, acc, mask=r_ok[:, None] & x_ok[None, :])
 
 
@@ -328,9 +429,18 @@ def _reduce_slices(ws_ptr, o_ptr, S, L, tile, BLOCK: tl.constexpr):
 
 @triton.jit
 def bwd_reduce_kernel(
-    w1_ptr, o1_ptr, S1, L1,  # fp32 (S1, L1) partials -> o1 (L1,) in o1's dtype; L1 = 0: none
-    w2_ptr, o2_ptr, S2, L2,
-    w3_ptr, o3_ptr, S3, L3,
+    w1_ptr,
+    o1_ptr,
+    S1,
+    L1,  # fp32 (S1, L1) partials -> o1 (L1,) in o1's dtype; L1 = 0: none
+    w2_ptr,
+    o2_ptr,
+    S2,
+    L2,
+    w3_ptr,
+    o3_ptr,
+    S3,
+    L3,
     BLOCK: tl.constexpr,
 ):
     """Up to three sums over a slice axis in one launch (d basis, d coeff, d bias)."""

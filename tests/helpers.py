@@ -64,8 +64,12 @@ class Case:
         return self.H + 2 * self.padding >= eff and self.W + 2 * self.padding >= eff
 
     def kwargs(self) -> dict:
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    keep_basis=self.keep_basis)
+        return dict(
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            keep_basis=self.keep_basis,
+        )
 
     def make(self, dtype=torch.float32, device="cpu", requires_grad=False):
         """(x, basis, coeff, bias) with unit-scale outputs (weights ~ 1/sqrt(fan_in))."""
@@ -125,8 +129,10 @@ def reference_with_bounds(case: Case, inputs, grad_out=None, perm=None):
         if g_out is not None:
             g = g_out.detach().double()
             y.backward(g.abs() if absval else g)
-            grads = {k: (None if t is None else t.grad)
-                     for k, t in zip(("x", "basis", "coeff", "bias"), ts)}
+            grads = {
+                k: (None if t is None else t.grad)
+                for k, t in zip(("x", "basis", "coeff", "bias"), ts)
+            }
         return y.detach(), grads
 
     y, grads = run(inputs, grad_out, False)
@@ -165,8 +171,9 @@ def check_case(case: Case, dtype=torch.float32, device="cpu", backend="auto", gr
     perm = case.make_perm(device)
     with tb.use_backend(backend):
         y = tb.basis_conv2d(*inputs, **case.kwargs(), perm=perm)
-        g_out = torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
-                            dtype=torch.float64).to(device=device, dtype=dtype)
+        g_out = torch.randn(
+            y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+        ).to(device=device, dtype=dtype)
         if case.channels_last:
             g_out = g_out.contiguous(memory_format=torch.channels_last)
         if grads:

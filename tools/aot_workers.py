@@ -33,8 +33,12 @@ class Worker:
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, str(AOT), "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env,
-            text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            env=env,
+            text=True,
+            bufsize=1,
         )
 
     def alive(self) -> bool:
@@ -54,8 +58,9 @@ class Worker:
             line = ""
         if not line:
             self.proc.wait(timeout=60)
-            raise CompileError(f"compile worker exited with {self.proc.returncode}:\n"
-                               f"{self._stderr_tail()}")
+            raise CompileError(
+                f"compile worker exited with {self.proc.returncode}:\n{self._stderr_tail()}"
+            )
         msg = json.loads(line)
         if "error" in msg:
             raise CompileError(msg["error"])

@@ -62,19 +62,25 @@ if hasattr(torch.library, "triton_op"):
 
 def main():
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"torch {torch.__version__}, triton {triton.__version__}, device {dev}, "
-          f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}")
+    print(
+        f"torch {torch.__version__}, triton {triton.__version__}, device {dev}, "
+        f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"
+    )
     for name, op in routes.items():
         for mode in ("eager", "compile"):
             torch._dynamo.reset()
             x = torch.randn(100, device=dev, requires_grad=True)
-            f = (lambda t, op=op: op(t).sum()) if mode == "eager" else torch.compile(
-                lambda t, op=op: op(t).sum(), fullgraph=True)
+            f = (
+                (lambda t, op=op: op(t).sum())
+                if mode == "eager"
+                else torch.compile(lambda t, op=op: op(t).sum(), fullgraph=True)
+            )
             try:
                 out = f(x)
                 out.backward()
                 ok = torch.allclose(out, (x * 2).sum()) and torch.allclose(
-                    x.grad, torch.full_like(x, 2.0))
+                    x.grad, torch.full_like(x, 2.0)
+                )
                 print(f"{name:10s} {mode:8s} {'OK' if ok else 'WRONG RESULT'}")
             except Exception as e:
                 print(f"{name:10s} {mode:8s} FAIL {type(e).__name__}: {str(e).splitlines()[0]}")

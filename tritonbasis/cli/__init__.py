@@ -18,7 +18,6 @@ The subcommands are thin: they call the same Python API (tritonbasis.convert, .t
 # add_parser(subparsers), run(args) and optionally check(parser, args) (parse-time checks);
 # the shared helpers in .common, the guards (locks, argparse types, one-line errors) in .guard.
 
-
 from __future__ import annotations
 
 import argparse
@@ -31,16 +30,27 @@ from .guard import debug_enabled, known_errors, one_line, out_of_memory
 __all__ = ["COMMANDS", "UsageError", "main"]
 
 # name -> module, in the order `tritonbasis -h` lists them
-COMMANDS = {"demo": demo, "convert": convert, "train": train, "search": search,
-            "bench": bench, "tune": tune, "profile": profile}
+COMMANDS = {
+    "demo": demo,
+    "convert": convert,
+    "train": train,
+    "search": search,
+    "bench": bench,
+    "tune": tune,
+    "profile": profile,
+}
 DISTRIBUTED = ("train", "search")  # under torchrun: one rank of a distributed job
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="tritonbasis", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--debug", action="store_true",
-                   help="show Python tracebacks (also TRITONBASIS_DEBUG=1)")
+    p = Parser(
+        prog="tritonbasis",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks (also TRITONBASIS_DEBUG=1)"
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     for mod in COMMANDS.values():
         mod.add_parser(sub)
@@ -59,8 +69,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("tritonbasis: interrupted (finished stages are saved; rerun with the same "
-              "arguments to resume)", file=sys.stderr)
+        print(
+            "tritonbasis: interrupted (finished stages are saved; rerun with the same "
+            "arguments to resume)",
+            file=sys.stderr,
+        )
         return 130
     except known_errors() as e:
         if debug:

@@ -27,10 +27,24 @@ from .guard import (
     width_float,
 )
 
-__all__ = ["MIN_IMAGE_SIZE", "MIN_IMAGE_SIZE_TORCHVISION", "Parser", "SubcommandErrors",
-           "UsageError", "add_config_arguments", "add_model_args", "check_args",
-           "check_data_dir", "config_from_args", "converted_model", "digits_batch",
-           "is_writer_rank", "load_plan_file", "plan_from_args", "run_folder"]
+__all__ = [
+    "MIN_IMAGE_SIZE",
+    "MIN_IMAGE_SIZE_TORCHVISION",
+    "Parser",
+    "SubcommandErrors",
+    "UsageError",
+    "add_config_arguments",
+    "add_model_args",
+    "check_args",
+    "check_data_dir",
+    "config_from_args",
+    "converted_model",
+    "digits_batch",
+    "is_writer_rank",
+    "load_plan_file",
+    "plan_from_args",
+    "run_folder",
+]
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,8 +61,9 @@ class SubcommandErrors:
         self.p, self.cmd = p, cmd
 
     def error(self, message):
-        self.p.exit(2, f"tritonbasis {self.cmd}: error: {message} (see tritonbasis {self.cmd} "
-                       "-h)\n")
+        self.p.exit(
+            2, f"tritonbasis {self.cmd}: error: {message} (see tritonbasis {self.cmd} -h)\n"
+        )
 
 
 class UsageError(ValueError):
@@ -71,8 +86,11 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         need = MIN_IMAGE_SIZE.get(model, MIN_IMAGE_SIZE_TORCHVISION)
         if size < need:
             e.error(f"--image-size {size} is too small for {model} (minimum {need})")
-    if getattr(args, "plan", None) and getattr(args, "ratio", None) is not None \
-            and args.cmd in ("convert", "train", "tune", "profile"):
+    if (
+        getattr(args, "plan", None)
+        and getattr(args, "ratio", None) is not None
+        and args.cmd in ("convert", "train", "tune", "profile")
+    ):
         e.error("give --plan or --ratio, not both")
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         e.error("give --resume or --overwrite, not both")
@@ -81,7 +99,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
 def check_data_dir(p: argparse.ArgumentParser, args) -> None:
     if args.data == "cifar10" and args.data_dir is None:
         SubcommandErrors(p, args.cmd).error(
-            "--data cifar10 needs --data-dir (the folder holding cifar-10-batches-py/)")
+            "--data cifar10 needs --data-dir (the folder holding cifar-10-batches-py/)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,17 +114,30 @@ def _present(cls, mapping: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (mapping or {}).items() if k in names}
 
 
-def add_config_arguments(p, cls, *, exclude=(), help: Mapping[str, str] | None = None,
-                         fallback_help: Mapping[str, str] | None = None,
-                         names: Mapping[str, str] | None = None,
-                         types: Mapping[str, Callable[[str], Any]] | None = None,
-                         choices: Mapping[str, Any] | None = None) -> None:
+def add_config_arguments(
+    p,
+    cls,
+    *,
+    exclude=(),
+    help: Mapping[str, str] | None = None,
+    fallback_help: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
+    types: Mapping[str, Callable[[str], Any]] | None = None,
+    choices: Mapping[str, Any] | None = None,
+) -> None:
     """:func:`~tritonbasis.util.config_args.add_dataclass_arguments` with the command's
     settings for fields the class has (the others left out, so a class that changes keeps
     its command working; every field it has becomes a flag)."""
-    add_dataclass_arguments(p, cls, exclude=exclude, help=_present(cls, help),
-                            fallback_help=fallback_help, names=_present(cls, names),
-                            types=_present(cls, types), choices=_present(cls, choices))
+    add_dataclass_arguments(
+        p,
+        cls,
+        exclude=exclude,
+        help=_present(cls, help),
+        fallback_help=fallback_help,
+        names=_present(cls, names),
+        types=_present(cls, types),
+        choices=_present(cls, choices),
+    )
 
 
 def config_from_args(p, cls, args, *, names: Mapping[str, str] | None = None, **overrides):
@@ -155,16 +187,29 @@ def run_folder(out: Path, command: str):
 
 
 def add_model_args(p):
-    p.add_argument("--model", default="resnet18_cifar",
-                   help="resnet18_cifar (default) or a torchvision classification model name")
-    p.add_argument("--width", type=width_float, default=1.0,
-                   help="channel width multiplier (resnet18_cifar only; default 1.0)")
-    p.add_argument("--num-classes", type=positive_int, default=10,
-                   help="classifier outputs (default 10)")
-    p.add_argument("--plan", default=None, type=readable_file,
-                   help="plan JSON (fully qualified name -> spec)")
-    p.add_argument("--ratio", type=unit_ratio, default=None,
-                   help="without --plan: convert every candidate conv at C_b = ratio * C_out")
+    p.add_argument(
+        "--model",
+        default="resnet18_cifar",
+        help="resnet18_cifar (default) or a torchvision classification model name",
+    )
+    p.add_argument(
+        "--width",
+        type=width_float,
+        default=1.0,
+        help="channel width multiplier (resnet18_cifar only; default 1.0)",
+    )
+    p.add_argument(
+        "--num-classes", type=positive_int, default=10, help="classifier outputs (default 10)"
+    )
+    p.add_argument(
+        "--plan", default=None, type=readable_file, help="plan JSON (fully qualified name -> spec)"
+    )
+    p.add_argument(
+        "--ratio",
+        type=unit_ratio,
+        default=None,
+        help="without --plan: convert every candidate conv at C_b = ratio * C_out",
+    )
     p.add_argument("--keep-basis", action="store_true", help="with --ratio: keep-basis form")
 
 

@@ -11,8 +11,7 @@ from .guard import positive_int
 def add_parser(sub) -> None:
     c = sub.add_parser("convert", help="print the conversion report of a model and a plan")
     add_model_args(c)
-    c.add_argument("--image-size", type=positive_int, default=32,
-                   help="input size for MACs (32)")
+    c.add_argument("--image-size", type=positive_int, default=32, help="input size for MACs (32)")
     c.add_argument("--json", default=None, help="also write the report as JSON here")
 
 
@@ -26,8 +25,10 @@ def run(args) -> int:
     model = get_model(args.model, num_classes=args.num_classes, width=args.width)
     shape = (3, args.image_size, args.image_size)
     _, report = convert_with_report(model, plan, input_shape=shape, inplace=True)
-    print(f"{args.model} (width {args.width}) at {args.image_size}x{args.image_size}, "
-          f"plan: {args.plan or f'ratio {args.ratio}'}")
+    print(
+        f"{args.model} (width {args.width}) at {args.image_size}x{args.image_size}, "
+        f"plan: {args.plan or f'ratio {args.ratio}'}"
+    )
     print(report.table())
     if args.json:
         atomic_write_text(args.json, report.to_json(indent=1))

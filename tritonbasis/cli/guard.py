@@ -64,8 +64,9 @@ def check_writable(out: str | os.PathLike) -> Path:
     out = Path(out)
     why = _not_a_folder(out)
     if why is not None:
-        raise OutputNotWritableError(f"output folder {str(out)!r} is not writable: {why}; "
-                                     "choose another --out")
+        raise OutputNotWritableError(
+            f"output folder {str(out)!r} is not writable: {why}; choose another --out"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=str(out))
@@ -91,8 +92,10 @@ def _not_a_folder(out: Path) -> str | None:
     while True:
         it = "it" if p == out else f"{str(p)!r} above it"
         if p.is_symlink() and not p.exists():
-            return (f"{it} is a symlink to {os.readlink(p)!r}, which does not exist (create "
-                    "that folder or remove the link)")
+            return (
+                f"{it} is a symlink to {os.readlink(p)!r}, which does not exist (create "
+                "that folder or remove the link)"
+            )
         if p.exists():
             if p.is_dir():
                 return None
@@ -153,8 +156,9 @@ def _reused(pid: int, started: float) -> bool:
     if any(b"tritonbasis" in a for a in args):  # -m tritonbasis, .../bin/tritonbasis
         return False
     boot, begun = _boot_time(), _process_start(pid)
-    return ((boot is not None and started < boot - 60)
-            or (begun is not None and begun > started + 2.0))
+    return (boot is not None and started < boot - 60) or (
+        begun is not None and begun > started + 2.0
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -190,10 +194,14 @@ class RunLock:
         self._held = False
 
     def _payload(self) -> str:
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                           "command": self.command,
-                           "started": dt.datetime.now(dt.timezone.utc).isoformat(
-                               timespec="seconds")})
+        return json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": self.command,
+                "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
 
     def _read_holder(self) -> dict | None:
         """The lock's content, or None while it is not a whole JSON object (empty or being
@@ -222,20 +230,24 @@ class RunLock:
                 os.fsync(f.fileno())
             self._held = True
             return self
-        raise RunLockedError(f"could not take the lock {str(self.path)!r} (another process "
-                             "keeps creating it)")
+        raise RunLockedError(
+            f"could not take the lock {str(self.path)!r} (another process keeps creating it)"
+        )
 
     def _raw(self) -> bytes | None:
         """The lock file's bytes (None if it is gone or unreadable); anything but a regular
         file in its place is refused (reading a FIFO would wait forever)."""
         if self.path.is_symlink():
-            raise RunLockedError(f"lock file {str(self.path)!r} is a symlink, not a lock "
-                                 "tritonbasis wrote; remove it or use another --out")
+            raise RunLockedError(
+                f"lock file {str(self.path)!r} is a symlink, not a lock "
+                "tritonbasis wrote; remove it or use another --out"
+            )
         try:
             fd, _ = open_regular(self.path, "lock file")
         except BadFileError as e:
-            raise RunLockedError(f"{e}: it is not a lock tritonbasis wrote; remove it or use "
-                                 "another --out") from None
+            raise RunLockedError(
+                f"{e}: it is not a lock tritonbasis wrote; remove it or use another --out"
+            ) from None
         except OSError:
             return None
         try:
@@ -258,15 +270,20 @@ class RunLock:
             if age < UNREADABLE_LOCK_GRACE_S:
                 raise RunLockedError(
                     f"output folder {str(self.out)!r} is being locked by another process "
-                    f"right now ({self.path.name} is being written)")
-            self.log(f"tritonbasis: taking over an unreadable lock file {str(self.path)!r} "
-                     f"({age:.0f} s old)")
+                    f"right now ({self.path.name} is being written)"
+                )
+            self.log(
+                f"tritonbasis: taking over an unreadable lock file {str(self.path)!r} "
+                f"({age:.0f} s old)"
+            )
         elif not _valid_pid(holder.get("pid")) or not isinstance(holder.get("host"), str):
             # a whole lock whose pid no process can have (0 and -1 would make os.kill signal
             # a process group / every process and say "alive"): no live run holds it
-            self.log(f"tritonbasis: taking over the stale lock {str(self.path)!r}: its pid "
-                     f"{str(holder.get('pid'))[:40]} (host {str(holder.get('host'))[:40]}) "
-                     "cannot belong to a live process")
+            self.log(
+                f"tritonbasis: taking over the stale lock {str(self.path)!r}: its pid "
+                f"{str(holder.get('pid'))[:40]} (host {str(holder.get('host'))[:40]}) "
+                "cannot belong to a live process"
+            )
         elif holder["host"] == here:
             pid, started = holder["pid"], _started(holder)
             alive = pid != os.getpid() and _pid_alive(pid)
@@ -275,17 +292,20 @@ class RunLock:
                 raise RunLockedError(
                     f"output folder {str(self.out)!r} is in use by another tritonbasis "
                     f"{holder.get('command') or 'process'} (pid {pid}, started "
-                    f"{holder.get('started', '?')}); wait for it to finish or use another --out")
-            why = ("its pid now belongs to another process" if reused
-                   else "no longer running")
-            self.log(f"tritonbasis: taking over the stale lock of pid {pid} ({why}, started "
-                     f"{holder.get('started', '?')}) in {str(self.out)!r}")
+                    f"{holder.get('started', '?')}); wait for it to finish or use another --out"
+                )
+            why = "its pid now belongs to another process" if reused else "no longer running"
+            self.log(
+                f"tritonbasis: taking over the stale lock of pid {pid} ({why}, started "
+                f"{holder.get('started', '?')}) in {str(self.out)!r}"
+            )
         else:
             raise RunLockedError(
                 f"output folder {str(self.out)!r} is locked by pid {holder.get('pid')} on host "
                 f"{holder.get('host')!r} (started {holder.get('started', '?')}); this host "
                 f"cannot check whether it still runs. If it does not, delete "
-                f"{str(self.path)!r}")
+                f"{str(self.path)!r}"
+            )
         # Two processes may find the same stale lock: remove it only if it is still the file we
         # judged (the other one may have replaced it with its own live lock meanwhile).
         if self._raw() != seen:
@@ -302,8 +322,9 @@ class RunLock:
         except RunLockedError:  # something else than our lock file is there now: leave it
             return
         # only remove our own lock (a takeover after a long stall must not be undone)
-        if holder is None or (holder.get("pid") == os.getpid()
-                              and holder.get("host") == socket.gethostname()):
+        if holder is None or (
+            holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+        ):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
 
@@ -358,12 +379,12 @@ def _bounded(parse, ok, rule: str, name: str):
 # Counts and sizes stop at int32's largest: beyond it torch fails unpacking them ("Overflow
 # when unpacking long long", a traceback) long before it could run that much.
 INT_MAX = 2**31 - 1
-positive_int = _bounded(_int, lambda v: 1 <= v <= INT_MAX, f">= 1 (at most {INT_MAX})",
-                        "positive_int")
+positive_int = _bounded(
+    _int, lambda v: 1 <= v <= INT_MAX, f">= 1 (at most {INT_MAX})", "positive_int"
+)
 # data-loader worker processes (each a process: a huge count is a fork bomb, not a setting)
 workers_int = _bounded(_int, lambda v: 0 <= v <= 256, "in [0, 256]", "workers_int")
-nonneg_int = _bounded(_int, lambda v: 0 <= v <= INT_MAX, f">= 0 (at most {INT_MAX})",
-                      "nonneg_int")
+nonneg_int = _bounded(_int, lambda v: 0 <= v <= INT_MAX, f">= 0 (at most {INT_MAX})", "nonneg_int")
 finite_float = _bounded(_float, lambda v: True, "finite", "finite_float")
 positive_float = _bounded(_float, lambda v: v > 0, "> 0", "positive_float")
 nonneg_float = _bounded(_float, lambda v: v >= 0, ">= 0", "nonneg_float")
@@ -410,8 +431,13 @@ def known_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "your input or your files", not "a bug": shown as one line."""
     from ..util.fileio import CheckpointError
 
-    types: list[type[BaseException]] = [ValueError, OSError, RunLockedError, CheckpointError,
-                                        FloatingPointError]
+    types: list[type[BaseException]] = [
+        ValueError,
+        OSError,
+        RunLockedError,
+        CheckpointError,
+        FloatingPointError,
+    ]
     with contextlib.suppress(ImportError):
         from ..recipes.search import SearchStateError
 
@@ -423,25 +449,37 @@ def out_of_memory(e: BaseException) -> str | None:
     """The one line for an allocation that failed (``MemoryError``, torch's CPU allocator or
     CUDA out of memory: sizes from the arguments, e.g. a huge ``--width``), else None."""
     text = " ".join(str(e).split())
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
-            "can't allocate memory" in text or "out of memory" in text.lower()
-            or "Storage size calculation overflowed" in text)):
+    if isinstance(e, MemoryError) or (
+        isinstance(e, RuntimeError)
+        and (
+            "can't allocate memory" in text
+            or "out of memory" in text.lower()
+            or "Storage size calculation overflowed" in text
+        )
+    ):
         tried = re.search(r"tried to allocate ([0-9.,]+ ?[KMGT]?i?B|[0-9]+ bytes)", text)
         size = f" (tried to allocate {tried.group(1)})" if tried else ""
-        return (f"out of memory{size}: the model, batch or image size asked for is too large "
-                "for this machine")
+        return (
+            f"out of memory{size}: the model, batch or image size asked for is too large "
+            "for this machine"
+        )
     return None
 
 
 def debug_enabled(argv=None) -> bool:
     return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0") or (
-        argv is not None and "--debug" in argv)
+        argv is not None and "--debug" in argv
+    )
 
 
 def one_line(e: BaseException) -> str:
     msg = str(e).strip() or type(e).__name__
-    if isinstance(e, OSError) and e.errno is not None and e.filename is not None \
-            and not isinstance(e, (OutputNotWritableError, FileIOError)):
+    if (
+        isinstance(e, OSError)
+        and e.errno is not None
+        and e.filename is not None
+        and not isinstance(e, (OutputNotWritableError, FileIOError))
+    ):
         msg = f"{e.strerror or errno.errorcode.get(e.errno, e.errno)}: {e.filename!r}"
     if isinstance(e, KeyError):
         msg = f"missing key {msg}"

@@ -24,20 +24,24 @@ from .guard import device_arg, nonneg_int, positive_float, positive_int
 
 NAMES = {"row_limit": "--rows"}
 # parse-time validators (one line, exit 2); ProfileConfig checks the same at parse time
-TYPES = {"steps": positive_int, "warmup": nonneg_int, "row_limit": positive_int,
-         "lr": positive_float}
+TYPES = {
+    "steps": positive_int,
+    "warmup": nonneg_int,
+    "row_limit": positive_int,
+    "lr": positive_float,
+}
 
 
 def add_parser(sub) -> None:
-    pr = sub.add_parser("profile", help="training steps under torch.profiler: Chrome trace, "
-                                        "op/kernel/layer tables")
+    pr = sub.add_parser(
+        "profile", help="training steps under torch.profiler: Chrome trace, op/kernel/layer tables"
+    )
     add_model_args(pr)
-    pr.add_argument("--image-size", type=positive_int, default=32,
-                    help="input size (default 32)")
-    pr.add_argument("--batch", type=positive_int, default=None,
-                    help="default 256 (CUDA), 16 (CPU)")
-    pr.add_argument("--device", default=None, type=device_arg,
-                    help="cpu or cuda (default: cuda if available)")
+    pr.add_argument("--image-size", type=positive_int, default=32, help="input size (default 32)")
+    pr.add_argument("--batch", type=positive_int, default=None, help="default 256 (CUDA), 16 (CPU)")
+    pr.add_argument(
+        "--device", default=None, type=device_arg, help="cpu or cuda (default: cuda if available)"
+    )
     pr.add_argument("--out", default=None, help="output folder (default runs/profile-<time>)")
     add_config_arguments(pr, ProfileConfig, names=NAMES, types=TYPES)
 
@@ -59,9 +63,16 @@ def run(args) -> int:
     batch = args.batch or (256 if device.type == "cuda" else 16)
     out = Path(args.out or f"runs/profile-{time.strftime('%Y%m%d-%H%M%S')}")
     n = sum(1 for r in report.layers if r.converted) if report else 0
-    print(f"tritonbasis profile: {args.model} (width {args.width}), {n} BasisConv2d layers, "
-          f"batch {batch} at {args.image_size}x{args.image_size}, {cfg.steps} steps -> {out}")
+    print(
+        f"tritonbasis profile: {args.model} (width {args.width}), {n} BasisConv2d layers, "
+        f"batch {batch} at {args.image_size}x{args.image_size}, {cfg.steps} steps -> {out}"
+    )
     with run_folder(out, "profile"):  # writable and ours before the first step
-        profile_training(model, (batch, 3, args.image_size, args.image_size),
-                         out_dir=out, device=device, config=cfg)
+        profile_training(
+            model,
+            (batch, 3, args.image_size, args.image_size),
+            out_dir=out,
+            device=device,
+            config=cfg,
+        )
     return 0

@@ -35,28 +35,56 @@ from .guard import (
 )
 
 # the experiment the command runs by default (ExperimentConfig's defaults: sized for a CPU)
-DEFAULT = {"model": ExperimentConfig.model, "width": ExperimentConfig.width,
-           "image_size": ExperimentConfig.image_size}
+DEFAULT = {
+    "model": ExperimentConfig.model,
+    "width": ExperimentConfig.width,
+    "image_size": ExperimentConfig.image_size,
+}
 # SearchConfig fields whose flag is not --field-name
 NAMES = {"baseline_epochs": "--epochs"}
 # parse-time validators (a bad value: one line, exit 2, before anything is written); fields
 # without one are checked by SearchConfig itself, still at parse time (config_from_args)
-TYPES = {"max_drop": nonneg_float, "baseline_epochs": positive_int, "batch_size": positive_int,
-         "lr": positive_float, "probe_steps": nonneg_int, "probe_lr": positive_float,
-         "verify_steps": nonneg_int, "max_backoff": nonneg_int, "time_batch": positive_int,
-         "time_steps": positive_int, "seed": nonneg_int, "device": device_arg,
-         "final_epochs": nonneg_int, "final_lr": positive_float, "final_seeds": positive_int,
-         "time_rounds": positive_int}
+TYPES = {
+    "max_drop": nonneg_float,
+    "baseline_epochs": positive_int,
+    "batch_size": positive_int,
+    "lr": positive_float,
+    "probe_steps": nonneg_int,
+    "probe_lr": positive_float,
+    "verify_steps": nonneg_int,
+    "max_backoff": nonneg_int,
+    "time_batch": positive_int,
+    "time_steps": positive_int,
+    "seed": nonneg_int,
+    "device": device_arg,
+    "final_epochs": nonneg_int,
+    "final_lr": positive_float,
+    "final_seeds": positive_int,
+    "time_rounds": positive_int,
+}
 CHOICES = {"gain": ("macs", "params", "time"), "schedule": SCHEDULES}
 # the command's words where they differ from the field's: the command builds a fresh model, so
 # the API's "0: the given weights are the baseline" has no meaning here (0 is refused)
-HELP = {"baseline_epochs": "epochs of the dense baseline (and of every final seed's dense "
-                           "model), at least 1: the command trains its model from scratch"}
-EXP_TYPES = {"width": width_float, "image_size": positive_int, "ratio": unit_ratio,
-             "split_seed": nonneg_int}
+HELP = {
+    "baseline_epochs": "epochs of the dense baseline (and of every final seed's dense "
+    "model), at least 1: the command trains its model from scratch"
+}
+EXP_TYPES = {
+    "width": width_float,
+    "image_size": positive_int,
+    "ratio": unit_ratio,
+    "split_seed": nonneg_int,
+}
 # what `search --overwrite` deletes: only names the search itself writes
-SEARCH_OUTPUTS = ("state.json", "report.json", "plan.json", "summary.md", "sensitivity.png",
-                  "tradeoff.png", "baseline.pt")
+SEARCH_OUTPUTS = (
+    "state.json",
+    "report.json",
+    "plan.json",
+    "summary.md",
+    "sensitivity.png",
+    "tradeoff.png",
+    "baseline.pt",
+)
 SEARCH_DIRS = ("baseline", "probe_tmp", "final_chosen", "final_naive")
 SEARCH_DIR_GLOBS = ("final_seed*",)  # each final seed's dense / chosen / naive checkpoints
 
@@ -64,12 +92,19 @@ SEARCH_DIR_GLOBS = ("final_seed*",)  # each final seed's dense / chosen / naive 
 def add_parser(sub) -> None:
     se = sub.add_parser("search", help="layer-sensitivity search (the main job)")
     add_config_arguments(se, ExperimentConfig, types=EXP_TYPES)
-    add_config_arguments(se, SearchConfig, exclude=("spec",), help=HELP,
-                         names=NAMES, types=TYPES, choices=CHOICES)
-    se.add_argument("--out", default=None, help="output folder (default runs/search-<time>); "
-                                                "an existing one is resumed")
-    se.add_argument("--overwrite", action="store_true",
-                    help="delete the search files in OUT and start over (instead of resuming)")
+    add_config_arguments(
+        se, SearchConfig, exclude=("spec",), help=HELP, names=NAMES, types=TYPES, choices=CHOICES
+    )
+    se.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/search-<time>); an existing one is resumed",
+    )
+    se.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the search files in OUT and start over (instead of resuming)",
+    )
     se.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -82,8 +117,7 @@ def check(p, args) -> None:
 
 def config(p, args) -> SearchConfig:
     args.experiment = config_from_args(p, ExperimentConfig, args)
-    return config_from_args(p, SearchConfig, args, names=NAMES,
-                            spec=args.experiment.spec())
+    return config_from_args(p, SearchConfig, args, names=NAMES, spec=args.experiment.spec())
 
 
 def _guard_out(out: Path, args) -> None:
@@ -112,31 +146,40 @@ def _run(args, out: Path, cfg: SearchConfig) -> int:
     from ..recipes.search import run_experiment
 
     exp: ExperimentConfig = args.experiment
-    is_default = (exp.data == "digits" and exp.model == DEFAULT["model"]
-                  and exp.width == DEFAULT["width"])
-    print(f"tritonbasis search: {exp.model} (width {exp.width}) on {exp.data}"
-          f"{f' at {exp.image_size}x{exp.image_size} px' if exp.data == 'digits' else ''}, "
-          f"C_b = {exp.ratio} C_out, budget {cfg.max_drop} pp, {cfg.final_seeds} final "
-          f"seed(s) -> {out}")
+    is_default = (
+        exp.data == "digits" and exp.model == DEFAULT["model"] and exp.width == DEFAULT["width"]
+    )
+    print(
+        f"tritonbasis search: {exp.model} (width {exp.width}) on {exp.data}"
+        f"{f' at {exp.image_size}x{exp.image_size} px' if exp.data == 'digits' else ''}, "
+        f"C_b = {exp.ratio} C_out, budget {cfg.max_drop} pp, {cfg.final_seeds} final "
+        f"seed(s) -> {out}"
+    )
     if is_default:
-        print("  (default run sized for a CPU: a quarter-width ResNet18 on 16x16 digits, a few "
-              "minutes on 2 cores; for the real experiment use --data cifar10 --data-dir DIR "
-              "--width 1 on a GPU)")
+        print(
+            "  (default run sized for a CPU: a quarter-width ResNet18 on 16x16 digits, a few "
+            "minutes on 2 cores; for the real experiment use --data cifar10 --data-dir DIR "
+            "--width 1 on a GPU)"
+        )
     report = run_experiment(exp, cfg, out=out, progress=not args.quiet)
     print()
     print(report.table())
     print()
     s = report.selection
-    print(f"chosen {len(s['chosen'])}/{len(report.layers)} layers, predicted drop "
-          f"{s['predicted_drop']:.2f} pp, verified {s['verified_drop']:.2f} pp "
-          f"(budget {cfg.max_drop}); zero-shot vs probe Spearman rho "
-          f"{report.spearman_zero_shot_vs_probe}; {report.seconds:.0f} s")
+    print(
+        f"chosen {len(s['chosen'])}/{len(report.layers)} layers, predicted drop "
+        f"{s['predicted_drop']:.2f} pp, verified {s['verified_drop']:.2f} pp "
+        f"(budget {cfg.max_drop}); zero-shot vs probe Spearman rho "
+        f"{report.spearman_zero_shot_vs_probe}; {report.seconds:.0f} s"
+    )
     print()
     print("Verdict:")
     for line in verdict_lines(report.verdict):
         print(f"  {line}")
     print()
     print(f"outputs: {out}/report.json, plan.json, summary.md, sensitivity.png, tradeoff.png")
-    print(f"next: tritonbasis train --plan {out}/plan.json --width {exp.width} "
-          f"--image-size {exp.image_size}")
+    print(
+        f"next: tritonbasis train --plan {out}/plan.json --width {exp.width} "
+        f"--image-size {exp.image_size}"
+    )
     return 0

@@ -32,10 +32,20 @@ from .guard import (
 
 NAMES = {"num_workers": "--workers"}
 # parse-time validators (one line, exit 2); the rest is checked by TrainConfig at parse time
-TYPES = {"epochs": positive_int, "batch_size": positive_int, "lr": positive_float,
-         "momentum": nonneg_float, "weight_decay": nonneg_float, "warmup": nonneg_float,
-         "label_smoothing": nonneg_float, "seed": nonneg_int, "device": device_arg,
-         "log_every": positive_int, "max_steps": positive_int, "num_workers": workers_int}
+TYPES = {
+    "epochs": positive_int,
+    "batch_size": positive_int,
+    "lr": positive_float,
+    "momentum": nonneg_float,
+    "weight_decay": nonneg_float,
+    "warmup": nonneg_float,
+    "label_smoothing": nonneg_float,
+    "seed": nonneg_int,
+    "device": device_arg,
+    "log_every": positive_int,
+    "max_steps": positive_int,
+    "num_workers": workers_int,
+}
 CHOICES = {"schedule": SCHEDULES}
 # the command's words where it does more than the field (the seed also seeds the model)
 HELP = {"seed": "seeds everything: model init, conversion, shuffling"}
@@ -43,22 +53,35 @@ TRAIN_OUTPUTS = ("last.pt", "result.json")
 
 
 def add_parser(sub) -> None:
-    t = sub.add_parser("train", help="train a dense or converted model; report accuracy, "
-                                     "params, MACs, step time")
+    t = sub.add_parser(
+        "train", help="train a dense or converted model; report accuracy, params, MACs, step time"
+    )
     add_model_args(t)
-    t.add_argument("--data", default="digits", choices=["digits", "cifar10"],
-                   help="digits: scikit-learn's bundled images (default); cifar10: a local "
-                        "folder given by --data-dir (never downloaded)")
+    t.add_argument(
+        "--data",
+        default="digits",
+        choices=["digits", "cifar10"],
+        help="digits: scikit-learn's bundled images (default); cifar10: a local "
+        "folder given by --data-dir (never downloaded)",
+    )
     t.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
-    t.add_argument("--image-size", type=positive_int, default=32,
-                   help="digits are resized to this (default 32)")
+    t.add_argument(
+        "--image-size",
+        type=positive_int,
+        default=32,
+        help="digits are resized to this (default 32)",
+    )
     add_config_arguments(t, TrainConfig, help=HELP, names=NAMES, types=TYPES, choices=CHOICES)
     t.add_argument("--out", default=None, help="run folder (default runs/train-<timestamp>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace a finished or interrupted run in OUT (refused otherwise)")
-    t.add_argument("--time-steps", type=positive_int, default=10,
-                   help="steps timed at the end (default 10)")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished or interrupted run in OUT (refused otherwise)",
+    )
+    t.add_argument(
+        "--time-steps", type=positive_int, default=10, help="steps timed at the end (default 10)"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -78,7 +101,8 @@ def _guard_out(out: Path, args) -> None:
     if found and not (args.resume or args.overwrite):
         raise UsageError(
             f"{str(out)!r} already holds a run ({', '.join(found)}); pass --resume to continue "
-            f"it, --overwrite to replace it, or choose another --out")
+            f"it, --overwrite to replace it, or choose another --out"
+        )
     if args.overwrite:
         for n in found:
             (out / n).unlink()
@@ -112,30 +136,53 @@ def _run(args, out: Path, plan, cfg: TrainConfig) -> int:
     if plan is not None:
         model, report = convert_with_report(model, plan, input_shape=shape, inplace=True)
         print(report.table())
-    print(f"training {args.model} (width {args.width}) on {args.data} "
-          f"({len(train_data)} train / {len(val_data)} val, {shape[1]}x{shape[2]}), "
-          f"{cfg.epochs} epochs; checkpoints in {out}")
-    result = train(model, train_data, val_data, cfg, checkpoint_dir=out, resume=args.resume,
-                   progress=not args.quiet, distributed=D.is_distributed())
+    print(
+        f"training {args.model} (width {args.width}) on {args.data} "
+        f"({len(train_data)} train / {len(val_data)} val, {shape[1]}x{shape[2]}), "
+        f"{cfg.epochs} epochs; checkpoints in {out}"
+    )
+    result = train(
+        model,
+        train_data,
+        val_data,
+        cfg,
+        checkpoint_dir=out,
+        resume=args.resume,
+        progress=not args.quiet,
+        distributed=D.is_distributed(),
+    )
     if not D.is_main():  # under torchrun rank 0 alone measures and writes the result
         return 0
     macs = count_macs(model, shape)
-    timing = measure_step_time(model, (cfg.batch_size, *shape), steps=args.time_steps,
-                               device=cfg.device)
-    result.extra.update({"macs_per_image": macs, "timing": timing, "data": info,
-                         "model": args.model, "width": args.width,
-                         "plan": args.plan, "ratio": args.ratio,
-                         "conversion": report.to_dict() if report else None,
-                         "world_size": D.world_size()})
+    timing = measure_step_time(
+        model, (cfg.batch_size, *shape), steps=args.time_steps, device=cfg.device
+    )
+    result.extra.update(
+        {
+            "macs_per_image": macs,
+            "timing": timing,
+            "data": info,
+            "model": args.model,
+            "width": args.width,
+            "plan": args.plan,
+            "ratio": args.ratio,
+            "conversion": report.to_dict() if report else None,
+            "world_size": D.world_size(),
+        }
+    )
     atomic_write_text(out / "result.json", result.to_json())
     print()
-    print(f"{'val accuracy':24s} {100 * result.final_val_acc:.2f}% "
-          f"(best {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch})")
+    print(
+        f"{'val accuracy':24s} {100 * result.final_val_acc:.2f}% "
+        f"(best {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch})"
+    )
     print(f"{'parameters':24s} {count_params(model):,}")
     print(f"{'MACs per image':24s} {macs:,}")
-    print(f"{'train step (batch ' + str(cfg.batch_size) + ')':24s} "
-          f"{timing['train_step_ms']:.1f} ms  (p20 {timing['train_step_ms_p20']:.1f}, "
-          f"p80 {timing['train_step_ms_p80']:.1f}) on {timing['device_name']}")
+    print(
+        f"{'train step (batch ' + str(cfg.batch_size) + ')':24s} "
+        f"{timing['train_step_ms']:.1f} ms  (p20 {timing['train_step_ms_p20']:.1f}, "
+        f"p80 {timing['train_step_ms_p80']:.1f}) on {timing['device_name']}"
+    )
     print(f"{'inference (same batch)':24s} {timing['infer_ms']:.1f} ms")
     print(f"result: {out / 'result.json'}")
     return 0

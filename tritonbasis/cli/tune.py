@@ -20,18 +20,25 @@ TYPES = {"warmup_ms": nonneg_float, "rep_ms": positive_float, "min_reps": positi
 
 
 def add_parser(sub) -> None:
-    tu = sub.add_parser("tune", help="pre-tune a model's layer shapes (Triton autotune + "
-                                     "fused-vs-weight timings for mode='auto', cached on disk)")
+    tu = sub.add_parser(
+        "tune",
+        help="pre-tune a model's layer shapes (Triton autotune + "
+        "fused-vs-weight timings for mode='auto', cached on disk)",
+    )
     add_model_args(tu)
-    tu.add_argument("--image-size", type=positive_int, default=32,
-                    help="input size (default 32)")
+    tu.add_argument("--image-size", type=positive_int, default=32, help="input size (default 32)")
     tu.add_argument("--batch", type=positive_int, default=256, help="batch size (default 256)")
-    tu.add_argument("--device", default=None, type=device_arg,
-                    help="cuda or cpu (default cuda; without CUDA the command explains and "
-                         "exits unless --device cpu, which times the CPU torch paths)")
+    tu.add_argument(
+        "--device",
+        default=None,
+        type=device_arg,
+        help="cuda or cpu (default cuda; without CUDA the command explains and "
+        "exits unless --device cpu, which times the CPU torch paths)",
+    )
     add_config_arguments(tu, TuneConfig, types=TYPES)
-    tu.add_argument("--show", action="store_true",
-                    help="print the cache location and what it holds, and exit")
+    tu.add_argument(
+        "--show", action="store_true", help="print the cache location and what it holds, and exit"
+    )
 
 
 def check(p, args) -> None:
@@ -47,10 +54,12 @@ def run(args) -> int:
         print(json.dumps(tune_cache.summary(), indent=1))
         return 0
     if args.device is None and not torch.cuda.is_available():
-        print("tritonbasis tune: no CUDA device, nothing to tune. The Triton kernels autotune "
-              "on a GPU, and the fused-vs-weight timings that mode='auto' reads are GPU "
-              "measurements; on this machine mode='auto' uses the FLOP model. "
-              "(--device cpu times the CPU torch paths into the cache anyway.)")
+        print(
+            "tritonbasis tune: no CUDA device, nothing to tune. The Triton kernels autotune "
+            "on a GPU, and the fused-vs-weight timings that mode='auto' reads are GPU "
+            "measurements; on this machine mode='auto' uses the FLOP model. "
+            "(--device cpu times the CPU torch paths into the cache anyway.)"
+        )
         return 0
     from ..perf.tune import tune_model
 
@@ -61,14 +70,18 @@ def run(args) -> int:
     model, report = converted_model(args, default_ratio=0.25)
     n = sum(1 for r in report.layers if r.converted) if report else 0
     shape = (args.batch, 3, args.image_size, args.image_size)
-    print(f"tritonbasis tune: {args.model} (width {args.width}), {n} converted convs, input "
-          f"{shape}, {cfg.dtype}, {cfg.layout}, objective {cfg.objective}, on "
-          f"{tune_cache.device_name(device)}; cache: {tune_cache.cache_dir()}")
+    print(
+        f"tritonbasis tune: {args.model} (width {args.width}), {n} converted convs, input "
+        f"{shape}, {cfg.dtype}, {cfg.layout}, objective {cfg.objective}, on "
+        f"{tune_cache.device_name(device)}; cache: {tune_cache.cache_dir()}"
+    )
     rows = tune_model(model.to(device), shape, device=device, config=cfg)
     tuned = [r for r in rows if r["mode"]]
-    print(f"{len(tuned)} layer shapes timed ({sum(r['mode'] == 'fused' for r in tuned)} fused, "
-          f"{sum(r['mode'] == 'weight' for r in tuned)} weight; "
-          f"{sum(r['mode'] != r['flop_model'] for r in tuned)} differ from the FLOP model), "
-          f"{len(rows) - len(tuned)} skipped; mode='auto' now uses these timings "
-          f"(TRITONBASIS_TUNE_CACHE=0 ignores them)")
+    print(
+        f"{len(tuned)} layer shapes timed ({sum(r['mode'] == 'fused' for r in tuned)} fused, "
+        f"{sum(r['mode'] == 'weight' for r in tuned)} weight; "
+        f"{sum(r['mode'] != r['flop_model'] for r in tuned)} differ from the FLOP model), "
+        f"{len(rows) - len(tuned)} skipped; mode='auto' now uses these timings "
+        f"(TRITONBASIS_TUNE_CACHE=0 ignores them)"
+    )
     return 0

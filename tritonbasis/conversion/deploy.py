@@ -65,16 +65,15 @@ def _require(modules: Sequence[str], what: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(
-            f"{what} needs {', '.join(missing)} (not installed): "
-            'pip install "tritonbasis[onnx]"'
+            f'{what} needs {", ".join(missing)} (not installed): pip install "tritonbasis[onnx]"'
         )
 
 
-def _op_decomposition(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis,
-                      need_z):
+def _op_decomposition(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, need_z):
     """``tritonbasis::basis_conv2d`` -> standard aten ops (for ``run_decompositions``)."""
-    y = basis_conv2d_standard_ops(x, basis, coeff, bias, stride, padding, dilation, keep_basis,
-                                  perm)
+    y = basis_conv2d_standard_ops(
+        x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm
+    )
     # the op's second output (used only by its backward), as the op decides it
     if saves_z(keep_basis, bias is not None, x.dtype, need_z):
         return y, F.conv2d(x, basis, None, list(stride), list(padding), list(dilation))
@@ -146,8 +145,10 @@ def export_onnx(
         args = (args,)
     if dynamic_batch:
         if not dynamo:
-            raise ValueError("dynamic_batch=True needs the dynamo exporter (dynamo=True); "
-                             "with dynamo=False pass dynamic_axes")
+            raise ValueError(
+                "dynamic_batch=True needs the dynamo exporter (dynamo=True); "
+                "with dynamo=False pass dynamic_axes"
+            )
         if "dynamic_shapes" in kwargs:
             raise ValueError("pass either dynamic_batch=True or dynamic_shapes, not both")
         batch = torch.export.Dim("batch")
@@ -158,8 +159,9 @@ def export_onnx(
     model.eval()
     try:
         with _layer_modes(model, mode), torch.no_grad():
-            return torch.onnx.export(model, args, None if path is None else os.fspath(path),
-                                     **kwargs)
+            return torch.onnx.export(
+                model, args, None if path is None else os.fspath(path), **kwargs
+            )
     finally:
         model.train(was_training)
 

@@ -50,8 +50,10 @@ def lookup(plan: dict[str, BasisSpec | None], fqn: str) -> tuple[bool, BasisSpec
 def save_plan(plan, path, meta: dict | None = None) -> Path:
     """Write a plan as JSON (atomically): ``{"plan": {name: spec-dict | null}, "meta": {...}}``."""
     plan = normalize_plan(plan)
-    doc = {"format": "tritonbasis-plan/1",
-           "plan": {k: (None if v is None else v.to_dict()) for k, v in plan.items()}}
+    doc = {
+        "format": "tritonbasis-plan/1",
+        "plan": {k: (None if v is None else v.to_dict()) for k, v in plan.items()},
+    }
     if meta:
         doc["meta"] = meta
     path = Path(path)
@@ -77,5 +79,3 @@ def load_plan(path) -> dict[str, BasisSpec | None]:
         return normalize_plan(plan)
     except (TypeError, ValueError) as e:
         raise ValueError(f"plan file {path}: {e}") from None
-
-

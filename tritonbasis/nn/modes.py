@@ -15,8 +15,15 @@ import torch
 from ..op import tune_cache
 from ..op.geometry import MAX_BASIS_CHANNELS, dense_macs, forward_macs
 
-__all__ = ["CPU_MIN_BASIS", "CPU_SAVED_MACS_X_CB", "FUSED_EFFICIENCY", "MIN_FUSED_PIXELS",
-           "decide", "decide_per_pixel", "from_timings"]
+__all__ = [
+    "CPU_MIN_BASIS",
+    "CPU_SAVED_MACS_X_CB",
+    "FUSED_EFFICIENCY",
+    "MIN_FUSED_PIXELS",
+    "decide",
+    "decide_per_pixel",
+    "from_timings",
+]
 
 # CUDA (unchanged rule): the fused kernel must do clearly fewer MACs than the dense conv to pay
 # for running at a lower fraction of peak than cuDNN: we assume >= 60% of cuDNN's efficiency, so
@@ -99,12 +106,14 @@ def decide(g, device="cpu", timings=None) -> str:
     measured = None if symbolic else tune_cache.lookup_mode(g, device)
     if measured is not None:
         return measured
-    return _model(device.type, g.C_in, g.C_b, g.C_rest, g.C_out, g.KH, g.KW,
-                  None if symbolic else g.pixels)
+    return _model(
+        device.type, g.C_in, g.C_b, g.C_rest, g.C_out, g.KH, g.KW, None if symbolic else g.pixels
+    )
 
 
-def decide_per_pixel(C_in: int, C_out: int, C_b: int, kernel, keep_basis: bool,
-                     device="cpu") -> str:
+def decide_per_pixel(
+    C_in: int, C_out: int, C_b: int, kernel, keep_basis: bool, device="cpu"
+) -> str:
     """The decision when the input size is unknown (``tritonbasis.convert`` without
     ``input_shape``): the cost model's per-pixel rule."""
     device = torch.device(device)

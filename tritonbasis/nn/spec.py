@@ -17,11 +17,13 @@ def _check_field_types(spec) -> None:
 
     for name in ("ratio", "energy"):
         v = getattr(spec, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                              or not math.isfinite(v)):
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        ):
             raise ValueError(f"{name} must be a finite number, got {v!r}")
-    if spec.basis_channels is not None and (isinstance(spec.basis_channels, bool)
-                                            or not isinstance(spec.basis_channels, int)):
+    if spec.basis_channels is not None and (
+        isinstance(spec.basis_channels, bool) or not isinstance(spec.basis_channels, int)
+    ):
         raise ValueError(f"basis_channels must be a positive int, got {spec.basis_channels!r}")
     for name in ("keep_basis", "trainable_basis"):
         if not isinstance(getattr(spec, name), bool):

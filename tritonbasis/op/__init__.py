@@ -22,5 +22,14 @@ from .geometry import MAX_BASIS_CHANNELS, ConvGeometry, check_inputs
 from .reference import basis_conv2d_reference, merged_weight
 from .registry import get_backend, set_backend, use_backend
 
-__all__ = ["MAX_BASIS_CHANNELS", "ConvGeometry", "basis_conv2d_reference", "check_inputs",
-           "get_backend", "merged_weight", "registry", "set_backend", "use_backend"]
+__all__ = [
+    "MAX_BASIS_CHANNELS",
+    "ConvGeometry",
+    "basis_conv2d_reference",
+    "check_inputs",
+    "get_backend",
+    "merged_weight",
+    "registry",
+    "set_backend",
+    "use_backend",
+]

@@ -47,8 +47,6 @@ class Launch(NamedTuple):
     consts: dict
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Helpers of the argument builders
 
@@ -65,8 +63,10 @@ def _needs_int64(*tensors: torch.Tensor) -> bool:
     # offset at numel - 1: two flag reads (~0.3 us) instead of the sum (~2.5 us).
     for t in tensors:
         n = t.numel()
-        if not n or (n <= _INT32_MAX and (
-                t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))):
+        if not n or (
+            n <= _INT32_MAX
+            and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))
+        ):
             continue
         if sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride())) > _INT32_MAX:
             return True
@@ -93,11 +93,13 @@ def _phase_pixels(g: ConvGeometry) -> int:
 
 def _max_phase_taps(g: ConvGeometry) -> int:
     """Most taps any sub-pixel phase has (all KH*KW at stride 1)."""
+
     def axis(K, s, p, d):
         return max(sum((ph + p - k * d) % s == 0 for k in range(K)) for ph in range(s))
 
-    return (axis(g.KH, g.stride[0], g.padding[0], g.dilation[0])
-            * axis(g.KW, g.stride[1], g.padding[1], g.dilation[1]))
+    return axis(g.KH, g.stride[0], g.padding[0], g.dilation[0]) * axis(
+        g.KW, g.stride[1], g.padding[1], g.dilation[1]
+    )
 
 
 def fwd_split_k(M: int, C_in: int, KH: int, KW: int, C_b: int, sms: int | None) -> int:
@@ -140,7 +142,6 @@ def _wgrad_split(g: ConvGeometry, sms: int | None) -> int:
 # returning the kernel's arguments. The launch path and the compile tier both use them.
 
 
-
 # The scalar part of a launch (ints, constexprs, grid) as a function of metadata, remembered
 # per call shape on CUDA (``cache=True``): building it costs ~8-11 us per kernel in Python
 # (strides, the int64 check, flags), a lookup ~2-3 us, paid at every launch of every layer
@@ -166,6 +167,9 @@ def _scalars(key: tuple | None, build) -> tuple:
     return hit
 
 
+# Not reformatted (fmt: off): the tuples below list each kernel's arguments in its signature's
+# order, several per line as the kernels group them; one per line would double their length.
+# fmt: off
 def _flags(g: ConvGeometry, x, y, z, bias, perm, store_z: bool, split: int) -> dict:
     """Constexprs shared by ``fwd`` and ``fwd_reduce``."""
     return dict(HAS_BIAS=bias is not None, HAS_PERM=perm is not None, KEEP_BASIS=g.keep_basis,
@@ -359,12 +363,24 @@ def bwd_reduce_args(segs) -> Launch:
                   tuple(v for s in segs for v in s), {})
 
 
+# fmt: on
+
 # --------------------------------------------------------------------------------------------
 # Forward: plan
 
 
-def plan_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool,
-                 sms: int | None = None, split: int | None = None, variant="fwd"):
+def plan_forward(
+    x,
+    basis,
+    coeff,
+    bias,
+    perm,
+    g: ConvGeometry,
+    need_z: bool,
+    sms: int | None = None,
+    split: int | None = None,
+    variant="fwd",
+):
     """``([Launch, ...], (y, z))`` of one forward: 1 launch (``fwd``), or 2 with split-K
     (``fwd`` into an fp32 workspace, ``fwd_reduce`` for the epilogue). ``sms``: the GPU's SM
     count (None: the interpreter's rules); ``split`` overrides the split-K factor (the compile
@@ -381,30 +397,51 @@ def plan_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool,
     fmt = output_memory_format(x)
     y = _empty_4d((g.N, g.C_out, g.Ho, g.Wo), x, fmt)
     store_z = saves_z(g.keep_basis, bias is not None, x.dtype, need_z)
-    z = (_empty_4d((g.N, g.C_b, g.Ho, g.Wo), x, saved_z_format(g.keep_basis, fmt)) if store_z
-         else x.new_empty(0))
+    z = (
+        _empty_4d((g.N, g.C_b, g.Ho, g.Wo), x, saved_z_format(g.keep_basis, fmt))
+        if store_z
+        else x.new_empty(0)
+    )
     if basis.stride(1) != 1:
         basis = basis.contiguous(memory_format=torch.channels_last)
     M = g.pixels
     if split is None:
         split = fwd_split_k(M, g.C_in, g.KH, g.KW, g.C_b, sms)
-    ws = (torch.empty((split, M, configs.block_cb(g.C_b)), device=x.device,
-                      dtype=torch.float32) if split > 1 else x)
+    ws = (
+        torch.empty((split, M, configs.block_cb(g.C_b)), device=x.device, dtype=torch.float32)
+        if split > 1
+        else x
+    )
     cache = sms is not None  # CUDA (see _SCALARS)
 
     def build(name: str) -> Launch:
         return globals()[configs.RECORDS[name].builder](
-            g, x, basis, coeff, bias, perm, y, z, ws, store_z=store_z, split=split,
-            cache=cache, kernel=name, sms=sms)
+            g,
+            x,
+            basis,
+            coeff,
+            bias,
+            perm,
+            y,
+            z,
+            ws,
+            store_z=store_z,
+            split=split,
+            cache=cache,
+            kernel=name,
+            sms=sms,
+        )
 
     launches = [build(variant(build) if callable(variant) else variant)]
     if split > 1:
-        launches.append(fwd_reduce_args(g, x, ws, coeff, bias, perm, y, z, store_z=store_z,
-                                        split=split, cache=cache))
+        launches.append(
+            fwd_reduce_args(
+                g, x, ws, coeff, bias, perm, y, z, store_z=store_z, split=split, cache=cache
+            )
+        )
     return launches, (y, z)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Backward: plan
 
@@ -413,8 +450,9 @@ def plan_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool,
 # Backward: plan
 
 
-def plan_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, mask,
-                  sms: int | None = None):
+def plan_backward(
+    grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, mask, sms: int | None = None
+):
     """``([Launch, ...], (dx, dbasis, dcoeff, dbias))`` of one backward: at most 4 launches, no
     aten compute or fill op, bitwise deterministic (always, whether or not
     torch.use_deterministic_algorithms is on: nothing here uses atomics):
@@ -452,9 +490,28 @@ def plan_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeomet
         # Z: saved by the forward (4-D) when it was, else the keep-basis output minus bias
         z_from_out = need_c and g.keep_basis and z_saved.dim() != 4
         zsrc = (out if z_from_out else z_saved) if need_c else grad
-        launches.append(grad_z_args(g, grad, coeff, dz, zsrc, bias, perm, wsc, wsb, basis, wt,
-                                    P=P, chunk=chunk, need_x=need_x, need_c=need_c,
-                                    need_bias=need_bias, z_from_out=z_from_out, cache=cache))
+        launches.append(
+            grad_z_args(
+                g,
+                grad,
+                coeff,
+                dz,
+                zsrc,
+                bias,
+                perm,
+                wsc,
+                wsb,
+                basis,
+                wt,
+                P=P,
+                chunk=chunk,
+                need_x=need_x,
+                need_c=need_c,
+                need_bias=need_bias,
+                z_from_out=z_from_out,
+                cache=cache,
+            )
+        )
     if need_x:
         dx = _empty_4d((g.N, g.C_in, g.H, g.W), x, output_memory_format(x))
         launches.append(grad_x_args(g, dz, wt, dx, grad.dtype, cache=cache))
@@ -468,8 +525,10 @@ def plan_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeomet
     if need_bias:
         dbias = torch.empty(bias.shape, dtype=bias.dtype, device=dev)
     if need_b or need_c or need_bias:
-        segs = [(wsw, dbasis, split, LW) if need_b else None,
-                (wsc, dcoeff, P, g.C_rest * g.C_b) if need_c else None,
-                (wsb, dbias, P, g.C_out) if need_bias else None]
+        segs = [
+            (wsw, dbasis, split, LW) if need_b else None,
+            (wsc, dcoeff, P, g.C_rest * g.C_b) if need_c else None,
+            (wsb, dbias, P, g.C_out) if need_bias else None,
+        ]
         launches.append(bwd_reduce_args(segs))
     return launches, (dx, dbasis, dcoeff, dbias)

@@ -297,8 +297,10 @@ def _check_backward(
     if output_mask[2] and g.C_rest:
         z_shape = (g.N, g.C_b, g.Ho, g.Wo)
         if keep_basis and tuple(out.shape) != expect and tuple(z_saved.shape) != z_shape:
-            raise ValueError("d coeff (keep-basis form) needs the forward output `out` "
-                             "(or Z saved by the forward)")
+            raise ValueError(
+                "d coeff (keep-basis form) needs the forward output `out` "
+                "(or Z saved by the forward)"
+            )
         if not keep_basis and tuple(z_saved.shape) != z_shape:
             raise ValueError("d coeff (full form) needs Z saved by the forward (need_z=True)")
     if output_mask[3] and bias is None:

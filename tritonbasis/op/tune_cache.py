@@ -141,8 +141,11 @@ class _Store:
         except FileNotFoundError:
             return {}
         except OSError as e:
-            warnings.warn(f"tritonbasis: cannot read tuning cache {path} ({e}); ignoring it",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"tritonbasis: cannot read tuning cache {path} ({e}); ignoring it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return {}
         except BadFileError as e:
             data, why = None, f"it {' '.join(e.problem.split())[:160]}"
@@ -156,8 +159,9 @@ class _Store:
                 why = "no 'entries' object"
         good = {}
         if why is None:
-            good = {k: v for k, v in data["entries"].items()
-                    if isinstance(v, dict) and _entry_ok(v)}
+            good = {
+                k: v for k, v in data["entries"].items() if isinstance(v, dict) and _entry_ok(v)
+            }
             if len(good) < len(data["entries"]) and not good:
                 why = f"none of its {len(data['entries'])} entries is well-formed"
         if why is not None:
@@ -169,16 +173,23 @@ class _Store:
             if seen in self._warned:
                 return {}
             self._warned.add(seen)
-            warnings.warn(f"tritonbasis: ignoring corrupt tuning cache {path} ({why}); it will "
-                          "be rewritten on the next store", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"tritonbasis: ignoring corrupt tuning cache {path} ({why}); it will "
+                "be rewritten on the next store",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return {}
         if len(good) < len(data["entries"]):
             seen = ("entries", str(path), len(data["entries"]))
             if seen not in self._warned:
                 self._warned.add(seen)
-                warnings.warn(f"tritonbasis: ignoring {len(data['entries']) - len(good)} "
-                              f"malformed entries of tuning cache {path}", RuntimeWarning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"tritonbasis: ignoring {len(data['entries']) - len(good)} "
+                    f"malformed entries of tuning cache {path}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         return good
 
     def _set(self, key: str, entries: dict[str, dict]) -> None:
@@ -220,17 +231,19 @@ class _Store:
                     if stale is not None:
                         entries = {k: v for k, v in entries.items() if not stale(v)}
                     entries[skey] = entry
-                    _atomic_write(path, {"format": FORMAT, "kind": self.kind,
-                                         "entries": entries})
+                    _atomic_write(path, {"format": FORMAT, "kind": self.kind, "entries": entries})
             except OSError as e:
                 if stale is not None:
                     entries = {k: v for k, v in entries.items() if not stale(v)}
                 entries[skey] = entry
                 if str(path) not in self._write_failed:
                     self._write_failed.add(str(path))
-                    warnings.warn(f"tritonbasis: cannot write tuning cache {path} ({e}); "
-                                  "keeping results in memory only", RuntimeWarning,
-                                  stacklevel=3)
+                    warnings.warn(
+                        f"tritonbasis: cannot write tuning cache {path} ({e}); "
+                        "keeping results in memory only",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
             self._set(str(path), entries)
 
     def clear_memory(self) -> None:
@@ -307,8 +320,20 @@ def device_name(device) -> str:
 
 def geometry_key(g) -> tuple:
     """The layer-shape part of a timing entry's key, from a :class:`ConvGeometry`."""
-    return (g.N, g.C_in, g.H, g.W, g.C_b, g.C_rest, g.KH, g.KW, *g.stride, *g.padding,
-            *g.dilation, bool(g.keep_basis))
+    return (
+        g.N,
+        g.C_in,
+        g.H,
+        g.W,
+        g.C_b,
+        g.C_rest,
+        g.KH,
+        g.KW,
+        *g.stride,
+        *g.padding,
+        *g.dilation,
+        bool(g.keep_basis),
+    )
 
 
 def _kernel_identity() -> tuple[str, str] | None:
@@ -321,9 +346,19 @@ def _kernel_identity() -> tuple[str, str] | None:
         return None
 
 
-def store_timing(device: str, g, *, fused_ms: dict, weight_ms: dict, mode: str,
-                 dtype: str, layout: str, objective: str, kernel: tuple | None = None,
-                 extra: dict | None = None) -> None:
+def store_timing(
+    device: str,
+    g,
+    *,
+    fused_ms: dict,
+    weight_ms: dict,
+    mode: str,
+    dtype: str,
+    layout: str,
+    objective: str,
+    kernel: tuple | None = None,
+    extra: dict | None = None,
+) -> None:
     """Record measured medians (ms; keys ``fwd`` / ``fwd+bwd``) of both modes for layer
     geometry ``g`` on device ``device`` (a name from :func:`device_name`) and the winning
     ``mode``. ``kernel``: (triton version, kernel source hash) the fused timing was made with
@@ -331,12 +366,24 @@ def store_timing(device: str, g, *, fused_ms: dict, weight_ms: dict, mode: str,
     if mode not in ("fused", "weight"):
         raise ValueError(f"mode must be 'fused' or 'weight', got {mode!r}")
     geom = geometry_key(g)
-    _TIMINGS.put((device, *geom), {
-        "device": device, "geometry": list(geom), "mode": mode, "fused_ms": fused_ms,
-        "weight_ms": weight_ms, "dtype": dtype, "layout": layout, "objective": objective,
-        "triton": kernel[0] if kernel else None, "src": kernel[1] if kernel else None,
-        "torch": torch.__version__, "time": _now(), **(extra or {}),
-    })
+    _TIMINGS.put(
+        (device, *geom),
+        {
+            "device": device,
+            "geometry": list(geom),
+            "mode": mode,
+            "fused_ms": fused_ms,
+            "weight_ms": weight_ms,
+            "dtype": dtype,
+            "layout": layout,
+            "objective": objective,
+            "triton": kernel[0] if kernel else None,
+            "src": kernel[1] if kernel else None,
+            "torch": torch.__version__,
+            "time": _now(),
+            **(extra or {}),
+        },
+    )
     _MODE_TABLES.clear()
     _TRACED_VIEW.clear()
 
@@ -411,10 +458,12 @@ def summary() -> dict:
     by_dev: dict[str, int] = {}
     for e in tim.values():
         by_dev[str(e.get("device"))] = by_dev.get(str(e.get("device")), 0) + 1
-    return {"dir": str(cache_dir()), "enabled": enabled(),
-            "autotune": _triton_autotune_cache(),
-            "timings": {"file": str(_TIMINGS.path()), "entries": len(tim),
-                        "by_device": by_dev}}
+    return {
+        "dir": str(cache_dir()),
+        "enabled": enabled(),
+        "autotune": _triton_autotune_cache(),
+        "timings": {"file": str(_TIMINGS.path()), "entries": len(tim), "by_device": by_dev},
+    }
 
 
 def _triton_autotune_cache() -> dict:

@@ -32,9 +32,14 @@ from ..util.timing import time_fn
 __all__ = ["KERNEL_NAMES", "ProfileConfig", "layer_range", "name_layers", "profile_training"]
 
 # The compiled kernels' entry names (what profilers and `ncu --kernel-name` see).
-KERNEL_NAMES = ("basis_conv_fwd_kernel", "basis_conv_fwd_reduce_kernel",
-                "basis_conv_grad_z_kernel", "basis_conv_grad_x_kernel", "basis_conv_wgrad_kernel",
-                "bwd_reduce_kernel")
+KERNEL_NAMES = (
+    "basis_conv_fwd_kernel",
+    "basis_conv_fwd_reduce_kernel",
+    "basis_conv_grad_z_kernel",
+    "basis_conv_grad_x_kernel",
+    "basis_conv_wgrad_kernel",
+    "bwd_reduce_kernel",
+)
 
 
 @contextlib.contextmanager
@@ -44,8 +49,10 @@ def name_layers(model: torch.nn.Module, nvtx: bool = False) -> Iterator[list[str
     from ..nn.layer import BasisConv2d
 
     layers = [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, BasisConv2d)]
-    saved = [(m, m.__dict__.get("profile_name", _UNSET), m.__dict__.get("profile_nvtx", _UNSET))
-             for _, m in layers]
+    saved = [
+        (m, m.__dict__.get("profile_name", _UNSET), m.__dict__.get("profile_nvtx", _UNSET))
+        for _, m in layers
+    ]
     for fqn, m in layers:
         m.profile_name = fqn or type(m).__name__
         m.profile_nvtx = bool(nvtx)
@@ -66,19 +73,26 @@ _UNSET = object()
 def _sort_key() -> str:
     # torch >= 2.4 names device time "device"; older ones "cuda"
     probe = torch.autograd.profiler_util.FunctionEventAvg()
-    return "self_device_time_total" if hasattr(probe, "self_device_time_total") \
+    return (
+        "self_device_time_total"
+        if hasattr(probe, "self_device_time_total")
         else "self_cuda_time_total"
+    )
 
 
 def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     """Fixed-width text table: cols = (key, header, format)."""
     cells = [[h for _, h, _ in cols]] + [
-        [("-" if r.get(k) is None else format(r[k], f)) for k, _, f in cols] for r in rows]
+        [("-" if r.get(k) is None else format(r[k], f)) for k, _, f in cols] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     out = []
     for j, row in enumerate(cells):
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(row, widths))))
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))
+            )
+        )
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -95,18 +109,30 @@ class ProfileConfig:
     ``amp`` -> ``--no-amp``, ``trace`` -> ``--no-trace``). The one place their defaults live."""
 
     steps: int = dataclasses.field(default=5, metadata=_help("profiled training steps"))
-    warmup: int = dataclasses.field(default=2, metadata=_help(
-        "untimed training steps first (autotune, cuDNN benchmark, allocator warm-up)"))
-    amp: bool = dataclasses.field(default=True, metadata=_help(
-        "bf16 autocast + channels_last on CUDA (off: fp32; ignored on CPU)"))
-    nvtx: bool = dataclasses.field(default=False, metadata=_help(
-        "NVTX ranges per layer (FQN) and per step, for nsys / ncu (CUDA only)"))
-    trace: bool = dataclasses.field(default=True, metadata=_help(
-        "run the steps under torch.profiler (off: to run under nsys or ncu; use with --nvtx)"))
-    lr: float = dataclasses.field(default=0.01, metadata=_help(
-        "SGD learning rate of the profiled steps (momentum 0.9)"))
-    row_limit: int = dataclasses.field(default=25, metadata=_help(
-        "rows per op / kernel table"))
+    warmup: int = dataclasses.field(
+        default=2,
+        metadata=_help(
+            "untimed training steps first (autotune, cuDNN benchmark, allocator warm-up)"
+        ),
+    )
+    amp: bool = dataclasses.field(
+        default=True,
+        metadata=_help("bf16 autocast + channels_last on CUDA (off: fp32; ignored on CPU)"),
+    )
+    nvtx: bool = dataclasses.field(
+        default=False,
+        metadata=_help("NVTX ranges per layer (FQN) and per step, for nsys / ncu (CUDA only)"),
+    )
+    trace: bool = dataclasses.field(
+        default=True,
+        metadata=_help(
+            "run the steps under torch.profiler (off: to run under nsys or ncu; use with --nvtx)"
+        ),
+    )
+    lr: float = dataclasses.field(
+        default=0.01, metadata=_help("SGD learning rate of the profiled steps (momentum 0.9)")
+    )
+    row_limit: int = dataclasses.field(default=25, metadata=_help("rows per op / kernel table"))
 
     def __post_init__(self):
         for name, low in (("steps", 1), ("warmup", 0), ("row_limit", 1)):
@@ -114,14 +140,20 @@ class ProfileConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 rule = "a positive int" if low else "a non-negative int"
                 raise ValueError(f"ProfileConfig.{name} must be {rule}, got {v!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or \
-                not self.lr > 0:
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"ProfileConfig.lr must be a positive number, got {self.lr!r}")
 
 
-def profile_training(model: torch.nn.Module, input_shape, *, out_dir: str | Path = "runs/profile",
-                     device=None, config: ProfileConfig | None = None, log=print,
-                     **overrides) -> dict[str, Any]:
+def profile_training(
+    model: torch.nn.Module,
+    input_shape,
+    *,
+    out_dir: str | Path = "runs/profile",
+    device=None,
+    config: ProfileConfig | None = None,
+    log=print,
+    **overrides,
+) -> dict[str, Any]:
     """Run ``warmup`` untimed and then ``steps`` profiled training steps (forward, cross-entropy
     on random labels, backward, SGD with momentum) of a copy of ``model`` on random inputs of
     ``input_shape`` ``(N, C, H, W)``; bf16 autocast + channels_last on CUDA when ``amp``.
@@ -165,10 +197,15 @@ def profile_training(model: torch.nn.Module, input_shape, *, out_dir: str | Path
         if cuda:
             torch.cuda.synchronize(device)
 
-    summary: dict[str, Any] = {"device": str(device), "input_shape": list(shape),
-                               "steps": steps, "warmup": warmup,
-                               "amp": "bf16 autocast + channels_last" if use_amp else "off",
-                               "nvtx": nvtx, "torch": torch.__version__}
+    summary: dict[str, Any] = {
+        "device": str(device),
+        "input_shape": list(shape),
+        "steps": steps,
+        "warmup": warmup,
+        "amp": "bf16 autocast + channels_last" if use_amp else "off",
+        "nvtx": nvtx,
+        "torch": torch.__version__,
+    }
     with name_layers(m, nvtx=nvtx) as fqns:
         summary["layers"] = fqns
         for i in range(warmup):  # autotune, cuDNN benchmark, allocator warm-up: not profiled
@@ -180,8 +217,10 @@ def profile_training(model: torch.nn.Module, input_shape, *, out_dir: str | Path
             sync()
             summary["step_ms"] = None
             summary["files"] = {}
-            log(f"ran {steps} steps without torch.profiler ({len(fqns)} BasisConv2d layers"
-                f"{' with NVTX ranges' if nvtx else ''}); timings: the external profiler's")
+            log(
+                f"ran {steps} steps without torch.profiler ({len(fqns)} BasisConv2d layers"
+                f"{' with NVTX ranges' if nvtx else ''}); timings: the external profiler's"
+            )
             return summary
         # the step time without the profiler's overhead, from the one timer (its runs are
         # not in the trace); step(None): no NVTX step range, so train_step#i are the profiled
@@ -195,40 +234,63 @@ def profile_training(model: torch.nn.Module, input_shape, *, out_dir: str | Path
             sync()
 
     tables = _write_outputs(prof, out, summary, fqns, steps, cuda, row_limit)
-    log(f"profiled {steps} training steps of {shape} on {device} "
+    log(
+        f"profiled {steps} training steps of {shape} on {device} "
         f"({summary['amp']}); {summary['step_ms']:.2f} ms/step without the profiler "
-        f"({t.method})")
+        f"({t.method})"
+    )
     _log_tables(log, summary, tables, row_limit)
     return summary
 
 
-def _write_outputs(prof, out: Path, summary: dict, fqns: list[str], steps: int, cuda: bool,
-                   row_limit: int) -> dict[str, str]:
+def _write_outputs(
+    prof, out: Path, summary: dict, fqns: list[str], steps: int, cuda: bool, row_limit: int
+) -> dict[str, str]:
     """trace.json, the op / layer / kernel tables (.txt) and summary.json into ``out``;
     ``summary`` gains the tables and file paths. Returns the tables' text."""
     trace_path = out / "trace.json"
     prof.export_chrome_trace(str(trace_path))
     sort_by = _sort_key() if cuda else "self_cpu_time_total"
-    tables = {"ops": prof.key_averages().table(sort_by=sort_by, row_limit=row_limit,
-                                               max_name_column_width=72)}
+    tables = {
+        "ops": prof.key_averages().table(
+            sort_by=sort_by, row_limit=row_limit, max_name_column_width=72
+        )
+    }
     layer_rows, kernel_rows = _trace_tables(trace_path, fqns, steps)
-    tables["layers"] = _table(layer_rows, [("layer", "BasisConv2d (FQN)", ""),
-                                           ("calls", "calls", "d"),
-                                           ("cpu_ms_per_step", "CPU ms/step", ".3f"),
-                                           ("gpu_ms_per_step", "GPU ms/step", ".3f")])
+    tables["layers"] = _table(
+        layer_rows,
+        [
+            ("layer", "BasisConv2d (FQN)", ""),
+            ("calls", "calls", "d"),
+            ("cpu_ms_per_step", "CPU ms/step", ".3f"),
+            ("gpu_ms_per_step", "GPU ms/step", ".3f"),
+        ],
+    )
     if cuda:
-        tables["kernels"] = _table(kernel_rows[:row_limit], [("kernel", "GPU kernel", ""),
-                                                             ("calls", "calls", "d"),
-                                                             ("ms_per_step", "ms/step", ".3f"),
-                                                             ("pct", "% GPU", ".1f")])
+        tables["kernels"] = _table(
+            kernel_rows[:row_limit],
+            [
+                ("kernel", "GPU kernel", ""),
+                ("calls", "calls", "d"),
+                ("ms_per_step", "ms/step", ".3f"),
+                ("pct", "% GPU", ".1f"),
+            ],
+        )
     files = {"trace": str(trace_path), "summary": str(out / "summary.json")}
     for name, text in tables.items():
         (out / f"{name}.txt").write_text(text + "\n")
         files[name] = str(out / f"{name}.txt")
-    summary.update({"files": files, "sort_by": sort_by, "layer_table": layer_rows,
-                    "kernel_table": kernel_rows[:200],
-                    "tritonbasis_kernels_seen": sorted({r["kernel"] for r in kernel_rows
-                                                        if r["tritonbasis"]})})
+    summary.update(
+        {
+            "files": files,
+            "sort_by": sort_by,
+            "layer_table": layer_rows,
+            "kernel_table": kernel_rows[:200],
+            "tritonbasis_kernels_seen": sorted(
+                {r["kernel"] for r in kernel_rows if r["tritonbasis"]}
+            ),
+        }
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return tables
 
@@ -255,8 +317,7 @@ def _training_step(model, shape, device, use_amp: bool, nvtx: bool, lr: float):
     m.train()
 
     def step(i: int | None):
-        ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if use_amp
-               else contextlib.nullcontext())
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
         ranged = nvtx and i is not None
         if ranged:
             torch.cuda.nvtx.range_push(f"train_step#{i}")
@@ -280,8 +341,9 @@ def _trace_tables(trace_path: Path, fqns: list[str], steps: int) -> tuple[list, 
     data = json.loads(trace_path.read_text())
     events = data.get("traceEvents", []) if isinstance(data, dict) else data
     names = set(fqns)
-    layers: dict[str, dict] = {n: {"layer": n, "calls": 0, "cpu_ms": 0.0, "gpu_ms": None}
-                               for n in fqns}
+    layers: dict[str, dict] = {
+        n: {"layer": n, "calls": 0, "cpu_ms": 0.0, "gpu_ms": None} for n in fqns
+    }
     kernels: dict[str, dict] = {}
     for e in events:
         if not isinstance(e, dict) or e.get("ph") != "X":
@@ -314,8 +376,10 @@ def _log_tables(log, summary: dict, tables: dict[str, str], row_limit: int) -> N
     log(f"ops by {summary['sort_by']} (top {row_limit}):")
     log(tables["ops"])
     if "kernels" in tables:
-        log(f"GPU kernels by total time (top {row_limit}; tritonbasis kernels: "
-            f"{', '.join(summary['tritonbasis_kernels_seen']) or 'none'}):")
+        log(
+            f"GPU kernels by total time (top {row_limit}; tritonbasis kernels: "
+            f"{', '.join(summary['tritonbasis_kernels_seen']) or 'none'}):"
+        )
         log(tables["kernels"])
         log("")
     log("BasisConv2d layers (forward ranges named by FQN):")

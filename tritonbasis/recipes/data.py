@@ -43,8 +43,14 @@ class TensorData(TensorDataset):
     normalisation that was applied (``.mean``/``.std``, shape (1, C, 1, 1), or None):
     ``images * std + mean`` gives back the pixels in [0, 1]."""
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, num_classes: int,
-                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        num_classes: int,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+    ):
         super().__init__(images, targets)
         self.num_classes = int(num_classes)
         self.mean, self.std = mean, std
@@ -58,8 +64,9 @@ class TensorData(TensorDataset):
         return self.tensors[1]
 
 
-def digits(size: int = 32, channels: int = 3, val_fraction: float = 0.25,
-           seed: int = 0) -> tuple[TensorData, TensorData]:
+def digits(
+    size: int = 32, channels: int = 3, val_fraction: float = 0.25, seed: int = 0
+) -> tuple[TensorData, TensorData]:
     """scikit-learn's bundled digits (1,797 real 8x8 grey images of 0-9, shipped inside the
     scikit-learn wheel) as ``(train, val)`` in-memory datasets.
 
@@ -128,8 +135,9 @@ def _how_to_get_cifar10(root: Path) -> str:
     )
 
 
-def cifar10(data_dir: str | os.PathLike, train: bool = True, augment: bool = True,
-            download: bool = False) -> Dataset:
+def cifar10(
+    data_dir: str | os.PathLike, train: bool = True, augment: bool = True, download: bool = False
+) -> Dataset:
     """CIFAR-10 (torchvision's loader) from ``data_dir`` -- the folder holding
     ``cifar-10-batches-py/`` (passing that folder itself also works).
 
@@ -154,14 +162,14 @@ def cifar10(data_dir: str | os.PathLike, train: bool = True, augment: bool = Tru
         if missing:
             raise FileNotFoundError(
                 f"CIFAR-10 data folder {str(root)!r} has no complete "
-                f"{_CIFAR10_FOLDER}/ (missing: {', '.join(missing)}). "
-                + _how_to_get_cifar10(root)
+                f"{_CIFAR10_FOLDER}/ (missing: {', '.join(missing)}). " + _how_to_get_cifar10(root)
             )
         big = _oversized_cifar10(root)
         if big:
             raise CorruptDataError(
                 f"CIFAR-10 files in {str(root / _CIFAR10_FOLDER)!r} are not the data set "
-                f"({', '.join(big)}: larger than any CIFAR-10 file). " + _how_to_get_cifar10(root))
+                f"({', '.join(big)}: larger than any CIFAR-10 file). " + _how_to_get_cifar10(root)
+            )
     else:
         root.mkdir(parents=True, exist_ok=True)
 
@@ -171,8 +179,7 @@ def cifar10(data_dir: str | os.PathLike, train: bool = True, augment: bool = Tru
     else:
         tf = T.Compose(norm)
     try:
-        return torchvision.datasets.CIFAR10(str(root), train=train, transform=tf,
-                                            download=download)
+        return torchvision.datasets.CIFAR10(str(root), train=train, transform=tf, download=download)
     except RuntimeError as e:  # torchvision's md5 check: files there but corrupted/other data
         raise CorruptDataError(
             f"CIFAR-10 files in {str(root / _CIFAR10_FOLDER)!r} failed torchvision's integrity "
@@ -180,8 +187,9 @@ def cifar10(data_dir: str | os.PathLike, train: bool = True, augment: bool = Tru
         ) from e
 
 
-def get_data(name: str, data_dir: str | os.PathLike | None = None,
-             **kw: Any) -> tuple[Dataset, Dataset, int, dict]:
+def get_data(
+    name: str, data_dir: str | os.PathLike | None = None, **kw: Any
+) -> tuple[Dataset, Dataset, int, dict]:
     """``(train, val, num_classes, info)`` for ``"digits"`` or ``"cifar10"``.
 
     * ``digits``: keyword args of :func:`digits` (``size``, ``channels``, ``val_fraction``,
@@ -233,9 +241,15 @@ def get_data(name: str, data_dir: str | os.PathLike | None = None,
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
 
 
-def make_loaders(train: Dataset, val: Dataset | None, batch_size: int, num_workers: int = 0,
-                 seed: int = 0, *, device: torch.device | str | None = None
-                 ) -> tuple[DataLoader, DataLoader | None]:
+def make_loaders(
+    train: Dataset,
+    val: Dataset | None,
+    batch_size: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    *,
+    device: torch.device | str | None = None,
+) -> tuple[DataLoader, DataLoader | None]:
     """``(train_loader, val_loader)``.
 
     The train loader shuffles with its own ``torch.Generator`` seeded with ``seed`` (so the
@@ -252,10 +266,15 @@ def make_loaders(train: Dataset, val: Dataset | None, batch_size: int, num_worke
         pin = torch.device(device).type == "cuda"
     g = torch.Generator()
     g.manual_seed(int(seed))
-    common = dict(num_workers=num_workers, pin_memory=pin,
-                  persistent_workers=num_workers > 0)
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=g,
-                              drop_last=len(train) >= batch_size, **common)
+    common = dict(num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+    train_loader = DataLoader(
+        train,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=g,
+        drop_last=len(train) >= batch_size,
+        **common,
+    )
     val_loader = None
     if val is not None:
         val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, **common)

@@ -52,10 +52,25 @@ import torch.nn as nn
 
 from .evaluation import evaluate
 
-__all__ = ["DDPTraining", "all_gather_object", "broadcast_module", "broadcast_object",
-           "check_global_batch", "init", "is_distributed", "is_main", "launched",
-           "load_on_main", "main_state", "on_main", "rank", "run_command", "run_probes",
-           "shutdown", "world_size"]
+__all__ = [
+    "DDPTraining",
+    "all_gather_object",
+    "broadcast_module",
+    "broadcast_object",
+    "check_global_batch",
+    "init",
+    "is_distributed",
+    "is_main",
+    "launched",
+    "load_on_main",
+    "main_state",
+    "on_main",
+    "rank",
+    "run_command",
+    "run_probes",
+    "shutdown",
+    "world_size",
+]
 
 # Collective timeout. A rank waits in a collective while another finishes a longer probe of
 # the same round or rank 0 writes a checkpoint; NCCL's default watchdog (10 min) would kill a
@@ -104,17 +119,24 @@ def init(device: str | None = None) -> bool:
         return False
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this torch build")
-    dev = torch.device(device) if device else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    dev = (
+        torch.device(device)
+        if device
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if dev.type == "cuda":
         if dev.index is not None:
-            raise ValueError(f"under torchrun each rank uses GPU LOCAL_RANK; pass --device cuda "
-                             f"(without an index), not {device!r}")
+            raise ValueError(
+                f"under torchrun each rank uses GPU LOCAL_RANK; pass --device cuda "
+                f"(without an index), not {device!r}"
+            )
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK {local} but this node has "
-                               f"{torch.cuda.device_count()} GPUs: start at most that many "
-                               f"processes per node (--nproc-per-node)")
+            raise RuntimeError(
+                f"LOCAL_RANK {local} but this node has "
+                f"{torch.cuda.device_count()} GPUs: start at most that many "
+                f"processes per node (--nproc-per-node)"
+            )
         torch.cuda.set_device(local)  # "cuda" now means this rank's GPU everywhere
         backend = "nccl"
     else:
@@ -209,8 +231,9 @@ def broadcast_module(module: nn.Module, src: int = 0, *, buffers_only: bool = Fa
     if not is_distributed():
         return
     nccl = dist.get_backend() == "nccl"
-    tensors = (list(module.buffers()) if buffers_only
-               else list(module.state_dict(keep_vars=True).values()))
+    tensors = (
+        list(module.buffers()) if buffers_only else list(module.state_dict(keep_vars=True).values())
+    )
     for t in tensors:
         t = t.data if isinstance(t, nn.Parameter) else t
         dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
@@ -224,6 +247,7 @@ def broadcast_module(module: nn.Module, src: int = 0, *, buffers_only: bool = Fa
 def load_on_main(module: nn.Module, load: Callable[[], dict]) -> None:
     """``module.load_state_dict(load())`` on rank 0 (the only rank that may read our files: the
     others need not share its file system), then broadcast to every rank."""
+
     def load_here() -> None:
         module.load_state_dict(load())
 
@@ -283,13 +307,22 @@ def _test_exit(done_here: int) -> None:
         return
     r, n = (int(v) for v in spec.split(":"))
     if r == rank() and done_here >= n:
-        print(f"[rank {rank()}] {TEST_EXIT_ENV}: exiting after {done_here} probes",
-              file=sys.stderr, flush=True)
+        print(
+            f"[rank {rank()}] {TEST_EXIT_ENV}: exiting after {done_here} probes",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(EXIT_CODE)
 
 
-def run_probes(todo: list[str], probe: Callable[[str], dict], state, *, key: str = "probes",
-               bar: Callable = lambda it, **kw: it) -> dict[str, dict]:
+def run_probes(
+    todo: list[str],
+    probe: Callable[[str], dict],
+    state,
+    *,
+    key: str = "probes",
+    bar: Callable = lambda it, **kw: it,
+) -> dict[str, dict]:
     """Run ``probe(fqn)`` for every ``fqn`` in ``todo``, spread over the ranks in rounds of
     ``world_size``; each result gets ``"rank"`` (who ran it). Results are merged into
     ``state.get(key)`` and saved as they arrive (rank 0's own at once, the others' after each
@@ -308,10 +341,13 @@ def run_probes(todo: list[str], probe: Callable[[str], dict], state, *, key: str
         state.put("probe_runs", runs)
         state.put(key, probes)
 
-    rounds = [todo[i:i + ws] for i in range(0, len(todo), ws)]
+    rounds = [todo[i : i + ws] for i in range(0, len(todo), ws)]
     done_here = 0
-    shown = bar(rounds, desc="probes", unit=f"round of {ws}" if ws > 1 else "layer") \
-        if me == 0 else rounds
+    shown = (
+        bar(rounds, desc="probes", unit=f"round of {ws}" if ws > 1 else "layer")
+        if me == 0
+        else rounds
+    )
     for chunk in shown:
         mine = chunk[me] if me < len(chunk) else None
         result = None
@@ -328,8 +364,13 @@ def run_probes(todo: list[str], probe: Callable[[str], dict], state, *, key: str
                 if res is not None:
                     probes[chunk[r]] = res
             # rank 0 recorded its own result already; the other ranks only keep a replica
-            record([chunk[r] for r, res in enumerate(gathered)
-                    if res is not None and not (me == 0 and r == 0)])
+            record(
+                [
+                    chunk[r]
+                    for r, res in enumerate(gathered)
+                    if res is not None and not (me == 0 and r == 0)
+                ]
+            )
     return probes
 
 
@@ -350,10 +391,11 @@ class _RankBatches:
     def __iter__(self):
         for batch in self.inner:
             if len(batch) % self.ws:
-                raise ValueError(f"a global batch of {len(batch)} samples does not split over "
-                                 f"{self.ws} ranks")
+                raise ValueError(
+                    f"a global batch of {len(batch)} samples does not split over {self.ws} ranks"
+                )
             b = len(batch) // self.ws
-            yield batch[self.rank * b:(self.rank + 1) * b]
+            yield batch[self.rank * b : (self.rank + 1) * b]
 
 
 def _worker_init(rank_: int):
@@ -378,15 +420,21 @@ class DDPTraining:
 
     def __init__(self, batch_size: int, train_size: int, device: torch.device):
         if not is_distributed():
-            raise RuntimeError("DDP training needs an initialised process group with more than "
-                               "one rank (launch with torchrun)")
+            raise RuntimeError(
+                "DDP training needs an initialised process group with more than "
+                "one rank (launch with torchrun)"
+            )
         self.ws, self.rank, self.device = world_size(), rank(), torch.device(device)
         if batch_size % self.ws:
-            raise ValueError(f"batch_size {batch_size} is the global batch and must split evenly "
-                             f"over {self.ws} ranks")
+            raise ValueError(
+                f"batch_size {batch_size} is the global batch and must split evenly "
+                f"over {self.ws} ranks"
+            )
         if train_size < batch_size:
-            raise ValueError(f"DDP needs at least one full global batch ({batch_size} samples), "
-                             f"the training set has {train_size}")
+            raise ValueError(
+                f"DDP needs at least one full global batch ({batch_size} samples), "
+                f"the training set has {train_size}"
+            )
         self.is_main = self.rank == 0
 
     def loader(self, loader):
@@ -394,18 +442,24 @@ class DDPTraining:
         of each global batch; the shuffling generator is the same object (checkpointed)."""
         from torch.utils.data import DataLoader
 
-        return DataLoader(loader.dataset, batch_sampler=_RankBatches(loader.batch_sampler,
-                                                                     self.rank, self.ws),
-                          num_workers=loader.num_workers, pin_memory=loader.pin_memory,
-                          generator=loader.generator,
-                          persistent_workers=loader.persistent_workers,
-                          worker_init_fn=_worker_init(self.rank) if loader.num_workers else None)
+        return DataLoader(
+            loader.dataset,
+            batch_sampler=_RankBatches(loader.batch_sampler, self.rank, self.ws),
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+            generator=loader.generator,
+            persistent_workers=loader.persistent_workers,
+            worker_init_fn=_worker_init(self.rank) if loader.num_workers else None,
+        )
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ids = [self.device.index if self.device.index is not None
-               else torch.cuda.current_device()] if self.device.type == "cuda" else None
+        ids = (
+            [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+            if self.device.type == "cuda"
+            else None
+        )
         return DDP(model, device_ids=ids)
 
     def start_epoch(self, seed: int, epoch: int) -> None:
@@ -420,15 +474,19 @@ class DDPTraining:
 
     def sum(self, *values):
         """All-reduced sums, returned as given: tensors (on their device) or Python numbers."""
-        coll = (torch.device("cuda", torch.cuda.current_device())
-                if dist.get_backend() == "nccl" else torch.device("cpu"))
+        coll = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
         out = []
         for v in values:
             if isinstance(v, torch.Tensor):
                 t = v.detach().to(coll, copy=True)
             else:
-                t = torch.tensor(v, dtype=torch.float64 if isinstance(v, float) else torch.int64,
-                                 device=coll)
+                t = torch.tensor(
+                    v, dtype=torch.float64 if isinstance(v, float) else torch.int64, device=coll
+                )
             dist.all_reduce(t)
             out.append(t.to(v.device) if isinstance(v, torch.Tensor) else t.item())
         return out

@@ -31,8 +31,13 @@ def as_loader(data, batch_size: int, device: torch.device, num_workers: int = 0)
         return data
     if not isinstance(data, Dataset):
         raise TypeError(f"expected a Dataset or DataLoader, got {type(data).__name__}")
-    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda")
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -53,8 +58,9 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_l
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data_or_loader, device=None, batch_size: int = 256, *,
-             amp: bool = False) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data_or_loader, device=None, batch_size: int = 256, *, amp: bool = False
+) -> tuple[float, float]:
     """``(mean cross-entropy loss, accuracy in [0, 1])`` of ``model`` on a Dataset or
     DataLoader. ``device=None`` uses the model's device; otherwise the model is moved there.
     The model is put in eval mode and its previous mode restored. ``amp``: bf16 autocast

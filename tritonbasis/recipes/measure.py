@@ -40,8 +40,9 @@ def _full_shape(input_shape: Iterable[int]) -> tuple[int, ...]:
     return shape
 
 
-def count_macs(model: nn.Module, input_shape: Iterable[int], *, device="meta",
-               fused: bool = True) -> int:
+def count_macs(
+    model: nn.Module, input_shape: Iterable[int], *, device="meta", fused: bool = True
+) -> int:
     """Multiply-accumulates of one forward pass, from ``torch.utils.flop_counter``
     (MACs = FLOPs / 2: convolutions, linear layers and ``torch.ops.tritonbasis.basis_conv2d``,
     whose registered formula counts ``C_b*C_in*k^2 + C_rest*C_b`` per output pixel;
@@ -71,9 +72,11 @@ def count_macs(model: nn.Module, input_shape: Iterable[int], *, device="meta",
         counter = FlopCounterMode(display=False)
         with torch.no_grad():
             if device.type == "meta":
-                state = {k: torch.empty_like(v, device="meta")
-                         for k, v in list(model.named_parameters(remove_duplicate=False))
-                         + list(model.named_buffers(remove_duplicate=False))}
+                state = {
+                    k: torch.empty_like(v, device="meta")
+                    for k, v in list(model.named_parameters(remove_duplicate=False))
+                    + list(model.named_buffers(remove_duplicate=False))
+                }
                 with counter:
                     torch.func.functional_call(model, state, (x,))
             else:
@@ -87,9 +90,17 @@ def count_macs(model: nn.Module, input_shape: Iterable[int], *, device="meta",
     return int(counter.get_total_flops()) // 2
 
 
-def measure_step_time(model: nn.Module, input_shape: Iterable[int], steps: int = 20,
-                      device=None, *, warmup: int = 3, amp: bool = True, lr: float = 0.01,
-                      min_time_s: float = 0.2) -> dict[str, Any]:
+def measure_step_time(
+    model: nn.Module,
+    input_shape: Iterable[int],
+    steps: int = 20,
+    device=None,
+    *,
+    warmup: int = 3,
+    amp: bool = True,
+    lr: float = 0.01,
+    min_time_s: float = 0.2,
+) -> dict[str, Any]:
     """Time a training step (forward, cross-entropy on random labels, backward, SGD with
     momentum step) and an inference forward (eval mode, ``inference_mode``) on random inputs
     of ``input_shape`` ``(N, C, H, W)`` (``(C, H, W)`` means batch 1), each through
@@ -144,18 +155,25 @@ def measure_step_time(model: nn.Module, input_shape: Iterable[int], steps: int =
     inf = timed(infer_step)
     p = next(m.parameters())
     return {
-        "train_step_ms": tr.median_ms, "train_step_ms_p20": tr.p20_ms,
+        "train_step_ms": tr.median_ms,
+        "train_step_ms_p20": tr.p20_ms,
         "train_step_ms_p80": tr.p80_ms,
-        "infer_ms": inf.median_ms, "infer_ms_p20": inf.p20_ms, "infer_ms_p80": inf.p80_ms,
+        "infer_ms": inf.median_ms,
+        "infer_ms_p20": inf.p20_ms,
+        "infer_ms_p80": inf.p80_ms,
         "train_images_per_s": shape[0] / (tr.median_ms / 1e3),
         "infer_images_per_s": shape[0] / (inf.median_ms / 1e3),
-        "train_step_reps": tr.reps, "infer_reps": inf.reps, "method": tr.method,
-        "input_shape": list(shape), "steps": steps, "warmup": warmup,
+        "train_step_reps": tr.reps,
+        "infer_reps": inf.reps,
+        "method": tr.method,
+        "input_shape": list(shape),
+        "steps": steps,
+        "warmup": warmup,
         "min_time_s": min_time_s,
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else "cpu"),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
         "dtype": "bfloat16 (autocast)" if use_amp else str(p.dtype).replace("torch.", ""),
-        "channels_last": use_amp, "torch": torch.__version__,
+        "channels_last": use_amp,
+        "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
     }

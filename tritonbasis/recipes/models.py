@@ -51,8 +51,11 @@ class CifarResNet(ResNet):
     ):
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not (isinstance(width, (int, float)) and not isinstance(width, bool)
-                and 0 < width <= MAX_WIDTH):
+        if not (
+            isinstance(width, (int, float))
+            and not isinstance(width, bool)
+            and 0 < width <= MAX_WIDTH
+        ):
             raise ValueError(f"width must be a number in (0, {MAX_WIDTH}], got {width!r}")
         # ResNet.__init__ hard-codes the ImageNet stem and 64..512 widths; we set up the same
         # attributes its _make_layer reads and build the rest ourselves.
@@ -64,8 +67,9 @@ class CifarResNet(ResNet):
         widths = [_scaled(c, width) for c in _BASE_WIDTHS]
         self.widths = tuple(widths)
         self.inplanes = widths[0]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1,
-                               bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()
@@ -88,16 +92,22 @@ class CifarResNet(ResNet):
                     nn.init.constant_(m.bn2.weight, 0)
 
 
-def resnet18_cifar(num_classes: int = 10, width: float = 1.0, *,
-                   zero_init_residual: bool = False) -> CifarResNet:
+def resnet18_cifar(
+    num_classes: int = 10, width: float = 1.0, *, zero_init_residual: bool = False
+) -> CifarResNet:
     """The standard CIFAR ResNet18: 3x3 stem (64*width, stride 1), BN, ReLU, no max pool,
     4 stages of 2 torchvision ``BasicBlock``s with widths 64/128/256/512 * width (rounded,
     at least 1) and strides 1/2/2/2, 1x1 conv + BN downsample, adaptive average pool, fc.
 
     11,173,962 parameters at ``width=1, num_classes=10``; ~0.56 GMACs per 32x32 image.
     """
-    return CifarResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, width=width,
-                       zero_init_residual=zero_init_residual)
+    return CifarResNet(
+        BasicBlock,
+        (2, 2, 2, 2),
+        num_classes=num_classes,
+        width=width,
+        zero_init_residual=zero_init_residual,
+    )
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"resnet18_cifar": resnet18_cifar}

@@ -105,10 +105,17 @@ class _Run:
     resumed_from: int | None = None
 
 
-def train(model: nn.Module, train_data: Dataset, val_data: Dataset | DataLoader | None,
-          config: TrainConfig | None = None, *, checkpoint_dir: str | os.PathLike | None = None,
-          resume: bool = False, progress: bool = True,
-          distributed: bool = False) -> TrainResult:
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset | DataLoader | None,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    distributed: bool = False,
+) -> TrainResult:
     """Train ``model`` in place on ``train_data`` (a Dataset of ``(image, label)``), validating
     on ``val_data`` (Dataset, DataLoader or None) after every epoch.
 
@@ -167,8 +174,9 @@ def _checked_config(config, train_data, resume: bool, checkpoint_dir) -> TrainCo
     return cfg
 
 
-def _set_up(model, train_data, val_data, cfg: TrainConfig, checkpoint_dir, progress: bool,
-            distributed: bool) -> _Run:
+def _set_up(
+    model, train_data, val_data, cfg: TrainConfig, checkpoint_dir, progress: bool, distributed: bool
+) -> _Run:
     """Seed, place the model, build the loaders (DDP: this rank's slice of every global
     batch), the step counts, the optimizer, the schedule and the loss. The order is the
     RNG-draw order a resumed run relies on: do not reorder."""
@@ -178,8 +186,9 @@ def _set_up(model, train_data, val_data, cfg: TrainConfig, checkpoint_dir, progr
     model.to(device)
     if use_amp:
         model.to(memory_format=torch.channels_last)
-    train_loader, _ = make_loaders(train_data, None, cfg.batch_size, cfg.num_workers,
-                                   seed=cfg.seed, device=device)
+    train_loader, _ = make_loaders(
+        train_data, None, cfg.batch_size, cfg.num_workers, seed=cfg.seed, device=device
+    )
     val_loader = as_loader(val_data, cfg.batch_size, device, cfg.num_workers)
     ddp = None
     if distributed:  # this rank's slice of every global batch (tritonbasis.distributed)
@@ -192,18 +201,30 @@ def _set_up(model, train_data, val_data, cfg: TrainConfig, checkpoint_dir, progr
     total_steps = cfg.epochs * spe
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                momentum=cfg.momentum, nesterov=cfg.nesterov)
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+    )
     return _Run(
-        cfg=cfg, model=model, device=device, use_amp=use_amp, train_size=len(train_data),
-        train_loader=train_loader, val_data=val_data, val_loader=val_loader, ddp=ddp,
-        progress=progress, steps_per_epoch=spe, total_steps=total_steps,
-        n_epochs=math.ceil(total_steps / spe), optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                    lr_lambda(cfg, total_steps, spe)),
+        cfg=cfg,
+        model=model,
+        device=device,
+        use_amp=use_amp,
+        train_size=len(train_data),
+        train_loader=train_loader,
+        val_data=val_data,
+        val_loader=val_loader,
+        ddp=ddp,
+        progress=progress,
+        steps_per_epoch=spe,
+        total_steps=total_steps,
+        n_epochs=math.ceil(total_steps / spe),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, spe)),
         criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        ckpt_path=(Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None
-                   else None),
+        ckpt_path=(Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None),
     )
 
 
@@ -233,16 +254,17 @@ def _resume(run: _Run) -> None:
             f"cannot resume from {str(path)!r}: its weights do not fit this model ({e})"
         ) from e
     for part, restore in (
-            ("optimizer state", lambda: run.optimizer.load_state_dict(ckpt["optimizer"])),
-            ("scheduler state", lambda: run.scheduler.load_state_dict(ckpt["scheduler"])),
-            ("RNG states", lambda: ckpt_io.set_rng_state(ckpt["rng"],
-                                                         run.train_loader.generator))):
+        ("optimizer state", lambda: run.optimizer.load_state_dict(ckpt["optimizer"])),
+        ("scheduler state", lambda: run.scheduler.load_state_dict(ckpt["scheduler"])),
+        ("RNG states", lambda: ckpt_io.set_rng_state(ckpt["rng"], run.train_loader.generator)),
+    ):
         try:
             restore()
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(
                 f"cannot resume from {str(path)!r}: its {part} does not fit this run "
-                f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+                f"({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+            ) from None
     run.history = list(ckpt["history"])
     run.start_epoch, run.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
     run.resumed_from = run.start_epoch
@@ -277,8 +299,13 @@ def _train_epoch(run: _Run, net: nn.Module, epoch: int) -> dict[str, Any]:
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen, step_ms, step_lr = 0, [], None
-    bar = tqdm(total=steps_this, desc=f"epoch {epoch + 1}/{run.n_epochs}",
-               disable=not run.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=steps_this,
+        desc=f"epoch {epoch + 1}/{run.n_epochs}",
+        disable=not run.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     t_epoch = time.perf_counter()
     for i, (x, y) in enumerate(run.train_loader):
         if i >= steps_this:
@@ -293,8 +320,11 @@ def _train_epoch(run: _Run, net: nn.Module, epoch: int) -> dict[str, Any]:
         seen += y.numel()
         bar.update(1)
         if (i + 1) % cfg.log_every == 0 or i + 1 == steps_this:
-            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
-                            acc=f"{int(correct) / seen:.3f}", lr=f"{step_lr:.3g}")
+            bar.set_postfix(
+                loss=f"{float(loss_sum) / seen:.4f}",
+                acc=f"{int(correct) / seen:.3f}",
+                lr=f"{step_lr:.3g}",
+            )
     bar.close()
     epoch_time = time.perf_counter() - t_epoch
     if run.ddp:  # metrics over the global batches; rank 0's BN statistics everywhere
@@ -307,10 +337,17 @@ def _train_epoch(run: _Run, net: nn.Module, epoch: int) -> dict[str, Any]:
             f"{run.global_step}); lower the learning rate (lr={cfg.lr})"
         )
     mean_ms = float(np.mean(step_ms))
-    return {"epoch": epoch + 1, "steps": steps_this, "global_step": run.global_step,
-            "lr": float(step_lr), "train_loss": train_loss, "train_acc": train_acc,
-            "epoch_time_s": epoch_time, "step_time_ms": mean_ms,
-            "images_per_s": cfg.batch_size / (mean_ms / 1e3)}
+    return {
+        "epoch": epoch + 1,
+        "steps": steps_this,
+        "global_step": run.global_step,
+        "lr": float(step_lr),
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "epoch_time_s": epoch_time,
+        "step_time_ms": mean_ms,
+        "images_per_s": cfg.batch_size / (mean_ms / 1e3),
+    }
 
 
 def _step(run: _Run, net: nn.Module, x, y):
@@ -349,29 +386,37 @@ def _ordered_row(row: dict[str, Any]) -> dict[str, Any]:
 def _log_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     if not run.progress:
         return
-    v = (f", val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
-         if row["val_loss"] is not None else "")
-    tqdm.write(f"epoch {epoch + 1}/{run.n_epochs}: train loss {row['train_loss']:.4f} acc "
-               f"{row['train_acc']:.4f}{v}, {row['epoch_time_s']:.1f} s, "
-               f"{row['step_time_ms']:.1f} ms/step")
+    v = (
+        f", val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+        if row["val_loss"] is not None
+        else ""
+    )
+    tqdm.write(
+        f"epoch {epoch + 1}/{run.n_epochs}: train loss {row['train_loss']:.4f} acc "
+        f"{row['train_acc']:.4f}{v}, {row['epoch_time_s']:.1f} s, "
+        f"{row['step_time_ms']:.1f} ms/step"
+    )
 
 
 def _save_checkpoint(run: _Run, epoch: int) -> None:
     """``last.pt`` after epoch ``epoch`` (0-based), by rank 0 alone under DDP."""
     if run.ckpt_path is None or (run.ddp is not None and not run.ddp.is_main):
         return
-    ckpt_io.save({
-        "epoch": epoch + 1,
-        "global_step": run.global_step,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "history": run.history,
-        "config": run.cfg.to_dict(),
-        "train_size": run.train_size,
-        "steps_per_epoch": run.steps_per_epoch,
-        "rng": ckpt_io.rng_state(run.train_loader.generator),
-    }, run.ckpt_path)
+    ckpt_io.save(
+        {
+            "epoch": epoch + 1,
+            "global_step": run.global_step,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "history": run.history,
+            "config": run.cfg.to_dict(),
+            "train_size": run.train_size,
+            "steps_per_epoch": run.steps_per_epoch,
+            "rng": ckpt_io.rng_state(run.train_loader.generator),
+        },
+        run.ckpt_path,
+    )
 
 
 def _result(run: _Run) -> TrainResult:

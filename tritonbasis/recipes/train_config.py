@@ -16,16 +16,26 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["RESUME_KEYS", "SCHEDULES", "TrainConfig", "TrainResult", "lr_lambda",
-           "param_groups"]
+__all__ = ["RESUME_KEYS", "SCHEDULES", "TrainConfig", "TrainResult", "lr_lambda", "param_groups"]
 
 SCHEDULES = ("cosine", "onecycle")
 # Config fields that change the trajectory: resuming under different values would silently
 # produce a run that neither config describes, so it is refused. device, amp, log_every and
 # num_workers may change between the interrupted and the resumed run (e.g. resume a GPU run
 # on another machine).
-RESUME_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "nesterov",
-               "schedule", "warmup", "label_smoothing", "seed", "max_steps")
+RESUME_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "nesterov",
+    "schedule",
+    "warmup",
+    "label_smoothing",
+    "seed",
+    "max_steps",
+)
 # one-cycle constants, as torch.optim.lr_scheduler.OneCycleLR's defaults
 ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
@@ -62,22 +72,28 @@ class TrainConfig:
     # checkpoints store it and a resume must match it (RESUME_KEYS)
     lr: float = field(default=0.05, metadata={"help": "peak learning rate"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum, in [0, 1)"})
-    weight_decay: float = field(default=5e-4, metadata={
-        "help": "weight decay (not on BN parameters and biases)"})
+    weight_decay: float = field(
+        default=5e-4, metadata={"help": "weight decay (not on BN parameters and biases)"}
+    )
     nesterov: bool = field(default=True, metadata={"help": "Nesterov momentum"})
-    schedule: str = field(default="cosine", metadata={
-        "help": "learning-rate schedule: cosine (linear warmup, cosine to 0) or onecycle"})
-    warmup: float = field(default=0.0, metadata={
-        "help": "warmup in epochs (fractions allowed)"})
-    label_smoothing: float = field(default=0.0, metadata={
-        "help": "label smoothing of the training loss, in [0, 1)"})
+    schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "learning-rate schedule: cosine (linear warmup, cosine to 0) or onecycle"
+        },
+    )
+    warmup: float = field(default=0.0, metadata={"help": "warmup in epochs (fractions allowed)"})
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "label smoothing of the training loss, in [0, 1)"}
+    )
     seed: int = field(default=0, metadata={"help": "seeds torch/python/numpy and the shuffling"})
-    device: str | None = field(default=None, metadata={
-        "help": "cpu or cuda (default: cuda if available)"})
-    amp: bool = field(default=True, metadata={
-        "help": "bf16 autocast + channels_last on CUDA (ignored on CPU)"})
-    log_every: int = field(default=10, metadata={
-        "help": "steps between progress-bar updates"})
+    device: str | None = field(
+        default=None, metadata={"help": "cpu or cuda (default: cuda if available)"}
+    )
+    amp: bool = field(
+        default=True, metadata={"help": "bf16 autocast + channels_last on CUDA (ignored on CPU)"}
+    )
+    log_every: int = field(default=10, metadata={"help": "steps between progress-bar updates"})
     max_steps: int | None = field(default=None, metadata={"help": "cap on optimizer steps"})
     num_workers: int = field(default=0, metadata={"help": "data loader workers"})
 
@@ -97,8 +113,7 @@ class TrainConfig:
         pos_int("num_workers", self.num_workers, allow_zero=True)
         if self.schedule not in SCHEDULES:
             raise ValueError(
-                f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, "
-                f"got {self.schedule!r}"
+                f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
             )
         for name in ("lr", "momentum", "weight_decay", "warmup", "label_smoothing"):
             v = getattr(self, name)

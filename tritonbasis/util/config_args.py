@@ -99,8 +99,10 @@ def _kind(name: str, tp) -> tuple[str, Any]:
             raise TypeError(f"field {name!r}: only tuple[X, ...] (any length) is supported")
         if item in _SCALARS:
             return "seq", (origin, item)
-    raise TypeError(f"field {name!r}: no command-line form for annotation {tp!r}; exclude it "
-                    "or give it a `types` entry")
+    raise TypeError(
+        f"field {name!r}: no command-line form for annotation {tp!r}; exclude it "
+        "or give it a `types` entry"
+    )
 
 
 def _show(v: Any) -> str:
@@ -121,8 +123,9 @@ def _help(text: str, default: Any) -> str:
     return f"{text} (default: {_show(default).replace('%', '%%')})"
 
 
-def field_flags(cls, names: Mapping[str, str] | None = None,
-                choices: Mapping[str, Iterable[Any]] | None = None) -> dict[str, str]:
+def field_flags(
+    cls, names: Mapping[str, str] | None = None, choices: Mapping[str, Iterable[Any]] | None = None
+) -> dict[str, str]:
     """``{field: flag}`` as :func:`add_dataclass_arguments` names them (``--no-x`` for a
     True-by-default bool switch unless renamed; a bool with ``choices`` keeps ``--x``)."""
     names, choices = dict(names or {}), dict(choices or {})
@@ -148,17 +151,24 @@ def _help_texts(cls, fields, help, fallback_help) -> dict[str, tuple[str, str]]:
             out[f.name] = (fallback_help[f.name], "metadata")
     missing = [f.name for f in fields if f.name not in out]
     if missing:
-        raise ValueError(f"no help text for {cls.__name__} fields {missing} (give "
-                         "metadata={'help': ...} or a help entry)")
+        raise ValueError(
+            f"no help text for {cls.__name__} fields {missing} (give "
+            "metadata={'help': ...} or a help entry)"
+        )
     return out
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, *,
-                            help: Mapping[str, str] | None = None, exclude: Iterable[str] = (),
-                            names: Mapping[str, str] | None = None,
-                            choices: Mapping[str, Iterable[Any]] | None = None,
-                            types: Mapping[str, Callable[[str], Any]] | None = None,
-                            fallback_help: Mapping[str, str] | None = None) -> None:
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls,
+    *,
+    help: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+    names: Mapping[str, str] | None = None,
+    choices: Mapping[str, Iterable[Any]] | None = None,
+    types: Mapping[str, Callable[[str], Any]] | None = None,
+    fallback_help: Mapping[str, str] | None = None,
+) -> None:
     """Add one flag per field of dataclass ``cls`` to ``parser`` (see the module docstring).
     Every field not in ``exclude`` needs a text in ``help``, its ``metadata["help"]`` or
     ``fallback_help``; a key of ``help``/``names``/``choices``/``types`` that is not a field
@@ -167,8 +177,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
     choices, types = dict(choices or {}), dict(types or {})
     fields = [f for f in _fields(cls) if f.name not in exclude]
     known = {f.name for f in _fields(cls)}
-    for what, mapping in (("help", help), ("names", names), ("choices", choices),
-                          ("types", types)):
+    for what, mapping in (("help", help), ("names", names), ("choices", choices), ("types", types)):
         unknown = sorted(set(mapping) - known)
         if unknown:
             raise ValueError(f"{what} names fields {cls.__name__} does not have: {unknown}")
@@ -213,6 +222,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
 def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """``parse``, except that the word ``none`` is None (an Optional field's "not set", the
     default the help shows as ``(default: none)``)."""
+
     def parse_or_none(text: str):
         return None if text.strip().lower() == "none" else parse(text)
 

@@ -69,8 +69,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
         mode_now = None
     if mode_now is not None and not (stat.S_ISREG(mode_now) or stat.S_ISLNK(mode_now)):
         # a device, FIFO or folder in the file's place is not replaced by a file
-        raise FileIOError(OSError(errno.EEXIST, f"it is {_kind(mode_now)}, not a regular file"),
-                          path, "write", _KEPT)
+        raise FileIOError(
+            OSError(errno.EEXIST, f"it is {_kind(mode_now)}, not a regular file"),
+            path,
+            "write",
+            _KEPT,
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
@@ -143,9 +147,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -168,8 +176,7 @@ def open_regular(path: str | os.PathLike, what: str) -> tuple[int, os.stat_resul
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BadFileError(what, path, f"is {_kind(st.st_mode)}, not a regular "
-                               "file")
+            raise BadFileError(what, path, f"is {_kind(st.st_mode)}, not a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)  # a regular file: reads never block anyway
     except BaseException:
@@ -184,8 +191,11 @@ def read_regular(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_B
     fd, st = open_regular(path, what)
     try:
         if st.st_size > max_bytes:
-            raise BadFileError(what, path, f"is {st.st_size:,} bytes, more than the "
-                               f"{max_bytes:,} such a file can be")
+            raise BadFileError(
+                what,
+                path,
+                f"is {st.st_size:,} bytes, more than the {max_bytes:,} such a file can be",
+            )
         chunks, n = [], 0
         while True:
             try:
@@ -197,8 +207,7 @@ def read_regular(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_B
             chunks.append(b)
             n += len(b)
             if n > max_bytes:
-                raise BadFileError(what, path, f"grew past {max_bytes:,} bytes while "
-                                   "being read")
+                raise BadFileError(what, path, f"grew past {max_bytes:,} bytes while being read")
     finally:
         os.close(fd)
 
@@ -220,8 +229,12 @@ def _no_constant(name: str):
     raise ValueError(f"it holds {name}, which is not a JSON number (numbers must be finite)")
 
 
-def load_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES,
-              max_depth: int = MAX_JSON_DEPTH) -> Any:
+def load_json(
+    path: str | os.PathLike,
+    what: str,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> Any:
     """Parse the JSON file ``path`` (:func:`read_regular`): UTF-8, at most ``max_depth``
     levels of nesting, no NaN/Infinity; every problem a :class:`BadFileError` naming
     ``what`` and the path."""
@@ -229,8 +242,9 @@ def load_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTE
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadFileError(what, path, f"is not a text (UTF-8) file (byte {e.start} "
-                           f"is {raw[e.start]:#04x})") from None
+        raise BadFileError(
+            what, path, f"is not a text (UTF-8) file (byte {e.start} is {raw[e.start]:#04x})"
+        ) from None
     try:
         doc = json.loads(text, parse_constant=_no_constant)
     except RecursionError:  # nested ~1000 levels deep: json's own guard
@@ -302,8 +316,9 @@ def save_checkpoint(obj: dict, path: str | os.PathLike) -> str:
     return digest
 
 
-def load_checkpoint(path: str | os.PathLike, *, expect_digest: str | None = None,
-                    require_checksum: bool = True) -> Any:
+def load_checkpoint(
+    path: str | os.PathLike, *, expect_digest: str | None = None, require_checksum: bool = True
+) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, verified: an unreadable or truncated
     file, or content that does not match its stored digest (or ``expect_digest``), raises
     :class:`CheckpointError` naming the file. The ``"sha256"`` key is removed from the result.
@@ -311,7 +326,7 @@ def load_checkpoint(path: str | os.PathLike, *, expect_digest: str | None = None
     import torch
 
     path = Path(path)
-    how = ("delete it to start that stage again, or restore it from a copy")
+    how = "delete it to start that stage again, or restore it from a copy"
     try:
         # a FIFO / device / directory in its place is refused before torch reads (and blocks)
         fd, _ = open_regular(path, "checkpoint")
@@ -323,21 +338,25 @@ def load_checkpoint(path: str | os.PathLike, *, expect_digest: str | None = None
     except Exception as e:  # zip/pickle errors: RuntimeError, UnpicklingError, OSError, ...
         first = " ".join(str(e).split())[:160]
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: {first}); "
-            f"{how}") from None
+            f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: {first}); {how}"
+        ) from None
     if isinstance(obj, dict) and CHECKSUM_KEY in obj:
         stored = obj.pop(CHECKSUM_KEY)
         actual = content_digest(obj)
         if stored != actual or (expect_digest is not None and actual != expect_digest):
             raise CheckpointError(
                 f"checkpoint {str(path)!r} fails its checksum (content changed after it was "
-                f"written: disk or copy corruption?); {how}")
+                f"written: disk or copy corruption?); {how}"
+            )
     elif expect_digest is not None:
         if content_digest(obj) != expect_digest:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not match the checksum recorded when it was "
-                f"written; {how}")
+                f"written; {how}"
+            )
     elif require_checksum:
-        raise CheckpointError(f"checkpoint {str(path)!r} carries no checksum (not written by "
-                              f"this version of tritonbasis?); {how}")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} carries no checksum (not written by "
+            f"this version of tritonbasis?); {how}"
+        )
     return obj

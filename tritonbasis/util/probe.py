@@ -26,8 +26,9 @@ class Call:
     out_shape: tuple[int, ...]
 
 
-def module_calls(model: nn.Module, input_shape, types: tuple[type, ...] = (nn.Module,),
-                 fqns=None) -> dict[str, Call]:
+def module_calls(
+    model: nn.Module, input_shape, types: tuple[type, ...] = (nn.Module,), fqns=None
+) -> dict[str, Call]:
     """``{fqn: Call}`` for every submodule of ``model`` that is an instance of ``types`` (or
     whose name is in ``fqns``) and is called by one forward of zeros of ``input_shape``
     (``(C, H, W)`` or ``(N, C, H, W)``; the probe runs at batch 1 on the model's device and
@@ -42,6 +43,7 @@ def module_calls(model: nn.Module, input_shape, types: tuple[type, ...] = (nn.Mo
         def hook(mod, inp, out):
             if name not in seen and isinstance(out, torch.Tensor):
                 seen[name] = Call(mod, tuple(inp[0].shape[1:]), tuple(out.shape[1:]))
+
         return hook
 
     for name, m in model.named_modules():

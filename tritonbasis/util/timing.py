@@ -60,9 +60,16 @@ def _quantiles(ms, reps: int, method: str) -> Timing:
     return Timing(float(med), float(p20), float(p80), int(reps), method)
 
 
-def time_fn(fn: Callable[[], Any], *, device: torch.device | str = "cpu",
-            min_time_s: float = 0.2, warmup_ms: float = 25.0, rep_ms: float = 100.0,
-            cuda_graph: bool = False, min_reps: int = 1) -> Timing:
+def time_fn(
+    fn: Callable[[], Any],
+    *,
+    device: torch.device | str = "cpu",
+    min_time_s: float = 0.2,
+    warmup_ms: float = 25.0,
+    rep_ms: float = 100.0,
+    cuda_graph: bool = False,
+    min_reps: int = 1,
+) -> Timing:
     """Time ``fn()`` (no arguments; rotate inputs inside it if needed).
 
     The first call runs untimed (it autotunes, compiles, picks cuDNN algorithms). CUDA:
@@ -93,8 +100,9 @@ def _cuda_events(tt, fn, warmup_ms: float, rep_ms: float, min_reps: int) -> Timi
             break
         more = (min_reps - len(ms)) * float(np.median(ms)) * 1.25
         ms += list(tt.do_bench(fn, warmup=0, rep=more, return_mode="all"))
-    return _quantiles(ms, len(ms), "triton.testing.do_bench (CUDA events per call, L2 "
-                                   "flushed before each)")
+    return _quantiles(
+        ms, len(ms), "triton.testing.do_bench (CUDA events per call, L2 flushed before each)"
+    )
 
 
 def _cuda_graph(tt, fn, rep_ms: float) -> Timing:
@@ -103,9 +111,12 @@ def _cuda_graph(tt, fn, rep_ms: float) -> Timing:
     # the graph holds int(rep / estimate) calls (triton's rule); the estimate is not returned,
     # so the count below is the same rule on the measured median
     calls = max(1, int(rep / max(float(np.median(ms)), 1e-6)))
-    return _quantiles(ms, calls * len(ms),
-                      f"triton.testing.do_bench_cudagraph ({len(ms)} replays of a graph of "
-                      f"~{calls} calls, no L2 flush)")
+    return _quantiles(
+        ms,
+        calls * len(ms),
+        f"triton.testing.do_bench_cudagraph ({len(ms)} replays of a graph of "
+        f"~{calls} calls, no L2 flush)",
+    )
 
 
 def _blocked(fn, min_time_s: float, min_reps: int, device: torch.device) -> Timing:
@@ -123,5 +134,8 @@ def _blocked(fn, min_time_s: float, min_reps: int, device: torch.device) -> Timi
         per_call = [timer.timeit(number).times[0] for _ in range(min_reps)]
     n = len(per_call) * number
     where = "" if device.type == "cpu" else ", CUDA synchronised: triton unavailable"
-    return _quantiles(np.asarray(per_call) * 1e3, n,
-                      f"torch.utils.benchmark blocked_autorange ({threads} threads{where})")
+    return _quantiles(
+        np.asarray(per_call) * 1e3,
+        n,
+        f"torch.utils.benchmark blocked_autorange ({threads} threads{where})",
+    )

@@ -15,9 +15,22 @@ from fractions import Fraction
 
 from ...op.geometry import conv_output_size
 
-__all__ = ["CASES", "DEFAULT_CASES", "DIRECTIONS", "DTYPES", "GROUPS", "LAYOUTS", "PROVIDERS",
-           "RATIOS", "Case", "Variant", "parse_choice", "parse_ratios", "select_cases",
-           "variants"]
+__all__ = [
+    "CASES",
+    "DEFAULT_CASES",
+    "DIRECTIONS",
+    "DTYPES",
+    "GROUPS",
+    "LAYOUTS",
+    "PROVIDERS",
+    "RATIOS",
+    "Case",
+    "Variant",
+    "parse_choice",
+    "parse_ratios",
+    "select_cases",
+    "variants",
+]
 
 PROVIDERS = ("dense_cudnn", "unfused_eager", "unfused_compiled", "weight_mod", "fused")
 DIRECTIONS = ("fwd", "bwd", "fwd+bwd")
@@ -46,14 +59,25 @@ class Case:
         return max(1, round(self.C_out * ratio))
 
     def shape(self, c_b: int) -> dict[str, int]:
-        return {"N": self.N, "C_in": self.C_in, "C_out": self.C_out, "C_b": c_b, "H": self.H,
-                "W": self.W, "k": self.k, "stride": self.stride, "padding": self.padding,
-                "dilation": self.dilation}
+        return {
+            "N": self.N,
+            "C_in": self.C_in,
+            "C_out": self.C_out,
+            "C_b": c_b,
+            "H": self.H,
+            "W": self.W,
+            "k": self.k,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+        }
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        return tuple(conv_output_size(n, self.k, self.stride, self.padding, self.dilation)
-                     for n in (self.H, self.W))
+        return tuple(
+            conv_output_size(n, self.k, self.stride, self.padding, self.dilation)
+            for n in (self.H, self.W)
+        )
 
     def out_elems(self) -> int:
         ho, wo = self.out_hw
@@ -62,28 +86,47 @@ class Case:
 
 def _resnet18_cifar(n: int = 256) -> list[Case]:
     g = "resnet18_cifar"
-    cases = [Case(f"r18.layer{i}.3x3.{c}ch.{px}px", g, n, c, c, px, px)
-             for i, (c, px) in enumerate([(64, 32), (128, 16), (256, 8), (512, 4)], start=1)]
+    cases = [
+        Case(f"r18.layer{i}.3x3.{c}ch.{px}px", g, n, c, c, px, px)
+        for i, (c, px) in enumerate([(64, 32), (128, 16), (256, 8), (512, 4)], start=1)
+    ]
     for i, (c, px) in enumerate([(64, 32), (128, 16), (256, 8)], start=2):
         # the stride-2 downsampling convs of each stage's first block
-        cases.append(Case(f"r18.layer{i}.0.conv1.3x3s2.{c}to{2 * c}.{px}px", g, n, c, 2 * c,
-                          px, px, 3, 2, 1))
-        cases.append(Case(f"r18.layer{i}.0.downsample.1x1s2.{c}to{2 * c}.{px}px", g, n, c,
-                          2 * c, px, px, 1, 2, 0))
+        cases.append(
+            Case(f"r18.layer{i}.0.conv1.3x3s2.{c}to{2 * c}.{px}px", g, n, c, 2 * c, px, px, 3, 2, 1)
+        )
+        cases.append(
+            Case(
+                f"r18.layer{i}.0.downsample.1x1s2.{c}to{2 * c}.{px}px",
+                g,
+                n,
+                c,
+                2 * c,
+                px,
+                px,
+                1,
+                2,
+                0,
+            )
+        )
     return cases
 
 
 def _resnet50(n: int = 64) -> list[Case]:
     # the bottleneck 3x3 convs (stride 1) of the four stages at 224 px input
-    return [Case(f"r50.layer{i}.3x3.{c}ch.{px}px", "resnet50", n, c, c, px, px)
-            for i, (c, px) in enumerate([(64, 56), (128, 28), (256, 14), (512, 7)], start=1)]
+    return [
+        Case(f"r50.layer{i}.3x3.{c}ch.{px}px", "resnet50", n, c, c, px, px)
+        for i, (c, px) in enumerate([(64, 56), (128, 28), (256, 14), (512, 7)], start=1)
+    ]
 
 
 def _quick(n: int = 4) -> list[Case]:
     # CPU-sized stand-ins with the same structure: a 3x3, a stride-2 3x3, a stride-2 1x1
-    return [Case("quick.3x3.16ch.8px", "quick", n, 16, 16, 8, 8),
-            Case("quick.3x3s2.16to32.8px", "quick", n, 16, 32, 8, 8, 3, 2, 1),
-            Case("quick.1x1s2.16to32.8px", "quick", n, 16, 32, 8, 8, 1, 2, 0)]
+    return [
+        Case("quick.3x3.16ch.8px", "quick", n, 16, 16, 8, 8),
+        Case("quick.3x3s2.16to32.8px", "quick", n, 16, 32, 8, 8, 3, 2, 1),
+        Case("quick.1x1s2.16to32.8px", "quick", n, 16, 32, 8, 8, 1, 2, 0),
+    ]
 
 
 CASES: list[Case] = _resnet18_cifar() + _resnet50() + _quick()
@@ -101,8 +144,7 @@ def _items(spec: str | Iterable) -> list:
     return [s for s in items if s != ""]
 
 
-def select_cases(spec: str | Iterable[str | Case] | None = None,
-                 quick: bool = False) -> list[Case]:
+def select_cases(spec: str | Iterable[str | Case] | None = None, quick: bool = False) -> list[Case]:
     """Cases by comma-separated names, group names (``resnet18_cifar``, ``resnet50``,
     ``quick``, ``all``) or shell patterns (``r18.*3x3s2*``), or :class:`Case` objects.
     Default: ``quick`` in quick mode, else ResNet18-CIFAR + ResNet-50. Unknown names are a
@@ -118,9 +160,11 @@ def select_cases(spec: str | Iterable[str | Case] | None = None,
         else:
             found = [c for c in CASES if fnmatch.fnmatchcase(c.name, item)]
         if not found:
-            raise ValueError(f"no benchmark case matches {item!r}; groups: "
-                             f"{', '.join(sorted(GROUPS))}; cases: "
-                             f"{', '.join(c.name for c in CASES)}")
+            raise ValueError(
+                f"no benchmark case matches {item!r}; groups: "
+                f"{', '.join(sorted(GROUPS))}; cases: "
+                f"{', '.join(c.name for c in CASES)}"
+            )
         out += [c for c in found if c not in out]
     if not out:
         raise ValueError("no benchmark cases selected")
@@ -144,8 +188,9 @@ def parse_ratios(spec: str | Iterable | None, quick: bool = False) -> list[Fract
     return out
 
 
-def parse_choice(spec: str | Iterable[str] | None, allowed: tuple[str, ...],
-                 default: list[str], what: str) -> list[str]:
+def parse_choice(
+    spec: str | Iterable[str] | None, allowed: tuple[str, ...], default: list[str], what: str
+) -> list[str]:
     """A comma list (or iterable) of ``allowed`` names, ``all``, or None for ``default``;
     unknown names are a ValueError naming them."""
     if spec is None:
@@ -180,5 +225,4 @@ class Variant:
 
 
 def variants(cases, ratios, dtypes, layouts) -> list[Variant]:
-    return [Variant(c, r, d, lay) for c in cases for r in ratios for d in dtypes
-            for lay in layouts]
+    return [Variant(c, r, d, lay) for c in cases for r in ratios for d in dtypes for lay in layouts]

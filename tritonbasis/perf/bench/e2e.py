@@ -19,8 +19,7 @@ __all__ = ["BUILTIN_PLAN", "BUILTIN_PLAN_LABEL", "E2E_VARIANTS", "bench_end_to_e
 E2E_VARIANTS = ("dense", "all_3x3", "plan")
 # The plan timed end to end when no --plan is given: layers 3 and 4 (the wide, small-image
 # layers a sensitivity search usually picks first) at C_b = C_out / 4, keep-basis form.
-BUILTIN_PLAN = {"re:layer[34]\\..*conv[12]": {"ratio": 0.25, "keep_basis": True},
-                "_default": None}
+BUILTIN_PLAN = {"re:layer[34]\\..*conv[12]": {"ratio": 0.25, "keep_basis": True}, "_default": None}
 BUILTIN_PLAN_LABEL = "builtin (layers 3-4 conv1/conv2 at C_b = C_out/4, keep-basis)"
 
 
@@ -31,8 +30,11 @@ def _e2e_models(width: float, ratio: float, plan, num_classes: int = 10):
 
     torch.manual_seed(0)
     dense = resnet18_cifar(num_classes=num_classes, width=width)
-    all3 = convert(dense, BasisSpec(ratio=ratio, keep_basis=True, init="random"),
-                   filter_fn=lambda m, fqn: tuple(m.kernel_size) == (3, 3))
+    all3 = convert(
+        dense,
+        BasisSpec(ratio=ratio, keep_basis=True, init="random"),
+        filter_fn=lambda m, fqn: tuple(m.kernel_size) == (3, 3),
+    )
     planned = convert(dense, plan)
     return {"dense": dense, "all_3x3": all3, "plan": planned}
 
@@ -63,8 +65,12 @@ def _variant_info(model, shape, device, macs: int) -> dict:
 
     n_basis = sum(isinstance(m, BasisConv2d) for m in model.modules())
     modes = _mode_counts(model.to(device), shape, device) if n_basis else {}
-    return {"basis_layers": n_basis, "auto_modes": modes, "macs_per_image": macs,
-            "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "basis_layers": n_basis,
+        "auto_modes": modes,
+        "macs_per_image": macs,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def _records(name: str, t: dict, macs: int, shape, cuda: bool) -> list[dict]:
@@ -74,24 +80,49 @@ def _records(name: str, t: dict, macs: int, shape, cuda: bool) -> list[dict]:
     out = []
     for direction, key, mult in (("fwd", "infer_ms", 1), ("fwd+bwd", "train_step_ms", 3)):
         med = t[key]
-        out.append({
-            "case": "e2e.resnet18_cifar",
-            "shape": {"N": batch, "C_in": 3, "C_out": 10, "C_b": None, "H": image_size,
-                      "W": image_size, "k": None, "stride": None, "padding": None,
-                      "dilation": None},
-            "dtype": "bfloat16" if cuda else "float32",
-            "layout": "channels_last" if cuda else "contiguous",
-            "direction": direction, "provider": name,
-            "median_ms": med, "p20_ms": t[key + "_p20"], "p80_ms": t[key + "_p80"],
-            "tflops": 2 * mult * macs * batch / (med * 1e-3) / 1e12,
-            "gbps": None, "roofline_pct": None})
+        out.append(
+            {
+                "case": "e2e.resnet18_cifar",
+                "shape": {
+                    "N": batch,
+                    "C_in": 3,
+                    "C_out": 10,
+                    "C_b": None,
+                    "H": image_size,
+                    "W": image_size,
+                    "k": None,
+                    "stride": None,
+                    "padding": None,
+                    "dilation": None,
+                },
+                "dtype": "bfloat16" if cuda else "float32",
+                "layout": "channels_last" if cuda else "contiguous",
+                "direction": direction,
+                "provider": name,
+                "median_ms": med,
+                "p20_ms": t[key + "_p20"],
+                "p80_ms": t[key + "_p80"],
+                "tflops": 2 * mult * macs * batch / (med * 1e-3) / 1e12,
+                "gbps": None,
+                "roofline_pct": None,
+            }
+        )
     return out
 
 
-def bench_end_to_end(device, *, quick: bool, plan=None, plan_label: str = "builtin",
-                     ratio: float = 0.25, steps: int | None = None, batch: int | None = None,
-                     width: float | None = None, image_size: int | None = None,
-                     log=print) -> tuple[list[dict], dict]:
+def bench_end_to_end(
+    device,
+    *,
+    quick: bool,
+    plan=None,
+    plan_label: str = "builtin",
+    ratio: float = 0.25,
+    steps: int | None = None,
+    batch: int | None = None,
+    width: float | None = None,
+    image_size: int | None = None,
+    log=print,
+) -> tuple[list[dict], dict]:
     """Training step (forward, loss, backward, SGD) and inference of resnet18_cifar, dense vs
     every 3x3 conv converted (C_b = ratio C_out, keep-basis, mode auto) vs ``plan``, with bf16
     autocast + channels_last on CUDA (:func:`tritonbasis.recipes.train.measure_step_time`).
@@ -106,23 +137,35 @@ def bench_end_to_end(device, *, quick: bool, plan=None, plan_label: str = "built
     steps = steps or (20 if not quick else 2)
     shape = (batch, 3, image_size, image_size)
     plan = plan if plan is not None else BUILTIN_PLAN
-    records, info = [], {"batch": batch, "width": width, "image_size": image_size,
-                         "steps": steps, "ratio_all_3x3": ratio, "plan": plan_label,
-                         "plan_spec": _jsonable_plan(plan),
-                         "amp": "bf16 autocast + channels_last" if cuda else "off (CPU: fp32)",
-                         "variants": {}}
+    records, info = (
+        [],
+        {
+            "batch": batch,
+            "width": width,
+            "image_size": image_size,
+            "steps": steps,
+            "ratio_all_3x3": ratio,
+            "plan": plan_label,
+            "plan_spec": _jsonable_plan(plan),
+            "amp": "bf16 autocast + channels_last" if cuda else "off (CPU: fp32)",
+            "variants": {},
+        },
+    )
     for name, model in _e2e_models(width, ratio, plan).items():
         macs = count_macs(model, (3, image_size, image_size))
         try:
-            t = measure_step_time(model, shape, steps=steps, device=device,
-                                  warmup=3 if not quick else 1, amp=True)
+            t = measure_step_time(
+                model, shape, steps=steps, device=device, warmup=3 if not quick else 1, amp=True
+            )
         except Exception as e:
             info["variants"][name] = {"error": short_error(e)}
             log(f"  e2e {name}: FAIL {short_error(e)}")
             continue
         v = info["variants"][name] = _variant_info(model, shape, device, macs)
         records += _records(name, t, macs, shape, cuda)
-        log(f"  e2e {name:8s} train step {t['train_step_ms']:9.3f} ms  inference "
+        log(
+            f"  e2e {name:8s} train step {t['train_step_ms']:9.3f} ms  inference "
             f"{t['infer_ms']:9.3f} ms  ({v['basis_layers']} basis layers, auto modes "
-            f"{v['auto_modes']})")
+            f"{v['auto_modes']})"
+        )
     return records, info

@@ -15,15 +15,25 @@ from .providers import short_error
 __all__ = ["measure_peaks"]
 
 
-def measure_peaks(device: torch.device, dtypes: Iterable[str], quick: bool = False,
-                  warmup_ms: float = 25.0, rep_ms: float = 100.0) -> dict:
+def measure_peaks(
+    device: torch.device,
+    dtypes: Iterable[str],
+    quick: bool = False,
+    warmup_ms: float = 25.0,
+    rep_ms: float = 100.0,
+) -> dict:
     """Matmul TFLOP/s per dtype (always bfloat16 too) and copy GB/s (read + write bytes),
     each the median of repeated timings on this device now. CUDA: 8192^3 and 1 GiB; CPU:
     1024^3 and 64 MiB (512^3 and 16 MiB quick)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
-    timing = dict(device=device, warmup_ms=warmup_ms, rep_ms=rep_ms, min_time_s=rep_ms / 1e3,
-                  min_reps=3 if quick else 10)
+    timing = dict(
+        device=device,
+        warmup_ms=warmup_ms,
+        rep_ms=rep_ms,
+        min_time_s=rep_ms / 1e3,
+        min_reps=3 if quick else 10,
+    )
     n = 8192 if cuda else (512 if quick else 1024)
     out: dict[str, Any] = {"matmul_n": n, "matmul_tflops": {}, "errors": {}}
     for name in dict.fromkeys(["bfloat16", *dtypes]):

@@ -30,8 +30,15 @@ from ...op import reference
 from ...op.geometry import MAX_BASIS_CHANNELS, check_inputs
 from .cases import DIRECTIONS, PROVIDERS, Variant
 
-__all__ = ["ROTATE_BYTES", "Problem", "Skip", "fused_implementation", "fused_unavailable",
-           "memory_format", "short_error"]
+__all__ = [
+    "ROTATE_BYTES",
+    "Problem",
+    "Skip",
+    "fused_implementation",
+    "fused_unavailable",
+    "memory_format",
+    "short_error",
+]
 
 ROTATE_BYTES = 128 * 2**20  # rotating inputs together exceed this on CUDA (H100 L2: 50 MB)
 
@@ -54,8 +61,15 @@ class Problem:
     """Tensors of one :class:`Variant` on a device and, per provider and direction, the
     callable to time (:meth:`timed`)."""
 
-    def __init__(self, v: Variant, device, *, compile_mode: str | None = "max-autotune",
-                 rotate: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        v: Variant,
+        device,
+        *,
+        compile_mode: str | None = "max-autotune",
+        rotate: int | None = None,
+        seed: int = 0,
+    ):
         self.v = v
         self.device = torch.device(device)
         self.compile_mode = compile_mode
@@ -73,8 +87,11 @@ class Problem:
         ho, wo = c.out_hw
         x_bytes = c.N * c.C_in * c.H * c.W * torch.empty(0, dtype=dtype).element_size()
         if rotate is None:
-            rotate = (min(16, max(2, math.ceil(ROTATE_BYTES / max(x_bytes, 1))))
-                      if self.device.type == "cuda" else 2)
+            rotate = (
+                min(16, max(2, math.ceil(ROTATE_BYTES / max(x_bytes, 1))))
+                if self.device.type == "cuda"
+                else 2
+            )
         self.xs = [mk(c.N, c.C_in, c.H, c.W, grad=True) for _ in range(rotate)]
         self.dys = [mk(c.N, c.C_out, ho, wo) for _ in range(rotate)]
         fan = c.C_in * c.k * c.k
@@ -92,8 +109,7 @@ class Problem:
         if provider == "dense_cudnn":
             return lambda x: F.conv2d(x, self.dense_w, None, **kw)
         if provider == "unfused_eager":
-            return lambda x: reference.basis_conv2d_reference(x, self.basis, self.coeff, None,
-                                                              **kw)
+            return lambda x: reference.basis_conv2d_reference(x, self.basis, self.coeff, None, **kw)
         if provider == "weight_mod":
             return lambda x: reference.weight_modified(x, self.basis, self.coeff, None, **kw)
         if provider == "unfused_compiled":
@@ -151,6 +167,7 @@ class Problem:
         params = self.params(provider)
         begin = self._step_marker(provider)
         if direction == "fwd":
+
             def fwd():
                 begin()
                 x = self.xs[self._next()]
@@ -176,6 +193,7 @@ class Problem:
 
             return bwd
         if direction == "fwd+bwd":
+
             def fwd_bwd():
                 begin()
                 i = self._next()
@@ -212,20 +230,23 @@ def fused_unavailable(x, basis, coeff, conv: dict) -> str | None:
     """Why the ``fused`` provider would not measure the fused kernel here (None: it would)."""
     from ...op.registry import resolve_backend
 
-    g = check_inputs(x, basis, coeff, None, conv["stride"], conv["padding"], conv["dilation"],
-                     True)
+    g = check_inputs(x, basis, coeff, None, conv["stride"], conv["padding"], conv["dilation"], True)
     if x.device.type != "cuda":
         return None  # CPU: the op's torch path, stated in the settings
     if g.C_b > MAX_BASIS_CHANNELS:
-        return (f"C_b={g.C_b} > {MAX_BASIS_CHANNELS}: the fused kernel does not run this shape "
-                "(the op would fall back to the torch path; mode='auto' picks weight)")
+        return (
+            f"C_b={g.C_b} > {MAX_BASIS_CHANNELS}: the fused kernel does not run this shape "
+            "(the op would fall back to the torch path; mode='auto' picks weight)"
+        )
     try:
         backend = resolve_backend(x, g)
     except Exception as e:
         return f"the Triton backend cannot run: {short_error(e)}"
     if backend != "triton":
-        return "the op would run its torch path here, not the Triton kernels " \
-               "(TRITONBASIS_BACKEND or an unsupported dtype)"
+        return (
+            "the op would run its torch path here, not the Triton kernels "
+            "(TRITONBASIS_BACKEND or an unsupported dtype)"
+        )
     return None
 
 
@@ -235,5 +256,8 @@ def fused_implementation(device: torch.device) -> str:
     if torch.device(device).type != "cuda":
         return "torch path of the op (conv over C_b filters + 1x1 conv; hand-written backward)"
     err = triton_import_error()
-    return (f"Triton kernels (backend={get_backend()})" if err is None
-            else f"torch path: triton unavailable ({err})")
+    return (
+        f"Triton kernels (backend={get_backend()})"
+        if err is None
+        else f"torch path: triton unavailable ({err})"
+    )

@@ -18,14 +18,36 @@ from ...util.fileio import atomic_write_text
 from ...util.timing import Timing
 from .cases import PROVIDERS, Variant
 
-__all__ = ["FORMAT", "RECORD_KEYS", "SHAPE_KEYS", "basis_bytes", "basis_flops",
-           "claim_result_paths", "device_description", "git_commit", "make_record", "markdown",
-           "write_results"]
+__all__ = [
+    "FORMAT",
+    "RECORD_KEYS",
+    "SHAPE_KEYS",
+    "basis_bytes",
+    "basis_flops",
+    "claim_result_paths",
+    "device_description",
+    "git_commit",
+    "make_record",
+    "markdown",
+    "write_results",
+]
 
 FORMAT = "tritonbasis.bench/1"
 SHAPE_KEYS = ("N", "C_in", "C_out", "C_b", "H", "W", "k", "stride", "padding", "dilation")
-RECORD_KEYS = ("case", "shape", "dtype", "layout", "direction", "provider", "median_ms",
-               "p20_ms", "p80_ms", "tflops", "gbps", "roofline_pct")
+RECORD_KEYS = (
+    "case",
+    "shape",
+    "dtype",
+    "layout",
+    "direction",
+    "provider",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "tflops",
+    "gbps",
+    "roofline_pct",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,8 +60,15 @@ def basis_flops(v: Variant, direction: str) -> int:
     from ...op.registry import basis_conv2d_backward_flops, basis_conv2d_flops
 
     c = v.case
-    args = ((c.N, c.C_in, c.H, c.W), (v.c_b, c.C_in, c.k, c.k), (c.C_out - v.c_b, v.c_b),
-            (c.stride, c.stride), (c.padding, c.padding), (c.dilation, c.dilation), True)
+    args = (
+        (c.N, c.C_in, c.H, c.W),
+        (v.c_b, c.C_in, c.k, c.k),
+        (c.C_out - v.c_b, v.c_b),
+        (c.stride, c.stride),
+        (c.padding, c.padding),
+        (c.dilation, c.dilation),
+        True,
+    )
     fwd = basis_conv2d_flops(*args)
     bwd = basis_conv2d_backward_flops(*args, (True, True, True, False))
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[direction]
@@ -73,10 +102,20 @@ def make_record(v: Variant, direction: str, provider: str, t: Timing, peaks: dic
     if peak and bw:
         floor_s = max(flops / (peak * 1e12), nbytes / (bw * 1e9))
         roof = 100.0 * floor_s / s
-    return {"case": v.case.name, "shape": v.shape(), "dtype": v.dtype, "layout": v.layout,
-            "direction": direction, "provider": provider, "median_ms": t.median_ms,
-            "p20_ms": t.p20_ms, "p80_ms": t.p80_ms, "tflops": flops / s / 1e12,
-            "gbps": nbytes / s / 1e9, "roofline_pct": roof}
+    return {
+        "case": v.case.name,
+        "shape": v.shape(),
+        "dtype": v.dtype,
+        "layout": v.layout,
+        "direction": direction,
+        "provider": provider,
+        "median_ms": t.median_ms,
+        "p20_ms": t.p20_ms,
+        "p80_ms": t.p80_ms,
+        "tflops": flops / s / 1e12,
+        "gbps": nbytes / s / 1e9,
+        "roofline_pct": roof,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,12 +130,22 @@ def git_commit() -> tuple[str, bool | None]:
     """(short commit, dirty?) of the checkout this package runs from; ("unknown", None)
     outside a git checkout."""
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                           text=True, cwd=_repo_dir(), timeout=30)
+        r = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=_repo_dir(),
+            timeout=30,
+        )
         if r.returncode != 0 or not r.stdout.strip():
             return "unknown", None
-        d = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, cwd=_repo_dir(), timeout=30)
+        d = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=_repo_dir(),
+            timeout=30,
+        )
         return r.stdout.strip(), bool(d.stdout.strip()) if d.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
@@ -132,8 +181,7 @@ def slug(text: str) -> str:
     return s or "unknown"
 
 
-def claim_result_paths(out_dir, device: torch.device, date: str, commit: str) -> tuple[Path,
-                                                                                       Path]:
+def claim_result_paths(out_dir, device: torch.device, date: str, commit: str) -> tuple[Path, Path]:
     """``<out>/<gpu>-<date>-<commit>.json`` and ``.md``, with ``-1``, ``-2``, ... appended
     when taken; the .json is created exclusively so two runs never pick the same name."""
     out = Path(out_dir)
@@ -196,10 +244,12 @@ def _md_header(res: dict) -> list[str]:
     peaks = s.get("peaks", {})
     mm = ", ".join(f"{k} {_f(v, '.1f')}" for k, v in peaks.get("matmul_tflops", {}).items())
     return [
-        f"# tritonbasis bench: {res['device']}", "",
+        f"# tritonbasis bench: {res['device']}",
+        "",
         f"torch {res['torch']}, triton {res['triton']}, commit {res['commit']}"
         f"{' (dirty tree)' if s.get('git_dirty') else ''}, {res['date']}"
-        f"{'' if s.get('complete') else ' -- INCOMPLETE (run stopped early)'}", "",
+        f"{'' if s.get('complete') else ' -- INCOMPLETE (run stopped early)'}",
+        "",
         f"* mode: {'quick' if s.get('quick') else 'full'}; dtypes {', '.join(s['dtypes'])}; "
         f"layouts {', '.join(s['layouts'])}; C_b/C_out {', '.join(s['ratios'])}; "
         f"keep-basis form, no bias",
@@ -211,72 +261,98 @@ def _md_header(res: dict) -> list[str]:
         f"torch.compile(mode={s['compile_mode']!r})",
         "* ratio columns: how many times faster this row's provider is than the column's "
         "(column ms / row ms, same run); TFLOP/s on basis FLOPs; roofline % = "
-        "max(FLOPs/peak, bytes/bandwidth) / time", "",
+        "max(FLOPs/peak, bytes/bandwidth) / time",
+        "",
     ]
 
 
 def _md_fused_table(groups: dict, others: list[str]) -> list[str]:
-    lines = ["## fused vs each provider", "",
-             "| case | C_b | dtype | layout | dir | fused ms | "
-             + " | ".join(f"× {p}" for p in others) + " | fused roofline % |",
-             "|---" * (7 + len(others)) + "|"]
+    lines = [
+        "## fused vs each provider",
+        "",
+        "| case | C_b | dtype | layout | dir | fused ms | "
+        + " | ".join(f"× {p}" for p in others)
+        + " | fused roofline % |",
+        "|---" * (7 + len(others)) + "|",
+    ]
     for (case, cb, dtype, layout, d), p in groups.items():
         f = p.get("fused")
         if f is None:
             continue
-        ratios = [(_f(p[o]["median_ms"] / f["median_ms"], ".2f") if o in p else "–")
-                  for o in others]
-        lines.append(f"| {case} | {cb} | {dtype} | {layout} | {d} | "
-                     f"{f['median_ms']:.4f} | " + " | ".join(ratios)
-                     + f" | {_f(f['roofline_pct'], '.3g')} |")
+        ratios = [
+            (_f(p[o]["median_ms"] / f["median_ms"], ".2f") if o in p else "–") for o in others
+        ]
+        lines.append(
+            f"| {case} | {cb} | {dtype} | {layout} | {d} | "
+            f"{f['median_ms']:.4f} | " + " | ".join(ratios) + f" | {_f(f['roofline_pct'], '.3g')} |"
+        )
     return [*lines, ""]
 
 
 def _md_providers_table(groups: dict, providers: list[str]) -> list[str]:
-    lines = ["## all providers", "",
-             "| case | C_b | dtype | layout | dir | provider | ms (p20–p80) | TFLOP/s | "
-             "GB/s | roofline % | " + " | ".join(f"÷ {p}" for p in providers) + " |",
-             "|---" * (10 + len(providers)) + "|"]
+    lines = [
+        "## all providers",
+        "",
+        "| case | C_b | dtype | layout | dir | provider | ms (p20–p80) | TFLOP/s | "
+        "GB/s | roofline % | " + " | ".join(f"÷ {p}" for p in providers) + " |",
+        "|---" * (10 + len(providers)) + "|",
+    ]
     for (case, cb, dtype, layout, d), p in groups.items():
         for name in providers:
             r = p.get(name)
             if r is None:
                 continue
-            ratios = [(_f(p[o]["median_ms"] / r["median_ms"], ".2f") if o in p else "–")
-                      for o in providers]
+            ratios = [
+                (_f(p[o]["median_ms"] / r["median_ms"], ".2f") if o in p else "–")
+                for o in providers
+            ]
             lines.append(
                 f"| {case} | {cb} | {dtype} | {layout} | {d} | {name} | "
                 f"{r['median_ms']:.4f} ({r['p20_ms']:.4f}–{r['p80_ms']:.4f}) | "
                 f"{r['tflops']:.3g} | {r['gbps']:.3g} | {_f(r['roofline_pct'], '.3g')} | "
-                + " | ".join(ratios) + " |")
+                + " | ".join(ratios)
+                + " |"
+            )
     return [*lines, ""]
 
 
 def _md_e2e_table(e2e: list[dict], info: dict) -> list[str]:
-    lines = ["## end to end: resnet18_cifar", "",
-             f"batch {info.get('batch')}, width {info.get('width')}, "
-             f"{info.get('image_size')} px, {info.get('amp')}; all_3x3 = every 3x3 conv at "
-             f"C_b = {info.get('ratio_all_3x3')} C_out (keep-basis, mode auto); plan = "
-             f"{info.get('plan')}", "",
-             "| model | direction | ms (p20–p80) | × dense | basis layers | auto modes |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "## end to end: resnet18_cifar",
+        "",
+        f"batch {info.get('batch')}, width {info.get('width')}, "
+        f"{info.get('image_size')} px, {info.get('amp')}; all_3x3 = every 3x3 conv at "
+        f"C_b = {info.get('ratio_all_3x3')} C_out (keep-basis, mode auto); plan = "
+        f"{info.get('plan')}",
+        "",
+        "| model | direction | ms (p20–p80) | × dense | basis layers | auto modes |",
+        "|---|---|---|---|---|---|",
+    ]
     dense = {r["direction"]: r["median_ms"] for r in e2e if r["provider"] == "dense"}
     for r in e2e:
         v = info.get("variants", {}).get(r["provider"], {})
         d = dense.get(r["direction"])
         what = "train step" if r["direction"] == "fwd+bwd" else "inference"
-        lines.append(f"| {r['provider']} | {what} | {r['median_ms']:.3f} "
-                     f"({r['p20_ms']:.3f}–{r['p80_ms']:.3f}) | "
-                     f"{_f(d / r['median_ms'] if d else None, '.2f')} | "
-                     f"{v.get('basis_layers', '–')} | {v.get('auto_modes', '–')} |")
+        lines.append(
+            f"| {r['provider']} | {what} | {r['median_ms']:.3f} "
+            f"({r['p20_ms']:.3f}–{r['p80_ms']:.3f}) | "
+            f"{_f(d / r['median_ms'] if d else None, '.2f')} | "
+            f"{v.get('basis_layers', '–')} | {v.get('auto_modes', '–')} |"
+        )
     return [*lines, ""]
 
 
 def _md_skipped_table(skipped: list[dict]) -> list[str]:
-    lines = ["## not measured", "", "| case | C_b | dtype | layout | dir | provider | why |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## not measured",
+        "",
+        "| case | C_b | dtype | layout | dir | provider | why |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for k in skipped:
-        lines.append(f"| {k.get('case')} | {k.get('C_b', '–')} | {k.get('dtype', '–')} | "
-                     f"{k.get('layout', '–')} | {k.get('direction', '–')} | "
-                     f"{k.get('provider', '–')} | {k['reason']} |")
+        lines.append(
+            f"| {k.get('case')} | {k.get('C_b', '–')} | {k.get('dtype', '–')} | "
+            f"{k.get('layout', '–')} | {k.get('direction', '–')} | "
+            f"{k.get('provider', '–')} | {k['reason']} |"
+        )
     return [*lines, ""]

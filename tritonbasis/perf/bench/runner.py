@@ -47,8 +47,15 @@ from .report import (
     write_results,
 )
 
-__all__ = ["GRAPH_MAX_OUT_ELEMS", "BenchConfig", "add_arguments", "bench_variant", "run",
-           "run_from_args", "use_graph"]
+__all__ = [
+    "GRAPH_MAX_OUT_ELEMS",
+    "BenchConfig",
+    "add_arguments",
+    "bench_variant",
+    "run",
+    "run_from_args",
+    "use_graph",
+]
 
 # Outputs with at most this many elements are "small": fwd and fwd+bwd are timed as CUDA-graph
 # replays (ResNet18-CIFAR 256 ch @ 8 px and 512 @ 4 px at batch 256, ResNet-50 14 and 7 px at
@@ -88,27 +95,27 @@ class BenchConfig:
 HELP = {
     "quick": "small shapes, few repetitions, tiny end-to-end model (CPU smoke run)",
     "cases": "comma list of case names, groups (resnet18_cifar, resnet50, quick, all) or "
-             "patterns (default: resnet18_cifar,resnet50; quick with --quick); --list shows "
-             "them",
+    "patterns (default: resnet18_cifar,resnet50; quick with --quick); --list shows "
+    "them",
     "ratios": "C_b/C_out, comma list (default 1/8,1/4,1/2; 1/4 with --quick)",
     "dtypes": "comma list of bfloat16, float16, float32, or all (default bfloat16 on CUDA, "
-              "float32 on CPU)",
+    "float32 on CPU)",
     "layouts": "channels_last, contiguous, or all (default channels_last)",
     "providers": f"comma list of {', '.join(PROVIDERS)} (default all)",
     "directions": "comma list of fwd, bwd, fwd+bwd (default all)",
     "device": "cuda or cpu (default: cuda if available)",
     "tf32": "fp32 convolutions and matmuls on TF32 tensor cores (default on, PyTorch's conv "
-            "default; stated in the results)",
+    "default; stated in the results)",
     "compile_mode": "torch.compile mode of unfused_compiled; auto = max-autotune on CUDA, "
-                    "default on CPU; 'none' skips the provider",
+    "default on CPU; 'none' skips the provider",
     "cuda_graphs": "time fwd/fwd+bwd through triton.testing.do_bench_cudagraph: auto = "
-                   f"outputs <= 2**{GRAPH_MAX_OUT_ELEMS.bit_length() - 1} elements",
+    f"outputs <= 2**{GRAPH_MAX_OUT_ELEMS.bit_length() - 1} elements",
     "warmup_ms": "warm-up per measurement (default 25; 5 with --quick)",
     "rep_ms": "timed budget per measurement (default 100; 20 with --quick)",
     "e2e": "skip the end-to-end model timings",
     "ops": "only the end-to-end timings",
     "plan": "plan JSON for the end-to-end 'plan' model (default: a built-in plan, layers 3-4 "
-            "at C_b = C_out/4)",
+    "at C_b = C_out/4)",
     "e2e_ratio": "C_b/C_out of the all-3x3 model",
     "e2e_steps": "timed steps end to end (default 20; 2 with --quick)",
     "out": "results folder (default bench/results); files are never overwritten",
@@ -119,8 +126,7 @@ NAMES = {"dtypes": "--dtype", "layouts": "--layout", "ops": "--e2e-only"}
 def add_arguments(p) -> None:
     """The ``tritonbasis bench`` options (argparse): every :class:`BenchConfig` field, plus
     ``--list``."""
-    add_dataclass_arguments(p, BenchConfig, help=HELP, names=NAMES,
-                            choices={"tf32": ("on", "off")})
+    add_dataclass_arguments(p, BenchConfig, help=HELP, names=NAMES, choices={"tf32": ("on", "off")})
     p.add_argument("--list", action="store_true", help="list the cases and exit")
 
 
@@ -128,8 +134,10 @@ def run_from_args(args, log=print) -> int:
     if args.list:
         for c in CASES:
             ho, wo = c.out_hw
-            log(f"{c.name:44s} {c.group:15s} N={c.N:<4d} {c.C_in:4d}->{c.C_out:<4d} "
-                f"{c.k}x{c.k} s{c.stride} p{c.padding} {c.H}x{c.W} -> {ho}x{wo}")
+            log(
+                f"{c.name:44s} {c.group:15s} N={c.N:<4d} {c.C_in:4d}->{c.C_out:<4d} "
+                f"{c.k}x{c.k} s{c.stride} p{c.padding} {c.H}x{c.W} -> {ho}x{wo}"
+            )
         return 0
     cfg = from_args(BenchConfig, args)
     try:  # before anything is written: a rejected run leaves no files
@@ -137,8 +145,10 @@ def run_from_args(args, log=print) -> int:
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if r.device.type != "cuda" and not cfg.quick and cfg.ops and cfg.cases is None:
-        log("note: the full ResNet cases at batch 256/64 on a CPU take a long time; "
-            "--quick runs CPU-sized cases")
+        log(
+            "note: the full ResNet cases at batch 256/64 on a CPU take a long time; "
+            "--quick runs CPU-sized cases"
+        )
     res = run(cfg, log=log)
     log("")
     log(markdown(res))
@@ -166,8 +176,12 @@ class Resolved:
 
     def timing(self) -> dict[str, Any]:
         """``time_fn`` keyword arguments (CPU: blocks for at least ``rep_ms``)."""
-        return {"warmup_ms": self.warmup_ms, "rep_ms": self.rep_ms,
-                "min_time_s": self.rep_ms / 1e3, "min_reps": self.min_reps}
+        return {
+            "warmup_ms": self.warmup_ms,
+            "rep_ms": self.rep_ms,
+            "min_time_s": self.rep_ms / 1e3,
+            "min_reps": self.min_reps,
+        }
 
 
 def resolve(cfg: BenchConfig) -> Resolved:
@@ -192,7 +206,8 @@ def resolve(cfg: BenchConfig) -> Resolved:
     if compile_mode == "auto":
         compile_mode = "max-autotune" if cuda else "default"
     return Resolved(
-        device=device, cases=select_cases(cfg.cases, cfg.quick),
+        device=device,
+        cases=select_cases(cfg.cases, cfg.quick),
         ratios=parse_ratios(cfg.ratios, cfg.quick),
         dtypes=parse_choice(cfg.dtypes, DTYPES, ["bfloat16" if cuda else "float32"], "dtype"),
         layouts=parse_choice(cfg.layouts, LAYOUTS, ["channels_last"], "layout"),
@@ -201,7 +216,10 @@ def resolve(cfg: BenchConfig) -> Resolved:
         compile_mode=None if compile_mode == "none" else compile_mode,
         warmup_ms=cfg.warmup_ms if cfg.warmup_ms is not None else (5.0 if cfg.quick else 25.0),
         rep_ms=cfg.rep_ms if cfg.rep_ms is not None else (20.0 if cfg.quick else 100.0),
-        min_reps=3 if cfg.quick else 10, plan=plan, plan_label=plan_label)
+        min_reps=3 if cfg.quick else 10,
+        plan=plan,
+        plan_label=plan_label,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,8 +232,15 @@ def use_graph(v: Variant, direction: str, device: torch.device, cuda_graphs: str
     return cuda_graphs == "on" or v.case.out_elems() <= GRAPH_MAX_OUT_ELEMS
 
 
-def _measure(prob: Problem, provider: str, direction: str, *, cuda_graphs: str,
-             compile_mode: str | None, timing: dict) -> tuple[Timing, list[str]]:
+def _measure(
+    prob: Problem,
+    provider: str,
+    direction: str,
+    *,
+    cuda_graphs: str,
+    compile_mode: str | None,
+    timing: dict,
+) -> tuple[Timing, list[str]]:
     """Time one provider x direction; the notes say where it was timed another way than
     plain ``do_bench`` (a CUDA graph, or the fallback from one)."""
     device = prob.device
@@ -223,15 +248,21 @@ def _measure(prob: Problem, provider: str, direction: str, *, cuda_graphs: str,
     graph = use_graph(prob.v, direction, device, cuda_graphs)
     notes = []
     if provider == "unfused_compiled" and direction == "bwd":
-        notes.append("compiled apart with donated_buffer=False: the timed backward reuses one "
-                     "forward graph (retain_graph=True)")
-    if graph and provider == "unfused_compiled" and compile_mode in ("max-autotune",
-                                                                     "reduce-overhead"):
+        notes.append(
+            "compiled apart with donated_buffer=False: the timed backward reuses one "
+            "forward graph (retain_graph=True)"
+        )
+    if (
+        graph
+        and provider == "unfused_compiled"
+        and compile_mode in ("max-autotune", "reduce-overhead")
+    ):
         # Inductor captures its own CUDA graphs in these modes; a capture inside ours would
         # nest graphs
         graph = False
-        notes.append(f"timed with CUDA events: mode={compile_mode!r} replays Inductor's own "
-                     "CUDA graphs")
+        notes.append(
+            f"timed with CUDA events: mode={compile_mode!r} replays Inductor's own CUDA graphs"
+        )
     if not graph:
         return time_fn(fn, device=device, **timing), notes
     try:
@@ -243,9 +274,18 @@ def _measure(prob: Problem, provider: str, direction: str, *, cuda_graphs: str,
     return t, [*notes, f"timed as {t.method}"]
 
 
-def bench_variant(v: Variant, device, providers, directions, peaks, *, compile_mode,
-                  cuda_graphs="auto", timing: dict | None = None,
-                  log=print) -> tuple[list[dict], list[dict], list[dict]]:
+def bench_variant(
+    v: Variant,
+    device,
+    providers,
+    directions,
+    peaks,
+    *,
+    compile_mode,
+    cuda_graphs="auto",
+    timing: dict | None = None,
+    log=print,
+) -> tuple[list[dict], list[dict], list[dict]]:
     """All providers x directions of one variant: (records, skipped, notes). A provider that
     cannot run or fails is recorded in ``skipped`` with the reason; the run goes on."""
     device = torch.device(device)
@@ -255,11 +295,23 @@ def bench_variant(v: Variant, device, providers, directions, peaks, *, compile_m
     try:
         for direction in directions:
             for provider in providers:
-                where = {"case": v.case.name, "C_b": v.c_b, "dtype": v.dtype,
-                         "layout": v.layout, "direction": direction, "provider": provider}
+                where = {
+                    "case": v.case.name,
+                    "C_b": v.c_b,
+                    "dtype": v.dtype,
+                    "layout": v.layout,
+                    "direction": direction,
+                    "provider": provider,
+                }
                 try:
-                    t, why = _measure(prob, provider, direction, cuda_graphs=cuda_graphs,
-                                      compile_mode=compile_mode, timing=timing)
+                    t, why = _measure(
+                        prob,
+                        provider,
+                        direction,
+                        cuda_graphs=cuda_graphs,
+                        compile_mode=compile_mode,
+                        timing=timing,
+                    )
                 except Skip as e:
                     skipped.append({**where, "reason": str(e)})
                     log(f"  skip {provider:16s} {direction:8s} {e}")
@@ -285,9 +337,11 @@ def bench_variant(v: Variant, device, providers, directions, peaks, *, compile_m
 
 def _log_record(log, rec: dict) -> None:
     roof = rec["roofline_pct"]
-    log(f"  {rec['provider']:16s} {rec['direction']:8s} {rec['median_ms']:9.4f} ms "
+    log(
+        f"  {rec['provider']:16s} {rec['direction']:8s} {rec['median_ms']:9.4f} ms "
         f"[{rec['p20_ms']:.4f}, {rec['p80_ms']:.4f}] {rec['tflops']:8.3f} TFLOP/s "
-        f"{rec['gbps']:8.1f} GB/s {'' if roof is None else f'{roof:5.1f}% roofline'}")
+        f"{rec['gbps']:8.1f} GB/s {'' if roof is None else f'{roof:5.1f}% roofline'}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,14 +359,21 @@ def run(config: BenchConfig | None = None, *, log=print, **overrides) -> dict:
     commit, dirty = git_commit()
     json_path, md_path = claim_result_paths(cfg.out, r.device, now.strftime("%Y-%m-%d"), commit)
     with _torch_flags(cfg.tf32):
-        res = {"device": device_description(r.device), "torch": torch.__version__,
-               "triton": triton_version(), "commit": commit,
-               "date": now.isoformat(timespec="seconds"),
-               "settings": _settings(cfg, r, dirty, json_path, md_path), "records": []}
+        res = {
+            "device": device_description(r.device),
+            "torch": torch.__version__,
+            "triton": triton_version(),
+            "commit": commit,
+            "date": now.isoformat(timespec="seconds"),
+            "settings": _settings(cfg, r, dirty, json_path, md_path),
+            "records": [],
+        }
         s = res["settings"]
         write_results(res, json_path)
-        log(f"tritonbasis bench on {res['device']} (torch {res['torch']}, triton "
-            f"{res['triton']}, commit {commit}) -> {json_path}")
+        log(
+            f"tritonbasis bench on {res['device']} (torch {res['torch']}, triton "
+            f"{res['triton']}, commit {commit}) -> {json_path}"
+        )
         if cfg.ops:
             _run_ops(res, cfg, r, json_path, log)
         if cfg.e2e:
@@ -325,28 +386,44 @@ def run(config: BenchConfig | None = None, *, log=print, **overrides) -> dict:
 @contextlib.contextmanager
 def _torch_flags(tf32: bool):
     """cudnn.benchmark on (a fair cuDNN baseline) and TF32 as asked, restored afterwards."""
-    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-             torch.backends.cuda.matmul.allow_tf32)
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         yield
     finally:
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-         torch.backends.cuda.matmul.allow_tf32) = saved
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        ) = saved
 
 
 def _run_ops(res: dict, cfg: BenchConfig, r: Resolved, json_path: Path, log) -> None:
     s = res["settings"]
     s["peaks"] = measure_peaks(r.device, r.dtypes, cfg.quick, r.warmup_ms, r.rep_ms)
-    log(f"peaks: matmul TFLOP/s {s['peaks']['matmul_tflops']}, copy "
-        f"{s['peaks']['copy_gbps']:.1f} GB/s")
+    log(
+        f"peaks: matmul TFLOP/s {s['peaks']['matmul_tflops']}, copy "
+        f"{s['peaks']['copy_gbps']:.1f} GB/s"
+    )
     for v in variants(r.cases, r.ratios, r.dtypes, r.layouts):
         log(f"{v.case.name} C_b={v.c_b} {v.dtype} {v.layout}")
         recs, skipped, notes = bench_variant(
-            v, r.device, r.providers, r.directions, s["peaks"], compile_mode=r.compile_mode,
-            cuda_graphs=cfg.cuda_graphs, timing=r.timing(), log=log)
+            v,
+            r.device,
+            r.providers,
+            r.directions,
+            s["peaks"],
+            compile_mode=r.compile_mode,
+            cuda_graphs=cfg.cuda_graphs,
+            timing=r.timing(),
+            log=log,
+        )
         res["records"] += recs
         s["skipped"] += skipped
         s["notes"] += notes
@@ -357,9 +434,15 @@ def _run_e2e(res: dict, cfg: BenchConfig, r: Resolved, log) -> None:
     s = res["settings"]
     log("end to end: resnet18_cifar")
     try:
-        recs, info = bench_end_to_end(r.device, quick=cfg.quick, plan=r.plan,
-                                      plan_label=r.plan_label, ratio=cfg.e2e_ratio,
-                                      steps=cfg.e2e_steps, log=log)
+        recs, info = bench_end_to_end(
+            r.device,
+            quick=cfg.quick,
+            plan=r.plan,
+            plan_label=r.plan_label,
+            ratio=cfg.e2e_ratio,
+            steps=cfg.e2e_steps,
+            log=log,
+        )
         res["records"] += recs
         s["e2e"] = info
     except Exception as e:
@@ -372,18 +455,29 @@ def _settings(cfg: BenchConfig, r: Resolved, dirty, json_path: Path, md_path: Pa
 
     cuda = r.device.type == "cuda"
     return {
-        "format": FORMAT, "quick": cfg.quick, "complete": False, "device": str(r.device),
-        "git_dirty": dirty, "cases": [c.name for c in r.cases],
-        "ratios": [str(x) for x in r.ratios], "dtypes": list(r.dtypes),
-        "layouts": list(r.layouts), "providers": list(r.providers),
-        "directions": list(r.directions), "keep_basis": True, "bias": False,
-        "cudnn_benchmark": True, "tf32": {"cudnn": cfg.tf32, "matmul": cfg.tf32},
+        "format": FORMAT,
+        "quick": cfg.quick,
+        "complete": False,
+        "device": str(r.device),
+        "git_dirty": dirty,
+        "cases": [c.name for c in r.cases],
+        "ratios": [str(x) for x in r.ratios],
+        "dtypes": list(r.dtypes),
+        "layouts": list(r.layouts),
+        "providers": list(r.providers),
+        "directions": list(r.directions),
+        "keep_basis": True,
+        "bias": False,
+        "cudnn_benchmark": True,
+        "tf32": {"cudnn": cfg.tf32, "matmul": cfg.tf32},
         "fp32_precision": "tf32" if (cfg.tf32 and cuda) else "ieee",
         "compile_mode": r.compile_mode if r.compile_mode else "none (skipped)",
         "compile_mode_note": (
-            None if cuda or r.compile_mode in (None, "max-autotune")
+            None
+            if cuda or r.compile_mode in (None, "max-autotune")
             else "CPU run: Inductor's default mode (max-autotune tunes GPU GEMM/conv "
-                 "templates; on a CPU it only adds compile time)"),
+            "templates; on a CPU it only adds compile time)"
+        ),
         "fused_implementation": fused_implementation(r.device),
         "backend": get_backend(),
         "autotune": os.environ.get("TRITONBASIS_AUTOTUNE", "1") != "0",
@@ -393,8 +487,11 @@ def _settings(cfg: BenchConfig, r: Resolved, dirty, json_path: Path, md_path: Pa
             "tflops": "basis FLOPs (the fused op's FLOP formula) / median, for every provider",
             "gbps": "fewest bytes of the basis op / median",
             "roofline_pct": "100 * max(FLOPs / peak(dtype), bytes / bandwidth) / median, peak "
-                            "and bandwidth measured in this run"},
-        "peaks": {}, "skipped": [], "notes": [],
+            "and bandwidth measured in this run",
+        },
+        "peaks": {},
+        "skipped": [],
+        "notes": [],
         "files": {"json": str(json_path), "md": str(md_path)},
     }
 
@@ -402,28 +499,39 @@ def _settings(cfg: BenchConfig, r: Resolved, dirty, json_path: Path, md_path: Pa
 def _timing_settings(cfg: BenchConfig, r: Resolved) -> dict:
     cuda = r.device.type == "cuda"
     if cuda:
-        method = ("triton.testing.do_bench: CUDA events per call, triton's L2 flush buffer "
-                  "zeroed before each; fwd and fwd+bwd of outputs <= 2**22 elements through "
-                  f"triton.testing.do_bench_cudagraph ({GRAPH_REPLAYS} replays of one graph of "
-                  f"~rep_ms/{GRAPH_REPLAYS} of calls, no L2 flush; --cuda-graphs "
-                  f"{cfg.cuda_graphs})")
-        statistic = ("median, p20, p80 over the timed calls (do_bench) or the graph replays "
-                     "(do_bench_cudagraph, per call = replay / calls), after warm-up")
+        method = (
+            "triton.testing.do_bench: CUDA events per call, triton's L2 flush buffer "
+            "zeroed before each; fwd and fwd+bwd of outputs <= 2**22 elements through "
+            f"triton.testing.do_bench_cudagraph ({GRAPH_REPLAYS} replays of one graph of "
+            f"~rep_ms/{GRAPH_REPLAYS} of calls, no L2 flush; --cuda-graphs "
+            f"{cfg.cuda_graphs})"
+        )
+        statistic = (
+            "median, p20, p80 over the timed calls (do_bench) or the graph replays "
+            "(do_bench_cudagraph, per call = replay / calls), after warm-up"
+        )
     else:
-        method = (f"torch.utils.benchmark.Timer.blocked_autorange ({torch.get_num_threads()} "
-                  "threads): blocks of calls for >= rep_ms")
-        statistic = ("median, p20, p80 over the blocks' per-call means (at least min_reps "
-                     "blocks)")
+        method = (
+            f"torch.utils.benchmark.Timer.blocked_autorange ({torch.get_num_threads()} "
+            "threads): blocks of calls for >= rep_ms"
+        )
+        statistic = "median, p20, p80 over the blocks' per-call means (at least min_reps blocks)"
     return {
-        "method": method, "statistic": statistic, "timer": "tritonbasis.util.timing.time_fn",
-        "warmup_ms": r.warmup_ms, "rep_ms": r.rep_ms, "min_reps": r.min_reps,
+        "method": method,
+        "statistic": statistic,
+        "timer": "tritonbasis.util.timing.time_fn",
+        "warmup_ms": r.warmup_ms,
+        "rep_ms": r.rep_ms,
+        "min_reps": r.min_reps,
         "cuda_graphs": cfg.cuda_graphs if cuda else "n/a (CPU)",
         "cuda_graph_max_out_elems": GRAPH_MAX_OUT_ELEMS,
         "l2_flush_bytes": _l2_flush_bytes() if cuda else None,
-        "rotating_inputs": (f">= 2 buffers, together >= {ROTATE_BYTES >> 20} MiB on CUDA"
-                            if cuda else "2 buffers") + ", the next one on every timed call",
+        "rotating_inputs": (
+            f">= 2 buffers, together >= {ROTATE_BYTES >> 20} MiB on CUDA" if cuda else "2 buffers"
+        )
+        + ", the next one on every timed call",
         "bwd": "the forward graph of each buffer built once before timing (unfused_compiled: "
-               "one), the timed call is torch.autograd.grad(..., retain_graph=True)",
+        "one), the timed call is torch.autograd.grad(..., retain_graph=True)",
     }
 
 

@@ -75,9 +75,20 @@ from .state import SearchState, SearchStateError, config_hash
 from .state import default_device as _default_device  # noqa: F401 (S._default_device)
 from .verdict import verdict, verdict_lines
 
-__all__ = ["ExperimentConfig", "SearchConfig", "SearchReport", "SearchStateError",
-           "config_hash", "help_texts", "plot", "run_experiment", "sensitivity_search",
-           "summary_markdown", "verdict_lines", "write_outputs"]
+__all__ = [
+    "ExperimentConfig",
+    "SearchConfig",
+    "SearchReport",
+    "SearchStateError",
+    "config_hash",
+    "help_texts",
+    "plot",
+    "run_experiment",
+    "sensitivity_search",
+    "summary_markdown",
+    "verdict_lines",
+    "write_outputs",
+]
 
 
 def sensitivity_search(
@@ -107,14 +118,23 @@ def sensitivity_search(
     """
     cfg = _resolved_config(config, spec, max_drop)
     identity = _identity(identity, model, train_data, val_data)
-    ctx = _open(cfg, identity, train_data, val_data, Path(out), progress, log,
-                [f for f, _ in candidate_convs(model)])
+    ctx = _open(
+        cfg,
+        identity,
+        train_data,
+        val_data,
+        Path(out),
+        progress,
+        log,
+        [f for f, _ in candidate_convs(model)],
+    )
     t_start = time.perf_counter()
     init_state = copy.deepcopy(model.state_dict())  # the shared initialisation
 
     dense, baseline = run_baseline(ctx, model)  # 1
-    setup = ProbeSetup(cfg, ctx.spec, train_data, val_data, baseline["val_acc"],
-                       baseline["val_loss"])
+    setup = ProbeSetup(
+        cfg, ctx.spec, train_data, val_data, baseline["val_acc"], baseline["val_loss"]
+    )
 
     def probe(fqns, steps):  # the package's _probe, looked up now (tests swap it)
         return _probe(dense, fqns, setup, steps)
@@ -130,20 +150,30 @@ def sensitivity_search(
     selection = run_selection(ctx, rows, probe)
     final = ctx.state.get("final", {})  # 5
     if cfg.final:
-        final = run_final(ctx, FinalInputs(model, init_state, dense, baseline,
-                                           sorted(selection["chosen"]), cands, gains))
+        final = run_final(
+            ctx,
+            FinalInputs(
+                model, init_state, dense, baseline, sorted(selection["chosen"]), cands, gains
+            ),
+        )
 
     report = SearchReport(
-        config=asdict(cfg), identity=identity,
+        config=asdict(cfg),
+        identity=identity,
         baseline={k: v for k, v in baseline.items() if k != "history"},
-        layers=rows, groups=groups,
-        spearman_zero_shot_vs_probe=spearman([r["zero_shot_drop"] for r in rows],
-                                             [r["probe_drop"] for r in rows]),
-        selection=selection, final=final, plan=plan_of(rows, ctx.spec),
+        layers=rows,
+        groups=groups,
+        spearman_zero_shot_vs_probe=spearman(
+            [r["zero_shot_drop"] for r in rows], [r["probe_drop"] for r in rows]
+        ),
+        selection=selection,
+        final=final,
+        plan=plan_of(rows, ctx.spec),
         seconds=round(ctx.state.get("seconds", 0.0) + time.perf_counter() - t_start, 2),
         world_size=D.world_size(),
-        verdict=(verdict(final, selection, len(rows), identity.get("val_size")) if cfg.final
-                 else {}),
+        verdict=(
+            verdict(final, selection, len(rows), identity.get("val_size")) if cfg.final else {}
+        ),
     )
     ctx.state.put("seconds", report.seconds)
     if D.is_main():
@@ -173,18 +203,28 @@ def _identity(identity, model, train_data, val_data) -> dict:
     return identity
 
 
-def _open(cfg: SearchConfig, identity: dict, train_data, val_data, out: Path, progress: bool,
-          log, layers) -> SearchContext:
+def _open(
+    cfg: SearchConfig, identity: dict, train_data, val_data, out: Path, progress: bool, log, layers
+) -> SearchContext:
     """Check what can be checked before anything is written, then read (or create) the
     state (``layers``: the convs its layer names may be): under torchrun rank 0 owns
     ``state.json`` (and every file); the other ranks get a replica."""
     if cfg.baseline_epochs > 0 or cfg.final:  # these stages train with DDP under torchrun
         D.check_global_batch(cfg.batch_size, len(train_data))
-    state = D.main_state(lambda: SearchState(out, config_hash(cfg, identity), identity,
-                                             asdict(cfg), layers=layers))
-    return SearchContext(cfg=cfg, spec=BasisSpec.from_dict(cfg.spec), train_data=train_data,
-                         val_data=val_data, out=out, state=state,
-                         shape=tuple(train_data[0][0].shape), progress=progress, log=log)
+    state = D.main_state(
+        lambda: SearchState(out, config_hash(cfg, identity), identity, asdict(cfg), layers=layers)
+    )
+    return SearchContext(
+        cfg=cfg,
+        spec=BasisSpec.from_dict(cfg.spec),
+        train_data=train_data,
+        val_data=val_data,
+        out=out,
+        state=state,
+        shape=tuple(train_data[0][0].shape),
+        progress=progress,
+        log=log,
+    )
 
 
 def run_experiment(*a, **kw):

@@ -30,11 +30,17 @@ def run_baseline(ctx: SearchContext, model: nn.Module) -> tuple[nn.Module, dict]
     dense = copy.deepcopy(model)
     if baseline is None:
         if cfg.baseline_epochs > 0:
-            ctx.log(f"[1/5] baseline: training the dense model for {cfg.baseline_epochs} "
-                    "epochs")
-            res = train(dense, ctx.train_data, ctx.val_data,
-                        cfg.train_config(cfg.baseline_epochs), checkpoint_dir=out / "baseline",
-                        resume=True, progress=ctx.progress, distributed=D.is_distributed())
+            ctx.log(f"[1/5] baseline: training the dense model for {cfg.baseline_epochs} epochs")
+            res = train(
+                dense,
+                ctx.train_data,
+                ctx.val_data,
+                cfg.train_config(cfg.baseline_epochs),
+                checkpoint_dir=out / "baseline",
+                resume=True,
+                progress=ctx.progress,
+                distributed=D.is_distributed(),
+            )
             hist = res.history
         else:
             ctx.log("[1/5] baseline: using the given weights (baseline_epochs=0)")
@@ -42,8 +48,13 @@ def run_baseline(ctx: SearchContext, model: nn.Module) -> tuple[nn.Module, dict]
         loss, acc = evaluate(dense, ctx.val_data, cfg.device, cfg.batch_size)
         if D.is_main():
             atomic_torch_save(dense.state_dict(), base_path)
-        baseline = {"val_acc": acc, "val_loss": loss, "params": count_params(dense),
-                    "macs": count_macs(dense, ctx.shape), "history": hist}
+        baseline = {
+            "val_acc": acc,
+            "val_loss": loss,
+            "params": count_params(dense),
+            "macs": count_macs(dense, ctx.shape),
+            "history": hist,
+        }
         # baseline.pt stays a plain state_dict (load_state_dict(torch.load(...)) works); its
         # digest lives in the state and is checked on every resume
         state.doc["stages"]["baseline_sha256"] = content_digest(dense.state_dict())

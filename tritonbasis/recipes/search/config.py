@@ -33,47 +33,79 @@ def _f(default, help: str, **kw):
 class SearchConfig:
     """Everything that determines a search's results (hashed into its state)."""
 
-    spec: dict = _f({"ratio": 0.0625, "keep_basis": False},
-                    "the BasisSpec every converted layer gets (a dict: ratio / basis_channels "
-                    "/ energy, keep_basis, ...)")
-    max_drop: float = _f(1.0, "accuracy budget: the most validation accuracy (percentage "
-                              "points) the chosen plan may lose")
-    baseline_epochs: int = _f(8, "epochs of the dense baseline (and of every final seed's "
-                                 "dense model); 0: the model's weights are the baseline")
+    spec: dict = _f(
+        {"ratio": 0.0625, "keep_basis": False},
+        "the BasisSpec every converted layer gets (a dict: ratio / basis_channels "
+        "/ energy, keep_basis, ...)",
+    )
+    max_drop: float = _f(
+        1.0,
+        "accuracy budget: the most validation accuracy (percentage "
+        "points) the chosen plan may lose",
+    )
+    baseline_epochs: int = _f(
+        8,
+        "epochs of the dense baseline (and of every final seed's "
+        "dense model); 0: the model's weights are the baseline",
+    )
     batch_size: int = _f(128, "training batch size")
     lr: float = _f(0.05, "learning rate of the baseline training")
     schedule: str = _f("cosine", "learning-rate schedule of the baseline training")
     probe_steps: int = _f(20, "fine-tuning steps of one layer's probe")
     probe_lr: float = _f(0.01, "learning rate of the probes' (and verifications') fine-tuning")
-    probe_only_converted: bool = _f(False, "probes fine-tune only the converted convs and the "
-                                           "BN layers")
-    probe_groups: bool = _f(True, "also probe the lighter and the heavier half of the layers "
-                                  "as groups (how additive single-layer drops are)")
-    verify_steps: int | None = _f(40, "fine-tuning steps of a combined probe (a selection "
-                                      "step's verification); none: 2 x probe_steps")
+    probe_only_converted: bool = _f(
+        False, "probes fine-tune only the converted convs and the BN layers"
+    )
+    probe_groups: bool = _f(
+        True,
+        "also probe the lighter and the heavier half of the layers "
+        "as groups (how additive single-layer drops are)",
+    )
+    verify_steps: int | None = _f(
+        40,
+        "fine-tuning steps of a combined probe (a selection "
+        "step's verification); none: 2 x probe_steps",
+    )
     sensitivity: Literal["loss", "accuracy"] = _f(
-        "loss", "what ranks the layers' sensitivity: the probe's validation-loss increase "
-                "(smooth) or its accuracy drop (moves in steps of one image)")
+        "loss",
+        "what ranks the layers' sensitivity: the probe's validation-loss increase "
+        "(smooth) or its accuracy drop (moves in steps of one image)",
+    )
     selection: Literal["bisect", "greedy"] = _f(
-        "bisect", "bisect: the longest score-ordered prefix of layers whose combined probe "
-                  "fits the budget, by bisection over the prefix length; greedy: add layers "
-                  "while the summed single-layer drops fit, then back off while the combined "
-                  "probe does not")
-    max_backoff: int = _f(8, "the most over-budget combined probes the selection tolerates "
-                             "(greedy: back-offs; bisect: failed steps) before it stops")
+        "bisect",
+        "bisect: the longest score-ordered prefix of layers whose combined probe "
+        "fits the budget, by bisection over the prefix length; greedy: add layers "
+        "while the summed single-layer drops fit, then back off while the combined "
+        "probe does not",
+    )
+    max_backoff: int = _f(
+        8,
+        "the most over-budget combined probes the selection tolerates "
+        "(greedy: back-offs; bisect: failed steps) before it stops",
+    )
     gain: Literal["macs", "params", "time"] = _f(
-        "macs", "what selection maximises per unit of sensitivity")
+        "macs", "what selection maximises per unit of sensitivity"
+    )
     final: bool = _f(True, "run the final dense / chosen / naive comparison")
-    final_epochs: int = _f(4, "final: epochs of fine-tuning each converted model gets, "
-                              "starting from its seed's trained dense model")
+    final_epochs: int = _f(
+        4,
+        "final: epochs of fine-tuning each converted model gets, "
+        "starting from its seed's trained dense model",
+    )
     final_lr: float = _f(0.05, "final: learning rate of that fine-tuning (cosine)")
-    final_seeds: int = _f(3, "final: seeds compared (seed, seed+1, ...), each with its own "
-                             "dense model; the plan is the one searched with `seed`")
+    final_seeds: int = _f(
+        3,
+        "final: seeds compared (seed, seed+1, ...), each with its own "
+        "dense model; the plan is the one searched with `seed`",
+    )
     time_batch: int = _f(64, "batch size of the per-layer and whole-model timings")
     time_steps: int = _f(5, "least timed calls (CUDA) or blocks (CPU) per timing")
-    time_rounds: int = _f(3, "final: the dense / chosen / naive step times are measured this "
-                             "many times, interleaved; the spread of those rounds is the "
-                             "timing noise the summary states")
+    time_rounds: int = _f(
+        3,
+        "final: the dense / chosen / naive step times are measured this "
+        "many times, interleaved; the spread of those rounds is the "
+        "timing noise the summary states",
+    )
     seed: int = _f(0, "seed of the baseline, the probes and the first final seed")
     device: str | None = _f(None, "device (none: CUDA if available, else CPU)")
 
@@ -82,15 +114,27 @@ class SearchConfig:
 
     def train_config(self, epochs: int, **kw) -> TrainConfig:
         """The baseline's training config (``epochs`` at least 1); ``kw`` overrides."""
-        base = dict(epochs=max(1, epochs), batch_size=self.batch_size, lr=self.lr,
-                    schedule=self.schedule, seed=self.seed, device=self.device)
+        base = dict(
+            epochs=max(1, epochs),
+            batch_size=self.batch_size,
+            lr=self.lr,
+            schedule=self.schedule,
+            seed=self.seed,
+            device=self.device,
+        )
         return TrainConfig(**{**base, **kw})
 
     def probe_train_config(self, steps: int, train_size: int) -> TrainConfig:
         """A probe's fine-tuning: ``steps`` optimizer steps at ``probe_lr``, cosine."""
-        return TrainConfig(epochs=max(1, math.ceil(steps * self.batch_size / train_size)),
-                           batch_size=self.batch_size, lr=self.probe_lr, schedule="cosine",
-                           seed=self.seed, device=self.device, max_steps=steps)
+        return TrainConfig(
+            epochs=max(1, math.ceil(steps * self.batch_size / train_size)),
+            batch_size=self.batch_size,
+            lr=self.probe_lr,
+            schedule="cosine",
+            seed=self.seed,
+            device=self.device,
+            max_steps=steps,
+        )
 
     def final_seed_list(self) -> list[int]:
         return [self.seed + i for i in range(self.final_seeds)]
@@ -104,15 +148,15 @@ class ExperimentConfig:
 
     model: str = _f("resnet18_cifar", "model name (tritonbasis.recipes.models)")
     width: float = _f(0.25, "channel width multiplier (0.25: CPU-sized)")
-    data: Literal["digits", "cifar10"] = _f("digits", "data set (digits: embedded, no "
-                                                      "download)")
+    data: Literal["digits", "cifar10"] = _f("digits", "data set (digits: embedded, no download)")
     data_dir: str | None = _f(None, "CIFAR-10 folder (data cifar10)")
     image_size: int = _f(16, "digits are resized to this many pixels a side")
     val_fraction: float = _f(0.25, "digits: fraction held out for validation (stratified)")
     split_seed: int = _f(0, "digits: seed of the train/validation split")
     ratio: float = _f(0.0625, "C_b / C_out of every converted layer (sets the spec)")
-    keep_basis: bool = _f(False, "keep-basis form (C_b original filters as the basis) "
-                                 "instead of the full SVD form")
+    keep_basis: bool = _f(
+        False, "keep-basis form (C_b original filters as the basis) instead of the full SVD form"
+    )
 
     def __post_init__(self):
         if not 0.0 < self.ratio <= 1.0:
@@ -135,20 +179,25 @@ def validate(c: SearchConfig) -> None:
     search and die writing the report; a zero batch size left a state that blocked the
     corrected rerun)."""
     BasisSpec.from_dict(c.spec)  # validates
-    for name, allowed in (("gain", ("macs", "params", "time")),
-                          ("sensitivity", ("loss", "accuracy")),
-                          ("selection", ("bisect", "greedy"))):
+    for name, allowed in (
+        ("gain", ("macs", "params", "time")),
+        ("sensitivity", ("loss", "accuracy")),
+        ("selection", ("bisect", "greedy")),
+    ):
         if getattr(c, name) not in allowed:
-            raise ValueError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
-                             f"got {getattr(c, name)!r}")
+            raise ValueError(
+                f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                f"got {getattr(c, name)!r}"
+            )
 
     def number(name, lo, lo_open=False):
         v = getattr(c, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ValueError(f"SearchConfig.{name} must be a finite number, got {v!r}")
         if v < lo or (lo_open and v == lo):
-            raise ValueError(f"SearchConfig.{name} must be {'>' if lo_open else '>='} {lo}, "
-                             f"got {v}")
+            raise ValueError(
+                f"SearchConfig.{name} must be {'>' if lo_open else '>='} {lo}, got {v}"
+            )
 
     def integer(name, lo, allow_none=False):
         v = getattr(c, name)

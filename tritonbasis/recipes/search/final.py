@@ -74,11 +74,14 @@ def apply_modes(model: nn.Module, fqns, gains: dict, device) -> None:
 def measure(ctx: SearchContext, m: nn.Module) -> dict:
     """Params, MACs per image and the step times (batch ``time_batch``) of one model."""
     cfg = ctx.cfg
-    t = measure_step_time(m, (cfg.time_batch, *ctx.shape), steps=cfg.time_steps,
-                          device=cfg.device)
-    return {"params": count_params(m), "macs": count_macs(m, ctx.shape),
-            "train_step_ms": round(t["train_step_ms"], 4),
-            "infer_ms": round(t["infer_ms"], 4), "timing_device": t["device_name"]}
+    t = measure_step_time(m, (cfg.time_batch, *ctx.shape), steps=cfg.time_steps, device=cfg.device)
+    return {
+        "params": count_params(m),
+        "macs": count_macs(m, ctx.shape),
+        "train_step_ms": round(t["train_step_ms"], 4),
+        "infer_ms": round(t["infer_ms"], 4),
+        "timing_device": t["device_name"],
+    }
 
 
 def _reinit(m: nn.Module, seed: int) -> None:
@@ -97,29 +100,43 @@ def _dense_for_seed(ctx: SearchContext, inp: FinalInputs, seed: int) -> nn.Modul
         return inp.dense
     m = copy.deepcopy(inp.model)
     _reinit(m, seed)
-    ctx.log(f"[5/5] final seed {seed}: training its dense model ({cfg.baseline_epochs} "
-            "epochs)")
-    train(m, ctx.train_data, None, cfg.train_config(cfg.baseline_epochs, seed=seed),
-          checkpoint_dir=ctx.out / f"final_seed{seed}" / "dense", resume=True,
-          progress=ctx.progress, distributed=D.is_distributed())
+    ctx.log(f"[5/5] final seed {seed}: training its dense model ({cfg.baseline_epochs} epochs)")
+    train(
+        m,
+        ctx.train_data,
+        None,
+        cfg.train_config(cfg.baseline_epochs, seed=seed),
+        checkpoint_dir=ctx.out / f"final_seed{seed}" / "dense",
+        resume=True,
+        progress=ctx.progress,
+        distributed=D.is_distributed(),
+    )
     return m
 
 
-def _converted(ctx: SearchContext, inp: FinalInputs, dense: nn.Module, name: str,
-               layers: list[str], seed: int) -> nn.Module:
+def _converted(
+    ctx: SearchContext, inp: FinalInputs, dense: nn.Module, name: str, layers: list[str], seed: int
+) -> nn.Module:
     """``dense`` with ``layers`` converted, fine-tuned ``final_epochs`` epochs at ``final_lr``
     with seed ``seed``; every converted layer runs the mode ``convert`` resolved without
     timings (never the measured one: see the module docstring)."""
     cfg = ctx.cfg
     m = convert_only(dense, layers, ctx.spec) if layers else copy.deepcopy(dense)
     if layers and cfg.final_epochs > 0:
-        ctx.log(f"[5/5] final seed {seed}: {name} ({len(layers)} converted layers), "
-                f"fine-tuning {cfg.final_epochs} epochs")
-        train(m, ctx.train_data, None,
-              cfg.train_config(cfg.final_epochs, lr=cfg.final_lr, schedule="cosine",
-                               seed=seed),
-              checkpoint_dir=ctx.out / f"final_seed{seed}" / name, resume=True,
-              progress=ctx.progress, distributed=D.is_distributed())
+        ctx.log(
+            f"[5/5] final seed {seed}: {name} ({len(layers)} converted layers), "
+            f"fine-tuning {cfg.final_epochs} epochs"
+        )
+        train(
+            m,
+            ctx.train_data,
+            None,
+            cfg.train_config(cfg.final_epochs, lr=cfg.final_lr, schedule="cosine", seed=seed),
+            checkpoint_dir=ctx.out / f"final_seed{seed}" / name,
+            resume=True,
+            progress=ctx.progress,
+            distributed=D.is_distributed(),
+        )
     return m
 
 
@@ -135,8 +152,7 @@ def _run_seeds(ctx: SearchContext, inp: FinalInputs) -> dict:
         for name in NAMES:
             if name in r:
                 continue
-            m = dense if name == "dense" else _converted(ctx, inp, dense, name, layers[name],
-                                                         seed)
+            m = dense if name == "dense" else _converted(ctx, inp, dense, name, layers[name], seed)
             loss, acc = evaluate(m, ctx.val_data, ctx.cfg.device, ctx.cfg.batch_size)
             r[name] = {"val_acc": acc, "val_loss": loss}
             ctx.state.put("final_runs", D.broadcast_object(runs))
@@ -162,8 +178,7 @@ def _timings(ctx: SearchContext, inp: FinalInputs) -> dict:
             t = measure(ctx, models[n])
             for k in ("train_step_ms", "infer_ms"):
                 timing[n][k].append(t[k])
-            timing[n].update(params=t["params"], macs=t["macs"],
-                             timing_device=t["timing_device"])
+            timing[n].update(params=t["params"], macs=t["macs"], timing_device=t["timing_device"])
     ctx.state.put("final_timing", D.broadcast_object(timing))
     return ctx.state.get("final_timing")
 
@@ -185,17 +200,24 @@ def run_final(ctx: SearchContext, inp: FinalInputs) -> dict:
         acc_mean, acc_sd = mean_sd(accs)
         drop_mean, drop_sd = mean_sd(drops)
         final[name] = {
-            "val_acc": acc_mean, "val_acc_sd": acc_sd, "val_acc_per_seed": accs,
+            "val_acc": acc_mean,
+            "val_acc_sd": acc_sd,
+            "val_acc_per_seed": accs,
             "val_loss": mean_sd([runs[s][name]["val_loss"] for s in seeds])[0],
-            "drop_pp": round(drop_mean, 4), "drop_sd_pp": round(drop_sd, 4),
-            "drop_per_seed_pp": drops, "seeds": [int(s) for s in seeds],
-            "converted": {"dense": 0, "chosen": len(inp.chosen),
-                          "naive": len(inp.candidates)}[name],
-            "params": t["params"], "macs": t["macs"],
+            "drop_pp": round(drop_mean, 4),
+            "drop_sd_pp": round(drop_sd, 4),
+            "drop_per_seed_pp": drops,
+            "seeds": [int(s) for s in seeds],
+            "converted": {"dense": 0, "chosen": len(inp.chosen), "naive": len(inp.candidates)}[
+                name
+            ],
+            "params": t["params"],
+            "macs": t["macs"],
             "train_step_ms": round(statistics.median(t["train_step_ms"]), 4),
             "train_step_ms_rounds": t["train_step_ms"],
             "infer_ms": round(statistics.median(t["infer_ms"]), 4),
-            "infer_ms_rounds": t["infer_ms"], "timing_device": t["timing_device"],
+            "infer_ms_rounds": t["infer_ms"],
+            "timing_device": t["timing_device"],
         }
     ctx.state.put("final", final)
     return D.broadcast_object(final)

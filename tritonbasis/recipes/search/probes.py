@@ -28,8 +28,18 @@ from ..train import train
 from .config import SearchConfig
 from .context import Probe, SearchContext
 
-__all__ = ["ProbeSetup", "candidates", "convert_only", "measure_gains", "pp", "probe",
-           "run_group_probes", "run_layer_probes", "spearman", "time_fwd_bwd"]
+__all__ = [
+    "ProbeSetup",
+    "candidates",
+    "convert_only",
+    "measure_gains",
+    "pp",
+    "probe",
+    "run_group_probes",
+    "run_layer_probes",
+    "spearman",
+    "time_fwd_bwd",
+]
 
 
 def pp(acc_base: float, acc: float) -> float:
@@ -90,21 +100,32 @@ def probe(dense: nn.Module, fqns, setup: ProbeSetup, steps: int) -> dict:
     if steps > 0:
         if cfg.probe_only_converted:
             _freeze_all_but(m, fqns)
-        train(m, setup.train_data, None, cfg.probe_train_config(steps, len(setup.train_data)),
-              progress=False)
+        train(
+            m,
+            setup.train_data,
+            None,
+            cfg.probe_train_config(steps, len(setup.train_data)),
+            progress=False,
+        )
         pl, pa = evaluate(m, setup.val_data, cfg.device, cfg.batch_size)
         if not math.isfinite(pl):  # a finite training loss can still end in a NaN model
             raise FloatingPointError(
                 f"probe of {', '.join(fqns)}: the validation loss became {pl} after {steps} "
-                f"fine-tuning steps at probe_lr={cfg.probe_lr}; lower --probe-lr")
-    return {"zero_shot_acc": za, "zero_shot_drop": pp(setup.base_acc, za),
-            "zero_shot_loss_delta": round(zl - setup.base_loss, 6),
-            "probe_acc": pa, "probe_drop": pp(setup.base_acc, pa),
-            "probe_loss_delta": round(pl - setup.base_loss, 6)}
+                f"fine-tuning steps at probe_lr={cfg.probe_lr}; lower --probe-lr"
+            )
+    return {
+        "zero_shot_acc": za,
+        "zero_shot_drop": pp(setup.base_acc, za),
+        "zero_shot_loss_delta": round(zl - setup.base_loss, 6),
+        "probe_acc": pa,
+        "probe_drop": pp(setup.base_acc, pa),
+        "probe_loss_delta": round(pl - setup.base_loss, 6),
+    }
 
 
-def candidates(dense: nn.Module, spec: BasisSpec,
-               shape: tuple[int, ...]) -> tuple[list[str], dict[str, LayerReport]]:
+def candidates(
+    dense: nn.Module, spec: BasisSpec, shape: tuple[int, ...]
+) -> tuple[list[str], dict[str, LayerReport]]:
     """The convs the search considers -- every candidate conv that ``spec`` converts with a
     saving -- and the conversion report's row of each (shapes, C_b, params and MACs before and
     after)."""
@@ -120,14 +141,20 @@ def run_layer_probes(ctx: SearchContext, cands: list[str], probe_fn: Probe) -> d
     probes = ctx.state.get("probes", {})
     todo = [f for f in cands if f not in probes]
     if todo:
-        ctx.log(f"[2/5] probes: {len(todo)} of {len(cands)} layers to probe "
-                f"({ctx.cfg.probe_steps} fine-tuning steps each)")
-    return D.run_probes(todo, lambda f: probe_fn([f], ctx.cfg.probe_steps), ctx.state,
-                        bar=ctx.bar)
+        ctx.log(
+            f"[2/5] probes: {len(todo)} of {len(cands)} layers to probe "
+            f"({ctx.cfg.probe_steps} fine-tuning steps each)"
+        )
+    return D.run_probes(todo, lambda f: probe_fn([f], ctx.cfg.probe_steps), ctx.state, bar=ctx.bar)
 
 
-def run_group_probes(ctx: SearchContext, cands: list[str], conv_rows: dict[str, LayerReport],
-                     probes: dict, probe_fn: Probe) -> list[dict]:
+def run_group_probes(
+    ctx: SearchContext,
+    cands: list[str],
+    conv_rows: dict[str, LayerReport],
+    probes: dict,
+    probe_fn: Probe,
+) -> list[dict]:
     """With ``probe_groups``: the lighter and the heavier half of the layers (by parameter
     count), each probed as one group, beside the sum of its layers' own probe drops (how
     additive the drops are)."""
@@ -140,9 +167,16 @@ def run_group_probes(ctx: SearchContext, cands: list[str], conv_rows: dict[str, 
         half = len(by_params) // 2
         for name, members in (("light", by_params[:half]), ("heavy", by_params[half:])):
             r = probe_fn(members, ctx.cfg.probe_steps)
-            groups.append({"group": name, "layers": members, **r,
-                           "sum_of_layer_probe_drops": round(
-                               sum(probes[m]["probe_drop"] for m in members), 4)})
+            groups.append(
+                {
+                    "group": name,
+                    "layers": members,
+                    **r,
+                    "sum_of_layer_probe_drops": round(
+                        sum(probes[m]["probe_drop"] for m in members), 4
+                    ),
+                }
+            )
     ctx.state.put("groups", D.broadcast_object(groups))  # rank 0's values on every rank
     return ctx.state.get("groups")
 
@@ -162,8 +196,9 @@ def time_fwd_bwd(module: nn.Module, x: torch.Tensor, steps: int) -> float:
     def step():
         module(x).sum().backward()
 
-    return time_fn(step, device=x.device, min_time_s=max(0.2, 0.01 * steps),
-                   min_reps=steps).median_ms
+    return time_fn(
+        step, device=x.device, min_time_s=max(0.2, 0.01 * steps), min_reps=steps
+    ).median_ms
 
 
 def time_infer(module: nn.Module, x: torch.Tensor, steps: int) -> float:
@@ -178,8 +213,9 @@ def time_infer(module: nn.Module, x: torch.Tensor, steps: int) -> float:
             module(x)
 
     try:
-        return time_fn(step, device=x.device, min_time_s=max(0.2, 0.01 * steps),
-                       min_reps=steps).median_ms
+        return time_fn(
+            step, device=x.device, min_time_s=max(0.2, 0.01 * steps), min_reps=steps
+        ).median_ms
     finally:
         module.train(was_training)
 
@@ -199,8 +235,10 @@ def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dic
     if not todo:
         return gains
     cfg = ctx.cfg
-    ctx.log(f"[3/5] gains: timing dense conv vs basis op per layer shape ({len(todo)} of "
-            f"{len(cands)} layers)")
+    ctx.log(
+        f"[3/5] gains: timing dense conv vs basis op per layer shape ({len(todo)} of "
+        f"{len(cands)} layers)"
+    )
     device = next(dense.parameters()).device
     in_shapes = {f: c.in_shape for f, c in module_calls(dense, ctx.shape, fqns=todo).items()}
     converted = convert_only(dense, todo, ctx.spec)
@@ -218,14 +256,19 @@ def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dic
             t_inf[mode] = time_infer(layer, x, cfg.time_steps)
         layer.mode = "auto"
         mode, mode_inf = from_timings(t), from_timings(t_inf)
-        gains[f] = {"time_dense_ms": round(t_dense, 4), "time_basis_ms": round(t[mode], 4),
-                    "time_saved_ms": round(t_dense - t[mode], 4),
-                    "time_fused_ms": round(t["fused"], 4),
-                    "time_weight_ms": round(t["weight"], 4), "mode": mode,
-                    # without autograd (inference): weight mode reuses its merged weight
-                    "time_dense_infer_ms": round(t_dense_inf, 4),
-                    "time_fused_infer_ms": round(t_inf["fused"], 4),
-                    "time_weight_infer_ms": round(t_inf["weight"], 4), "mode_infer": mode_inf}
+        gains[f] = {
+            "time_dense_ms": round(t_dense, 4),
+            "time_basis_ms": round(t[mode], 4),
+            "time_saved_ms": round(t_dense - t[mode], 4),
+            "time_fused_ms": round(t["fused"], 4),
+            "time_weight_ms": round(t["weight"], 4),
+            "mode": mode,
+            # without autograd (inference): weight mode reuses its merged weight
+            "time_dense_infer_ms": round(t_dense_inf, 4),
+            "time_fused_infer_ms": round(t_inf["fused"], 4),
+            "time_weight_infer_ms": round(t_inf["weight"], 4),
+            "mode_infer": mode_inf,
+        }
         if D.is_main():
             ctx.state.put("gains", gains)
     dense.zero_grad(set_to_none=True)

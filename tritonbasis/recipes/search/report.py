@@ -47,9 +47,11 @@ class SearchReport:
         return [r["fqn"] for r in self.layers if r["chosen"]]
 
     def table(self) -> str:
-        lines = [f"{'layer':28s} {'shape':>15s} {'C_b':>4s} {'zero-shot':>9s} {'probe':>7s} "
-                 f"{'MACs saved':>11s} {'ms saved':>8s} {'runs':>13s}  chosen",
-                 "-" * 110]
+        lines = [
+            f"{'layer':28s} {'shape':>15s} {'C_b':>4s} {'zero-shot':>9s} {'probe':>7s} "
+            f"{'MACs saved':>11s} {'ms saved':>8s} {'runs':>13s}  chosen",
+            "-" * 110,
+        ]
         for r in self.layers:
             shape = f"{r['C_in']}->{r['C_out']} {r['kernel'][0]}x{r['kernel'][1]}"
             ts = r.get("time_saved_ms")
@@ -57,28 +59,40 @@ class SearchReport:
                 f"{r['fqn'][:28]:28s} {shape:>15s} {r['C_b']:>4d} {r['zero_shot_drop']:>8.2f}p "
                 f"{r['probe_drop']:>6.2f}p {r['macs_saved']:>11,} "
                 f"{'' if ts is None else f'{ts:.3f}':>8s} {_runs(r):>13s}  "
-                f"{'yes' if r['chosen'] else ''}")
-        lines.append("(drops in percentage points of validation accuracy vs the baseline; "
-                     "runs: the mode a converted layer runs, the faster of fused and weight "
-                     "in the search's timing; train/inference where they differ)")
+                f"{'yes' if r['chosen'] else ''}"
+            )
+        lines.append(
+            "(drops in percentage points of validation accuracy vs the baseline; "
+            "runs: the mode a converted layer runs, the faster of fused and weight "
+            "in the search's timing; train/inference where they differ)"
+        )
         if self.final:
             seeds = len(self.final["dense"].get("val_acc_per_seed", [0]))
             lines.append("")
-            lines.append(f"{'model':8s} {'val acc (' + str(seeds) + ' seeds)':>18s} "
-                         f"{'drop pp':>14s} {'params':>10s} {'MACs/img':>11s} "
-                         f"{'train step ms':>14s} {'infer ms':>9s}")
+            lines.append(
+                f"{'model':8s} {'val acc (' + str(seeds) + ' seeds)':>18s} "
+                f"{'drop pp':>14s} {'params':>10s} {'MACs/img':>11s} "
+                f"{'train step ms':>14s} {'infer ms':>9s}"
+            )
             for name in ("dense", "chosen", "naive"):
                 f = self.final.get(name)
                 if f:
                     acc = f"{100 * f['val_acc']:.2f} +- {100 * f.get('val_acc_sd', 0):.2f}%"
-                    drop = (f"{f.get('drop_pp', 0):+.2f} +- {f.get('drop_sd_pp', 0):.2f}"
-                            if name != "dense" else "")
-                    lines.append(f"{name:8s} {acc:>18s} {drop:>14s} {f['params']:>10,} "
-                                 f"{f['macs']:>11,} {f['train_step_ms']:>14.2f} "
-                                 f"{f['infer_ms']:>9.2f}")
-            lines.append("(mean +- sample sd over the seeds; drop: paired, each converted "
-                         "model against its own seed's dense model; times: median of the "
-                         "timing rounds, seed 0's models)")
+                    drop = (
+                        f"{f.get('drop_pp', 0):+.2f} +- {f.get('drop_sd_pp', 0):.2f}"
+                        if name != "dense"
+                        else ""
+                    )
+                    lines.append(
+                        f"{name:8s} {acc:>18s} {drop:>14s} {f['params']:>10,} "
+                        f"{f['macs']:>11,} {f['train_step_ms']:>14.2f} "
+                        f"{f['infer_ms']:>9.2f}"
+                    )
+            lines.append(
+                "(mean +- sample sd over the seeds; drop: paired, each converted "
+                "model against its own seed's dense model; times: median of the "
+                "timing rounds, seed 0's models)"
+            )
         return "\n".join(lines)
 
 
@@ -86,12 +100,22 @@ def write_outputs(report: SearchReport, out: Path) -> dict[str, Path]:
     """``report.json``, ``plan.json``, ``summary.md`` and the plots in ``out`` (atomic
     writes); returns their paths by kind."""
     out = Path(out)
-    paths = {"report": out / "report.json", "plan": out / "plan.json",
-             "summary": out / "summary.md"}
+    paths = {
+        "report": out / "report.json",
+        "plan": out / "plan.json",
+        "summary": out / "summary.md",
+    }
     atomic_write_text(paths["report"], report.to_json())
-    save_plan(report.plan, paths["plan"], meta={
-        "source": "tritonbasis search", "max_drop_pp": report.config["max_drop"],
-        "baseline_val_acc": report.baseline["val_acc"], "chosen": report.chosen})
+    save_plan(
+        report.plan,
+        paths["plan"],
+        meta={
+            "source": "tritonbasis search",
+            "max_drop_pp": report.config["max_drop"],
+            "baseline_val_acc": report.baseline["val_acc"],
+            "chosen": report.chosen,
+        },
+    )
     atomic_write_text(paths["summary"], summary_markdown(report))
     with contextlib.suppress(ImportError):  # matplotlib is optional
         paths.update(plot(report, out))
@@ -105,14 +129,19 @@ def summary_markdown(report: SearchReport) -> str:
     data = ident.get("data", "?")
     if isinstance(data, dict):
         shape = "x".join(map(str, data.get("input_shape", [])[1:]))
-        data = (f"{data.get('name', '?')} ({data.get('train_size', '?')} train / "
-                f"{data.get('val_size', '?')} val, {shape} px)")
+        data = (
+            f"{data.get('name', '?')} ({data.get('train_size', '?')} train / "
+            f"{data.get('val_size', '?')} val, {shape} px)"
+        )
     width = f" width {ident['width']}" if "width" in ident else ""
     lines = ["# tritonbasis sensitivity search", ""]
     if not s.get("within_budget", True):
-        lines += [f"> **WARNING: OVER BUDGET.** The chosen plan's verified drop is "
-                  f"{s['verified_drop']:.2f} pp, above the {s['max_drop']} pp budget, after "
-                  f"{s['backoffs']} back-offs (max_backoff). Do not use plan.json as is.", ""]
+        lines += [
+            f"> **WARNING: OVER BUDGET.** The chosen plan's verified drop is "
+            f"{s['verified_drop']:.2f} pp, above the {s['max_drop']} pp budget, after "
+            f"{s['backoffs']} back-offs (max_backoff). Do not use plan.json as is.",
+            "",
+        ]
     lines += [
         f"* model: {ident.get('model', ident.get('model_class'))}{width}, data: {data}",
         f"* spec: {report.config['spec']}, budget: {report.config['max_drop']} pp, "
@@ -124,26 +153,45 @@ def summary_markdown(report: SearchReport) -> str:
         f"{s['predicted_drop']:.2f} pp (sum of single-layer probes), verified "
         f"{s['verified_drop']:.2f} pp (combined probe), {s['backoffs']} over-budget probes",
         f"* zero-shot vs probe ranking (Spearman rho): {report.spearman_zero_shot_vs_probe}",
-        f"* {report.seconds:.0f} s", "",
-        "## Verdict", "",
-        *[f"* {x}" for x in verdict_lines(report.verdict)], "",
-        "## Layers and the final comparison", "",
-        "```", report.table(), "```", "",
+        f"* {report.seconds:.0f} s",
+        "",
+        "## Verdict",
+        "",
+        *[f"* {x}" for x in verdict_lines(report.verdict)],
+        "",
+        "## Layers and the final comparison",
+        "",
+        "```",
+        report.table(),
+        "```",
+        "",
     ]
     if s.get("steps"):
-        lines += ["## Selection steps (predicted = sum of single-layer probe drops; verified = "
-                  "combined probe)", "",
-                  "| step | layers | predicted drop (pp) | verified drop (pp) | verified loss "
-                  "delta | fits |", "|---|---|---|---|---|---|"]
-        lines += [f"| {i + 1} | {st['n_layers']} | {st['predicted_drop']:.2f} | "
-                  f"{st['verified_drop']:.2f} | {st.get('verified_loss_delta') or 0:.4f} | "
-                  f"{'yes' if st['fits'] else 'no'} |" for i, st in enumerate(s["steps"])]
+        lines += [
+            "## Selection steps (predicted = sum of single-layer probe drops; verified = "
+            "combined probe)",
+            "",
+            "| step | layers | predicted drop (pp) | verified drop (pp) | verified loss "
+            "delta | fits |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {i + 1} | {st['n_layers']} | {st['predicted_drop']:.2f} | "
+            f"{st['verified_drop']:.2f} | {st.get('verified_loss_delta') or 0:.4f} | "
+            f"{'yes' if st['fits'] else 'no'} |"
+            for i, st in enumerate(s["steps"])
+        ]
         lines.append("")
     if report.groups:
-        lines += ["| group | layers | probe drop (pp) | sum of its layers' drops |",
-                  "|---|---|---|---|"]
-        lines += [f"| {g['group']} | {len(g['layers'])} | {g['probe_drop']:.2f} | "
-                  f"{g['sum_of_layer_probe_drops']:.2f} |" for g in report.groups]
+        lines += [
+            "| group | layers | probe drop (pp) | sum of its layers' drops |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {g['group']} | {len(g['layers'])} | {g['probe_drop']:.2f} | "
+            f"{g['sum_of_layer_probe_drops']:.2f} |"
+            for g in report.groups
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -159,11 +207,20 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
     if rows:
         fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
         xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [r["zero_shot_drop"] for r in rows], 0.4,
-               label="zero-shot", color="#bbbbbb")
-        ax.bar([x + 0.2 for x in xs], [r["probe_drop"] for r in rows], 0.4,
-               label=f"probe ({report.config['probe_steps']} steps)",
-               color=["#d62728" if r["chosen"] else "#1f77b4" for r in rows])
+        ax.bar(
+            [x - 0.2 for x in xs],
+            [r["zero_shot_drop"] for r in rows],
+            0.4,
+            label="zero-shot",
+            color="#bbbbbb",
+        )
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [r["probe_drop"] for r in rows],
+            0.4,
+            label=f"probe ({report.config['probe_steps']} steps)",
+            color=["#d62728" if r["chosen"] else "#1f77b4" for r in rows],
+        )
         ax.set_xticks(list(xs), [r["fqn"] for r in rows], rotation=70, ha="right", fontsize=7)
         ax.set_ylabel("val accuracy drop (pp)")
         ax.set_yscale("symlog", linthresh=1.0)
@@ -182,14 +239,24 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
             if not f:
                 continue
             for ax, key in zip(axes, ("train_step_ms", "params")):
-                ax.errorbar(f[key], 100 * f["val_acc"], yerr=100 * f.get("val_acc_sd", 0.0),
-                            fmt="o", color=color, ms=7, capsize=4, label=name)
-                ax.annotate(name, (f[key], 100 * f["val_acc"]), textcoords="offset points",
-                            xytext=(5, 5))
+                ax.errorbar(
+                    f[key],
+                    100 * f["val_acc"],
+                    yerr=100 * f.get("val_acc_sd", 0.0),
+                    fmt="o",
+                    color=color,
+                    ms=7,
+                    capsize=4,
+                    label=name,
+                )
+                ax.annotate(
+                    name, (f[key], 100 * f["val_acc"]), textcoords="offset points", xytext=(5, 5)
+                )
         axes[0].set_xlabel(f"training step time (ms, batch {report.config['time_batch']})")
         axes[1].set_xlabel("parameters (thousands)")
         axes[1].xaxis.set_major_formatter(
-            matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:.0f}k"))
+            matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:.0f}k")
+        )
         for ax in axes:
             ax.set_ylabel("val accuracy (%)")
             ax.grid(alpha=0.3)

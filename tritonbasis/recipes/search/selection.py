@@ -23,8 +23,7 @@ from .. import distributed as D
 from .config import SearchConfig
 from .context import Probe, SearchContext
 
-__all__ = ["layer_rows", "plan_of", "run_selection", "select", "sensitivity_of",
-           "warn_over_budget"]
+__all__ = ["layer_rows", "plan_of", "run_selection", "select", "sensitivity_of", "warn_over_budget"]
 
 # sensitivity floors in the score: layers that lose nothing still rank by their gain
 SCORE_FLOOR_PP = 0.05  # accuracy drop, percentage points
@@ -39,28 +38,46 @@ def sensitivity_of(probe: dict, how: str) -> float:
     return max(probe["probe_drop"], SCORE_FLOOR_PP)
 
 
-def layer_rows(cands: list[str], conv_rows: dict[str, LayerReport], probes: dict, gains: dict,
-               gain: str, sensitivity: str = "loss") -> list[dict]:
+def layer_rows(
+    cands: list[str],
+    conv_rows: dict[str, LayerReport],
+    probes: dict,
+    gains: dict,
+    gain: str,
+    sensitivity: str = "loss",
+) -> list[dict]:
     """One report row per candidate: its shape, savings, probe and timing results and its
     ``score`` (``gain`` -- macs, params or time saved -- per unit of ``sensitivity``)."""
     rows = []
     for f in cands:
         lr_ = conv_rows[f]
         g = gains[f]
-        saved = {"macs": lr_.macs_before - lr_.macs_after,
-                 "params": lr_.params_before - lr_.params_after,
-                 "time": g["time_saved_ms"]}[gain]
-        rows.append({
-            "fqn": f, "C_in": lr_.C_in, "C_out": lr_.C_out, "kernel": list(lr_.kernel),
-            "stride": list(lr_.stride), "C_b": lr_.C_b, "out_pixels": lr_.out_pixels,
-            "params_before": lr_.params_before, "params_after": lr_.params_after,
-            "params_saved": lr_.params_before - lr_.params_after,
-            "macs_before": lr_.macs_before, "macs_after": lr_.macs_after,
-            "macs_saved": lr_.macs_before - lr_.macs_after,
-            **probes[f], **g,
-            "score": (saved / sensitivity_of(probes[f], sensitivity)) if saved > 0 else 0.0,
-            "chosen": False,
-        })
+        saved = {
+            "macs": lr_.macs_before - lr_.macs_after,
+            "params": lr_.params_before - lr_.params_after,
+            "time": g["time_saved_ms"],
+        }[gain]
+        rows.append(
+            {
+                "fqn": f,
+                "C_in": lr_.C_in,
+                "C_out": lr_.C_out,
+                "kernel": list(lr_.kernel),
+                "stride": list(lr_.stride),
+                "C_b": lr_.C_b,
+                "out_pixels": lr_.out_pixels,
+                "params_before": lr_.params_before,
+                "params_after": lr_.params_after,
+                "params_saved": lr_.params_before - lr_.params_after,
+                "macs_before": lr_.macs_before,
+                "macs_after": lr_.macs_after,
+                "macs_saved": lr_.macs_before - lr_.macs_after,
+                **probes[f],
+                **g,
+                "score": (saved / sensitivity_of(probes[f], sensitivity)) if saved > 0 else 0.0,
+                "chosen": False,
+            }
+        )
     return rows
 
 
@@ -88,12 +105,19 @@ class _Verifier:
             self.state.put("verifications", self.verifications)
         pred = _predicted(self.rows, layers)
         fits = done["probe_drop"] <= budget
-        self.steps_log.append({"n_layers": len(layers), "predicted_drop": pred,
-                               "verified_drop": done["probe_drop"],
-                               "verified_loss_delta": done.get("probe_loss_delta"),
-                               "fits": fits})
-        self.log(f"      combined probe of {len(layers)} layers: predicted {pred:.2f} pp, "
-                 f"verified {done['probe_drop']:.2f} pp ({'fits' if fits else 'over budget'})")
+        self.steps_log.append(
+            {
+                "n_layers": len(layers),
+                "predicted_drop": pred,
+                "verified_drop": done["probe_drop"],
+                "verified_loss_delta": done.get("probe_loss_delta"),
+                "fits": fits,
+            }
+        )
+        self.log(
+            f"      combined probe of {len(layers)} layers: predicted {pred:.2f} pp, "
+            f"verified {done['probe_drop']:.2f} pp ({'fits' if fits else 'over budget'})"
+        )
         return done
 
 
@@ -115,7 +139,7 @@ def _bisect(order: list[str], verify: _Verifier, cfg: SearchConfig):
                 break
     if best is None and smallest_fail is not None and lo < hi:
         # stopped by max_backoff with nothing verified: the smallest set probed, over budget
-        return order[:smallest_fail[0]], smallest_fail[1], fails
+        return order[: smallest_fail[0]], smallest_fail[1], fails
     return order[:lo], best, fails
 
 
@@ -139,28 +163,38 @@ def _greedy(order: list[str], rows_by_fqn: dict, verify: _Verifier, cfg: SearchC
 def select(rows: list[dict], probe_fn: Probe, cfg: SearchConfig, state, log) -> dict:
     """The choice by ``cfg.selection`` (see the module docstring); every combined probe is
     saved in the state's ``"verifications"`` as it finishes (a resume re-uses them)."""
-    order = [r["fqn"] for r in sorted((r for r in rows if r["score"] > 0),
-                                      key=lambda r: -r["score"])]
+    order = [
+        r["fqn"] for r in sorted((r for r in rows if r["score"] > 0), key=lambda r: -r["score"])
+    ]
     by_fqn = {r["fqn"]: r for r in rows}
     steps = cfg.verify_steps if cfg.verify_steps is not None else 2 * cfg.probe_steps
-    log(f"[4/5] selection ({cfg.selection}): {len(order)} layers by score "
+    log(
+        f"[4/5] selection ({cfg.selection}): {len(order)} layers by score "
         f"({cfg.gain} saved per unit of probe {cfg.sensitivity}), budget {cfg.max_drop} pp; "
-        f"combined probes of {steps} steps")
+        f"combined probes of {steps} steps"
+    )
     verify = _Verifier(probe_fn, steps, state, by_fqn, log)
     if cfg.selection == "bisect":
         chosen, done, fails = _bisect(order, verify, cfg)
     else:
         chosen, done, fails = _greedy(order, by_fqn, verify, cfg)
     verified = done["probe_drop"] if (done is not None and chosen) else 0.0
-    return {"method": cfg.selection, "order": order, "chosen": list(chosen),
-            "predicted_drop": _predicted(by_fqn, chosen),
-            # the verification of the final chosen set (on resume it need not be the last one)
-            "verified_drop": verified,
-            "verified_loss_delta": (done.get("probe_loss_delta") if (done is not None
-                                                                     and chosen) else 0.0),
-            "within_budget": (not chosen) or verified <= cfg.max_drop,
-            "steps": verify.steps_log, "verifications": verify.verifications,
-            "backoffs": fails, "max_drop": cfg.max_drop}
+    return {
+        "method": cfg.selection,
+        "order": order,
+        "chosen": list(chosen),
+        "predicted_drop": _predicted(by_fqn, chosen),
+        # the verification of the final chosen set (on resume it need not be the last one)
+        "verified_drop": verified,
+        "verified_loss_delta": (
+            done.get("probe_loss_delta") if (done is not None and chosen) else 0.0
+        ),
+        "within_budget": (not chosen) or verified <= cfg.max_drop,
+        "steps": verify.steps_log,
+        "verifications": verify.verifications,
+        "backoffs": fails,
+        "max_drop": cfg.max_drop,
+    }
 
 
 def run_selection(ctx: SearchContext, rows: list[dict], probe_fn: Probe) -> dict:
@@ -189,11 +223,13 @@ def warn_over_budget(selection: dict, log) -> str | None:
     budget."""
     if selection.get("within_budget", True):
         return None
-    msg = (f"WARNING: the chosen plan is OVER BUDGET: verified drop "
-           f"{selection['verified_drop']:.2f} pp > budget {selection['max_drop']} pp after "
-           f"{selection['backoffs']} over-budget combined probes (the max_backoff limit). Do "
-           f"not use plan.json as is: drop more layers from it, raise max_backoff, or raise "
-           f"the budget.")
+    msg = (
+        f"WARNING: the chosen plan is OVER BUDGET: verified drop "
+        f"{selection['verified_drop']:.2f} pp > budget {selection['max_drop']} pp after "
+        f"{selection['backoffs']} over-budget combined probes (the max_backoff limit). Do "
+        f"not use plan.json as is: drop more layers from it, raise max_backoff, or raise "
+        f"the budget."
+    )
     print(msg, file=sys.stderr, flush=True)
     if log is not print:
         log(msg)

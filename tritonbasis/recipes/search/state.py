@@ -33,8 +33,16 @@ from ...util.fileio import (
 from ...util.schema import Bool, Int, Json, List, Map, Name, Num, Obj, Opt, Str, problems
 from .config import SearchConfig
 
-__all__ = ["STATE_FORMAT", "STATE_SCHEMA", "SearchState", "SearchStateError", "config_hash",
-           "default_device", "load_baseline", "state_problems"]
+__all__ = [
+    "STATE_FORMAT",
+    "STATE_SCHEMA",
+    "SearchState",
+    "SearchStateError",
+    "config_hash",
+    "default_device",
+    "load_baseline",
+    "state_problems",
+]
 
 STATE_FORMAT = "tritonbasis-search-state/1"
 
@@ -50,31 +58,41 @@ class SearchState:
     """``state.json``: the config (and its hash) plus every finished stage's results, checked
     against :func:`state_problems` when read."""
 
-    def __init__(self, out: Path, config_hash: str, identity: dict, config: dict | None = None,
-                 layers=None):
+    def __init__(
+        self, out: Path, config_hash: str, identity: dict, config: dict | None = None, layers=None
+    ):
         self.path = out / "state.json"
         self.out = out
         if self.path.exists() or self.path.is_symlink():
             try:
                 doc = load_json(self.path, "search state")
             except BadFileError as e:
-                raise SearchStateError(f"search state {str(self.path)!r} is corrupt: it "
-                                       f"{e.problem}; {_REDO}") from None
+                raise SearchStateError(
+                    f"search state {str(self.path)!r} is corrupt: it {e.problem}; {_REDO}"
+                ) from None
             self.doc = doc
             self.check(layers)
             if doc["config_hash"] != config_hash:
                 diffs = config_diffs(doc, config, identity)
                 if diffs is None or diffs:
-                    what = (f"differs in {', '.join(diffs)}" if diffs else
-                            f"state {doc['config_hash'][:12]}, now {config_hash[:12]}")
+                    what = (
+                        f"differs in {', '.join(diffs)}"
+                        if diffs
+                        else f"state {doc['config_hash'][:12]}, now {config_hash[:12]}"
+                    )
                     raise SearchStateError(
                         f"{self.path} was written by a search with a different configuration "
                         f"({what}); use another --out folder, or delete the folder to start "
-                        "over")
+                        "over"
+                    )
         else:
             out.mkdir(parents=True, exist_ok=True)
-            self.doc = {"format": STATE_FORMAT, "config_hash": config_hash,
-                        "identity": identity, "stages": {}}
+            self.doc = {
+                "format": STATE_FORMAT,
+                "config_hash": config_hash,
+                "identity": identity,
+                "stages": {},
+            }
             if config is not None:
                 self.doc["config"] = config
             self.save()
@@ -87,8 +105,8 @@ class SearchState:
         if found:
             more = f" ({len(found) - 4} more)" if len(found) > 4 else ""
             raise SearchStateError(
-                f"search state {str(self.path)!r} is corrupt: {'; '.join(found[:4])}{more}; "
-                f"{_REDO}")
+                f"search state {str(self.path)!r} is corrupt: {'; '.join(found[:4])}{more}; {_REDO}"
+            )
 
     def get(self, key, default=None):
         return self.doc["stages"].get(key, default)
@@ -104,7 +122,8 @@ class SearchState:
             bad = [k for k, v in self.doc["stages"].items() if not _finite(v)]
             raise FloatingPointError(
                 f"the search's {', '.join(bad) or 'state'} results hold a non-finite number "
-                "(a training diverged); lower --lr, --probe-lr or --final-lr") from None
+                "(a training diverged); lower --lr, --probe-lr or --final-lr"
+            ) from None
         atomic_write_text(self.path, text)
 
 
@@ -141,11 +160,17 @@ def config_diffs(doc: dict, config: dict | None, identity: dict) -> list[str] | 
     defaults = dataclass_defaults(SearchConfig)
     a = normalized({**{k: v for k, v in defaults.items() if k in config}, **saved})
     b = normalized(config)
-    diffs = [f"{k} (state {a.get(k)!r}, now {b.get(k)!r})" for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k)]
+    diffs = [
+        f"{k} (state {a.get(k)!r}, now {b.get(k)!r})"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
     si = doc.get("identity", {})
-    diffs += [f"identity.{k} (state {si.get(k)!r}, now {identity.get(k)!r})"
-              for k in sorted(set(si) | set(identity)) if si.get(k) != identity.get(k)]
+    diffs += [
+        f"identity.{k} (state {si.get(k)!r}, now {identity.get(k)!r})"
+        for k in sorted(set(si) | set(identity))
+        if si.get(k) != identity.get(k)
+    ]
     return diffs
 
 
@@ -156,50 +181,127 @@ _LAYER = Name("layer", "a candidate layer of this model")
 _LAYERS = List(_LAYER, unique=True)
 _ACC, _PP, _MS = Num(0, 1), Num(-100, 100), Num(0)
 _COUNT = Int(0)
-_PROBE = {"zero_shot_acc": _ACC, "zero_shot_drop": _PP, "zero_shot_loss_delta": Num(),
-          "probe_acc": _ACC, "probe_drop": _PP, "probe_loss_delta": Num()}
+_PROBE = {
+    "zero_shot_acc": _ACC,
+    "zero_shot_drop": _PP,
+    "zero_shot_loss_delta": Num(),
+    "probe_acc": _ACC,
+    "probe_drop": _PP,
+    "probe_loss_delta": Num(),
+}
 _MODE = Str(("fused", "weight"))
 _MODELS = Str(("dense", "chosen", "naive"))
 _SEED = Str(pattern=r"[0-9]{1,9}")
 _FINAL = Obj(
     {"val_acc": _ACC, "params": _COUNT, "macs": _COUNT, "train_step_ms": _MS, "infer_ms": _MS},
-    {"val_acc_sd": Num(0), "val_acc_per_seed": List(_ACC), "val_loss": Num(0),
-     "drop_pp": _PP, "drop_sd_pp": Num(0), "drop_per_seed_pp": List(_PP),
-     "seeds": List(Int(0)), "converted": _COUNT, "train_step_ms_rounds": List(_MS),
-     "infer_ms_rounds": List(_MS), "timing_device": Str()})
+    {
+        "val_acc_sd": Num(0),
+        "val_acc_per_seed": List(_ACC),
+        "val_loss": Num(0),
+        "drop_pp": _PP,
+        "drop_sd_pp": Num(0),
+        "drop_per_seed_pp": List(_PP),
+        "seeds": List(Int(0)),
+        "converted": _COUNT,
+        "train_step_ms_rounds": List(_MS),
+        "infer_ms_rounds": List(_MS),
+        "timing_device": Str(),
+    },
+)
 STATE_SCHEMA = Obj(
-    {"format": Str((STATE_FORMAT,)), "config_hash": Str(pattern=r"[0-9a-f]{64}"),
-     "identity": Map(Json()),
-     "stages": Obj(optional={
-         "baseline": Obj({"val_acc": _ACC, "val_loss": Num(0), "params": _COUNT,
-                          "macs": _COUNT, "history": List(Map(Opt(Num())))}),
-         "baseline_sha256": Str(pattern=r"[0-9a-f]{64}"),
-         "probe_runs": List(Obj({"world_size": Int(1), "probes": List(_LAYER)})),
-         "probes": Map(Obj(_PROBE, {"rank": _COUNT}), key=_LAYER),
-         "groups": List(Obj({"group": Str(("light", "heavy")), "layers": _LAYERS, **_PROBE,
-                             "sum_of_layer_probe_drops": Num()})),
-         "gains": Map(Obj({"time_dense_ms": _MS, "time_basis_ms": _MS, "time_saved_ms": Num()},
-                          {"time_fused_ms": _MS, "time_weight_ms": _MS, "mode": _MODE,
-                           "time_dense_infer_ms": _MS, "time_fused_infer_ms": _MS,
-                           "time_weight_infer_ms": _MS, "mode_infer": _MODE}), key=_LAYER),
-         "verifications": List(Obj({"layers": _LAYERS, **_PROBE})),
-         "selection": Obj(
-             {"chosen": _LAYERS, "predicted_drop": Num(0), "verified_drop": _PP,
-              "within_budget": Bool(), "verifications": List(Obj({"layers": _LAYERS, **_PROBE})),
-              "backoffs": _COUNT, "max_drop": Num(0)},
-             {"method": Str(("bisect", "greedy")), "order": _LAYERS,
-              "verified_loss_delta": Opt(Num()),
-              "steps": List(Obj({"n_layers": _COUNT, "predicted_drop": Num(0),
-                                 "verified_drop": _PP, "verified_loss_delta": Opt(Num()),
-                                 "fits": Bool()}))}),
-         "final_runs": Map(Map(Obj({"val_acc": _ACC, "val_loss": Num(0)}), key=_MODELS),
-                           key=_SEED),
-         "final_timing": Map(Obj({"train_step_ms": List(_MS, min_len=1),
-                                  "infer_ms": List(_MS, min_len=1), "params": _COUNT,
-                                  "macs": _COUNT, "timing_device": Str()}), key=_MODELS),
-         "final": Map(_FINAL, key=_MODELS),
-         "seconds": Num(0)})},
-    {"config": Map(Json())})
+    {
+        "format": Str((STATE_FORMAT,)),
+        "config_hash": Str(pattern=r"[0-9a-f]{64}"),
+        "identity": Map(Json()),
+        "stages": Obj(
+            optional={
+                "baseline": Obj(
+                    {
+                        "val_acc": _ACC,
+                        "val_loss": Num(0),
+                        "params": _COUNT,
+                        "macs": _COUNT,
+                        "history": List(Map(Opt(Num()))),
+                    }
+                ),
+                "baseline_sha256": Str(pattern=r"[0-9a-f]{64}"),
+                "probe_runs": List(Obj({"world_size": Int(1), "probes": List(_LAYER)})),
+                "probes": Map(Obj(_PROBE, {"rank": _COUNT}), key=_LAYER),
+                "groups": List(
+                    Obj(
+                        {
+                            "group": Str(("light", "heavy")),
+                            "layers": _LAYERS,
+                            **_PROBE,
+                            "sum_of_layer_probe_drops": Num(),
+                        }
+                    )
+                ),
+                "gains": Map(
+                    Obj(
+                        {"time_dense_ms": _MS, "time_basis_ms": _MS, "time_saved_ms": Num()},
+                        {
+                            "time_fused_ms": _MS,
+                            "time_weight_ms": _MS,
+                            "mode": _MODE,
+                            "time_dense_infer_ms": _MS,
+                            "time_fused_infer_ms": _MS,
+                            "time_weight_infer_ms": _MS,
+                            "mode_infer": _MODE,
+                        },
+                    ),
+                    key=_LAYER,
+                ),
+                "verifications": List(Obj({"layers": _LAYERS, **_PROBE})),
+                "selection": Obj(
+                    {
+                        "chosen": _LAYERS,
+                        "predicted_drop": Num(0),
+                        "verified_drop": _PP,
+                        "within_budget": Bool(),
+                        "verifications": List(Obj({"layers": _LAYERS, **_PROBE})),
+                        "backoffs": _COUNT,
+                        "max_drop": Num(0),
+                    },
+                    {
+                        "method": Str(("bisect", "greedy")),
+                        "order": _LAYERS,
+                        "verified_loss_delta": Opt(Num()),
+                        "steps": List(
+                            Obj(
+                                {
+                                    "n_layers": _COUNT,
+                                    "predicted_drop": Num(0),
+                                    "verified_drop": _PP,
+                                    "verified_loss_delta": Opt(Num()),
+                                    "fits": Bool(),
+                                }
+                            )
+                        ),
+                    },
+                ),
+                "final_runs": Map(
+                    Map(Obj({"val_acc": _ACC, "val_loss": Num(0)}), key=_MODELS), key=_SEED
+                ),
+                "final_timing": Map(
+                    Obj(
+                        {
+                            "train_step_ms": List(_MS, min_len=1),
+                            "infer_ms": List(_MS, min_len=1),
+                            "params": _COUNT,
+                            "macs": _COUNT,
+                            "timing_device": Str(),
+                        }
+                    ),
+                    key=_MODELS,
+                ),
+                "final": Map(_FINAL, key=_MODELS),
+                "seconds": Num(0),
+            }
+        ),
+    },
+    {"config": Map(Json())},
+)
 
 
 def state_problems(doc, layers=None) -> list[str]:
@@ -215,10 +317,16 @@ def state_problems(doc, layers=None) -> list[str]:
     sel = st.get("selection")
     if sel is not None:
         ranked = set(sel.get("order", sel["chosen"]))
-        found += [f"stages.selection.chosen: {f!r} is not in stages.selection.order"
-                  for f in sel["chosen"] if f not in ranked]
-        found += [f"stages.selection.chosen: {f!r} has no entry in stages.probes"
-                  for f in sel["chosen"] if f not in st.get("probes", {})]
+        found += [
+            f"stages.selection.chosen: {f!r} is not in stages.selection.order"
+            for f in sel["chosen"]
+            if f not in ranked
+        ]
+        found += [
+            f"stages.selection.chosen: {f!r} has no entry in stages.probes"
+            for f in sel["chosen"]
+            if f not in st.get("probes", {})
+        ]
     for name in ("final_timing", "final"):
         if name in st and set(st[name]) != {"dense", "chosen", "naive"}:
             found.append(f"stages.{name} holds {sorted(st[name])}, not dense, chosen and naive")
@@ -237,9 +345,9 @@ def load_baseline(path: Path, state: SearchState, model: torch.nn.Module | None 
     if not path.exists():
         raise SearchStateError(
             f"{state.path} says the baseline is done but {path} is missing; delete "
-            f"{state.path.name} to start over, or restore the file")
-    sd = load_checkpoint(path, expect_digest=state.get("baseline_sha256"),
-                         require_checksum=False)
+            f"{state.path.name} to start over, or restore the file"
+        )
+    sd = load_checkpoint(path, expect_digest=state.get("baseline_sha256"), require_checksum=False)
     if model is not None:
         check_fits(sd, model, path)
     return sd
@@ -258,8 +366,9 @@ def check_fits(sd, model: torch.nn.Module, path: Path) -> None:
     else:
         bad = [k for k in want if tuple(sd[k].shape) != want[k]]
         if bad:
-            why = (f"{bad[0]!r} has shape {tuple(sd[bad[0]].shape)}, the model's "
-                   f"{want[bad[0]]}")
+            why = f"{bad[0]!r} has shape {tuple(sd[bad[0]].shape)}, the model's {want[bad[0]]}"
     if why:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the model: {why}; "
-                              "delete it to start that stage again, or restore it from a copy")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit the model: {why}; "
+            "delete it to start that stage again, or restore it from a copy"
+        )

@@ -47,10 +47,15 @@ def _timing(final: dict, key: str) -> dict:
     d, c = final["dense"], final["chosen"]
     rd, rc = d.get(f"{key}_rounds", []), c.get(f"{key}_rounds", [])
     noise = max(_robust_noise(rd), _robust_noise(rc))
-    return {"dense_ms": d[key], "chosen_ms": c[key], "naive_ms": final["naive"][key],
-            "noise_ms": round(noise, 4), "spread_ms": round(max(_spread(rd), _spread(rc)), 4),
-            "rounds": len(d.get(f"{key}_rounds", [])),
-            "not_slower": c[key] <= d[key] + noise}
+    return {
+        "dense_ms": d[key],
+        "chosen_ms": c[key],
+        "naive_ms": final["naive"][key],
+        "noise_ms": round(noise, 4),
+        "spread_ms": round(max(_spread(rd), _spread(rc)), 4),
+        "rounds": len(d.get(f"{key}_rounds", [])),
+        "not_slower": c[key] <= d[key] + noise,
+    }
 
 
 def _noise_pp(p_a: float, p_b: float, n: int) -> float:
@@ -65,37 +70,52 @@ def verdict(final: dict, selection: dict, n_layers: int, val_size: int | None = 
         return {}
     d, c, n = final["dense"], final["chosen"], final["naive"]
     budget = selection.get("max_drop")
-    dc, dn = c.get("drop_per_seed_pp", [c.get("drop_pp", 0.0)]), \
-        n.get("drop_per_seed_pp", [n.get("drop_pp", 0.0)])
+    dc, dn = (
+        c.get("drop_per_seed_pp", [c.get("drop_pp", 0.0)]),
+        n.get("drop_per_seed_pp", [n.get("drop_pp", 0.0)]),
+    )
     diff = [b - a for a, b in zip(dc, dn)]
     diff_mean, diff_sd = mean_sd(diff)
     se = diff_sd / math.sqrt(len(diff)) if len(diff) > 1 else None
-    noise = ([round(_noise_pp(a, b, val_size), 4) for a, b in
-              zip(c.get("val_acc_per_seed", [c["val_acc"]]),
-                  n.get("val_acc_per_seed", [n["val_acc"]]))] if val_size else None)
+    noise = (
+        [
+            round(_noise_pp(a, b, val_size), 4)
+            for a, b in zip(
+                c.get("val_acc_per_seed", [c["val_acc"]]), n.get("val_acc_per_seed", [n["val_acc"]])
+            )
+        ]
+        if val_size
+        else None
+    )
     above = None if noise is None else sum(x > e for x, e in zip(diff, noise))
     return {
-        "seeds": len(dc), "budget_pp": budget, "chosen_layers": len(selection["chosen"]),
+        "seeds": len(dc),
+        "budget_pp": budget,
+        "chosen_layers": len(selection["chosen"]),
         "candidate_layers": n_layers,
         "chosen_params_saved_pct": _pct_saved(c["params"], d["params"]),
         "chosen_macs_saved_pct": _pct_saved(c["macs"], d["macs"]),
         "naive_params_saved_pct": _pct_saved(n["params"], d["params"]),
         "naive_macs_saved_pct": _pct_saved(n["macs"], d["macs"]),
-        "chosen_drop_pp": round(mean_sd(dc)[0], 4), "chosen_drop_sd_pp": round(mean_sd(dc)[1], 4),
+        "chosen_drop_pp": round(mean_sd(dc)[0], 4),
+        "chosen_drop_sd_pp": round(mean_sd(dc)[1], 4),
         "chosen_drop_per_seed_pp": dc,
-        "naive_drop_pp": round(mean_sd(dn)[0], 4), "naive_drop_sd_pp": round(mean_sd(dn)[1], 4),
+        "naive_drop_pp": round(mean_sd(dn)[0], 4),
+        "naive_drop_sd_pp": round(mean_sd(dn)[1], 4),
         "naive_drop_per_seed_pp": dn,
         "chosen_within_budget": budget is not None and mean_sd(dc)[0] <= budget,
         "chosen_seeds_within_budget": sum(x <= budget for x in dc) if budget is not None else 0,
         "naive_over_budget": budget is not None and mean_sd(dn)[0] > budget,
-        "naive_minus_chosen_pp": round(diff_mean, 4), "naive_minus_chosen_sd_pp":
-            round(diff_sd, 4),
+        "naive_minus_chosen_pp": round(diff_mean, 4),
+        "naive_minus_chosen_sd_pp": round(diff_sd, 4),
         "naive_minus_chosen_per_seed_pp": [round(x, 4) for x in diff],
-        "noise_per_seed_pp": noise, "seeds_above_noise": above,
+        "noise_per_seed_pp": noise,
+        "seeds_above_noise": above,
         "larger_than_noise": None if noise is None else above == len(diff),
         "noise_2se_pp": None if se is None else round(2 * se, 4),
         "mean_above_2se": None if se is None else bool(diff_mean > 2 * se),
-        "train_step": _timing(final, "train_step_ms"), "infer": _timing(final, "infer_ms"),
+        "train_step": _timing(final, "train_step_ms"),
+        "infer": _timing(final, "infer_ms"),
     }
 
 
@@ -123,28 +143,34 @@ def verdict_lines(v: dict) -> list[str]:
         f"{per(v['naive_drop_per_seed_pp'])}): "
         f"{'over' if v['naive_over_budget'] else 'within'} the budget.",
     ]
-    diff = (f"Chosen vs naive: naive loses {v['naive_minus_chosen_pp']:+.2f} +- "
-            f"{v['naive_minus_chosen_sd_pp']:.2f} pp more (paired per seed: "
-            f"{per(v['naive_minus_chosen_per_seed_pp'])})")
+    diff = (
+        f"Chosen vs naive: naive loses {v['naive_minus_chosen_pp']:+.2f} +- "
+        f"{v['naive_minus_chosen_sd_pp']:.2f} pp more (paired per seed: "
+        f"{per(v['naive_minus_chosen_per_seed_pp'])})"
+    )
     if v["larger_than_noise"] is None:
         diff += "; the validation size is unknown: no per-seed noise"
     else:
         lo, hi = min(v["noise_per_seed_pp"]), max(v["noise_per_seed_pp"])
-        diff += (f": {'LARGER' if v['larger_than_noise'] else 'NOT larger'} than the noise "
-                 f"({v['seeds_above_noise']} of {k} seeds above their 95% measurement "
-                 f"noise, {lo:.2f}-{hi:.2f} pp)")
+        diff += (
+            f": {'LARGER' if v['larger_than_noise'] else 'NOT larger'} than the noise "
+            f"({v['seeds_above_noise']} of {k} seeds above their 95% measurement "
+            f"noise, {lo:.2f}-{hi:.2f} pp)"
+        )
     if v["mean_above_2se"] is None:
         diff += "; one seed: no spread across seeds."
     else:
-        diff += (f"; across seeds the mean is {'above' if v['mean_above_2se'] else 'NOT above'}"
-                 f" 2 standard errors ({v['noise_2se_pp']:.2f} pp).")
+        diff += (
+            f"; across seeds the mean is {'above' if v['mean_above_2se'] else 'NOT above'}"
+            f" 2 standard errors ({v['noise_2se_pp']:.2f} pp)."
+        )
     lines.append(diff)
     for what, t in (("Train step", v["train_step"]), ("Inference", v["infer"])):
-        speed = ("not slower than dense within the noise" if t["not_slower"]
-                 else "SLOWER than dense")
+        speed = "not slower than dense within the noise" if t["not_slower"] else "SLOWER than dense"
         lines.append(
             f"{what}: chosen {t['chosen_ms']:.2f} ms vs dense {t['dense_ms']:.2f} ms (naive "
             f"{t['naive_ms']:.2f}; timing noise {t['noise_ms']:.2f} ms, 2 robust sd of "
             f"{t['rounds']} rounds, whose max - min spread is {t.get('spread_ms', 0):.2f} "
-            f"ms): chosen is {speed}.")
+            f"ms): chosen is {speed}."
+        )
     return lines

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "tritonbasis"
 
 # private names: torch._X / torch.foo._X attributes, torch._C, and the private attributes

@@ -64,8 +64,9 @@ def _tiny(seed=0, basis_layer=True):
     torch.manual_seed(seed)
     m = resnet18_cifar(width=1 / 16)
     if basis_layer:
-        m.layer2[0].conv1 = tb.BasisConv2d(4, 8, 3, basis_channels=2, stride=2, padding=1,
-                                           bias=False, mode="fused")
+        m.layer2[0].conv1 = tb.BasisConv2d(
+            4, 8, 3, basis_channels=2, stride=2, padding=1, bias=False, mode="fused"
+        )
     return m
 
 
@@ -74,8 +75,16 @@ def _metrics(history):
 
 
 def _small_cfg(**kw):
-    base = dict(epochs=3, batch_size=32, lr=0.05, warmup=0.5, label_smoothing=0.1, seed=7,
-                device="cpu", log_every=4)
+    base = dict(
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        warmup=0.5,
+        label_smoothing=0.1,
+        seed=7,
+        device="cpu",
+        log_every=4,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -102,9 +111,15 @@ def test_learns_digits(basis):
             old = getattr(m, f"layer{s}")[0].conv1
             c = old.out_channels
             getattr(m, f"layer{s}")[0].conv1 = tb.BasisConv2d(
-                old.in_channels, c, 3, basis_channels=c // 4, stride=2, padding=1, bias=False)
-    r = train(m, train_set, val_set, TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup=0.5,
-                                                 device="cpu"), progress=False)
+                old.in_channels, c, 3, basis_channels=c // 4, stride=2, padding=1, bias=False
+            )
+    r = train(
+        m,
+        train_set,
+        val_set,
+        TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup=0.5, device="cpu"),
+        progress=False,
+    )
     assert len(r.history) == 3 and r.steps == 3 * (len(train_set) // 64)
     assert r.final_val_acc >= 0.5, r.history
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
@@ -119,16 +134,19 @@ def test_learns_digits(basis):
 def test_param_groups_exclude_bn_and_bias():
     m = _tiny()
     m.fc.bias.requires_grad_(False)  # frozen parameters are left out
-    m.layer3[0].conv1 = tb.BasisConv2d(8, 16, 3, basis_channels=4, stride=2, padding=1,
-                                       bias=True)
+    m.layer3[0].conv1 = tb.BasisConv2d(8, 16, 3, basis_channels=4, stride=2, padding=1, bias=True)
     groups = param_groups(m, 5e-4)
     by_name = {g["name"]: g for g in groups}
     assert by_name["decay"]["weight_decay"] == 5e-4
     assert by_name["no_decay"]["weight_decay"] == 0.0
     decay = {id(p) for p in by_name["decay"]["params"]}
     no_decay = {id(p) for p in by_name["no_decay"]["params"]}
-    bn_names = {f"{n}.{s}" for n, mod in m.named_modules()
-                if isinstance(mod, nn.BatchNorm2d) for s in ("weight", "bias")}
+    bn_names = {
+        f"{n}.{s}"
+        for n, mod in m.named_modules()
+        if isinstance(mod, nn.BatchNorm2d)
+        for s in ("weight", "bias")
+    }
     for name, p in m.named_parameters():
         if not p.requires_grad:
             assert id(p) not in decay | no_decay, name
@@ -160,8 +178,7 @@ def test_checkpoint_loads_weights_only(tmp_path, digits8):
     assert isinstance(ck["rng"]["torch"], torch.Tensor)
     assert ck["history"] == r.history
     groups = ck["optimizer"]["param_groups"]
-    assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", 1e-3),
-                                                                ("no_decay", 0.0)]
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", 1e-3), ("no_decay", 0.0)]
     assert ck["scheduler"]["last_epoch"] == 4
 
 
@@ -179,8 +196,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch, digits8):
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(OSError, match="simulated"):
-        train(_tiny(seed=1), data, None, _small_cfg(epochs=2), checkpoint_dir=tmp_path,
-              progress=False)
+        train(
+            _tiny(seed=1), data, None, _small_cfg(epochs=2), checkpoint_dir=tmp_path, progress=False
+        )
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]
     assert path.read_bytes() == before
     assert torch.load(path, weights_only=True)["epoch"] == 1
@@ -215,8 +233,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, d
 
     torch.manual_seed(12345)  # whatever state a new process starts in
     m_c = _tiny(seed=99)  # other initial weights: the checkpoint's must be used
-    r_c = train(m_c, data, val, cfg, checkpoint_dir=tmp_path / "b", resume=True,
-                progress=False)
+    r_c = train(m_c, data, val, cfg, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
     assert r_c.resumed_from_epoch == 1 and r_c.steps == r_a.steps
     sa, sc = m_a.state_dict(), m_c.state_dict()
     assert sa.keys() == sc.keys()
@@ -226,8 +243,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, d
 
     # resuming a finished run trains nothing more and reports the same result
     m_d = _tiny(seed=3)
-    r_d = train(m_d, data, val, cfg, checkpoint_dir=tmp_path / "a", resume=True,
-                progress=False)
+    r_d = train(m_d, data, val, cfg, checkpoint_dir=tmp_path / "a", resume=True, progress=False)
     assert _metrics(r_d.history) == _metrics(r_a.history)
     assert all(torch.equal(v, sa[k]) for k, v in m_d.state_dict().items())
 
@@ -241,14 +257,35 @@ def test_resume_refuses_other_config(tmp_path, digits8):
     with pytest.raises(ValueError, match=r"lr: checkpoint 0\.05 vs now 0\.1"):
         train(_tiny(), data, None, other, checkpoint_dir=tmp_path, resume=True, progress=False)
     with pytest.raises(ValueError, match="epochs: checkpoint 1 vs now 2"):
-        train(_tiny(), data, None, _small_cfg(epochs=2), checkpoint_dir=tmp_path, resume=True,
-              progress=False)
+        train(
+            _tiny(),
+            data,
+            None,
+            _small_cfg(epochs=2),
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="64 samples"):
-        train(_tiny(), Subset(train_set, range(96)), None, cfg, checkpoint_dir=tmp_path,
-              resume=True, progress=False)
+        train(
+            _tiny(),
+            Subset(train_set, range(96)),
+            None,
+            cfg,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="do not fit this model"):
-        train(_tiny(basis_layer=False), data, None, cfg, checkpoint_dir=tmp_path, resume=True,
-              progress=False)
+        train(
+            _tiny(basis_layer=False),
+            data,
+            None,
+            cfg,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
     # fields that do not change the trajectory may differ
     ok = _small_cfg(epochs=1, log_every=1, num_workers=0, amp=False)
     r = train(_tiny(), data, None, ok, checkpoint_dir=tmp_path, resume=True, progress=False)
@@ -261,8 +298,15 @@ def test_resume_arguments(tmp_path, digits8):
     data = Subset(train_set, range(64))
     with pytest.raises(ValueError, match="checkpoint_dir"):
         train(_tiny(), data, None, _small_cfg(epochs=1), resume=True, progress=False)
-    r = train(_tiny(), data, None, _small_cfg(epochs=1), checkpoint_dir=tmp_path / "new",
-              resume=True, progress=False)  # nothing to resume from: a fresh run
+    r = train(
+        _tiny(),
+        data,
+        None,
+        _small_cfg(epochs=1),
+        checkpoint_dir=tmp_path / "new",
+        resume=True,
+        progress=False,
+    )  # nothing to resume from: a fresh run
     assert r.resumed_from_epoch is None and (tmp_path / "new" / "last.pt").is_file()
 
 
@@ -293,8 +337,7 @@ def test_lr_schedules():
     assert cos(10) == pytest.approx(1.0)
     vals = [cos(s) for s in range(10, 40)]
     assert all(a > b for a, b in zip(vals, vals[1:])) and vals[-1] < 0.01
-    one = lr_lambda(TrainConfig(epochs=4, schedule="onecycle"), total_steps=40,
-                    steps_per_epoch=10)
+    one = lr_lambda(TrainConfig(epochs=4, schedule="onecycle"), total_steps=40, steps_per_epoch=10)
     assert one(0) == pytest.approx(1 / 25) and one(12) == pytest.approx(1.0)
     assert max(one(s) for s in range(40)) == pytest.approx(1.0)
     assert one(39) == pytest.approx(1 / 25 / 1e4)
@@ -330,20 +373,37 @@ def test_diverging_run_raises(digits8):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train(m, Subset(train_set, range(128)), None,
-              _small_cfg(epochs=1, lr=1e38, warmup=0.0, label_smoothing=0.0), progress=False)
+        train(
+            m,
+            Subset(train_set, range(128)),
+            None,
+            _small_cfg(epochs=1, lr=1e38, warmup=0.0, label_smoothing=0.0),
+            progress=False,
+        )
 
 
 def test_train_result_json_round_trip(digits8):
     train_set, val_set = digits8
-    r = train(_tiny(), Subset(train_set, range(64)), Subset(val_set, range(32)),
-              _small_cfg(epochs=1), progress=False)
+    r = train(
+        _tiny(),
+        Subset(train_set, range(64)),
+        Subset(val_set, range(32)),
+        _small_cfg(epochs=1),
+        progress=False,
+    )
     d = json.loads(r.to_json())
     assert d == r.to_dict()
     assert TrainResult.from_dict(d) == r
     h = d["history"][0]
-    for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s",
-              "step_time_ms", "lr"):
+    for k in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "epoch_time_s",
+        "step_time_ms",
+        "lr",
+    ):
         assert isinstance(h[k], float), k
     assert d["best_epoch"] == 1 and d["final_val_acc"] == h["val_acc"]
 
@@ -375,8 +435,11 @@ def test_count_macs_basis_layer(keep_basis):
         return nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(C_out * H * H, 10))
 
     dense = net(nn.Conv2d(C_in, C_out, k, padding=1))
-    basis = net(tb.BasisConv2d(C_in, C_out, k, basis_channels=C_b, padding=1,
-                               keep_basis=keep_basis, mode="fused"))
+    basis = net(
+        tb.BasisConv2d(
+            C_in, C_out, k, basis_channels=C_b, padding=1, keep_basis=keep_basis, mode="fused"
+        )
+    )
     P = N * H * H
     rest = C_out - C_b if keep_basis else C_out
     conv_dense = P * C_out * C_in * k * k
@@ -391,8 +454,9 @@ def test_count_macs_basis_layer(keep_basis):
     # dense conv plus building W = [B; coeff.B] (a rest x C_b x C_in*k^2 matmul)
     basis[0].mode = "weight"
     assert count_macs(basis, shape) == conv_basis + linear
-    assert count_macs(basis, shape, fused=False) == (conv_dense + rest * C_b * C_in * k * k
-                                                     + linear)
+    assert count_macs(basis, shape, fused=False) == (
+        conv_dense + rest * C_b * C_in * k * k + linear
+    )
     assert basis[0].mode == "weight"
 
 
@@ -406,8 +470,11 @@ def _hook_macs(model, shape):
         else:
             total.append(out.numel() * mod.in_features)
 
-    hs = [mm.register_forward_hook(hook) for mm in model.modules()
-          if isinstance(mm, (nn.Conv2d, nn.Linear))]
+    hs = [
+        mm.register_forward_hook(hook)
+        for mm in model.modules()
+        if isinstance(mm, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(shape))
     for h in hs:
@@ -422,8 +489,9 @@ def test_count_macs_resnet_with_basis_layer():
     assert dense == _hook_macs(copy.deepcopy(m), (1, 3, 32, 32))
     assert m.training and all(x.training for x in m.modules())  # modes restored
     # layer3.0.conv1: 32 -> 64, 3x3, stride 2, 16x16 -> 8x8 output; C_b = 16 (ratio 1/4)
-    m.layer3[0].conv1 = tb.BasisConv2d(32, 64, 3, basis_channels=16, stride=2, padding=1,
-                                       bias=False)
+    m.layer3[0].conv1 = tb.BasisConv2d(
+        32, 64, 3, basis_channels=16, stride=2, padding=1, bias=False
+    )
     saved = 8 * 8 * (64 * 32 * 9 - (16 * 32 * 9 + 48 * 16))
     assert dense - count_macs(m, (3, 32, 32)) == saved
     assert count_macs(m, (4, 3, 32, 32)) == 4 * count_macs(m, (3, 32, 32))

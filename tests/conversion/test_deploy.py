@@ -22,7 +22,7 @@ from helpers import UNIT, Case, assert_bounded, reference_with_bounds
 import tritonbasis as tb
 from tritonbasis.conversion import deploy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _have(*mods):

@@ -10,14 +10,20 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(code: str, **env_extra) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=env, timeout=300, cwd=str(ROOT.parent))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=str(ROOT.parent),
+    )
 
 
 def test_imports_without_triton():
@@ -81,9 +87,21 @@ def test_wheel_contains_kernels(tmp_path):
     pytest.importorskip("setuptools")
     pytest.importorskip("wheel")
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr
     (whl,) = tmp_path.glob("tritonbasis-*.whl")
@@ -95,10 +113,16 @@ def test_wheel_contains_kernels(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(whl).extractall(site)
     r = subprocess.run(
-        [sys.executable, "-c",
-         "import tritonbasis.kernels as k, tritonbasis, sys; print(k.__file__)"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)},
-        cwd=str(tmp_path), timeout=300,
+        [
+            sys.executable,
+            "-c",
+            "import tritonbasis.kernels as k, tritonbasis, sys; print(k.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        cwd=str(tmp_path),
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert str(site) in r.stdout

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_session.sh"
 
 _spec = importlib.util.spec_from_file_location("gpu_session", REPO / "bench" / "gpu_session.py")

@@ -22,8 +22,17 @@ def _layer_time(module, x, steps):
     return 1.0
 
 
-CUT_DOWN = dict(baseline_epochs=6, probe_steps=5, verify_steps=10, probe_groups=False,
-                final_epochs=3, final_seeds=2, time_rounds=1, time_steps=1, time_batch=8)
+CUT_DOWN = dict(
+    baseline_epochs=6,
+    probe_steps=5,
+    verify_steps=10,
+    probe_groups=False,
+    final_epochs=3,
+    final_seeds=2,
+    time_rounds=1,
+    time_steps=1,
+    time_batch=8,
+)
 
 
 def test_cut_down_default_naive_over_budget_chosen_within(tmp_path, monkeypatch):

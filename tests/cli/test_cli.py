@@ -26,8 +26,9 @@ def test_demo_checks_against_reference(capsys):
 def test_convert_prints_report(capsys, tmp_path):
     plan = tmp_path / "plan.json"
     tb.save_plan({"re:layer4\\..*conv[12]": {"ratio": 0.25, "keep_basis": True}}, plan)
-    rc = main(["convert", "--width", "0.25", "--plan", str(plan), "--json",
-               str(tmp_path / "r.json")])
+    rc = main(
+        ["convert", "--width", "0.25", "--plan", str(plan), "--json", str(tmp_path / "r.json")]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "layer4.1.conv2" in out and "converted 4/20" in out
@@ -40,9 +41,24 @@ def test_convert_needs_a_plan():
 
 
 def test_train_tiny_run_writes_result_and_resumes(capsys, tmp_path):
-    args = ["train", "--width", "0.125", "--image-size", "8", "--epochs", "1",
-            "--batch-size", "64", "--ratio", "0.25", "--out", str(tmp_path), "--quiet",
-            "--time-steps", "2"]
+    args = [
+        "train",
+        "--width",
+        "0.125",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--ratio",
+        "0.25",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--time-steps",
+        "2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     for key in ("val accuracy", "parameters", "MACs per image", "train step"):
@@ -59,8 +75,17 @@ def test_train_tiny_run_writes_result_and_resumes(capsys, tmp_path):
 
 def test_train_cifar_missing_folder_is_a_clear_error(tmp_path, capsys):
     # a known error is one line on stderr (exit 1), no traceback
-    rc = main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "nothing_here"),
-               "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "train",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "nothing_here"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("tritonbasis: error:") and "nothing_here" in err
@@ -69,9 +94,25 @@ def test_train_cifar_missing_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_search_cli_tiny_run(capsys, tmp_path, one_thread):
-    rc = main(["search", "--width", "0.125", "--image-size", "8", "--epochs", "1",
-               "--probe-steps", "2", "--max-drop", "3", "--out", str(tmp_path),
-               "--quiet", "--no-final"])
+    rc = main(
+        [
+            "search",
+            "--width",
+            "0.125",
+            "--image-size",
+            "8",
+            "--epochs",
+            "1",
+            "--probe-steps",
+            "2",
+            "--max-drop",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--no-final",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "chosen" in out and "layer4.1.conv2" in out

@@ -16,12 +16,20 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "tritonbasis"
+PKG = Path(__file__).resolve().parents[2] / "tritonbasis"
 KERNELS = PKG.parent / "kernels"
 
 # rank: a module may import modules of its own rank or lower
-LAYERS = {"util": 0, "kernels": 1, "op": 2, "nn": 3, "conversion": 4, "recipes": 5, "perf": 6,
-          "cli": 7}
+LAYERS = {
+    "util": 0,
+    "kernels": 1,
+    "op": 2,
+    "nn": 3,
+    "conversion": 4,
+    "recipes": 5,
+    "perf": 6,
+    "cli": 7,
+}
 API = 8  # tritonbasis/__init__.py, __main__.py and the public-path aliases
 MAX_LINES = 600
 
@@ -66,8 +74,10 @@ def _imports(mod: str, path: Path) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            names = [f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target
-                     for a in node.names]
+            names = [
+                f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target
+                for a in node.names
+            ]
         else:
             continue
         for n in names:
@@ -131,8 +141,7 @@ def test_no_import_cycles():
     for comp in sccs:
         if len(comp) < 2:
             continue
-        real = [m for m in comp
-                if not any(o != m and o.startswith(m + ".") for o in comp)]
+        real = [m for m in comp if not any(o != m and o.startswith(m + ".") for o in comp)]
         if len(real) > 1:
             cycles.append(sorted(comp))
     assert not cycles, f"import cycles: {cycles}"
@@ -141,17 +150,22 @@ def test_no_import_cycles():
 @pytest.mark.parametrize("mod", sorted(MODULES))
 def test_modules_stay_readable(mod):
     n = len(MODULES[mod].read_text().splitlines())
-    assert n <= MAX_LINES, f"{mod} has {n} lines (> {MAX_LINES}): split it where the pieces " \
-                           "have names"
+    assert n <= MAX_LINES, (
+        f"{mod} has {n} lines (> {MAX_LINES}): split it where the pieces have names"
+    )
 
 
 def test_every_package_folder_is_installed():
     """pyproject.toml lists the packages (kernels/ is mapped in); a new subpackage missing
     there is left out of wheels while editable installs and the tests still work."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())
-                 ["tool"]["setuptools"]["packages"])
-    on_disk = {".".join(("tritonbasis", *p.parent.relative_to(PKG).parts))
-               for p in PKG.rglob("__init__.py")} | {"tritonbasis.kernels"}
-    assert listed == on_disk, (f"missing: {sorted(on_disk - listed)}, "
-                               f"stale: {sorted(listed - on_disk)}")
+    listed = set(
+        tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        ".".join(("tritonbasis", *p.parent.relative_to(PKG).parts))
+        for p in PKG.rglob("__init__.py")
+    } | {"tritonbasis.kernels"}
+    assert listed == on_disk, (
+        f"missing: {sorted(on_disk - listed)}, stale: {sorted(listed - on_disk)}"
+    )

@@ -97,10 +97,12 @@ def _weights(kind: str, c_out: int, c_in: int, k: int, seed: int) -> nn.Conv2d:
         w = torch.randn(c_out, d, generator=g, dtype=torch.float64)
     else:
         w = torch.randn(c_out, 5, generator=g, dtype=torch.float64) @ torch.randn(
-            5, d, generator=g, dtype=torch.float64)
+            5, d, generator=g, dtype=torch.float64
+        )
         if kind == "lowrank+noise":
             w = w + 0.01 * w.norm() / (c_out * d) ** 0.5 * torch.randn(
-                c_out, d, generator=g, dtype=torch.float64)
+                c_out, d, generator=g, dtype=torch.float64
+            )
     conv = nn.Conv2d(c_in, c_out, k, padding=1, bias=False).double()
     with torch.no_grad():
         conv.weight.copy_(w.reshape(conv.weight.shape))
@@ -135,7 +137,7 @@ def test_keep_basis_subset_reaches_the_threshold_with_the_fewest_filters(shape, 
     assert spanned >= t - 1e-9
     assert layer.captured_energy == pytest.approx(spanned, abs=1e-9)
     if cb > svd_min:  # C_b grew past the SVD's: one filter fewer must fall short
-        assert _spanned(h, h[perm[:cb - 1]]) < t
+        assert _spanned(h, h[perm[: cb - 1]]) < t
     # the layer's function: the kept filters exactly, the others their projections
     merged = layer.merged_weight().detach().reshape(c_out, -1)
     resid = float(((merged - h) ** 2).sum() / (h * h).sum())
@@ -155,8 +157,9 @@ def test_full_form_keeps_basisconvs_rank_and_the_eckart_young_error(shape, kind,
     s = torch.linalg.svdvals(h)
     err = float((layer.merged_weight().detach().reshape(c_out, -1) - h).norm())
     assert err == pytest.approx(float(s[cb:].norm()), abs=1e-9 * float(s.norm()))
-    assert layer.captured_energy == pytest.approx(float((s[:cb] ** 2).sum() / (s ** 2).sum()),
-                                                  abs=1e-12)
+    assert layer.captured_energy == pytest.approx(
+        float((s[:cb] ** 2).sum() / (s**2).sum()), abs=1e-12
+    )
     keep = tb.from_conv(conv, tb.BasisSpec(energy=t, keep_basis=True)).basis_channels
     assert keep >= cb
 
@@ -174,10 +177,16 @@ def test_from_conv_states_captured_energy_for_every_svd_init():
 def test_report_json_has_captured_energy_per_layer():
     import json
 
-    model = nn.Sequential(_conv(), nn.ReLU(), _conv(c_in=24, c_out=24, seed=1), nn.ReLU(),
-                          nn.Conv2d(24, 24, 3, groups=24).double())  # depthwise: skipped
+    model = nn.Sequential(
+        _conv(),
+        nn.ReLU(),
+        _conv(c_in=24, c_out=24, seed=1),
+        nn.ReLU(),
+        nn.Conv2d(24, 24, 3, groups=24).double(),
+    )  # depthwise: skipped
     conv_model, report = tb.convert_with_report(
-        model, {"_default": tb.BasisSpec(energy=0.95, keep_basis=True)})
+        model, {"_default": tb.BasisSpec(energy=0.95, keep_basis=True)}
+    )
     rows = json.loads(report.to_json())["layers"]
     assert [r["captured_energy"] is not None for r in rows] == [True, True, False]
     for r, (name, m) in zip(rows[:2], [("0", model[0]), ("2", model[2])]):

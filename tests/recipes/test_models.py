@@ -49,21 +49,33 @@ def test_cifar_stem_and_module_names():
     assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1)
     assert m.conv1.padding == (1, 1) and m.conv1.bias is None
     convs = {n: c for n, c in m.named_modules() if isinstance(c, nn.Conv2d)}
-    expected_3x3 = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in range(1, 5) for b in range(2)
-                                for c in (1, 2)]
+    expected_3x3 = ["conv1"] + [
+        f"layer{s}.{b}.conv{c}" for s in range(1, 5) for b in range(2) for c in (1, 2)
+    ]
     assert [n for n, c in convs.items() if c.kernel_size == (3, 3)] == expected_3x3
     assert [n for n, c in convs.items() if c.kernel_size == (1, 1)] == [
         f"layer{s}.0.downsample.0" for s in (2, 3, 4)
     ]
     assert isinstance(dict(m.named_modules())["layer2.0.downsample.1"], nn.BatchNorm2d)
-    assert [convs[f"layer{s}.0.conv1"].stride for s in range(1, 5)] == [(1, 1), (2, 2),
-                                                                         (2, 2), (2, 2)]
+    assert [convs[f"layer{s}.0.conv1"].stride for s in range(1, 5)] == [
+        (1, 1),
+        (2, 2),
+        (2, 2),
+        (2, 2),
+    ]
     assert all(not isinstance(x, nn.MaxPool2d) for x in m.modules())
 
 
-@pytest.mark.parametrize("width,widths", [(0.5, (32, 64, 128, 256)), (0.25, (16, 32, 64, 128)),
-                                          (0.3, (19, 38, 77, 154)), (0.001, (1, 1, 1, 1))],
-                         ids=["w0.5", "w0.25", "w0.3-rounds", "w0.001-at-least-1"])
+@pytest.mark.parametrize(
+    "width,widths",
+    [
+        (0.5, (32, 64, 128, 256)),
+        (0.25, (16, 32, 64, 128)),
+        (0.3, (19, 38, 77, 154)),
+        (0.001, (1, 1, 1, 1)),
+    ],
+    ids=["w0.5", "w0.25", "w0.3-rounds", "w0.001-at-least-1"],
+)
 def test_width_scaling(width, widths):
     m = resnet18_cifar(width=width)
     assert m.conv1.out_channels == widths[0]
@@ -99,8 +111,16 @@ def no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", boom)
 
 
-@pytest.mark.parametrize("name,hw", [("resnet18", 64), ("resnet50", 64), ("vgg11_bn", 32),
-                                     ("mobilenet_v2", 64), ("resnet18_cifar", 32)])
+@pytest.mark.parametrize(
+    "name,hw",
+    [
+        ("resnet18", 64),
+        ("resnet50", 64),
+        ("vgg11_bn", 32),
+        ("mobilenet_v2", 64),
+        ("resnet18_cifar", 32),
+    ],
+)
 def test_get_model_builds_without_download(no_network, name, hw):
     # Built on the meta device: the real construction path (layers, init) without allocating
     # vgg11_bn's 129 M parameters; a meta forward checks the head's shape.

@@ -24,14 +24,23 @@ def _count_merges(monkeypatch):
 
 
 def _ref(layer, x):
-    return tb.basis_conv2d_reference(x, layer.basis, layer.coeff, layer.bias, layer.stride,
-                                     layer.padding, layer.dilation, layer.keep_basis,
-                                     layer.out_perm)
+    return tb.basis_conv2d_reference(
+        x,
+        layer.basis,
+        layer.coeff,
+        layer.bias,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.keep_basis,
+        layer.out_perm,
+    )
 
 
 @pytest.mark.parametrize("keep_basis", [True, False])
 def test_weight_mode_without_autograd_builds_the_merged_weight_once_per_version(
-        keep_basis, monkeypatch):
+    keep_basis, monkeypatch
+):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 10, 3, padding=1, stride=2).double()
     layer = tb.BasisConv2d.from_conv(conv, basis_channels=4, keep_basis=keep_basis)
@@ -55,8 +64,11 @@ def test_weight_mode_without_autograd_builds_the_merged_weight_once_per_version(
     assert merges["n"] == 2
     torch.testing.assert_close(y3, _ref(layer, x), rtol=1e-12, atol=1e-12)
     # so does loading other weights
-    other = tb.BasisConv2d.from_conv(torch.nn.Conv2d(6, 10, 3, padding=1, stride=2).double(),
-                                     basis_channels=4, keep_basis=keep_basis)
+    other = tb.BasisConv2d.from_conv(
+        torch.nn.Conv2d(6, 10, 3, padding=1, stride=2).double(),
+        basis_channels=4,
+        keep_basis=keep_basis,
+    )
     layer.load_state_dict(other.state_dict())
     with torch.no_grad():
         y4 = layer(x)
@@ -121,7 +133,11 @@ def test_set_resolved_rejects_bad_inference_modes():
 def test_apply_modes_sets_both_objectives_and_reads_old_states():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 3))
     model = tb.convert(model, {"0": {"ratio": 0.5}, "1": {"ratio": 0.5}})
-    apply_modes(model, ["0", "1"], {"0": {"mode": "fused", "mode_infer": "weight"},
-                                    "1": {"mode": "weight"}}, "cpu")  # "1": an old state
+    apply_modes(
+        model,
+        ["0", "1"],
+        {"0": {"mode": "fused", "mode_infer": "weight"}, "1": {"mode": "weight"}},
+        "cpu",
+    )  # "1": an old state
     assert (model[0].resolved, model[0].resolved_infer) == ("fused", "weight")
     assert (model[1].resolved, model[1].resolved_infer) == ("weight", None)

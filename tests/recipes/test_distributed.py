@@ -32,25 +32,55 @@ from tritonbasis.recipes import distributed as D
 from tritonbasis.recipes.data import digits
 from tritonbasis.recipes.train import TrainConfig, train
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
 
-SEARCH = ["search", "--width", "0.125", "--image-size", "8", "--epochs", "1",
-          "--probe-steps", "2", "--max-drop", "3", "--quiet"]
-PROBE_KEYS = ("zero_shot_acc", "zero_shot_drop", "zero_shot_loss_delta", "probe_acc",
-              "probe_drop", "probe_loss_delta")
+SEARCH = [
+    "search",
+    "--width",
+    "0.125",
+    "--image-size",
+    "8",
+    "--epochs",
+    "1",
+    "--probe-steps",
+    "2",
+    "--max-drop",
+    "3",
+    "--quiet",
+]
+PROBE_KEYS = (
+    "zero_shot_acc",
+    "zero_shot_drop",
+    "zero_shot_loss_delta",
+    "probe_acc",
+    "probe_drop",
+    "probe_loss_delta",
+)
 
 
 def _torchrun(args, cwd, env=None, nproc=2, timeout=300):
     """``torchrun --standalone --nproc-per-node N -m tritonbasis ARGS`` (one thread per rank,
     as torchrun's default and the in-process reference)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", str(nproc), "-m", "tritonbasis", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "tritonbasis",
+        *args,
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full_env.pop(D.TEST_EXIT_ENV, None)
     full_env.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=cwd)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
+    )
 
 
 def _probe_fields(report):
@@ -73,8 +103,7 @@ def test_two_rank_search_equals_single_process(dist_search, tmp_path, one_thread
     assert {r["rank"] for r in rep["layers"]} == {0, 1}  # both ranks ran probes
     # dealt in rounds of 2: probe i on rank i % 2, each probe once
     assert [r["rank"] for r in rep["layers"]] == [i % 2 for i in range(len(rep["layers"]))]
-    assert state["probe_runs"] == [{"world_size": 2,
-                                    "probes": [r["fqn"] for r in rep["layers"]]}]
+    assert state["probe_runs"] == [{"world_size": 2, "probes": [r["fqn"] for r in rep["layers"]]}]
 
     # the single-process search from the same baseline (the DDP-trained one: a BN model's
     # baseline differs between 1 and 2 ranks, see tritonbasis.distributed)
@@ -88,8 +117,9 @@ def test_two_rank_search_equals_single_process(dist_search, tmp_path, one_thread
     ref = json.loads((single / "report.json").read_text())
     assert ref["world_size"] == 1 and {r["rank"] for r in ref["layers"]} == {0}
     assert _probe_fields(rep) == _probe_fields(ref)
-    assert [{k: g[k] for k in (*PROBE_KEYS, "layers")} for g in rep["groups"]] == \
-        [{k: g[k] for k in (*PROBE_KEYS, "layers")} for g in ref["groups"]]
+    assert [{k: g[k] for k in (*PROBE_KEYS, "layers")} for g in rep["groups"]] == [
+        {k: g[k] for k in (*PROBE_KEYS, "layers")} for g in ref["groups"]
+    ]
     for key in ("selection", "plan", "baseline", "spearman_zero_shot_vs_probe"):
         assert rep[key] == ref[key], key
 
@@ -119,8 +149,9 @@ def test_killed_rank_resumes_without_redoing_probes(dist_search, tmp_path):
     for f, v in saved["probes"].items():
         assert state["probes"][f] == v
     # and the interrupted 2-rank search ends where the uninterrupted one did
-    assert _probe_fields(rep) == _probe_fields(json.loads((dist_search / "report.json")
-                                                          .read_text()))
+    assert _probe_fields(rep) == _probe_fields(
+        json.loads((dist_search / "report.json").read_text())
+    )
     assert set(rep["final"]) == {"dense", "chosen", "naive"}
     assert rep["final"]["naive"]["converted"] == len(rep["layers"])
 
@@ -141,9 +172,15 @@ def test_batch_that_does_not_split_is_refused_before_any_state(tmp_path):
 
 def _converted_model():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-                      nn.Conv2d(16, 16, 3, padding=1, stride=2), nn.ReLU(),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    m = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
     m = tb.convert(m, {"_default": {"ratio": 0.25}})
     assert sum(isinstance(x, tb.BasisConv2d) for x in m.modules()) == 2
     return m
@@ -165,18 +202,27 @@ def _config(**kw):
 
 def _ddp_worker(rank, folder, world):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+    )
     try:
         train_data, val_data = _data()
         with pytest.raises(ValueError, match="split evenly"):
             D.DDPTraining(63, len(train_data), torch.device("cpu"))
         # uninterrupted
         m = _converted_model()
-        res = train(m, train_data, val_data, _config(), checkpoint_dir=f"{folder}/full",
-                    distributed=True, progress=False)
-        torch.save({"state": m.state_dict(), "history": res.history},
-                   f"{folder}/full_rank{rank}.pt")
+        res = train(
+            m,
+            train_data,
+            val_data,
+            _config(),
+            checkpoint_dir=f"{folder}/full",
+            distributed=True,
+            progress=False,
+        )
+        torch.save(
+            {"state": m.state_dict(), "history": res.history}, f"{folder}/full_rank{rank}.pt"
+        )
         # interrupted at the start of epoch 2 on every rank, then resumed
         real = D.DDPTraining.start_epoch
 
@@ -188,15 +234,36 @@ def _ddp_worker(rank, folder, world):
         D.DDPTraining.start_epoch = dying
         try:
             with pytest.raises(KeyboardInterrupt):
-                train(_converted_model(), train_data, val_data, _config(),
-                      checkpoint_dir=f"{folder}/cut", distributed=True, progress=False)
+                train(
+                    _converted_model(),
+                    train_data,
+                    val_data,
+                    _config(),
+                    checkpoint_dir=f"{folder}/cut",
+                    distributed=True,
+                    progress=False,
+                )
         finally:
             D.DDPTraining.start_epoch = real
         m = _converted_model()
-        res = train(m, train_data, val_data, _config(), checkpoint_dir=f"{folder}/cut",
-                    resume=True, distributed=True, progress=False)
-        torch.save({"state": m.state_dict(), "history": res.history,
-                    "resumed_from": res.resumed_from_epoch}, f"{folder}/resumed_rank{rank}.pt")
+        res = train(
+            m,
+            train_data,
+            val_data,
+            _config(),
+            checkpoint_dir=f"{folder}/cut",
+            resume=True,
+            distributed=True,
+            progress=False,
+        )
+        torch.save(
+            {
+                "state": m.state_dict(),
+                "history": res.history,
+                "resumed_from": res.resumed_from_epoch,
+            },
+            f"{folder}/resumed_rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -249,8 +316,9 @@ def _fsdp2_worker(rank, folder, world):
     from torch.distributed.fsdp import fully_shard
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
+    )
     try:
         mesh = init_device_mesh("cpu", (world,))
         m = _converted_model()
@@ -260,8 +328,9 @@ def _fsdp2_worker(rank, folder, world):
         fully_shard(m, mesh=mesh)
         x, y = _fsdp2_batch()
         b = len(x) // world
-        loss = nn.functional.cross_entropy(m(x[rank * b:(rank + 1) * b]),
-                                           y[rank * b:(rank + 1) * b])
+        loss = nn.functional.cross_entropy(
+            m(x[rank * b : (rank + 1) * b]), y[rank * b : (rank + 1) * b]
+        )
         loss.backward()
         grads = {n: p.grad.full_tensor() for n, p in m.named_parameters()}
         if rank == 0:
@@ -301,9 +370,26 @@ def test_fsdp2_gradients_match_single_process(tmp_path, one_thread):
 
 def test_cli_train_under_torchrun_writes_on_rank0_and_resumes(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--width", "0.125", "--image-size", "8", "--epochs", "1",
-            "--batch-size", "64", "--max-steps", "3", "--ratio", "0.25", "--out", str(out),
-            "--quiet", "--time-steps", "2"]
+    args = [
+        "train",
+        "--width",
+        "0.125",
+        "--image-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--max-steps",
+        "3",
+        "--ratio",
+        "0.25",
+        "--out",
+        str(out),
+        "--quiet",
+        "--time-steps",
+        "2",
+    ]
     p = _torchrun(args, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("val accuracy") == 1  # rank 1 prints nothing

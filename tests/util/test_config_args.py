@@ -36,10 +36,20 @@ class Cfg:
     internal: object = None
 
 
-HELP = {"steps": "training steps", "lr": "learning rate", "name": "run name",
-        "out": "output folder", "tag": "a label", "seeds": "seeds", "widths": "widths",
-        "cases": "cases (default: every case)", "mode": "speed", "verbose": "talk more",
-        "final": "skip the final training", "tf32": "TF32 matmuls"}
+HELP = {
+    "steps": "training steps",
+    "lr": "learning rate",
+    "name": "run name",
+    "out": "output folder",
+    "tag": "a label",
+    "seeds": "seeds",
+    "widths": "widths",
+    "cases": "cases (default: every case)",
+    "mode": "speed",
+    "verbose": "talk more",
+    "final": "skip the final training",
+    "tf32": "TF32 matmuls",
+}
 
 
 def _parser(**kw) -> argparse.ArgumentParser:
@@ -57,14 +67,50 @@ def test_no_flags_give_the_dataclass_defaults():
 
 
 def test_each_kind_of_field_parses_to_its_type():
-    args = _parser().parse_args([
-        "--steps", "7", "--lr", "1e-3", "--name", "x", "--out", "/tmp/o", "--tag", "t",
-        "--seeds", "4", "5", "6", "--widths", "0.25", "1", "--cases", "a,b", "--mode", "slow",
-        "--verbose", "--no-final", "--tf32", "off"])
+    args = _parser().parse_args(
+        [
+            "--steps",
+            "7",
+            "--lr",
+            "1e-3",
+            "--name",
+            "x",
+            "--out",
+            "/tmp/o",
+            "--tag",
+            "t",
+            "--seeds",
+            "4",
+            "5",
+            "6",
+            "--widths",
+            "0.25",
+            "1",
+            "--cases",
+            "a,b",
+            "--mode",
+            "slow",
+            "--verbose",
+            "--no-final",
+            "--tf32",
+            "off",
+        ]
+    )
     cfg = from_args(Cfg, args)
-    assert cfg == Cfg(steps=7, lr=1e-3, name="x", out=Path("/tmp/o"), tag="t", seeds=(4, 5, 6),
-                      widths=[0.25, 1.0], cases="a,b", mode="slow", verbose=True, final=False,
-                      tf32=False)
+    assert cfg == Cfg(
+        steps=7,
+        lr=1e-3,
+        name="x",
+        out=Path("/tmp/o"),
+        tag="t",
+        seeds=(4, 5, 6),
+        widths=[0.25, 1.0],
+        cases="a,b",
+        mode="slow",
+        verbose=True,
+        final=False,
+        tf32=False,
+    )
     assert isinstance(cfg.seeds, tuple) and isinstance(cfg.widths, list)
     assert from_args(Cfg, _parser().parse_args(["--tf32", "on"])).tf32 is True
 
@@ -87,12 +133,22 @@ def test_help_says_every_default(capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("training steps (default: 3)", "learning rate (default: 0.1)",
-                 "output folder (default: runs)", "a label (default: none)",
-                 "seeds (default: 0 1)", "speed (default: fast)", "talk more (default: off)",
-                 "skip the final training (default: off)", "TF32 matmuls (default: on)",
-                 "cases (default: every case)", "--no-final", "--tf32 {on,off}",
-                 "--mode {fast,slow}", "--steps STEPS"):
+    for text in (
+        "training steps (default: 3)",
+        "learning rate (default: 0.1)",
+        "output folder (default: runs)",
+        "a label (default: none)",
+        "seeds (default: 0 1)",
+        "speed (default: fast)",
+        "talk more (default: off)",
+        "skip the final training (default: off)",
+        "TF32 matmuls (default: on)",
+        "cases (default: every case)",
+        "--no-final",
+        "--tf32 {on,off}",
+        "--mode {fast,slow}",
+        "--steps STEPS",
+    ):
         assert text in out, text
     assert "--final" not in out.replace("--no-final", "")
 
@@ -145,8 +201,7 @@ def test_a_percent_in_help_survives_argparse(capsys):
     add_dataclass_arguments(p, P, help={"budget": "accuracy budget in % points"})
     with pytest.raises(SystemExit):
         p.parse_args(["--help"])
-    assert "accuracy budget in % points (default: 0.5)" in " ".join(
-        capsys.readouterr().out.split())
+    assert "accuracy budget in % points (default: 0.5)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_dataclass_defaults():
@@ -183,8 +238,15 @@ def test_help_comes_from_field_metadata_and_the_callers_text_wins():
 
 def test_fallback_help_fills_only_fields_without_metadata_and_ignores_unknown_names():
     p = argparse.ArgumentParser()
-    add_dataclass_arguments(p, Documented, fallback_help={
-        "lr": "learning rate", "steps": "not used: metadata wins", "gone": "a removed field"})
+    add_dataclass_arguments(
+        p,
+        Documented,
+        fallback_help={
+            "lr": "learning rate",
+            "steps": "not used: metadata wins",
+            "gone": "a removed field",
+        },
+    )
     h = _help_of(p)
     assert h["lr"] == "learning rate (default: 0.1)" and h["steps"] == "training steps (default: 3)"
     with pytest.raises(ValueError, match=r"no help text .*\['lr'\]"):

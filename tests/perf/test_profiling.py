@@ -24,8 +24,8 @@ class _Net(nn.Module):
         super().__init__()
         self.stem = tb.BasisConv2d(3, 8, 3, basis_channels=4, padding=1)
         self.block = nn.Sequential(
-            nn.Conv2d(8, 8, 1),
-            tb.BasisConv2d(8, 8, 3, basis_channels=2, padding=1, mode="fused"))
+            nn.Conv2d(8, 8, 1), tb.BasisConv2d(8, 8, 3, basis_channels=2, padding=1, mode="fused")
+        )
 
     def forward(self, x):
         return self.block(torch.relu(self.stem(x)))
@@ -67,8 +67,12 @@ def test_ranges_only_while_named():
     # the op runs inside its layer's range
     evs = {e.name: e for e in prof.events()}
     outer = evs["block.1"]
-    inner = [e for e in prof.events() if e.name == "tritonbasis::basis_conv2d"
-             and outer.time_range.start <= e.time_range.start <= outer.time_range.end]
+    inner = [
+        e
+        for e in prof.events()
+        if e.name == "tritonbasis::basis_conv2d"
+        and outer.time_range.start <= e.time_range.start <= outer.time_range.end
+    ]
     assert inner, "tritonbasis::basis_conv2d not inside the layer's range"
     assert torch.equal(y, net(x))  # same result with and without names
 
@@ -77,8 +81,10 @@ def test_nvtx_ranges_balanced(monkeypatch):
     pushed = []
     monkeypatch.setattr(torch.cuda.nvtx, "range_push", lambda n: pushed.append(("push", n)))
     monkeypatch.setattr(torch.cuda.nvtx, "range_pop", lambda: pushed.append(("pop",)))
-    with pytest.raises(RuntimeError, match="boom"), profiling.layer_range("layer1.0.conv1",
-                                                                          nvtx=True):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        profiling.layer_range("layer1.0.conv1", nvtx=True),
+    ):
         raise RuntimeError("boom")
     assert pushed == [("push", "layer1.0.conv1"), ("pop",)]
     pushed.clear()
@@ -113,11 +119,30 @@ def test_profile_cli_writes_trace_naming_the_layers(tmp_path, capsys, one_thread
     # mode "fused" in the plan: at these tiny shapes mode="auto" runs weight modification on a
     # CPU (tritonbasis.modes), and the trace must show the op's ranges
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"_default": {"ratio": 0.25, "keep_basis": True,
-                                             "mode": "fused"}}))
-    rc = main(["profile", "--width", "0.125", "--image-size", "8", "--batch", "2",
-               "--steps", "2", "--warmup", "1", "--plan", str(plan),
-               "--device", "cpu", "--out", str(out), "--rows", "8"])
+    plan.write_text(json.dumps({"_default": {"ratio": 0.25, "keep_basis": True, "mode": "fused"}}))
+    rc = main(
+        [
+            "profile",
+            "--width",
+            "0.125",
+            "--image-size",
+            "8",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--plan",
+            str(plan),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--rows",
+            "8",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     trace = json.loads((out / "trace.json").read_text())
@@ -145,12 +170,21 @@ def test_profile_cli_writes_trace_naming_the_layers(tmp_path, capsys, one_thread
 
 
 def test_profile_without_trace_runs_steps(tmp_path):
-    model = nn.Sequential(tb.BasisConv2d(3, 8, 3, basis_channels=4, padding=1), nn.Flatten(),
-                          nn.Linear(8 * 4 * 4, 5))
+    model = nn.Sequential(
+        tb.BasisConv2d(3, 8, 3, basis_channels=4, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)
+    )
     calls = []
     model[0].register_forward_hook(lambda *a: calls.append(1))  # deep-copied with the model
-    s = profiling.profile_training(model, (2, 3, 4, 4), steps=3, warmup=1, device="cpu",
-                                   trace=False, out_dir=tmp_path / "p", log=lambda *a: None)
+    s = profiling.profile_training(
+        model,
+        (2, 3, 4, 4),
+        steps=3,
+        warmup=1,
+        device="cpu",
+        trace=False,
+        out_dir=tmp_path / "p",
+        log=lambda *a: None,
+    )
     assert s["files"] == {} and s["layers"] == ["0"]
     # exactly warmup + steps training steps (+ the one forward that reads the class count):
     # nothing else runs for an external profiler to see, so no in-process timing either
@@ -186,10 +220,11 @@ def test_triton_kernels_have_readable_names():
     """)
     # a process without TRITON_INTERPRET (the interpreter cannot compile)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    tools = str(Path(__file__).resolve().parents[2] / "tools")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == list(profiling.KERNEL_NAMES)
 
@@ -200,10 +235,19 @@ def test_gpu_trace_shows_triton_kernels_by_name(tmp_path):
         pytest.skip("needs a CUDA GPU (GPU tier)")
     from tritonbasis.recipes.models import resnet18_cifar
 
-    model = tb.convert(resnet18_cifar(width=0.5),
-                       {"_default": tb.BasisSpec(ratio=0.25, keep_basis=True, mode="fused")})
-    s = profiling.profile_training(model, (32, 3, 32, 32), steps=2, warmup=1, device="cuda",
-                                   out_dir=tmp_path, log=lambda *a: None)
+    model = tb.convert(
+        resnet18_cifar(width=0.5),
+        {"_default": tb.BasisSpec(ratio=0.25, keep_basis=True, mode="fused")},
+    )
+    s = profiling.profile_training(
+        model,
+        (32, 3, 32, 32),
+        steps=2,
+        warmup=1,
+        device="cuda",
+        out_dir=tmp_path,
+        log=lambda *a: None,
+    )
     # every kernel of a training step; the split-K forward's second launch runs only where
     # configs.split_k splits (small M), which may or may not happen at this batch
     always = set(profiling.KERNEL_NAMES) - {"basis_conv_fwd_reduce_kernel"}

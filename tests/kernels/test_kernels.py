@@ -31,8 +31,20 @@ CASES = [
     Case(C_in=16, C_b=16, C_rest=64, stride=2, padding=1, channels_last=True),  # stride 2, NHWC
     Case(C_in=5, C_b=5, C_rest=9, k=5, padding=2, dilation=2, H=15, W=9, keep_basis=False),
     Case(C_in=4, C_b=5, C_rest=0, k=1, padding=0),  # C_out = C_b: nothing to combine
-    Case(C_in=20, C_b=17, C_rest=20, k=3, stride=2, padding=0, dilation=2, H=15, W=15,
-         keep_basis=False, channels_last=True, bias=False),  # C_in and C_b span 2 blocks
+    Case(
+        C_in=20,
+        C_b=17,
+        C_rest=20,
+        k=3,
+        stride=2,
+        padding=0,
+        dilation=2,
+        H=15,
+        W=15,
+        keep_basis=False,
+        channels_last=True,
+        bias=False,
+    ),  # C_in and C_b span 2 blocks
     Case(N=3, C_in=6, C_b=3, C_rest=35, k=3, stride=2, padding=2, H=7, W=9),  # C_rest > 2 blocks
     Case(C_in=8, C_b=40, C_rest=8, k=3, padding=1, H=7, W=7, channels_last=True),  # C_b > 32
     # output-channel permutation (keep-basis conversion of a trained conv), both formats/forms
@@ -85,8 +97,9 @@ def test_int64_indexing_path(monkeypatch):
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
     _patch_plan(monkeypatch, "_needs_int64", lambda *t: True)
-    check_case(Case(C_in=6, C_b=7, C_rest=5, stride=2, channels_last=True), device=DEVICE,
-               backend="triton")
+    check_case(
+        Case(C_in=6, C_b=7, C_rest=5, stride=2, channels_last=True), device=DEVICE, backend="triton"
+    )
 
 
 def test_only_requested_gradients(monkeypatch):
@@ -97,8 +110,9 @@ def test_only_requested_gradients(monkeypatch):
 
     launched = []
     real = _triton._launch
-    monkeypatch.setattr(_triton, "_launch",
-                        lambda name, *a, **k: (launched.append(name), real(name, *a, **k))[1])
+    monkeypatch.setattr(
+        _triton, "_launch", lambda name, *a, **k: (launched.append(name), real(name, *a, **k))[1]
+    )
     x, basis, coeff, bias = Case().make(device=DEVICE)
     x.requires_grad_()
     with tb.use_backend("triton"):
@@ -139,8 +153,9 @@ def test_forced_triton_on_cpu_without_interpreter_is_a_clear_error(tmp_path):
         """
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     if HAS_CUDA:
         pytest.skip("with CUDA present the message differs only for CPU tensors; checked above")
@@ -158,9 +173,27 @@ def _need_kernels():
 
 # Allocations and views launch nothing; anything else run by aten outside the Triton launches
 # (a copy, a fill, a cast) is a kernel launch on a GPU.
-_NO_LAUNCH = ("empty", "empty_strided", "new_empty", "new_empty_strided", "as_strided", "view",
-              "_unsafe_view", "detach", "alias", "t", "transpose", "permute", "expand",
-              "slice", "select", "unsqueeze", "squeeze", "_reshape_alias", "lift_fresh")
+_NO_LAUNCH = (
+    "empty",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "as_strided",
+    "view",
+    "_unsafe_view",
+    "detach",
+    "alias",
+    "t",
+    "transpose",
+    "permute",
+    "expand",
+    "slice",
+    "select",
+    "unsqueeze",
+    "squeeze",
+    "_reshape_alias",
+    "lift_fresh",
+)
 
 
 def _count_forward_launches(monkeypatch, *args, **kwargs):
@@ -211,8 +244,7 @@ def test_forward_is_one_launch(monkeypatch):
     x, basis, coeff, bias = case.make(device=DEVICE)
     perm = torch.randperm(case.C_out).to(DEVICE)
     kl = basis.contiguous(memory_format=torch.channels_last)
-    launched, ops = _count_forward_launches(monkeypatch, x, kl, coeff, bias, padding=1,
-                                            perm=perm)
+    launched, ops = _count_forward_launches(monkeypatch, x, kl, coeff, bias, padding=1, perm=perm)
     assert launched == ["fwd"] and ops == [], (launched, ops)
     launched, ops = _count_forward_launches(monkeypatch, x, basis, coeff, bias, padding=1)
     assert launched == ["fwd"] and len(ops) == 1, (launched, ops)  # the channels_last copy
@@ -226,8 +258,9 @@ SPLIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case,split", SPLIT_CASES,
-                         ids=[f"{c.id()}-split{s}" for c, s in SPLIT_CASES])
+@pytest.mark.parametrize(
+    "case,split", SPLIT_CASES, ids=[f"{c.id()}-split{s}" for c, s in SPLIT_CASES]
+)
 def test_split_k_matches_reference(case, split, monkeypatch):
     """Split-K (fp32 workspace + reduce/epilogue launch) against the float64 reference,
     forward and gradients; 2 launches."""
@@ -257,8 +290,11 @@ def test_int64_indexing_path_split_k(monkeypatch):
     _need_kernels()
     _patch_plan(monkeypatch, "_needs_int64", lambda *t: True)
     _patch_plan(monkeypatch, "fwd_split_k", lambda *a, **k: 2)
-    check_case(Case(C_in=6, C_b=5, C_rest=7, stride=2, channels_last=True, keep_basis=False),
-               device=DEVICE, backend="triton")
+    check_case(
+        Case(C_in=6, C_b=5, C_rest=7, stride=2, channels_last=True, keep_basis=False),
+        device=DEVICE,
+        backend="triton",
+    )
 
 
 def test_split_k_rule():
@@ -280,5 +316,11 @@ def test_autotune_key_buckets_m():
     from tritonbasis.kernels import configs
 
     assert [configs.m_bucket(m) for m in (1, 2, 3, 4096, 4097, 256 * 1024)] == [
-        1, 2, 4, 4096, 8192, 262144]
+        1,
+        2,
+        4,
+        4096,
+        8192,
+        262144,
+    ]
     assert "M" not in configs.KEYS["fwd"] and "M_KEY" in configs.KEYS["fwd"]

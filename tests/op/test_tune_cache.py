@@ -57,14 +57,23 @@ def test_cache_dir_env_xdg_and_default(monkeypatch, tmp_path):
 
 def _geo(n=2, c_b=8):
     x = torch.zeros(n, 16, 6, 6)
-    return check_inputs(x, torch.zeros(c_b, 16, 3, 3), torch.zeros(16 - c_b, c_b), None, 1,
-                           1, 1, True)
+    return check_inputs(
+        x, torch.zeros(c_b, 16, 3, 3), torch.zeros(16 - c_b, c_b), None, 1, 1, 1, True
+    )
 
 
 def _timing(g, device="cpu (x86_64)", mode="weight", kernel=None):
-    tune_cache.store_timing(device, g, fused_ms={"fwd": 1.0}, weight_ms={"fwd": 0.5},
-                            mode=mode, dtype="float32", layout="contiguous", objective="infer",
-                            kernel=kernel)
+    tune_cache.store_timing(
+        device,
+        g,
+        fused_ms={"fwd": 1.0},
+        weight_ms={"fwd": 0.5},
+        mode=mode,
+        dtype="float32",
+        layout="contiguous",
+        objective="infer",
+        kernel=kernel,
+    )
 
 
 def test_timing_round_trip_through_the_file(cache, monkeypatch):
@@ -77,8 +86,10 @@ def test_timing_round_trip_through_the_file(cache, monkeypatch):
     assert entry["mode"] == "weight" and entry["device"] == "DEV-A"
     assert entry["geometry"] == list(tune_cache.geometry_key(g))
     # atomic write: nothing but the file and its lock is left behind
-    assert sorted(p.name for p in cache.iterdir()) == [tune_cache.TIMINGS_FILE,
-                                                       tune_cache.TIMINGS_FILE + ".lock"]
+    assert sorted(p.name for p in cache.iterdir()) == [
+        tune_cache.TIMINGS_FILE,
+        tune_cache.TIMINGS_FILE + ".lock",
+    ]
     tune_cache.clear_memory()  # as a new process: read back from disk
     assert tune_cache.lookup_mode(g, "cpu") == "weight"
 
@@ -95,16 +106,24 @@ def test_second_process_reads_the_timings(cache):
         print(tune_cache.lookup_mode(g, "cpu"))
     """)
     env = {**os.environ, tune_cache.ENV_DIR: str(cache)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "weight"
 
 
-@pytest.mark.parametrize("content", [
-    "{not json", "[1, 2, 3]", '{"format": "something-else/9", "entries": {}}',
-    '{"format": "tritonbasis.tune_cache/1", "entries": [1]}', "\x00\xff garbage"],
-    ids=["truncated", "list", "other-format", "bad-entries", "binary"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[1, 2, 3]",
+        '{"format": "something-else/9", "entries": {}}',
+        '{"format": "tritonbasis.tune_cache/1", "entries": [1]}',
+        "\x00\xff garbage",
+    ],
+    ids=["truncated", "list", "other-format", "bad-entries", "binary"],
+)
 def test_corrupt_file_is_ignored_with_a_warning_and_rewritten(cache, content):
     cache.mkdir(parents=True)
     f = cache / tune_cache.TIMINGS_FILE
@@ -210,11 +229,17 @@ _TUNER_PROBE = textwrap.dedent("""
 
 def _probe_tuner(tmp_path, layouts: str) -> list[dict]:
     """Run _TUNER_PROBE in a fresh process on triton cache dir ``tmp_path / "triton"``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",
-                                                             "TRITONBASIS_AUTOTUNE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITONBASIS_AUTOTUNE")
+    }
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton")
-    r = subprocess.run([sys.executable, "-c", _TUNER_PROBE, layouts], capture_output=True,
-                       text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", _TUNER_PROBE, layouts],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
 
@@ -268,8 +293,9 @@ def test_tune_cache_does_not_import_the_launchers_at_import():
     from tritonbasis.op import launchers
 
     src = inspect.getsource(launchers)
-    names = {a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)
-             for a in n.names}
+    names = {
+        a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) for a in n.names
+    }
     assert "tune_cache" not in names
 
 
@@ -286,10 +312,17 @@ def _wide_layer_geometry(n=2):
 
 
 def _store(g, device_name, mode, kernel=None):
-    tune_cache.store_timing(device_name, g, fused_ms={"fwd": 1.0, "fwd+bwd": 3.0},
-                            weight_ms={"fwd": 0.5, "fwd+bwd": 2.0}, mode=mode,
-                            dtype="float32", layout="contiguous", objective="train",
-                            kernel=kernel)
+    tune_cache.store_timing(
+        device_name,
+        g,
+        fused_ms={"fwd": 1.0, "fwd+bwd": 3.0},
+        weight_ms={"fwd": 0.5, "fwd+bwd": 2.0},
+        mode=mode,
+        dtype="float32",
+        layout="contiguous",
+        objective="train",
+        kernel=kernel,
+    )
 
 
 def test_choose_mode_uses_a_cached_timing(cache, monkeypatch):
@@ -300,12 +333,14 @@ def test_choose_mode_uses_a_cached_timing(cache, monkeypatch):
     assert m.resolved_mode(x) == "weight"
     calls = []
     real = reference.weight_modified
-    monkeypatch.setattr(reference, "weight_modified",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        reference, "weight_modified", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     y = m(x)
     assert calls == [1], "mode='auto' did not dispatch to the measured winner"
-    assert torch.allclose(y, reference.basis_conv2d_reference(x, m.basis, m.coeff, m.bias,
-                                                              padding=1), atol=1e-5)
+    assert torch.allclose(
+        y, reference.basis_conv2d_reference(x, m.basis, m.coeff, m.bias, padding=1), atol=1e-5
+    )
     # another process sees it too; another shape (batch) is not measured: FLOP model
     tune_cache.clear_memory()
     assert choose_mode(g, "cpu") == "weight"
@@ -319,8 +354,7 @@ def test_cached_timing_steers_compiled_graph(cache, monkeypatch):
     x, m, g = _wide_layer_geometry()
     calls = []
     real_fwd = reference.forward  # the op's CPU implementation (the fused path)
-    monkeypatch.setattr(reference, "forward",
-                        lambda *a, **k: calls.append(1) or real_fwd(*a, **k))
+    monkeypatch.setattr(reference, "forward", lambda *a, **k: calls.append(1) or real_fwd(*a, **k))
 
     def compiled_call():
         torch._dynamo.reset()

@@ -26,8 +26,20 @@ from tritonbasis.util import timing
 from tritonbasis.util.config_args import from_args
 
 TOP_KEYS = {"device", "torch", "triton", "commit", "date", "settings", "records"}
-RECORD_KEYS = {"case", "shape", "dtype", "layout", "direction", "provider", "median_ms",
-               "p20_ms", "p80_ms", "tflops", "gbps", "roofline_pct"}
+RECORD_KEYS = {
+    "case",
+    "shape",
+    "dtype",
+    "layout",
+    "direction",
+    "provider",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "tflops",
+    "gbps",
+    "roofline_pct",
+}
 SHAPE_KEYS = {"N", "C_in", "C_out", "C_b", "H", "W", "k", "stride", "padding", "dilation"}
 QUICK = ["bench", "--quick", "--warmup-ms", "1", "--rep-ms", "2", "--e2e-steps", "1"]
 
@@ -52,8 +64,7 @@ def quick_run(tmp_path_factory):
     """One quick CPU run of the whole runner (one case, all providers and directions, the
     end-to-end models), shared by the checks below."""
     out = tmp_path_factory.mktemp("bench")
-    rc = main([*QUICK, "--cases", "quick.3x3s2.16to32.8px", "--device", "cpu",
-               "--out", str(out)])
+    rc = main([*QUICK, "--cases", "quick.3x3s2.16to32.8px", "--device", "cpu", "--out", str(out)])
     assert rc == 0
     jsons = sorted(out.glob("*.json"))
     assert len(jsons) == 1, jsons
@@ -87,19 +98,31 @@ def test_quick_json_has_the_issue_shape(quick_run):
     # every provider x direction of the case was measured (nothing is skipped on a CPU)
     assert res["settings"]["skipped"] == []
     assert {(r["provider"], r["direction"]) for r in ops} == {
-        (p, d) for p in tbb.PROVIDERS for d in tbb.DIRECTIONS}
+        (p, d) for p in tbb.PROVIDERS for d in tbb.DIRECTIONS
+    }
     assert len(ops) == len(tbb.PROVIDERS) * len(tbb.DIRECTIONS)
     for r in ops:
         assert r["case"] == "quick.3x3s2.16to32.8px" and r["provider"] in tbb.PROVIDERS
         assert all(isinstance(v, int) and not isinstance(v, bool) for v in r["shape"].values())
-        assert r["shape"] == {"N": 4, "C_in": 16, "C_out": 32, "C_b": 8, "H": 8, "W": 8,
-                              "k": 3, "stride": 2, "padding": 1, "dilation": 1}
+        assert r["shape"] == {
+            "N": 4,
+            "C_in": 16,
+            "C_out": 32,
+            "C_b": 8,
+            "H": 8,
+            "W": 8,
+            "k": 3,
+            "stride": 2,
+            "padding": 1,
+            "dilation": 1,
+        }
         assert r["dtype"] == "float32" and r["layout"] == "channels_last"
         assert _is_num(r["gbps"]) and r["gbps"] > 0
         assert _is_num(r["roofline_pct"]) and r["roofline_pct"] > 0
     # end to end: train step and inference of each model variant
     assert {(r["provider"], r["direction"]) for r in e2e} == {
-        (v, d) for v in tbb.E2E_VARIANTS for d in ("fwd", "fwd+bwd")}
+        (v, d) for v in tbb.E2E_VARIANTS for d in ("fwd", "fwd+bwd")
+    }
     for r in e2e:
         assert r["case"] == "e2e.resnet18_cifar"
         assert r["gbps"] is None and r["roofline_pct"] is None
@@ -130,8 +153,9 @@ def test_quick_figures_follow_from_time_flops_and_measured_peaks(quick_run):
         flops = _flops(r["shape"], r["direction"])
         assert r["tflops"] == pytest.approx(flops / sec / 1e12, rel=1e-9)
         nbytes = r["gbps"] * 1e9 * sec
-        floor = max(flops / (peaks["matmul_tflops"]["float32"] * 1e12),
-                    nbytes / (peaks["copy_gbps"] * 1e9))
+        floor = max(
+            flops / (peaks["matmul_tflops"]["float32"] * 1e12), nbytes / (peaks["copy_gbps"] * 1e9)
+        )
         assert r["roofline_pct"] == pytest.approx(100 * floor / sec, rel=1e-9)
     # bytes: fwd reads x and writes y (+ weights); fwd+bwd = fwd + bwd
     by = {(r["provider"], r["direction"]): r for r in res["records"]}
@@ -142,7 +166,8 @@ def test_quick_figures_follow_from_time_flops_and_measured_peaks(quick_run):
     fb = by[("fused", "fwd+bwd")]
     b = by[("fused", "bwd")]
     assert (fb["gbps"] * fb["median_ms"]) == pytest.approx(
-        r["gbps"] * r["median_ms"] + b["gbps"] * b["median_ms"], rel=1e-9)
+        r["gbps"] * r["median_ms"] + b["gbps"] * b["median_ms"], rel=1e-9
+    )
 
 
 def test_quick_markdown_lists_every_provider_and_ratio(quick_run):
@@ -156,21 +181,58 @@ def test_quick_markdown_lists_every_provider_and_ratio(quick_run):
 
 
 def test_markdown_speedups_are_ratios_of_one_run():
-    shape = {"N": 1, "C_in": 4, "C_out": 8, "C_b": 2, "H": 4, "W": 4, "k": 3, "stride": 1,
-             "padding": 1, "dilation": 1}
+    shape = {
+        "N": 1,
+        "C_in": 4,
+        "C_out": 8,
+        "C_b": 2,
+        "H": 4,
+        "W": 4,
+        "k": 3,
+        "stride": 1,
+        "padding": 1,
+        "dilation": 1,
+    }
 
     def rec(provider, ms):
-        return {"case": "c", "shape": shape, "dtype": "float32", "layout": "contiguous",
-                "direction": "fwd", "provider": provider, "median_ms": ms, "p20_ms": ms,
-                "p80_ms": ms, "tflops": 1.0, "gbps": 1.0, "roofline_pct": 50.0}
+        return {
+            "case": "c",
+            "shape": shape,
+            "dtype": "float32",
+            "layout": "contiguous",
+            "direction": "fwd",
+            "provider": provider,
+            "median_ms": ms,
+            "p20_ms": ms,
+            "p80_ms": ms,
+            "tflops": 1.0,
+            "gbps": 1.0,
+            "roofline_pct": 50.0,
+        }
 
-    res = {"device": "d", "torch": "t", "triton": None, "commit": "abc", "date": "2026-01-01",
-           "settings": {"quick": True, "complete": True, "dtypes": ["float32"],
-                        "layouts": ["contiguous"], "ratios": ["1/4"], "fp32_precision": "ieee",
-                        "tf32": {"cudnn": False, "matmul": False}, "cudnn_benchmark": True,
-                        "peaks": {}, "timing": {"method": "m"}, "fused_implementation": "f",
-                        "compile_mode": "default", "skipped": []},
-           "records": [rec("dense_cudnn", 3.0), rec("unfused_eager", 8.0), rec("fused", 2.0)]}
+    res = {
+        "device": "d",
+        "torch": "t",
+        "triton": None,
+        "commit": "abc",
+        "date": "2026-01-01",
+        "settings": {
+            "quick": True,
+            "complete": True,
+            "dtypes": ["float32"],
+            "layouts": ["contiguous"],
+            "ratios": ["1/4"],
+            "fp32_precision": "ieee",
+            "tf32": {"cudnn": False, "matmul": False},
+            "cudnn_benchmark": True,
+            "peaks": {},
+            "timing": {"method": "m"},
+            "fused_implementation": "f",
+            "compile_mode": "default",
+            "skipped": [],
+        },
+        "records": [rec("dense_cudnn", 3.0), rec("unfused_eager", 8.0), rec("fused", 2.0)],
+    }
     md = tbb.markdown(res)
     summary = [line for line in md.splitlines() if line.startswith("| c | 2 |")][0]
     assert "| 2.0000 | 1.50 | 4.00 |" in summary  # fused 1.5x dense, 4x unfused
@@ -197,15 +259,26 @@ def test_case_list_matches_the_issue():
     s1 = {(c.C_in, c.H) for c in r18 if c.k == 3 and c.stride == 1}
     assert s1 == {(64, 32), (128, 16), (256, 8), (512, 4)}
     s2 = [(c.C_in, c.C_out, c.H, c.k) for c in r18 if c.stride == 2]
-    assert sorted(s2) == sorted([(64, 128, 32, 3), (128, 256, 16, 3), (256, 512, 8, 3),
-                                 (64, 128, 32, 1), (128, 256, 16, 1), (256, 512, 8, 1)])
+    assert sorted(s2) == sorted(
+        [
+            (64, 128, 32, 3),
+            (128, 256, 16, 3),
+            (256, 512, 8, 3),
+            (64, 128, 32, 1),
+            (128, 256, 16, 1),
+            (256, 512, 8, 1),
+        ]
+    )
     r50 = tbb.select_cases("resnet50")
-    assert [(c.N, c.C_in, c.H) for c in r50] == [(64, 64, 56), (64, 128, 28), (64, 256, 14),
-                                                (64, 512, 7)]
+    assert [(c.N, c.C_in, c.H) for c in r50] == [
+        (64, 64, 56),
+        (64, 128, 28),
+        (64, 256, 14),
+        (64, 512, 7),
+    ]
     assert tbb.select_cases(None) == r18 + r50
     assert tbb.select_cases(None, quick=True) == tbb.GROUPS["quick"]
-    assert [c.name for c in tbb.select_cases("r18.*1x1s2*")] == [
-        c.name for c in r18 if c.k == 1]
+    assert [c.name for c in tbb.select_cases("r18.*1x1s2*")] == [c.name for c in r18 if c.k == 1]
     with pytest.raises(ValueError, match="no benchmark case matches"):
         tbb.select_cases("resnet19")
     assert tbb.parse_ratios(None) == [Fraction(1, 8), Fraction(1, 4), Fraction(1, 2)]
@@ -267,7 +340,8 @@ def test_time_fn_on_cuda_is_do_bench_with_every_call_timed(fake_cuda):
     assert fake.calls[1][2] == pytest.approx(3 * 60.0 * 1.25)  # 3 more calls' worth
     assert t.reps == 4 and t.method.startswith("triton.testing.do_bench (CUDA events")
     assert (t.p20_ms, t.median_ms, t.p80_ms) == pytest.approx(
-        tuple(np.percentile([60.0, 50.0, 70.0, 80.0], [20, 50, 80])))
+        tuple(np.percentile([60.0, 50.0, 70.0, 80.0], [20, 50, 80]))
+    )
 
 
 def test_time_fn_cuda_graph_is_do_bench_cudagraph_over_replays(fake_cuda):
@@ -284,8 +358,9 @@ def test_time_fn_cuda_graph_is_do_bench_cudagraph_over_replays(fake_cuda):
 
 
 def test_problem_rotates_inputs_inside_the_timed_call():
-    v = tbb.Variant(tbb.select_cases("quick.3x3.16ch.8px")[0], Fraction(1, 4), "float32",
-                    "contiguous")
+    v = tbb.Variant(
+        tbb.select_cases("quick.3x3.16ch.8px")[0], Fraction(1, 4), "float32", "contiguous"
+    )
     prob = tbb.Problem(v, "cpu", compile_mode=None, rotate=3)
     try:
         for direction in tbb.DIRECTIONS:
@@ -302,8 +377,7 @@ def test_problem_rotates_inputs_inside_the_timed_call():
         got = fn()
         i = prob.i
         f = prob.forward_fn("fused")
-        want = torch.autograd.grad(f(prob.xs[i]), [prob.xs[i], *prob.params("fused")],
-                                   prob.dys[i])
+        want = torch.autograd.grad(f(prob.xs[i]), [prob.xs[i], *prob.params("fused")], prob.dys[i])
         assert len(got) == len(want) == 3
         for g, w in zip(got, want):
             assert torch.equal(g, w)
@@ -319,13 +393,38 @@ def test_bench_flags_are_the_config_defaults():
     tbb.add_arguments(p)
     args = p.parse_args([])
     assert from_args(tbb.BenchConfig, args) == tbb.BenchConfig()
-    args = p.parse_args(["--quick", "--dtype", "all", "--layout", "contiguous", "--tf32", "off",
-                         "--no-e2e", "--cuda-graphs", "off", "--rep-ms", "3", "--e2e-steps",
-                         "2", "--compile-mode", "none"])
+    args = p.parse_args(
+        [
+            "--quick",
+            "--dtype",
+            "all",
+            "--layout",
+            "contiguous",
+            "--tf32",
+            "off",
+            "--no-e2e",
+            "--cuda-graphs",
+            "off",
+            "--rep-ms",
+            "3",
+            "--e2e-steps",
+            "2",
+            "--compile-mode",
+            "none",
+        ]
+    )
     cfg = from_args(tbb.BenchConfig, args)
-    assert cfg == tbb.BenchConfig(quick=True, dtypes="all", layouts="contiguous", tf32=False,
-                                  e2e=False, cuda_graphs="off", rep_ms=3.0, e2e_steps=2,
-                                  compile_mode="none")
+    assert cfg == tbb.BenchConfig(
+        quick=True,
+        dtypes="all",
+        layouts="contiguous",
+        tf32=False,
+        e2e=False,
+        cuda_graphs="off",
+        rep_ms=3.0,
+        e2e_steps=2,
+        compile_mode="none",
+    )
     r = tbb.resolve(dataclasses.replace(cfg, device="cpu"))
     assert r.dtypes == list(tbb.DTYPES) and r.layouts == ["contiguous"]
     assert r.compile_mode is None and r.rep_ms == 3.0 and r.warmup_ms == 5.0
@@ -334,8 +433,14 @@ def test_bench_flags_are_the_config_defaults():
     with pytest.raises(ValueError, match="not both"):
         tbb.resolve(tbb.BenchConfig(e2e=False, ops=False, device="cpu"))
     # Python callers may pass lists where the command line takes comma lists
-    r = tbb.resolve(tbb.BenchConfig(device="cpu", cases=["quick.1x1s2.16to32.8px"],
-                                    ratios=[0.5, Fraction(1, 8)], dtypes=["float32"]))
+    r = tbb.resolve(
+        tbb.BenchConfig(
+            device="cpu",
+            cases=["quick.1x1s2.16to32.8px"],
+            ratios=[0.5, Fraction(1, 8)],
+            dtypes=["float32"],
+        )
+    )
     assert [c.name for c in r.cases] == ["quick.1x1s2.16to32.8px"]
     assert r.ratios == [Fraction(1, 2), Fraction(1, 8)] and r.dtypes == ["float32"]
 
@@ -345,8 +450,17 @@ def test_bench_cli_help_and_list(capsys):
         main(["bench", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--quick", "--cases", "--dtype", "--layout", "--out", "--providers",
-                "--tf32", "--compile-mode", "--plan"):
+    for opt in (
+        "--quick",
+        "--cases",
+        "--dtype",
+        "--layout",
+        "--out",
+        "--providers",
+        "--tf32",
+        "--compile-mode",
+        "--plan",
+    ):
         assert opt in out
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out
@@ -362,18 +476,35 @@ def test_bench_cli_rejects_bad_choices(tmp_path):
 
 
 def test_bench_core_preset_runs_through_the_suite(tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     try:
         import bench_core
     finally:
         sys.path.pop(0)
-    rc = bench_core.main(["--quick", "--cases", "quick.1x1s2.16to32.8px", "--warmup-ms", "1",
-                          "--rep-ms", "1", "--out", str(tmp_path), "--device", "cpu"])
+    rc = bench_core.main(
+        [
+            "--quick",
+            "--cases",
+            "quick.1x1s2.16to32.8px",
+            "--warmup-ms",
+            "1",
+            "--rep-ms",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     (path,) = tmp_path.glob("*.json")
     res = json.loads(path.read_text())
-    assert {r["provider"] for r in res["records"]} == {"dense_cudnn", "unfused_eager",
-                                                      "weight_mod", "fused"}
+    assert {r["provider"] for r in res["records"]} == {
+        "dense_cudnn",
+        "unfused_eager",
+        "weight_mod",
+        "fused",
+    }
     assert {r["direction"] for r in res["records"]} == {"fwd", "fwd+bwd"}
 
 
@@ -394,8 +525,7 @@ def test_tune_cli_help(capsys):
         main(["tune", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--model", "--plan", "--width", "--image-size", "--batch", "--objective",
-                "--show"):
+    for opt in ("--model", "--plan", "--width", "--image-size", "--batch", "--objective", "--show"):
         assert opt in out
 
 
@@ -408,8 +538,23 @@ def test_tune_without_cuda_explains_and_succeeds(capsys, cache):
 
 
 def test_tune_cpu_tiny_run_feeds_mode_auto(capsys, cache, one_thread):
-    args = ["tune", "--device", "cpu", "--width", "0.125", "--image-size", "8", "--batch", "2",
-            "--warmup-ms", "1", "--rep-ms", "1", "--min-reps", "3"]
+    args = [
+        "tune",
+        "--device",
+        "cpu",
+        "--width",
+        "0.125",
+        "--image-size",
+        "8",
+        "--batch",
+        "2",
+        "--warmup-ms",
+        "1",
+        "--rep-ms",
+        "1",
+        "--min-reps",
+        "3",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "layer shapes timed" in out and "layer4.0.conv1" in out
@@ -429,14 +574,14 @@ def test_tune_cpu_tiny_run_feeds_mode_auto(capsys, cache, one_thread):
     # convert resolves each auto layer for the input it will see: with the shape given, that
     # decision reads the tuning cache (without it, the per-pixel cost rule decides, and the
     # test passed only when every measured winner happened to be weight)
-    model = convert(resnet18_cifar(width=0.125), {"_default": BasisSpec(ratio=0.25)},
-                    input_shape=(2, 3, 8, 8))
+    model = convert(
+        resnet18_cifar(width=0.125), {"_default": BasisSpec(ratio=0.25)}, input_shape=(2, 3, 8, 8)
+    )
     by_geo = {tuple(e["geometry"]): e["mode"] for e in entries}
     checked = 0
     for _fqns, m, in_shape in layer_geometries(model, (2, 3, 8, 8)):
         x = torch.zeros(in_shape)
-        g = check_inputs(x, m.basis, m.coeff, m.bias, m.stride, m.padding, m.dilation,
-                            m.keep_basis)
+        g = check_inputs(x, m.basis, m.coeff, m.bias, m.stride, m.padding, m.dilation, m.keep_basis)
         assert m.resolved_mode(x) == by_geo[tune_cache.geometry_key(g)]
         checked += 1
     assert checked == len(entries)

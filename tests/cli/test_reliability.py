@@ -33,19 +33,52 @@ from tritonbasis.recipes.models import resnet18_cifar
 from tritonbasis.recipes.train import TrainConfig, train
 from tritonbasis.util.fileio import CheckpointError
 
-TINY_TRAIN = ["train", "--width", "0.125", "--image-size", "8", "--epochs", "1",
-              "--batch-size", "64", "--max-steps", "3", "--ratio", "0.25", "--quiet",
-              "--time-steps", "1", "--seed", "3"]
-TINY_SEARCH = ["search", "--width", "0.125", "--image-size", "8", "--epochs", "1",
-               "--probe-steps", "1", "--quiet", "--no-final"]
+TINY_TRAIN = [
+    "train",
+    "--width",
+    "0.125",
+    "--image-size",
+    "8",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--max-steps",
+    "3",
+    "--ratio",
+    "0.25",
+    "--quiet",
+    "--time-steps",
+    "1",
+    "--seed",
+    "3",
+]
+TINY_SEARCH = [
+    "search",
+    "--width",
+    "0.125",
+    "--image-size",
+    "8",
+    "--epochs",
+    "1",
+    "--probe-steps",
+    "1",
+    "--quiet",
+    "--no-final",
+]
 
 
 def _cli(*args, env=None, timeout=600):
     e = {k: v for k, v in os.environ.items() if k != "TRITONBASIS_DEBUG"}
     # one thread: bitwise-reproducible CPU runs, and kind to the shared 2 cores
     e.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "tritonbasis", *map(str, args)],
-                          capture_output=True, text=True, env=e, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tritonbasis", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+    )
 
 
 def _refused(r, code: int, *needles: str) -> str:
@@ -61,8 +94,11 @@ def _refused(r, code: int, *needles: str) -> str:
 
 
 def _digest_tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _flip_tensor_bytes(path: Path, n: int = 50) -> None:
@@ -72,8 +108,8 @@ def _flip_tensor_bytes(path: Path, n: int = 50) -> None:
         info = max(z.infolist(), key=lambda i: i.file_size)
     raw = bytearray(path.read_bytes())
     # local header: 30 bytes + name + extra field, then the stored (uncompressed) data
-    name_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little")
-    extra_len = int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    name_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little")
     start = info.header_offset + 30 + name_len + extra_len
     step = max(1, info.file_size // (n + 1))
     for i in range(n):
@@ -91,8 +127,16 @@ def _write_lock(folder: Path, pid: int, host: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_NAME
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
-                                "command": "search", "started": started}))
+    lock.write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": host or socket.gethostname(),
+                "command": "search",
+                "started": started,
+            }
+        )
+    )
     return lock
 
 
@@ -110,10 +154,22 @@ def two_runs(tmp_path_factory):
     cache_a.mkdir()
     cache_b.mkdir()
     (cache_a / tune_cache.TIMINGS_FILE).write_bytes(b"\xff\xfe\x00\x81 not utf-8 \xc3\x28")
-    (cache_b / tune_cache.TIMINGS_FILE).write_text(json.dumps({
-        "format": tune_cache.FORMAT, "kind": "mode-timings",
-        "entries": {"k": {"ident": [{"a": 1}], "device": {"b": 2}, "geometry": [{"c": 3}],
-                          "mode": {"d": 4}}}}))
+    (cache_b / tune_cache.TIMINGS_FILE).write_text(
+        json.dumps(
+            {
+                "format": tune_cache.FORMAT,
+                "kind": "mode-timings",
+                "entries": {
+                    "k": {
+                        "ident": [{"a": 1}],
+                        "device": {"b": 2},
+                        "geometry": [{"c": 3}],
+                        "mode": {"d": 4},
+                    }
+                },
+            }
+        )
+    )
     _write_lock(root / "a", _dead_pid())
     ra = _cli(*TINY_TRAIN, "--out", root / "a", env={"TRITONBASIS_CACHE_DIR": str(cache_a)})
     rb = _cli(*TINY_TRAIN, "--out", root / "b", env={"TRITONBASIS_CACHE_DIR": str(cache_b)})
@@ -216,18 +272,34 @@ def _main_inprocess(capsys, *args):
 # interpreter start-ups on CI).
 def test_bad_arguments_in_a_subprocess(tmp_path):
     out = tmp_path / "s"
-    _refused(_cli(*TINY_SEARCH, "--out", out, "--max-drop", "nan"), 2,
-             "tritonbasis search: error:", "--max-drop", "finite")
-    _refused(_cli(*TINY_TRAIN, "--out", out, "--epochs", "0"), 2,
-             "tritonbasis train: error:", "--epochs")
+    _refused(
+        _cli(*TINY_SEARCH, "--out", out, "--max-drop", "nan"),
+        2,
+        "tritonbasis search: error:",
+        "--max-drop",
+        "finite",
+    )
+    _refused(
+        _cli(*TINY_TRAIN, "--out", out, "--epochs", "0"), 2, "tritonbasis train: error:", "--epochs"
+    )
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad", [
-    ["--max-drop", "nan"], ["--max-drop", "inf"], ["--max-drop", "-1"], ["--batch-size", "0"],
-    ["--lr", "-1"], ["--epochs", "0"], ["--image-size", "3"], ["--ratio", "0"],
-    ["--probe-steps", "x"],
-], ids=lambda b: " ".join(b))
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--max-drop", "nan"],
+        ["--max-drop", "inf"],
+        ["--max-drop", "-1"],
+        ["--batch-size", "0"],
+        ["--lr", "-1"],
+        ["--epochs", "0"],
+        ["--image-size", "3"],
+        ["--ratio", "0"],
+        ["--probe-steps", "x"],
+    ],
+    ids=lambda b: " ".join(b),
+)
 def test_search_bad_arguments_fail_at_parse_time(bad, tmp_path, capsys):
     out = tmp_path / "s"
     r = _main_inprocess(capsys, *TINY_SEARCH, "--out", out, *bad)
@@ -235,12 +307,22 @@ def test_search_bad_arguments_fail_at_parse_time(bad, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("cmd", [
-    ["train", "--epochs", "0"], ["train", "--image-size", "1"], ["train", "--lr", "nan"],
-    ["train", "--plan", "."], ["train", "--plan", "no_such_plan.json"],
-    ["train", "--device", "tpu"], ["demo", "--channels", "0"], ["demo", "--size", "0"],
-    ["demo", "--ratio", "0"], ["convert", "--ratio", "1.5"],
-], ids=lambda c: " ".join(c))
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["train", "--epochs", "0"],
+        ["train", "--image-size", "1"],
+        ["train", "--lr", "nan"],
+        ["train", "--plan", "."],
+        ["train", "--plan", "no_such_plan.json"],
+        ["train", "--device", "tpu"],
+        ["demo", "--channels", "0"],
+        ["demo", "--size", "0"],
+        ["demo", "--ratio", "0"],
+        ["convert", "--ratio", "1.5"],
+    ],
+    ids=lambda c: " ".join(c),
+)
 def test_cli_bad_arguments_fail_at_parse_time(cmd, tmp_path, capsys):
     out = tmp_path / "t"
     extra = ["--out", out] if cmd[0] == "train" else []
@@ -255,8 +337,12 @@ def test_plan_file_problems_are_one_line(tmp_path):
     _refused(_cli("convert", "--width", "0.125", "--plan", binary), 1, str(binary), "not a text")
     typed = tmp_path / "typed.json"
     typed.write_text(json.dumps({"layer1.0.conv1": {"ratio": "0.25"}}))
-    _refused(_cli("convert", "--width", "0.125", "--plan", typed), 1, str(typed),
-             "ratio must be a finite number")
+    _refused(
+        _cli("convert", "--width", "0.125", "--plan", typed),
+        1,
+        str(typed),
+        "ratio must be a finite number",
+    )
     nothing = tmp_path / "nothing.json"
     nothing.write_text(json.dumps({"re:layer9\\..*": {"ratio": 0.25}}))
     r = _cli("convert", "--width", "0.125", "--plan", nothing)
@@ -283,8 +369,10 @@ def test_unwritable_output_folder_fails_before_any_work(tmp_path):
 
 def test_read_only_folder_fails_before_any_work(tmp_path):
     if os.geteuid() == 0:
-        pytest.skip("running as root: file permissions do not stop writes (the a_file case "
-                    "above covers the same check)")
+        pytest.skip(
+            "running as root: file permissions do not stop writes (the a_file case "
+            "above covers the same check)"
+        )
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -321,8 +409,16 @@ def test_lock_from_another_host_is_refused_and_explained(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    r = _cli("--debug", "train", "--data", "cifar10", "--data-dir", tmp_path / "nope",
-             "--out", tmp_path / "t")
+    r = _cli(
+        "--debug",
+        "train",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        tmp_path / "nope",
+        "--out",
+        tmp_path / "t",
+    )
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
@@ -341,17 +437,35 @@ def _tiny_model():
 
 
 def _fast_config(**kw):
-    base = dict(spec={"ratio": 0.25}, max_drop=2.0, baseline_epochs=0, batch_size=64,
-                lr=0.05, probe_steps=0, time_batch=4, time_steps=1, final=False,
-                probe_groups=False, seed=0)
+    base = dict(
+        spec={"ratio": 0.25},
+        max_drop=2.0,
+        baseline_epochs=0,
+        batch_size=64,
+        lr=0.05,
+        probe_steps=0,
+        time_batch=4,
+        time_steps=1,
+        final=False,
+        probe_groups=False,
+        seed=0,
+    )
     base.update(kw)
     return S.SearchConfig(**base)
 
 
 def _search(data8, out, cfg, **kw):
     train_data, val_data = data8
-    return S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=out,
-                                progress=False, log=lambda *a: None, **kw)
+    return S.sensitivity_search(
+        _tiny_model(),
+        train_data,
+        val_data,
+        config=cfg,
+        out=out,
+        progress=False,
+        log=lambda *a: None,
+        **kw,
+    )
 
 
 def test_search_state_is_validated_and_config_changes_are_named(data8, tmp_path, one_thread):
@@ -367,8 +481,9 @@ def test_search_state_is_validated_and_config_changes_are_named(data8, tmp_path,
     good = json.dumps(doc)
     doc["stages"]["baseline"]["val_acc"] = "high"
     state.write_text(json.dumps(doc))
-    with pytest.raises(S.SearchStateError,
-                       match=r"state\.json' is corrupt: stages\.baseline\.val_acc is a string"):
+    with pytest.raises(
+        S.SearchStateError, match=r"state\.json' is corrupt: stages\.baseline\.val_acc is a string"
+    ):
         _search(data8, tmp_path, _fast_config())
     doc = json.loads(good)
     doc["stages"] = []
@@ -386,8 +501,15 @@ def test_search_state_is_validated_and_config_changes_are_named(data8, tmp_path,
 
 
 def test_refused_search_config_writes_nothing(data8, tmp_path):
-    for bad in ({"max_drop": float("nan")}, {"max_drop": float("inf")}, {"batch_size": 0},
-                {"lr": -1.0}, {"probe_lr": 0.0}, {"time_steps": 0}, {"schedule": "nope"}):
+    for bad in (
+        {"max_drop": float("nan")},
+        {"max_drop": float("inf")},
+        {"batch_size": 0},
+        {"lr": -1.0},
+        {"probe_lr": 0.0},
+        {"time_steps": 0},
+        {"schedule": "nope"},
+    ):
         with pytest.raises(ValueError):
             _search(data8, tmp_path / "s", _fast_config(**bad))
     assert not (tmp_path / "s").exists()
@@ -399,8 +521,14 @@ def test_over_budget_plan_warns_loudly(data8, tmp_path, monkeypatch, capsys, one
 
     def fake_probe(dense, fqns, *a, **k):
         d = 0.0 if len(fqns) == 1 else 50.0
-        return {"zero_shot_acc": 0.5, "zero_shot_drop": d, "zero_shot_loss_delta": 0.0,
-                "probe_acc": 0.5, "probe_drop": d, "probe_loss_delta": 0.0}
+        return {
+            "zero_shot_acc": 0.5,
+            "zero_shot_drop": d,
+            "zero_shot_loss_delta": 0.0,
+            "probe_acc": 0.5,
+            "probe_drop": d,
+            "probe_loss_delta": 0.0,
+        }
 
     monkeypatch.setattr(S, "_probe", fake_probe)
     rep = _search(data8, tmp_path, _fast_config(max_drop=0.5, max_backoff=1))
@@ -415,8 +543,7 @@ def test_over_budget_plan_warns_loudly(data8, tmp_path, monkeypatch, capsys, one
 
 def test_truncated_training_checkpoint_is_a_clear_error(data8, tmp_path):
     train_data, _ = data8
-    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                      nn.Linear(4, 10))
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, seed=0, max_steps=1)
     train(m, train_data, None, cfg, checkpoint_dir=tmp_path, progress=False)
     path = tmp_path / "last.pt"
@@ -432,9 +559,17 @@ def test_tune_cache_of_any_content_is_ignored(tmp_path, monkeypatch):
     x = torch.randn(2, 8, 8, 8)
     layer = tb.BasisConv2d(8, 8, 3, basis_channels=2, padding=1, mode="auto")
     g = check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
-    junk = [b"\xff\xfe\x00", b"[1, 2]", b'{"format": "tritonbasis.tune_cache/1", "entries": 3}',
-            json.dumps({"format": tune_cache.FORMAT, "entries": {
-                "a": {"ident": [[{"x": 1}]], "config": {"blocks": {}}}}}).encode()]
+    junk = [
+        b"\xff\xfe\x00",
+        b"[1, 2]",
+        b'{"format": "tritonbasis.tune_cache/1", "entries": 3}',
+        json.dumps(
+            {
+                "format": tune_cache.FORMAT,
+                "entries": {"a": {"ident": [[{"x": 1}]], "config": {"blocks": {}}}},
+            }
+        ).encode(),
+    ]
     for content in junk:
         (tmp_path / tune_cache.TIMINGS_FILE).write_bytes(content)
         # the pre-issue-11 autotune-config file: no longer read, whatever it holds
@@ -457,10 +592,12 @@ def test_out_perm_is_validated_on_load_and_gradients_use_the_same_mapping():
     src = tb.BasisConv2d(3, 6, 3, basis_channels=2, padding=1, keep_basis=True).double()
     src.set_out_perm(torch.tensor([3, 0, 5, 1, 4, 2]))
     sd = src.state_dict()
-    for bad, why in ((torch.tensor([0, 0, 1, 2, 3, 4]), "not a permutation"),
-                     (torch.tensor([0, 1, 2, 3, 4, 99]), "not a permutation"),
-                     (torch.tensor([0.0, 1, 2, 3, 4, 5]), "dtype"),
-                     (torch.tensor([0, 1, 2]), "shape")):
+    for bad, why in (
+        (torch.tensor([0, 0, 1, 2, 3, 4]), "not a permutation"),
+        (torch.tensor([0, 1, 2, 3, 4, 99]), "not a permutation"),
+        (torch.tensor([0.0, 1, 2, 3, 4, 5]), "dtype"),
+        (torch.tensor([0, 1, 2]), "shape"),
+    ):
         dst = tb.BasisConv2d(3, 6, 3, basis_channels=2, padding=1, keep_basis=True).double()
         with pytest.raises(RuntimeError, match=f"out_perm .*{why}"):
             dst.load_state_dict({**sd, "out_perm": bad})
@@ -472,20 +609,24 @@ def test_out_perm_is_validated_on_load_and_gradients_use_the_same_mapping():
     for mode in ("fused", "weight"):
         dst.mode = mode
         assert torch.autograd.gradcheck(
-            lambda x, b, c, bias, mode=mode: tb.basis_conv2d(x, b, c, bias, 1, 1, 1, True,
-                                                             mode=mode, perm=dst.out_perm),
-            (x, dst.basis, dst.coeff, dst.bias))
+            lambda x, b, c, bias, mode=mode: tb.basis_conv2d(
+                x, b, c, bias, 1, 1, 1, True, mode=mode, perm=dst.out_perm
+            ),
+            (x, dst.basis, dst.coeff, dst.bias),
+        )
     # the permuted layer is its merged dense conv
     torch.testing.assert_close(dst(x), F.conv2d(x, dst.merged_weight(), dst.bias, padding=1))
 
 
 def test_export_with_dynamic_batch(one_thread):
     torch.manual_seed(0)
-    m = nn.Sequential(tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1, mode="auto"), nn.ReLU(),
-                      tb.BasisConv2d(16, 16, 3, basis_channels=14, padding=1, mode="auto")).eval()
+    m = nn.Sequential(
+        tb.BasisConv2d(8, 16, 3, basis_channels=4, padding=1, mode="auto"),
+        nn.ReLU(),
+        tb.BasisConv2d(16, 16, 3, basis_channels=14, padding=1, mode="auto"),
+    ).eval()
     batch = torch.export.Dim("batch", min=1, max=1024)
-    ep = torch.export.export(m, (torch.randn(4, 8, 16, 16),),
-                             dynamic_shapes={"input": {0: batch}})
+    ep = torch.export.export(m, (torch.randn(4, 8, 16, 16),), dynamic_shapes={"input": {0: batch}})
     for n in (1, 7):
         x = torch.randn(n, 8, 16, 16)
         torch.testing.assert_close(ep.module()(x), m(x))
@@ -508,8 +649,7 @@ def test_inf_inputs_fused_is_non_finite_where_the_dense_conv_is():
         layer.mode = "fused"
         fused = layer(x)
     assert dense.isinf().any() and not dense.isfinite().all()
-    assert torch.equal(weight.isinf(), dense.isinf()) and torch.equal(weight.isnan(),
-                                                                      dense.isnan())
+    assert torch.equal(weight.isinf(), dense.isinf()) and torch.equal(weight.isnan(), dense.isnan())
     assert torch.equal(fused.isfinite(), dense.isfinite())
     fin = dense.isfinite()
     torch.testing.assert_close(fused[fin], dense[fin])

@@ -27,10 +27,23 @@ def data8():
 
 
 def _tiny_config(**kw):
-    base = dict(spec={"ratio": 0.25}, max_drop=2.0, baseline_epochs=2, batch_size=64,
-                lr=0.05, probe_steps=4, probe_lr=0.01, time_batch=8, time_steps=2,
-                final=True, final_seeds=1, final_epochs=1, time_rounds=1, verify_steps=None,
-                seed=0)
+    base = dict(
+        spec={"ratio": 0.25},
+        max_drop=2.0,
+        baseline_epochs=2,
+        batch_size=64,
+        lr=0.05,
+        probe_steps=4,
+        probe_lr=0.01,
+        time_batch=8,
+        time_steps=2,
+        final=True,
+        final_seeds=1,
+        final_epochs=1,
+        time_rounds=1,
+        verify_steps=None,
+        seed=0,
+    )
     base.update(kw)
     return S.SearchConfig(**base)
 
@@ -43,9 +56,14 @@ def _tiny_model():
 def _strip_timing(d):
     """Wall-clock measurements differ run to run; everything else must not."""
     if isinstance(d, dict):
-        return {k: _strip_timing(v) for k, v in d.items()
-                if not (k.endswith(("_ms", "_ms_rounds"))
-                        or k in ("seconds", "timing_device", "train_step", "infer"))}
+        return {
+            k: _strip_timing(v)
+            for k, v in d.items()
+            if not (
+                k.endswith(("_ms", "_ms_rounds"))
+                or k in ("seconds", "timing_device", "train_step", "infer")
+            )
+        }
     if isinstance(d, list):
         return [_strip_timing(v) for v in d]
     return d
@@ -53,8 +71,15 @@ def _strip_timing(d):
 
 def test_tiny_search_end_to_end(data8, tmp_path):
     train_data, val_data = data8
-    rep = S.sensitivity_search(_tiny_model(), train_data, val_data, config=_tiny_config(),
-                               out=tmp_path, progress=False, log=lambda *a: None)
+    rep = S.sensitivity_search(
+        _tiny_model(),
+        train_data,
+        val_data,
+        config=_tiny_config(),
+        out=tmp_path,
+        progress=False,
+        log=lambda *a: None,
+    )
     sel = rep.selection
     assert sel["within_budget"]
     if sel["chosen"]:
@@ -62,13 +87,20 @@ def test_tiny_search_end_to_end(data8, tmp_path):
         assert sel["verifications"][-1]["layers"] == sorted(sel["chosen"])
     assert len(rep.layers) == 20  # every conv of resnet18_cifar saves something at 1/4
     for r in rep.layers:
-        for k in ("zero_shot_drop", "probe_drop", "macs_saved", "params_saved",
-                  "time_dense_ms", "time_basis_ms"):
+        for k in (
+            "zero_shot_drop",
+            "probe_drop",
+            "macs_saved",
+            "params_saved",
+            "time_dense_ms",
+            "time_basis_ms",
+        ):
             assert k in r, k
         assert r["macs_saved"] > 0
     assert set(rep.final) == {"dense", "chosen", "naive"}
-    assert rep.final["naive"]["params"] < rep.final["chosen"]["params"] <= \
-        rep.final["dense"]["params"]
+    assert (
+        rep.final["naive"]["params"] < rep.final["chosen"]["params"] <= rep.final["dense"]["params"]
+    )
     assert rep.final["naive"]["converted"] == 20
     # the final converts the trained baseline: one seed, paired drops against it
     assert rep.final["dense"]["val_acc"] == pytest.approx(rep.baseline["val_acc"])
@@ -78,8 +110,9 @@ def test_tiny_search_end_to_end(data8, tmp_path):
     # every layer's mode is the faster of its two measured ones
     for r in rep.layers:
         assert r["mode"] == ("fused" if r["time_fused_ms"] <= r["time_weight_ms"] else "weight")
-        assert r["mode_infer"] == ("fused" if r["time_fused_infer_ms"]
-                                   <= r["time_weight_infer_ms"] else "weight")
+        assert r["mode_infer"] == (
+            "fused" if r["time_fused_infer_ms"] <= r["time_weight_infer_ms"] else "weight"
+        )
     # outputs: JSON report, plan, summary, plots
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["selection"]["chosen"] == sel["chosen"]
@@ -110,8 +143,9 @@ def _fragile_setup(data8):
     m.add_module("pool", nn.AdaptiveAvgPool2d(1))
     m.add_module("flat", nn.Flatten())
     m.add_module("fc", nn.Linear(16, 10))
-    train(m, train_data, None, TrainConfig(epochs=6, batch_size=64, lr=0.05, seed=0),
-          progress=False)
+    train(
+        m, train_data, None, TrainConfig(epochs=6, batch_size=64, lr=0.05, seed=0), progress=False
+    )
     return tb.merge(m)
 
 
@@ -120,10 +154,12 @@ def test_fragile_layer_is_ranked_most_sensitive(data8, tmp_path):
     m = _fragile_setup(data8)
     _, base_acc = evaluate(m, val_data, "cpu")
     assert base_acc > 0.5  # the model works, so a drop can show
-    cfg = _tiny_config(baseline_epochs=0, probe_steps=0, max_drop=1.0, final=False,
-                       probe_groups=False)
-    rep = S.sensitivity_search(m, train_data, val_data, config=cfg, out=tmp_path,
-                               progress=False, log=lambda *a: None)
+    cfg = _tiny_config(
+        baseline_epochs=0, probe_steps=0, max_drop=1.0, final=False, probe_groups=False
+    )
+    rep = S.sensitivity_search(
+        m, train_data, val_data, config=cfg, out=tmp_path, progress=False, log=lambda *a: None
+    )
     rows = {r["fqn"]: r for r in rep.layers}
     assert set(rows) == {"c1", "c2", "c3"}
     # rank-4 layers convert exactly at C_b = 4: no drop at all (up to one flipped sample)
@@ -158,8 +194,15 @@ def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
     monkeypatch.setattr(probes, "time_fwd_bwd", _fake_layer_time)
     monkeypatch.setattr(probes, "time_infer", _fake_infer_time)
     cfg = _tiny_config(baseline_epochs=1, probe_steps=2)
-    ref = S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
-                               out=tmp_path / "a", progress=False, log=lambda *a: None)
+    ref = S.sensitivity_search(
+        _tiny_model(),
+        train_data,
+        val_data,
+        config=cfg,
+        out=tmp_path / "a",
+        progress=False,
+        log=lambda *a: None,
+    )
     # second run: killed during the 6th probe (S._probe: the probe the orchestrator binds and
     # hands to every stage that probes -- layers, groups, verifications)
     real = S._probe
@@ -173,8 +216,15 @@ def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
 
     monkeypatch.setattr(S, "_probe", dying_probe)
     with pytest.raises(KeyboardInterrupt):
-        S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
-                             out=tmp_path / "b", progress=False, log=lambda *a: None)
+        S.sensitivity_search(
+            _tiny_model(),
+            train_data,
+            val_data,
+            config=cfg,
+            out=tmp_path / "b",
+            progress=False,
+            log=lambda *a: None,
+        )
     state = json.loads((tmp_path / "b" / "state.json").read_text())
     assert len(state["stages"]["probes"]) == 5  # finished probes were saved
     monkeypatch.setattr(S, "_probe", real)
@@ -185,8 +235,15 @@ def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(S, "_probe", counting_probe)
-    resumed = S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg,
-                                   out=tmp_path / "b", progress=False, log=lambda *a: None)
+    resumed = S.sensitivity_search(
+        _tiny_model(),
+        train_data,
+        val_data,
+        config=cfg,
+        out=tmp_path / "b",
+        progress=False,
+        log=lambda *a: None,
+    )
     # only the unfinished probes (+ groups and verifications) ran again
     n_layers = len(ref.layers)
     assert counted["n"] <= n_layers - 5 + 2 + len(ref.selection["verifications"])
@@ -209,12 +266,21 @@ def test_same_seed_gives_the_same_search_whatever_the_timings(data8, tmp_path, m
     the modes round differently, fine-tuning diverged, 23.33 vs 24.67 pp): accuracies,
     losses, the plan and every report field but the timings and the modes they pick are
     equal, bitwise on CPU."""
-    cfg = _tiny_config(baseline_epochs=1, probe_steps=1, verify_steps=1, probe_groups=False,
-                       final_epochs=1, time_steps=1)
+    cfg = _tiny_config(
+        baseline_epochs=1,
+        probe_steps=1,
+        verify_steps=1,
+        probe_groups=False,
+        final_epochs=1,
+        time_steps=1,
+    )
     # the whole-model step times are timing fields too (left out of the comparison): faked,
     # only to keep the test short
-    monkeypatch.setattr(final, "measure_step_time", lambda *a, **k: {
-        "train_step_ms": 1.0, "infer_ms": 1.0, "device_name": "cpu"})
+    monkeypatch.setattr(
+        final,
+        "measure_step_time",
+        lambda *a, **k: {"train_step_ms": 1.0, "infer_ms": 1.0, "device_name": "cpu"},
+    )
     reports = {}
     for fast in ("fused", "weight"):
         monkeypatch.setattr(probes, "time_fwd_bwd", _mode_timer(fast))
@@ -238,22 +304,51 @@ def test_same_seed_gives_the_same_search_whatever_the_timings(data8, tmp_path, m
 def test_mismatched_or_corrupt_state_is_refused(data8, tmp_path):
     train_data, val_data = data8
     cfg = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False)
-    S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=tmp_path,
-                         progress=False, log=lambda *a: None)
-    other = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False,
-                         max_drop=0.1)
+    S.sensitivity_search(
+        _tiny_model(),
+        train_data,
+        val_data,
+        config=cfg,
+        out=tmp_path,
+        progress=False,
+        log=lambda *a: None,
+    )
+    other = _tiny_config(
+        baseline_epochs=0, probe_steps=0, final=False, probe_groups=False, max_drop=0.1
+    )
     with pytest.raises(S.SearchStateError, match="different configuration"):
-        S.sensitivity_search(_tiny_model(), train_data, val_data, config=other, out=tmp_path,
-                             progress=False, log=lambda *a: None)
+        S.sensitivity_search(
+            _tiny_model(),
+            train_data,
+            val_data,
+            config=other,
+            out=tmp_path,
+            progress=False,
+            log=lambda *a: None,
+        )
     # another data set (identity) is refused too
     with pytest.raises(S.SearchStateError, match="different configuration"):
-        S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=tmp_path,
-                             identity={"data": "something else"}, progress=False,
-                             log=lambda *a: None)
+        S.sensitivity_search(
+            _tiny_model(),
+            train_data,
+            val_data,
+            config=cfg,
+            out=tmp_path,
+            identity={"data": "something else"},
+            progress=False,
+            log=lambda *a: None,
+        )
     (tmp_path / "state.json").write_text("{ truncated")
     with pytest.raises(S.SearchStateError, match="corrupt"):
-        S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=tmp_path,
-                             progress=False, log=lambda *a: None)
+        S.sensitivity_search(
+            _tiny_model(),
+            train_data,
+            val_data,
+            config=cfg,
+            out=tmp_path,
+            progress=False,
+            log=lambda *a: None,
+        )
 
 
 def test_search_config_validation():
@@ -270,15 +365,23 @@ def test_selection_backs_off_to_a_verified_subset():
     'c' and 'd' together cost 5 pp (an interaction the sum cannot predict). Greedy by score
     takes a, b, c, d (predicted 1.2 pp <= 2); verification fails until 'd' is dropped; a
     second run on the same state re-uses the saved verifications instead of probing again."""
-    rows = [{"fqn": f, "probe_drop": 0.3, "score": s, "chosen": False}
-            for f, s in (("a", 4.0), ("b", 3.0), ("c", 2.0), ("d", 1.0))]
+    rows = [
+        {"fqn": f, "probe_drop": 0.3, "score": s, "chosen": False}
+        for f, s in (("a", 4.0), ("b", 3.0), ("c", 2.0), ("d", 1.0))
+    ]
     calls = []
 
     def probe(fqns, steps):
         calls.append((sorted(fqns), steps))
         drop = 0.3 * len(fqns) + (5.0 if {"c", "d"} <= set(fqns) else 0.0)
-        return {"zero_shot_acc": 0.9, "zero_shot_drop": drop, "zero_shot_loss_delta": 0.0,
-                "probe_acc": 0.9, "probe_drop": round(drop, 4), "probe_loss_delta": 0.0}
+        return {
+            "zero_shot_acc": 0.9,
+            "zero_shot_drop": drop,
+            "zero_shot_loss_delta": 0.0,
+            "probe_acc": 0.9,
+            "probe_drop": round(drop, 4),
+            "probe_loss_delta": 0.0,
+        }
 
     cfg = _tiny_config(max_drop=2.0, probe_steps=3, max_backoff=3, selection="greedy")
     state = DictState()
@@ -287,8 +390,10 @@ def test_selection_backs_off_to_a_verified_subset():
     assert sel["within_budget"] and sel["verified_drop"] == pytest.approx(0.9)
     assert sel["predicted_drop"] == pytest.approx(0.9)
     assert calls == [(["a", "b", "c", "d"], 6), (["a", "b", "c"], 6)]  # 2 x probe_steps
-    assert [v["layers"] for v in state.get("verifications")] == [["a", "b", "c", "d"],
-                                                                 ["a", "b", "c"]]
+    assert [v["layers"] for v in state.get("verifications")] == [
+        ["a", "b", "c", "d"],
+        ["a", "b", "c"],
+    ]
     again = selection.select(rows, probe, cfg, state, log=lambda *a: None)
     assert again == sel and len(calls) == 2
 
@@ -311,9 +416,9 @@ def test_killed_timing_resumes_with_the_saved_timings(data8, tmp_path, monkeypat
         _run(data8, tmp_path, cfg)
     saved = json.loads((tmp_path / "state.json").read_text())["stages"]["gains"]
     assert len(saved) == 5
-    calls["n"] = -10**6  # no more kills
+    calls["n"] = -(10**6)  # no more kills
     rep = _run(data8, tmp_path, cfg)
-    assert calls["n"] == -10**6 + 3 * (len(rep.layers) - 5)
+    assert calls["n"] == -(10**6) + 3 * (len(rep.layers) - 5)
     rows = {r["fqn"]: r for r in rep.layers}
     for f, g in saved.items():
         assert rows[f]["mode"] == g["mode"] and rows[f]["time_fused_ms"] == g["time_fused_ms"]
@@ -321,8 +426,15 @@ def test_killed_timing_resumes_with_the_saved_timings(data8, tmp_path, monkeypat
 
 def _run(data8, out, cfg):
     train_data, val_data = data8
-    return S.sensitivity_search(_tiny_model(), train_data, val_data, config=cfg, out=out,
-                                progress=False, log=lambda *a: None)
+    return S.sensitivity_search(
+        _tiny_model(),
+        train_data,
+        val_data,
+        config=cfg,
+        out=out,
+        progress=False,
+        log=lambda *a: None,
+    )
 
 
 def test_state_without_a_new_field_resumes_as_its_default(data8, tmp_path, monkeypatch):
@@ -339,11 +451,26 @@ def test_state_without_a_new_field_resumes_as_its_default(data8, tmp_path, monke
         del doc["config"][k]
     doc["config_hash"] = "0" * 64  # as hashed by the code of before those fields
     path.write_text(json.dumps(doc))
-    again = _run(data8, tmp_path, _tiny_config(baseline_epochs=0, probe_steps=0, final=False,
-                                               probe_groups=False, final_seeds=3))
+    again = _run(
+        data8,
+        tmp_path,
+        _tiny_config(
+            baseline_epochs=0, probe_steps=0, final=False, probe_groups=False, final_seeds=3
+        ),
+    )
     assert again.selection == first.selection
-    with pytest.raises(S.SearchStateError,
-                       match=r"differs in selection \(state 'bisect', now 'greedy'\)\)"):
-        _run(data8, tmp_path, _tiny_config(baseline_epochs=0, probe_steps=0, final=False,
-                                           probe_groups=False, final_seeds=3,
-                                           selection="greedy"))
+    with pytest.raises(
+        S.SearchStateError, match=r"differs in selection \(state 'bisect', now 'greedy'\)\)"
+    ):
+        _run(
+            data8,
+            tmp_path,
+            _tiny_config(
+                baseline_epochs=0,
+                probe_steps=0,
+                final=False,
+                probe_groups=False,
+                final_seeds=3,
+                selection="greedy",
+            ),
+        )

@@ -90,6 +90,7 @@ def _count_launches(monkeypatch):
                 return real(name, *a, **k)
             finally:
                 mode.in_launch = False
+
         return launch
 
     monkeypatch.setattr(_triton, "_launch", wrap(_triton._launch))
@@ -103,14 +104,33 @@ def _backward_inputs(case: Case):
     perm = case.make_perm(DEVICE)
     with tb.use_backend("triton"):
         out, z = torch.ops.tritonbasis.basis_conv2d(
-            x, basis, coeff, bias, perm, [case.stride] * 2, [case.padding] * 2,
-            [case.dilation] * 2, case.keep_basis, True)
+            x,
+            basis,
+            coeff,
+            bias,
+            perm,
+            [case.stride] * 2,
+            [case.padding] * 2,
+            [case.dilation] * 2,
+            case.keep_basis,
+            True,
+        )
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(
-        device=DEVICE, dtype=out.dtype)
+        device=DEVICE, dtype=out.dtype
+    )
     if case.channels_last:
         grad = grad.contiguous(memory_format=torch.channels_last)
-    g = check_inputs(x, basis, coeff, bias, (case.stride,) * 2, (case.padding,) * 2,
-                     (case.dilation,) * 2, case.keep_basis, perm)
+    g = check_inputs(
+        x,
+        basis,
+        coeff,
+        bias,
+        (case.stride,) * 2,
+        (case.padding,) * 2,
+        (case.dilation,) * 2,
+        case.keep_basis,
+        perm,
+    )
     return (grad, x, basis, coeff, out, z, bias, perm), g
 
 
@@ -150,8 +170,9 @@ def test_full_backward_is_at_most_4_launches(monkeypatch, case):
         ((False, True, True, True), ["grad_z", "wgrad", "bwd_reduce"]),
         ((True, False, True, True), ["grad_z", "grad_x", "bwd_reduce"]),
     ],
-    ids=lambda v: "".join("xbcB"[i] if m else "-" for i, m in enumerate(v))
-    if isinstance(v, tuple) else "",
+    ids=lambda v: (
+        "".join("xbcB"[i] if m else "-" for i, m in enumerate(v)) if isinstance(v, tuple) else ""
+    ),
 )
 def test_only_requested_gradients_launch(monkeypatch, mask, expect):
     case = Case(perm=True)
@@ -192,8 +213,9 @@ def test_autograd_backward_is_at_most_4_launches(monkeypatch):
         names: list[str] = []
         for fn in ("_launch", "_launch_fixed"):
             real = getattr(_triton, fn)
-            monkeypatch.setattr(_triton, fn, lambda n, *a, _r=real, **k: (names.append(n),
-                                                                          _r(n, *a, **k))[1])
+            monkeypatch.setattr(
+                _triton, fn, lambda n, *a, _r=real, **k: (names.append(n), _r(n, *a, **k))[1]
+            )
         y.backward(torch.ones_like(y))
     assert names == ["grad_z", "grad_x", "wgrad", "bwd_reduce"]
 
@@ -202,9 +224,11 @@ def test_autograd_backward_is_at_most_4_launches(monkeypatch):
 # Determinism
 
 
-@pytest.mark.parametrize("case", [Case(perm=True, stride=2),
-                                  Case(keep_basis=False, C_rest=6, channels_last=True)],
-                         ids=lambda c: c.id())
+@pytest.mark.parametrize(
+    "case",
+    [Case(perm=True, stride=2), Case(keep_basis=False, C_rest=6, channels_last=True)],
+    ids=lambda c: c.id(),
+)
 def test_backward_bitwise_deterministic(case):
     """Two backward runs give bitwise identical gradients; also under
     torch.use_deterministic_algorithms(True), which the path honours by construction (no
@@ -227,8 +251,9 @@ def test_dtype_of_every_gradient_is_the_parameters():
     fp16 gradients, shaped like the parameters, contiguous."""
     case = Case()
     inputs, g = _backward_inputs(case)
-    inputs = tuple(t.half() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-                   for t in inputs)
+    inputs = tuple(
+        t.half() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs
+    )
     grads = _run_launcher(inputs, g, (True, True, True, True))
     for t, ref in zip(grads, (inputs[1], inputs[2], inputs[3], inputs[6])):
         assert t.dtype == torch.float16 and t.shape == ref.shape
@@ -249,8 +274,9 @@ def test_int64_indexing_path(monkeypatch):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("stride, dilation", [((2, 1), (1, 1)), ((1, 3), (2, 1))],
-                         ids=["s2x1", "s1x3_d2x1"])
+@pytest.mark.parametrize(
+    "stride, dilation", [((2, 1), (1, 1)), ((1, 3), (2, 1))], ids=["s2x1", "s1x3_d2x1"]
+)
 def test_asymmetric_stride_phases(stride, dilation):
     """Phases per axis: stride (2, 1) has 2 phases, (1, 3) has 3, each with its own taps."""
     from helpers import UNIT, assert_bounded, reference_with_bounds

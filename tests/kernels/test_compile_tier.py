@@ -325,7 +325,7 @@ def test_aot_cache_keys_match_the_runtime() -> None:
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    tools = str(Path(__file__).resolve().parents[1] / "tools")
+    tools = str(Path(__file__).resolve().parents[2] / "tools")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
     r = subprocess.run(
         [sys.executable, "-c", _KEY_PROBE], capture_output=True, text=True, env=env, timeout=600

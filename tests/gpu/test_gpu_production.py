@@ -43,7 +43,7 @@ from tritonbasis.op.geometry import check_inputs
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNIT = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (production configs)")
 

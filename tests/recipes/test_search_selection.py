@@ -11,13 +11,18 @@ from tritonbasis.recipes.search.verdict import verdict
 
 
 def _result(drop, loss=0.0):
-    return {"zero_shot_acc": 0.9, "zero_shot_drop": drop, "zero_shot_loss_delta": loss,
-            "probe_acc": 0.9, "probe_drop": round(drop, 4), "probe_loss_delta": loss}
+    return {
+        "zero_shot_acc": 0.9,
+        "zero_shot_drop": drop,
+        "zero_shot_loss_delta": loss,
+        "probe_acc": 0.9,
+        "probe_drop": round(drop, 4),
+        "probe_loss_delta": loss,
+    }
 
 
 def _rows(names_scores, drop=0.3):
-    return [{"fqn": f, "probe_drop": drop, "score": s, "chosen": False}
-            for f, s in names_scores]
+    return [{"fqn": f, "probe_drop": drop, "score": s, "chosen": False} for f, s in names_scores]
 
 
 def _interacting_probe(calls):
@@ -31,8 +36,9 @@ def _interacting_probe(calls):
 
 
 def test_bisect_finds_the_longest_fitting_prefix_by_combined_probes():
-    rows = _rows([("a", 6.0), ("b", 5.0), ("c", 4.0), ("d", 3.0), ("e", 2.0), ("f", 1.0),
-                  ("zero", 0.0)])  # a layer with no gain is never a candidate
+    rows = _rows(
+        [("a", 6.0), ("b", 5.0), ("c", 4.0), ("d", 3.0), ("e", 2.0), ("f", 1.0), ("zero", 0.0)]
+    )  # a layer with no gain is never a candidate
     calls = []
     cfg = S.SearchConfig(max_drop=2.0, probe_steps=3, verify_steps=7, selection="bisect")
     state = DictState()
@@ -46,15 +52,19 @@ def test_bisect_finds_the_longest_fitting_prefix_by_combined_probes():
     assert sel["order"] == ["a", "b", "c", "d", "e", "f"]
     # every step reports predicted (sum of singles) vs verified (combined); the 5-layer
     # prefix is where the sum mispredicts: 1.5 predicted, 6.5 verified
-    assert [(s["n_layers"], s["predicted_drop"], s["verified_drop"], s["fits"])
-            for s in sel["steps"]] == [(3, 0.9, 0.9, True), (5, 1.5, 6.5, False),
-                                       (4, 1.2, 1.2, True)]
+    assert [
+        (s["n_layers"], s["predicted_drop"], s["verified_drop"], s["fits"]) for s in sel["steps"]
+    ] == [(3, 0.9, 0.9, True), (5, 1.5, 6.5, False), (4, 1.2, 1.2, True)]
     # the summed singles would have taken all six (1.8 pp <= 2): the greedy does, then
     # needs two back-offs to get under budget
     gcalls = []
-    g = selection.select(rows, _interacting_probe(gcalls),
-                         S.SearchConfig(max_drop=2.0, verify_steps=7, selection="greedy"),
-                         DictState(), log=lambda *a: None)
+    g = selection.select(
+        rows,
+        _interacting_probe(gcalls),
+        S.SearchConfig(max_drop=2.0, verify_steps=7, selection="greedy"),
+        DictState(),
+        log=lambda *a: None,
+    )
     assert g["chosen"] == ["a", "b", "c", "d"] and g["backoffs"] == 2 and len(gcalls) == 3
     # a second run on the same state re-uses the saved combined probes
     again = selection.select(rows, _interacting_probe(calls), cfg, state, log=lambda *a: None)
@@ -72,14 +82,20 @@ def test_bisect_stopped_by_max_backoff_is_flagged_over_budget():
     assert not sel["within_budget"] and sel["backoffs"] == 2
     assert sel["chosen"] == list("ab") and sel["verified_drop"] == 50.0
     # with enough probes it finds the one layer that fits
-    ok = selection.select(rows, probe, S.SearchConfig(max_drop=0.5, selection="bisect"),
-                          DictState(), log=lambda *a: None)
+    ok = selection.select(
+        rows,
+        probe,
+        S.SearchConfig(max_drop=0.5, selection="bisect"),
+        DictState(),
+        log=lambda *a: None,
+    )
     assert ok["chosen"] == ["a"] and ok["within_budget"]
 
 
 def test_loss_sensitivity_ranks_by_validation_loss():
     """Two layers with the same accuracy drop (one image) but different loss increases:
     ranked by loss, the one that hurts the loss less comes first."""
+
     class Row:
         def __init__(self, fqn):
             self.fqn, self.C_in, self.C_out, self.kernel, self.stride = fqn, 8, 8, (3, 3), (1, 1)
@@ -101,44 +117,99 @@ def _final(dense_acc, chosen_acc, naive_acc, times):
         drops = [round(100 * (d - a), 4) for d, a in zip(dense_acc, accs)]
         m = sum(drops) / len(drops)
         sd = (sum((x - m) ** 2 for x in drops) / (len(drops) - 1)) ** 0.5
-        return {"val_acc": sum(accs) / len(accs), "val_acc_sd": 0.003, "val_loss": 0.1,
-                "val_acc_per_seed": accs, "drop_pp": m, "drop_sd_pp": sd,
-                "drop_per_seed_pp": drops, "converted": converted, "params": params,
-                "macs": macs, "train_step_ms": times[name][1],
-                "train_step_ms_rounds": times[name], "infer_ms": times[name][1] / 4,
-                "infer_ms_rounds": [t / 4 for t in times[name]], "timing_device": "cpu"}
+        return {
+            "val_acc": sum(accs) / len(accs),
+            "val_acc_sd": 0.003,
+            "val_loss": 0.1,
+            "val_acc_per_seed": accs,
+            "drop_pp": m,
+            "drop_sd_pp": sd,
+            "drop_per_seed_pp": drops,
+            "converted": converted,
+            "params": params,
+            "macs": macs,
+            "train_step_ms": times[name][1],
+            "train_step_ms_rounds": times[name],
+            "infer_ms": times[name][1] / 4,
+            "infer_ms_rounds": [t / 4 for t in times[name]],
+            "timing_device": "cpu",
+        }
 
-    return {"dense": entry(dense_acc, "dense", 1000, 5000, 0),
-            "chosen": entry(chosen_acc, "chosen", 320, 3450, 2),
-            "naive": entry(naive_acc, "naive", 100, 1000, 3)}
+    return {
+        "dense": entry(dense_acc, "dense", 1000, 5000, 0),
+        "chosen": entry(chosen_acc, "chosen", 320, 3450, 2),
+        "naive": entry(naive_acc, "naive", 100, 1000, 3),
+    }
 
 
 def _report(final):
     layers = []
     for i, (f, mode) in enumerate((("l1", "fused"), ("l2", "weight"), ("l3", "weight"))):
-        layers.append({"fqn": f, "C_in": 8, "C_out": 16, "kernel": [3, 3], "stride": [1, 1],
-                       "C_b": 1, "zero_shot_drop": 3.0, "probe_drop": 0.2 * i,
-                       "probe_loss_delta": 0.01, "macs_saved": 100, "time_saved_ms": -0.1,
-                       "mode": mode, "chosen": i < 2})
-    sel = {"method": "bisect", "chosen": ["l1", "l2"], "predicted_drop": 0.2,
-           "verified_drop": 0.5, "within_budget": True, "backoffs": 1, "max_drop": 1.0,
-           "verifications": [],
-           "steps": [{"n_layers": 2, "predicted_drop": 0.2, "verified_drop": 0.5,
-                      "verified_loss_delta": 0.02, "fits": True},
-                     {"n_layers": 3, "predicted_drop": 0.6, "verified_drop": 4.0,
-                      "verified_loss_delta": 0.3, "fits": False}]}
+        layers.append(
+            {
+                "fqn": f,
+                "C_in": 8,
+                "C_out": 16,
+                "kernel": [3, 3],
+                "stride": [1, 1],
+                "C_b": 1,
+                "zero_shot_drop": 3.0,
+                "probe_drop": 0.2 * i,
+                "probe_loss_delta": 0.01,
+                "macs_saved": 100,
+                "time_saved_ms": -0.1,
+                "mode": mode,
+                "chosen": i < 2,
+            }
+        )
+    sel = {
+        "method": "bisect",
+        "chosen": ["l1", "l2"],
+        "predicted_drop": 0.2,
+        "verified_drop": 0.5,
+        "within_budget": True,
+        "backoffs": 1,
+        "max_drop": 1.0,
+        "verifications": [],
+        "steps": [
+            {
+                "n_layers": 2,
+                "predicted_drop": 0.2,
+                "verified_drop": 0.5,
+                "verified_loss_delta": 0.02,
+                "fits": True,
+            },
+            {
+                "n_layers": 3,
+                "predicted_drop": 0.6,
+                "verified_drop": 4.0,
+                "verified_loss_delta": 0.3,
+                "fits": False,
+            },
+        ],
+    }
     cfg = {**S.SearchConfig().__dict__, "final_seeds": 3}
     return S.SearchReport(
-        config=cfg, identity={"model": "m", "width": 0.25}, layers=layers, groups=[],
+        config=cfg,
+        identity={"model": "m", "width": 0.25},
+        layers=layers,
+        groups=[],
         baseline={"val_acc": 0.98, "params": 1000, "macs": 5000},
-        spearman_zero_shot_vs_probe=None, selection=sel, final=final, plan={},
-        verdict=verdict(final, sel, len(layers), val_size=450))
+        spearman_zero_shot_vs_probe=None,
+        selection=sel,
+        final=final,
+        plan={},
+        verdict=verdict(final, sel, len(layers), val_size=450),
+    )
 
 
 def test_summary_has_the_verdict_the_tables_and_the_modes(tmp_path):
-    final = _final([0.98, 0.985, 0.975], [0.978, 0.984, 0.97], [0.92, 0.90, 0.93],
-                   {"dense": [76.0, 76.5, 77.5], "chosen": [75.0, 76.9, 77.0],
-                    "naive": [68.0, 68.8, 70.0]})
+    final = _final(
+        [0.98, 0.985, 0.975],
+        [0.978, 0.984, 0.97],
+        [0.92, 0.90, 0.93],
+        {"dense": [76.0, 76.5, 77.5], "chosen": [75.0, 76.9, 77.0], "naive": [68.0, 68.8, 70.0]},
+    )
     rep = _report(final)
     v = rep.verdict
     assert v["chosen_params_saved_pct"] == 68.0 and v["chosen_macs_saved_pct"] == 31.0
@@ -148,18 +219,26 @@ def test_summary_has_the_verdict_the_tables_and_the_modes(tmp_path):
     # the per-seed noise: 95% half-width of two accuracies on 450 images (binomial)
     p_c, p_n = 0.978, 0.92
     assert v["noise_per_seed_pp"][0] == pytest.approx(
-        196 * ((p_c * (1 - p_c) + p_n * (1 - p_n)) / 450) ** 0.5, abs=1e-3)
+        196 * ((p_c * (1 - p_c) + p_n * (1 - p_n)) / 450) ** 0.5, abs=1e-3
+    )
     # 2 robust sd: dense's rounds deviate 0.5 / 0 / 1.0 from their median (MAD 0.5)
     assert v["train_step"]["noise_ms"] == pytest.approx(2 * 1.4826 * 0.5)
     assert v["train_step"]["spread_ms"] == pytest.approx(2.0)  # chosen: 75.0 -> 77.0
     paths = S.write_outputs(rep, tmp_path)
     text = (tmp_path / "summary.md").read_text()
-    for words in ("## Verdict", "within the 1.0 pp budget", "over the budget",
-                  "LARGER than the noise (3 of 3 seeds", "not slower than dense within the noise",
-                  "68% fewer params", "31% fewer MACs", "## Selection steps",
-                  "| 2 | 3 | 0.60 | 4.00 |"):
+    for words in (
+        "## Verdict",
+        "within the 1.0 pp budget",
+        "over the budget",
+        "LARGER than the noise (3 of 3 seeds",
+        "not slower than dense within the noise",
+        "68% fewer params",
+        "31% fewer MACs",
+        "## Selection steps",
+        "| 2 | 3 | 0.60 | 4.00 |",
+    ):
         assert words in text, words
-    table = text[text.index("```"):]
+    table = text[text.index("```") :]
     for f, mode in (("l1", "fused"), ("l2", "weight"), ("l3", "weight")):
         line = next(x for x in table.splitlines() if x.startswith(f))
         assert mode in line.split(), line  # the mode each layer runs
@@ -171,9 +250,12 @@ def test_summary_has_the_verdict_the_tables_and_the_modes(tmp_path):
 
 def test_verdict_says_when_the_difference_is_noise():
     # naive loses 1 pp more on average, but the seeds disagree wildly
-    final = _final([0.98, 0.98, 0.98], [0.97, 0.98, 0.99], [0.99, 0.94, 0.97],
-                   {"dense": [70.0, 70.0, 70.0], "chosen": [80.0, 80.0, 80.0],
-                    "naive": [60.0] * 3})
+    final = _final(
+        [0.98, 0.98, 0.98],
+        [0.97, 0.98, 0.99],
+        [0.99, 0.94, 0.97],
+        {"dense": [70.0, 70.0, 70.0], "chosen": [80.0, 80.0, 80.0], "naive": [60.0] * 3},
+    )
     rep = _report(final)
     assert rep.verdict["larger_than_noise"] is False and rep.verdict["seeds_above_noise"] == 2
     assert rep.verdict["mean_above_2se"] is False

@@ -78,8 +78,9 @@ def test_digits_resize_is_bilinear(raw_digits):
 
     t8, _ = digits(size=8, channels=1)
     t24, _ = digits(size=24, channels=1)
-    up = F.interpolate(t8.images * t8.std + t8.mean, size=(24, 24), mode="bilinear",
-                       align_corners=False)
+    up = F.interpolate(
+        t8.images * t8.std + t8.mean, size=(24, 24), mode="bilinear", align_corners=False
+    )
     assert torch.allclose(up, t24.images * t24.std + t24.mean, atol=1e-5)
 
 
@@ -164,8 +165,7 @@ def fake_cifar(tmp_path, monkeypatch, no_network):
     import torchvision.datasets.cifar as tvcifar
 
     files = _write_fake_cifar10(tmp_path)
-    monkeypatch.setattr(tvcifar, "check_integrity",
-                        lambda fpath, md5=None: os.path.isfile(fpath))
+    monkeypatch.setattr(tvcifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
     return tmp_path, files
 
 
@@ -187,8 +187,7 @@ def test_cifar10_fake_folder_loads(fake_cifar):
         assert torch.allclose(x, _expected(files["test_batch"][0][i]), atol=1e-5)
     plain = cifar10(root, train=True, augment=False)
     assert len(plain) == 5 * N_PER_BATCH
-    assert torch.allclose(plain[N_PER_BATCH][0], _expected(files["data_batch_2"][0][0]),
-                          atol=1e-5)
+    assert torch.allclose(plain[N_PER_BATCH][0], _expected(files["data_batch_2"][0][0]), atol=1e-5)
     # the batches folder itself is accepted too
     assert len(cifar10(root / "cifar-10-batches-py", train=False)) == N_TEST
 
@@ -205,7 +204,7 @@ def test_cifar10_augmentation(fake_cifar):
     candidates = []
     for dy in range(9):
         for dx in range(9):
-            crop = padded[:, dy:dy + 32, dx:dx + 32]
+            crop = padded[:, dy : dy + 32, dx : dx + 32]
             candidates += [crop, crop[:, :, ::-1]]
     mean = torch.tensor(CIFAR10_MEAN).view(3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(3, 1, 1)
@@ -284,4 +283,3 @@ def test_make_loaders_seeded_shuffle():
     assert len(s) == 1  # a set smaller than one batch keeps its only batch
     with pytest.raises(ValueError, match="batch_size"):
         make_loaders(train, val, 0)
-

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # import name -> distribution name, where they differ
 DIST = {"sklearn": "scikit-learn"}
@@ -74,8 +74,10 @@ def test_every_import_is_declared_and_optional_ones_are_lazy():
 
 
 def test_extras():
-    extras = {e: {_name(r) for r in reqs}
-              for e, reqs in _pyproject()["project"]["optional-dependencies"].items()}
+    extras = {
+        e: {_name(r) for r in reqs}
+        for e, reqs in _pyproject()["project"]["optional-dependencies"].items()
+    }
     assert extras["plots"] == {"matplotlib"}
     assert {"onnx", "onnxscript", "onnxruntime"} <= extras["onnx"]
     test = " ".join(_pyproject()["project"]["optional-dependencies"]["test"])

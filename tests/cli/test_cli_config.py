@@ -46,8 +46,7 @@ def test_train_without_flags_is_trainconfig_defaults():
 
 def test_search_without_flags_is_searchconfig_defaults():
     # the spec is built from --ratio/--keep-basis: compared as the BasisSpec it means
-    _same_fields(_parsed("search").config, SearchConfig(),
-                 normalise={"spec": BasisSpec.from_dict})
+    _same_fields(_parsed("search").config, SearchConfig(), normalise={"spec": BasisSpec.from_dict})
 
 
 @pytest.mark.parametrize(("cmd", "cls"), [("profile", ProfileConfig), ("tune", TuneConfig)])
@@ -55,17 +54,23 @@ def test_profile_and_tune_without_flags_are_config_defaults(cmd, cls):
     _same_fields(_parsed(cmd).config, cls())
 
 
-@pytest.mark.parametrize(("cmd", "cls", "exclude"), [("train", TrainConfig, ()),
-                                                      ("search", SearchConfig, ("spec",)),
-                                                      ("profile", ProfileConfig, ()),
-                                                      ("tune", TuneConfig, ())])
+@pytest.mark.parametrize(
+    ("cmd", "cls", "exclude"),
+    [
+        ("train", TrainConfig, ()),
+        ("search", SearchConfig, ("spec",)),
+        ("profile", ProfileConfig, ()),
+        ("tune", TuneConfig, ()),
+    ],
+)
 def test_every_config_field_is_a_flag(cmd, cls, exclude):
     names = getattr(COMMANDS[cmd], "NAMES", {})
     sub = _subparsers(build_parser())[cmd]
     options = {s for a in sub._actions for s in a.option_strings}
-    for name, flag in field_flags(cls, {k: v for k, v in names.items()
-                                        if k in {f.name for f in dataclasses.fields(cls)}},
-                                  ).items():
+    for name, flag in field_flags(
+        cls,
+        {k: v for k, v in names.items() if k in {f.name for f in dataclasses.fields(cls)}},
+    ).items():
         if name not in exclude:
             assert flag in options, (name, flag)
 
@@ -97,8 +102,9 @@ def test_a_value_the_config_refuses_is_a_usage_error_naming_the_flag(capsys):
 
 
 def test_flags_reach_the_config():
-    c = _parsed("train", "--lr", "0.2", "--workers", "2", "--no-nesterov", "--momentum",
-                "0.5").config
+    c = _parsed(
+        "train", "--lr", "0.2", "--workers", "2", "--no-nesterov", "--momentum", "0.5"
+    ).config
     assert (c.lr, c.num_workers, c.nesterov, c.momentum) == (0.2, 2, False, 0.5)
     s = _parsed("search", "--epochs", "3", "--ratio", "0.5", "--keep-basis", "--no-final").config
     assert (s.baseline_epochs, s.final) == (3, False)
@@ -106,35 +112,80 @@ def test_flags_reach_the_config():
 
 
 def test_profile_and_tune_flags_keep_their_names_and_reach_the_config():
-    c = _parsed("profile", "--steps", "3", "--warmup", "0", "--rows", "7", "--no-amp",
-                "--nvtx", "--no-trace").config
-    assert c == ProfileConfig(steps=3, warmup=0, row_limit=7, amp=False, nvtx=True,
-                              trace=False)
-    t = _parsed("tune", "--warmup-ms", "0", "--rep-ms", "20", "--min-reps", "2", "--objective",
-                "infer", "--layout", "contiguous", "--dtype", "float16").config
-    assert t == TuneConfig(warmup_ms=0.0, rep_ms=20.0, min_reps=2, objective="infer",
-                           layout="contiguous", dtype="float16")
+    c = _parsed(
+        "profile",
+        "--steps",
+        "3",
+        "--warmup",
+        "0",
+        "--rows",
+        "7",
+        "--no-amp",
+        "--nvtx",
+        "--no-trace",
+    ).config
+    assert c == ProfileConfig(steps=3, warmup=0, row_limit=7, amp=False, nvtx=True, trace=False)
+    t = _parsed(
+        "tune",
+        "--warmup-ms",
+        "0",
+        "--rep-ms",
+        "20",
+        "--min-reps",
+        "2",
+        "--objective",
+        "infer",
+        "--layout",
+        "contiguous",
+        "--dtype",
+        "float16",
+    ).config
+    assert t == TuneConfig(
+        warmup_ms=0.0,
+        rep_ms=20.0,
+        min_reps=2,
+        objective="infer",
+        layout="contiguous",
+        dtype="float16",
+    )
     # None: decided by the device, in one place
     assert TuneConfig().for_device("cuda") == TuneConfig(dtype="bfloat16", layout="channels_last")
     assert TuneConfig().for_device("cpu") == TuneConfig(dtype="float32", layout="contiguous")
 
 
-@pytest.mark.parametrize("argv", [("profile", "--steps", "0"), ("profile", "--warmup", "-1"),
-                                  ("profile", "--rows", "0"), ("tune", "--rep-ms", "0"),
-                                  ("tune", "--warmup-ms", "-1"), ("tune", "--min-reps", "0")])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("profile", "--steps", "0"),
+        ("profile", "--warmup", "-1"),
+        ("profile", "--rows", "0"),
+        ("tune", "--rep-ms", "0"),
+        ("tune", "--warmup-ms", "-1"),
+        ("tune", "--min-reps", "0"),
+    ],
+)
 def test_profile_and_tune_refuse_out_of_range_values(argv, capsys):
     with pytest.raises(SystemExit) as e:
         _parsed(*argv)
     assert e.value.code == 2 and argv[1] in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("cls", "bad"), [
-    (ProfileConfig, {"steps": 0}), (ProfileConfig, {"warmup": -1}),
-    (ProfileConfig, {"row_limit": 0}), (ProfileConfig, {"lr": 0.0}),
-    (ProfileConfig, {"steps": 2.5}), (TuneConfig, {"rep_ms": 0.0}),
-    (TuneConfig, {"warmup_ms": -1.0}), (TuneConfig, {"min_reps": 0}),
-    (TuneConfig, {"objective": "both"}), (TuneConfig, {"layout": "nhwc"}),
-    (TuneConfig, {"dtype": "int8"})])
+@pytest.mark.parametrize(
+    ("cls", "bad"),
+    [
+        (ProfileConfig, {"steps": 0}),
+        (ProfileConfig, {"warmup": -1}),
+        (ProfileConfig, {"row_limit": 0}),
+        (ProfileConfig, {"lr": 0.0}),
+        (ProfileConfig, {"steps": 2.5}),
+        (TuneConfig, {"rep_ms": 0.0}),
+        (TuneConfig, {"warmup_ms": -1.0}),
+        (TuneConfig, {"min_reps": 0}),
+        (TuneConfig, {"objective": "both"}),
+        (TuneConfig, {"layout": "nhwc"}),
+        (TuneConfig, {"dtype": "int8"}),
+    ],
+)
 def test_profile_and_tune_configs_validate(cls, bad):
     (name,) = bad
     with pytest.raises(ValueError, match=f"{cls.__name__}.{name}"):
