@@ -148,7 +148,8 @@ def assert_bounded(actual, ref, ref_abs, unit, K, name, C=8.0):
     floor = C * unit * (ref_abs.max().item() if ref_abs.numel() else 0.0) * 1e-3
     bound = C * unit * math.sqrt(K) * ref_abs + floor
     err = (a - ref).abs()
-    bad = err > bound
+    # `err > bound` is False for NaN: a NaN or inf in the result must fail, not pass.
+    bad = ~(err <= bound)
     if bad.any():
         i = int(bad.flatten().nonzero()[0])
         raise AssertionError(
