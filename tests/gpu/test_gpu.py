@@ -8,8 +8,8 @@ tests/test_gpu_production.py."""
 import pytest
 import torch
 from conftest import HAS_CUDA, HAS_TRITON
+from helpers import KERNEL_CASES as SMALL
 from helpers import Case, check_case
-from test_kernels import CASES as SMALL
 
 from tritonbasis.op import registry
 from tritonbasis.op.geometry import check_inputs

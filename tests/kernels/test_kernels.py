@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 from conftest import HAS_CUDA, HAS_TRITON
-from helpers import Case, check_case
+from helpers import KERNEL_CASES, Case, check_case
 
 import tritonbasis as tb
 
@@ -25,33 +25,7 @@ pytestmark = [
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 # A representative subset: every kernel feature once, odd shapes, both forms and formats.
-CASES = [
-    Case(),  # 3x3, pad 1, bias, keep-basis, C_b=5 (padded to 16), C_in=4
-    Case(C_in=3, C_b=1, C_rest=3, H=9, W=9, bias=False),  # C_b = 1, C_in = 3
-    Case(C_in=16, C_b=16, C_rest=64, stride=2, padding=1, channels_last=True),  # stride 2, NHWC
-    Case(C_in=5, C_b=5, C_rest=9, k=5, padding=2, dilation=2, H=15, W=9, keep_basis=False),
-    Case(C_in=4, C_b=5, C_rest=0, k=1, padding=0),  # C_out = C_b: nothing to combine
-    Case(
-        C_in=20,
-        C_b=17,
-        C_rest=20,
-        k=3,
-        stride=2,
-        padding=0,
-        dilation=2,
-        H=15,
-        W=15,
-        keep_basis=False,
-        channels_last=True,
-        bias=False,
-    ),  # C_in and C_b span 2 blocks
-    Case(N=3, C_in=6, C_b=3, C_rest=35, k=3, stride=2, padding=2, H=7, W=9),  # C_rest > 2 blocks
-    Case(C_in=8, C_b=40, C_rest=8, k=3, padding=1, H=7, W=7, channels_last=True),  # C_b > 32
-    # output-channel permutation (keep-basis conversion of a trained conv), both formats/forms
-    Case(C_in=5, C_b=6, C_rest=21, stride=2, perm=True),
-    Case(C_in=4, C_b=3, C_rest=5, channels_last=True, bias=False, perm=True),
-    Case(C_in=4, C_b=3, C_rest=7, keep_basis=False, perm=True),
-]
+CASES = KERNEL_CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id() for c in CASES])

@@ -10,7 +10,8 @@ the ranges are left out so compiled graphs stay whole.
 
 Triton kernels appear in traces under their function names -- ``basis_conv_fwd_kernel``,
 ``basis_conv_fwd_reduce_kernel``, ``basis_conv_grad_z_kernel``, ``basis_conv_grad_x_kernel``,
-``basis_conv_wgrad_kernel``, ``bwd_reduce_kernel`` (the
+``basis_conv_wgrad_kernel``, ``bwd_reduce_kernel``, and the forward variants
+``basis_conv_fwd_{l1,tma,halo}_kernel`` where one runs (the
 cubin entry is the ``@triton.jit`` function's name) -- and the op's CPU side as
 ``tritonbasis::basis_conv2d`` / ``tritonbasis::basis_conv2d_backward``. See docs/profiling.md.
 """
@@ -39,6 +40,10 @@ KERNEL_NAMES = (
     "basis_conv_grad_x_kernel",
     "basis_conv_wgrad_kernel",
     "bwd_reduce_kernel",
+    # forward variants: they run only where forced or recorded as verified on the device
+    "basis_conv_fwd_l1_kernel",
+    "basis_conv_fwd_tma_kernel",
+    "basis_conv_fwd_halo_kernel",
 )
 
 
