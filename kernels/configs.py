@@ -11,7 +11,7 @@ extent (wgmma needs it a multiple of 64), the name of its argument builder in
 ``tritonbasis/op/launch_plan.py`` and, for a v3 forward variant, the kernel it stands in for.
 Adding a kernel, or a variant, is adding a record: the launchers, ``prune``, ``tools/aot.py``,
 the compile report and the compile tier iterate :data:`RECORDS`, and
-tests/test_kernel_records.py checks that every record is complete and consistent with its
+tests/kernels/test_kernel_records.py checks that every record is complete and consistent with its
 kernel's parameters and argument builder. No field has a default, so nothing is borrowed
 from another kernel.
 

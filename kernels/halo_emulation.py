@@ -3,7 +3,7 @@ scheduled the way it schedules it, from the same functions -- the schedule
 (``halo_schedule.py``) and the kernel's arithmetic helpers (``virtual_source``,
 ``virtual_output``, ``tap_mask``: their Python bodies run on torch tensors). Gluon has no
 interpreter, so this is how the CPU tier checks the kernel's indexing
-(tests/test_halo_schedule.py fuzzes it against the float64 convolution) and what
+(tests/kernels/test_halo_schedule.py fuzzes it against the float64 convolution) and what
 ``bench/variants.py --quick`` runs for the halo variant without a GPU.
 """
 

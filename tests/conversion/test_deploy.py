@@ -1,4 +1,4 @@
-"""Deploy paths (tritonbasis/deploy.py): ONNX export that keeps the factorization, checked with
+"""Deploy paths (tritonbasis/conversion/deploy.py): ONNX export that keeps the factorization, checked with
 onnxruntime; torch.export + decompose; torch.export + AOTInductor on CPU.
 
 The graph assertions are what make these tests able to fail: a merged dense conv, a lost

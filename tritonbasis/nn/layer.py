@@ -315,8 +315,8 @@ class BasisConv2d(nn.Module):
 
     def _out_perm_problem(self, perm) -> str | None:
         """Why ``perm`` (from a state_dict) is not a permutation of range(C_out), or None. A
-        non-permutation used to load silently: forward maps channels by argsort(perm),
-        backward by perm, which agree only for a permutation (gradients were wrong)."""
+        non-permutation must not load: forward maps channels by argsort(perm), backward by
+        perm, which agree only for a permutation (the gradients would be wrong)."""
         if not isinstance(perm, torch.Tensor):
             return f"is a {type(perm).__name__}, not a tensor"
         if perm.dtype not in (torch.int64, torch.int32):

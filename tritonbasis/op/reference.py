@@ -1,6 +1,6 @@
 """Plain-PyTorch basis convolution: the oracle for tests and benchmarks, and the CPU path.
 
-Two things live here, next to each other on purpose (DESIGN.md §3):
+Two things live here, next to each other on purpose (one source per formula):
 
 * :func:`basis_conv2d_reference` -- the obvious composition ``F.conv2d(x, basis)`` then the 1x1
   combination (``cat(Z, coeff.Z)`` or ``coeff.Z``) plus bias, differentiated by autograd. Tests

@@ -2,9 +2,10 @@
 implementation runs.
 
 Registration route: ``torch.library.custom_op`` + ``register_fake`` + ``register_autograd``
-(available since torch 2.4; our floor is 2.6). The op is opaque to ``torch.compile`` (no graph
-break, the compiled graph calls it), which is what we want: the kernels autotune themselves and
-Inductor must not re-trace them. See README "Developer notes" for the probe of the routes.
+(available since torch 2.4; the floor is torch 2.11). The op is opaque to ``torch.compile`` (no
+graph break, the compiled graph calls it), which is what we want: the kernels autotune
+themselves and Inductor must not re-trace them. See README "Developer notes" for the probe of
+the routes.
 
 Ops:
 * ``tritonbasis::basis_conv2d(x, basis, coeff, bias?, perm?, stride, padding, dilation,

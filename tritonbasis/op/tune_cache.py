@@ -3,17 +3,18 @@
 What Triton cannot keep for us. The autotune results of the kernels (the best config of every
 launch key) are Triton's: ``triton.autotune(..., cache_results=True)`` stores them in Triton's
 cache (``$TRITON_CACHE_DIR``, default ``~/.triton/cache``; see :mod:`.launchers`), so a second
-process does not re-tune. (Until issue 11 this module kept them too, in
-``autotune-configs.json``; such a file is now ignored.)
+process does not re-tune. An ``autotune-configs.json`` left in the cache folder by an older
+version is ignored.
 
 One JSON file in :func:`cache_dir` (``$TRITONBASIS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/tritonbasis``, else ``~/.cache/tritonbasis``):
 
 * ``mode-timings.json`` -- one entry per (device name, layer geometry): fused and weight
   medians (ms, forward and forward+backward) and the faster ``mode``, written by
-  ``tritonbasis tune`` (:func:`tritonbasis.tune.tune_shapes`). :func:`tritonbasis.nn.choose_mode`
-  uses that ``mode`` when there is an entry, and the FLOP model otherwise. Entries measured on a
-  GPU are only used with the same triton version and kernel source.
+  ``tritonbasis tune`` (:func:`tritonbasis.perf.tune.tune_model`).
+  :func:`tritonbasis.nn.choose_mode` uses that ``mode`` when there is an entry, and the FLOP
+  model otherwise. Entries measured on a GPU are only used with the same triton version and
+  kernel source.
 
 The file is written atomically (temporary file + ``os.replace``) under an advisory lock, so
 concurrent processes never read half a file; a file that is not valid cache JSON is ignored
