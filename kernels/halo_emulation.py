@@ -72,7 +72,8 @@ def emulate(
                     a = torch.where(keep[:, None], a, 0.0)
                 b = basis[:, kk.clamp(max=C_in - 1), t // KW, t % KW].T * k_ok[:, None]
                 step += a @ b
-            acc = step if cblk == 0 else acc + step  # the first block starts afresh
+            # the first block starts afresh
+            acc = step if cblk == 0 or acc is None else acc + step
             if cblk < nblk - 1:
                 continue
             img, oh, ow, ok = out(u0 + torch.arange(block_m), hv, wv, Ho, Wo, N)

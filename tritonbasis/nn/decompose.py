@@ -154,7 +154,7 @@ def factors(conv: nn.Conv2d, spec: BasisSpec) -> Factors:
     return Factors(cb, *init, captured=float(curve[cb - 1]))
 
 
-def _svd_init(svd, cb: int):
+def _svd_init(svd, cb: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     u, s, vh = svd
     root = s[:cb].sqrt()
     basis = root[:, None] * vh[:cb]
@@ -162,7 +162,9 @@ def _svd_init(svd, cb: int):
     return basis, coeff, None
 
 
-def _keep_basis_init(h: torch.Tensor, cb: int, piv: torch.Tensor):
+def _keep_basis_init(
+    h: torch.Tensor, cb: int, piv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first C_b filters of the pivoted-QR order are the basis; least squares for the
     rest."""
     idx, rest = piv[:cb], piv[cb:]

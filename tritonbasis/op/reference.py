@@ -310,7 +310,9 @@ def _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c):
         n, hw = g.N, g.Ho * g.Wo
         g3 = grad.view(n, g.C_out, hw)
         g_b3, g_r3 = g3[:, : g.C_b], g3[:, g.C_b :]
-        dcoeff = torch.bmm(g_r3, z.reshape(n, g.C_b, hw).transpose(1, 2)).sum(0) if need_c else None
+        dcoeff = None
+        if z is not None:  # need_c
+            dcoeff = torch.bmm(g_r3, z.reshape(n, g.C_b, hw).transpose(1, 2)).sum(0)
         dz = (
             torch.baddbmm(g_b3, coeff.t().expand(n, g.C_b, g.C_rest), g_r3).view(
                 n, g.C_b, g.Ho, g.Wo

@@ -137,6 +137,7 @@ class _Store:
         JSON, whatever it holds or is (binary, wrong types, NaN, a FIFO, a device, a huge
         file: read without blocking, size-capped, util.fileio.load_json); malformed entries
         are dropped with a warning."""
+        why: str | None = None
         try:
             data = load_json(path, "tuning cache")
         except FileNotFoundError:
@@ -151,14 +152,13 @@ class _Store:
         except BadFileError as e:
             data, why = None, f"it {' '.join(e.problem.split())[:160]}"
         else:
-            why = None
             if not isinstance(data, dict):
                 why = "top level is not an object"
             elif data.get("format") != FORMAT:
                 why = f"format {data.get('format')!r}, expected {FORMAT!r}"
             elif not isinstance(data.get("entries"), dict):
                 why = "no 'entries' object"
-        good = {}
+        good: dict[str, dict] = {}
         if why is None:
             good = {
                 k: v for k, v in data["entries"].items() if isinstance(v, dict) and _entry_ok(v)
@@ -166,6 +166,7 @@ class _Store:
             if len(good) < len(data["entries"]) and not good:
                 why = f"none of its {len(data['entries'])} entries is well-formed"
         if why is not None:
+            seen: tuple
             try:
                 st = path.stat()
                 seen = (str(path), st.st_size, st.st_mtime_ns)
