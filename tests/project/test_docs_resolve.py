@@ -225,7 +225,7 @@ def test_resolvers_catch_bad_citations():
     assert resolve_name("tritonbasis.modes") is not None
     assert resolve_path("tritonbasis/op/reference.py", "README.md") is None
     assert resolve_path("op/reference.py", "README.md") is None  # package-relative
-    assert resolve_path("tritonbasis/reference.py", "README.md") is not None
+    assert resolve_path("tritonbasis/" + "reference.py", "README.md") is not None
     assert resolve_path("nope.md", "README.md") is not None
     assert resolve_path("torch.compile", "README.md") is None  # not a path
     assert resolve_command("search", "--ratio 0.25") == []
@@ -233,7 +233,7 @@ def test_resolvers_catch_bad_citations():
     assert resolve_command("nope", "") != []
     assert resolve_flag("--plan PATH") is None and resolve_flag("--nope") is not None
     assert _looks_like_path("C_b/C_out") is False and _looks_like_path("runs/x.json") is False
-    bad = "See `tritonbasis.nope` and `docs/nope.md`; run `tritonbasis bench --nope`."
+    bad = "See `tritonbasis.nope` and `docs/" + "nope.md`; run `tritonbasis bench --nope`."
     assert len(doc_problems("README.md", bad + " `--nope`")) == 4
     block = "```bash\ntritonbasis search --nope  # x\n```\n"
     assert doc_problems("README.md", block) == [
@@ -261,6 +261,7 @@ OUTSIDE = re.compile(
     ),
     re.IGNORECASE,
 )
+CONFLICT = re.compile("^(?:" + "<" * 7 + " |" + "=" * 7 + "$|" + ">" * 7 + " )")
 SCANNED = ("tritonbasis", "kernels", "tools", "bench", "docs", "tests", ".ci")
 SUFFIXES = (".py", ".md", ".sh", ".toml", "")
 
@@ -279,12 +280,13 @@ def _scanned_files() -> list[str]:
 
 
 def test_no_citation_of_outside_files_or_issue_numbers():
+    """Nor a merge-conflict marker left in a file."""
     files = _scanned_files()
     assert "README.md" in files and "tritonbasis/op/reference.py" in files
     problems = []
     for p in files:
         for i, line in enumerate((ROOT / p).read_text(errors="replace").splitlines(), 1):
-            if m := OUTSIDE.search(line):
+            if m := OUTSIDE.search(line) or CONFLICT.match(line):
                 problems.append(f"{p}:{i}: {m.group(0)!r}")
     assert not problems, "\n".join(problems)
 
@@ -316,6 +318,7 @@ def test_paths_cited_in_code_exist():
 
 
 def test_outside_pattern_can_fail():
-    for bad in ("see DESIGN" + ".md §2", "(issue 12)", "Issue #3", "/" + "work/x"):
+    for bad in ("see DESIGN" + ".md §2", "(issue" + " 12)", "Issue " + "#3", "/" + "work/x"):
         assert OUTSIDE.search(bad), bad
     assert not OUTSIDE.search("wasted issue slots")
+    assert CONFLICT.match("<" * 7 + " HEAD") and not CONFLICT.match("=" * 8)
