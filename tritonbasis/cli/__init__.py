@@ -20,7 +20,8 @@ pip install "tritonbasis[search]"; demo and bench run on torch alone.
 # add_parser(subparsers), run(args) and optionally check(parser, args) (parse-time checks);
 # the shared helpers in .common, the guards (locks, argparse types, one-line errors) in .guard.
 # The subcommand modules load when the parser is built: search and train import the recipes,
-# which need the [search] extra; without it they stay listed and say so in one line.
+# which need the [search] extra; without it they stay listed and say so in one line (as do
+# convert, tune and profile when they reach the recipes).
 
 from __future__ import annotations
 
@@ -130,12 +131,13 @@ def main(argv=None) -> int:
 
 
 def _command(argv) -> str:
+    """The subcommand named in ``argv`` ("" if none)."""
     return next((a for a in argv if a in _NAMES), "")
 
 
 def _main(argv) -> int:
     p = build_parser()
-    cmd = next((a for a in argv if not a.startswith("-")), None)
+    cmd = _command(argv)
     if cmd in p.needs_extra:  # before parsing: its arguments are not known here
         print(message(f"tritonbasis {cmd}", p.needs_extra[cmd]), file=sys.stderr)
         return 1
