@@ -253,6 +253,8 @@ OUTSIDE = re.compile(
     "|".join(
         [
             "DESIGN" + r"\.md",
+            "DEVELOPERS" + r"\.md",
+            "METHOD" + r"\.md",
             r"\.\./" + "shared",
             r"\bissues?\s+#?\d+",
             "/" + "work/",
