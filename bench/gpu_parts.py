@@ -128,7 +128,7 @@ def _setup_steps(d: Path, warm: bool) -> list[Step]:
                 [PY, TOOLS, "warm", "--workers", str(_cpus()), "--out", warm_json],
                 75,
                 setup=True,
-                quick_skip="dry run: the job list is checked by tests/test_gpu_session.py",
+                quick_skip="dry run: the job list is checked by tests/perf/test_gpu_session.py",
                 digest=digests.json_file("warm.json"),
             )
         )
@@ -236,7 +236,7 @@ def _part1(d: Path, quick: bool) -> list[Step]:
             _pytest(
                 d,
                 "kernel_tests",
-                "tests/test_kernels.py tests/test_backward_v2.py",
+                "tests/kernels/test_kernels.py tests/kernels/test_backward_v2.py",
                 workers=_cpus(),
                 per_test_s=120,
             ),
@@ -303,7 +303,7 @@ def _part2(d: Path, quick: bool) -> list[Step]:
             ),
             130,
             quick_skip="dry run: bench_r18_compiled ran the bench plumbing (flags: parsed by "
-            "tests/test_gpu_session.py)",
+            "tests/perf/test_gpu_session.py)",
             digest=digests.bench("bench_r50"),
         ),
         # the GPU tier's bf16 third (its fp32 / fp16 two thirds: part 4)
@@ -324,7 +324,7 @@ def _part3(d: Path, quick: bool) -> list[Step]:
     s = str(d)
     plan = f"{s}/plan_layer234.json"
     tune = "tune --model resnet18_cifar --ratio 0.25 --keep-basis"
-    parsed = "dry run: minutes of CPU timing; flags parsed by tests/test_gpu_session.py"
+    parsed = "dry run: minutes of CPU timing; flags parsed by tests/perf/test_gpu_session.py"
     return _setup_steps(d, warm=False) + [
         Step("write_plan", [PY, TOOLS, "write-plan", plan, f"{s}/plan_quick.json"], 30),
         # tune first: mode="auto" in the end-to-end models then uses measured timings; the

@@ -26,7 +26,7 @@ it. Results go to ``$OUT`` after EVERY step (the device tool returns at most 8 f
 lives under ``--work`` (a temporary folder), outside ``$OUT``.
 
 ``--quick`` is the CPU dry run: tiny shapes and the bench's ``--quick`` flags; steps that need
-CUDA or ncu are recorded as ``skipped`` with the reason. tests/test_gpu_session.py runs it.
+CUDA or ncu are recorded as ``skipped`` with the reason. tests/perf/test_gpu_session.py runs it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # also when loaded by path (tests/test_gpu_session.py)
+if str(HERE) not in sys.path:  # also when loaded by path (tests/perf/test_gpu_session.py)
     sys.path.insert(0, str(HERE))
 import gpu_digest as digests  # noqa: E402  (beside this file)
 import gpu_ncu  # noqa: E402

@@ -1,4 +1,4 @@
-"""Host (Python) overhead per call of the basis op, on CPU with tiny tensors (issue 11 item 4).
+"""Host (Python) overhead per call of the basis op, on CPU with tiny tensors.
 
 At 1x16x8x8 the convolutions themselves take a few microseconds, so what is timed is mostly
 the Python between the call and the kernels: validation, backend choice, the custom-op

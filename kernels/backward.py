@@ -11,7 +11,7 @@ and G_r = G), Z the basis outputs:
    also copies the basis into the K-contiguous layout grad_x reads ((KH*KW, C_in, C_b), C_b
    fastest), so that copy costs no launch of its own.
 2. ``basis_conv_grad_x_kernel``: dX = conv_transpose(dZ, B) as ONE flattened K loop over
-   (tap, C_b block) that Triton software-pipelines (v1 had 9 separate tap loops, each drained).
+   (tap, C_b block) that Triton software-pipelines (9 separate tap loops would each drain).
    Any stride is split into sub-pixel phases: an input pixel's parity (ih % s_h, iw % s_w)
    decides which taps reach an output pixel, so each phase loops only over its own taps and no
    masked-out tap is multiplied (stride 2, 3x3: 4, 2, 2, 1 taps instead of 9 for every phase).

@@ -11,7 +11,7 @@ extent (wgmma needs it a multiple of 64), the name of its argument builder in
 ``tritonbasis/op/launch_plan.py`` and, for a v3 forward variant, the kernel it stands in for.
 Adding a kernel, or a variant, is adding a record: the launchers, ``prune``, ``tools/aot.py``,
 the compile report and the compile tier iterate :data:`RECORDS`, and
-tests/test_kernel_records.py checks that every record is complete and consistent with its
+tests/kernels/test_kernel_records.py checks that every record is complete and consistent with its
 kernel's parameters and argument builder. No field has a default, so nothing is borrowed
 from another kernel.
 
@@ -24,7 +24,9 @@ warpgroups), like every variant unused until a GPU run passes it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 
 from . import pruning
 from .backward import (
@@ -385,10 +387,15 @@ def halo_applies(named: dict) -> bool:
     )
 
 
-try:  # Gluon ships with Triton >= 3.5; without it there is no halo variant
-    from . import forward_halo
-except ImportError:
-    forward_halo = None
+def _optional(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except ImportError:
+        return None
+
+
+# Gluon ships with Triton >= 3.5; without it there is no halo variant
+forward_halo = _optional("forward_halo")
 
 _HALO_KEY = ("M_KEY", "C_in", "C_b", "C_rest", "H", "W", "KH", "KW", "stride_h", "stride_w",
              "KEEP_BASIS", "STORE_Z", "SPLIT_K", "sx_c")  # fmt: skip
@@ -399,6 +406,7 @@ def _halo(num_warps: int, block_m: int, block_k: int, resident: int = 0) -> dict
 
 
 def _halo_record() -> KernelRecord:
+    assert forward_halo is not None  # only built when Gluon imports
     return KernelRecord(
         name="fwd_halo",
         fn=forward_halo.basis_conv_fwd_halo_kernel,
@@ -466,7 +474,10 @@ def acc_registers(
 def budget(shape: dict, kernel: str) -> int:
     """The register budget of ``kernel`` for the operand element size and layout in
     ``shape``."""
-    return pruning.budget_of(RECORDS[kernel].budget, shape)
+    table = RECORDS[kernel].budget
+    if table is None:
+        raise KeyError(f"kernel {kernel!r} has no register budget (it is not autotuned)")
+    return pruning.budget_of(table, shape)
 
 
 def prune(kernel: str, configs: list[dict], shape: dict) -> list[dict]:

@@ -10,8 +10,8 @@ needs it saved for the backward.
 The K loop is ONE loop over (tap, C_in block) pairs, ``it = tap * cdiv(C_in, BLOCK_K) + c``,
 the form of Inductor's conv template: Triton's software pipeliner sees a single scf.for of
 KH*KW*cdiv(C_in, BLOCK_K) iterations (9-36 at C_in = 64-256, 3x3), so the cp.async / wgmma
-pipeline fills once per tile instead of draining after every tap (v1 had 9 static taps, each
-around its own C_in loop of 1-4 iterations, each drained: ``async_wait 0`` + ``wgmma wait 0``).
+pipeline fills once per tile instead of draining after every tap (9 static taps, each around
+its own C_in loop of 1-4 iterations, would each drain: ``async_wait 0`` + ``wgmma wait 0``).
 
 The basis is read through its strides; the launcher passes it with the input channel
 contiguous (channels_last, i.e. (C_b, KH, KW, C_in) in memory), so a (BLOCK_K, BLOCK_CB) tile

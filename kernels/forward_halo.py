@@ -24,7 +24,8 @@ by wgmma from shared memory. Each tap's wgmma overlaps the next tap's operand lo
 waited for before that operand's registers can be reused.
 
 Not interpretable (Gluon has no interpreter): the CPU tier checks the schedule by emulation,
-and this kernel compiles for sm_90 from the same schedule functions (tests/test_compile_tier.py).
+and this kernel compiles for sm_90 from the same schedule functions
+(tests/kernels/test_compile_tier.py).
 Triton 3.6 only: Triton 3.9 rejects the re-view (its footprint exceeds the one-pixel view it
 starts from; it offers ``shared_memory_descriptor.gather`` instead, not used here).
 

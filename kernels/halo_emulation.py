@@ -3,7 +3,7 @@ scheduled the way it schedules it, from the same functions -- the schedule
 (``halo_schedule.py``) and the kernel's arithmetic helpers (``virtual_source``,
 ``virtual_output``, ``tap_mask``: their Python bodies run on torch tensors). Gluon has no
 interpreter, so this is how the CPU tier checks the kernel's indexing
-(tests/test_halo_schedule.py fuzzes it against the float64 convolution) and what
+(tests/kernels/test_halo_schedule.py fuzzes it against the float64 convolution) and what
 ``bench/variants.py --quick`` runs for the halo variant without a GPU.
 """
 
@@ -72,7 +72,8 @@ def emulate(
                     a = torch.where(keep[:, None], a, 0.0)
                 b = basis[:, kk.clamp(max=C_in - 1), t // KW, t % KW].T * k_ok[:, None]
                 step += a @ b
-            acc = step if cblk == 0 else acc + step  # the first block starts afresh
+            # the first block starts afresh
+            acc = step if cblk == 0 or acc is None else acc + step
             if cblk < nblk - 1:
                 continue
             img, oh, ow, ok = out(u0 + torch.arange(block_m), hv, wv, Ho, Wo, N)

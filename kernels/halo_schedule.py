@@ -2,7 +2,7 @@
 program stages in shared memory per C_in block, and where each tap finds its operand in them.
 Plain Python on ints: the Gluon kernel evaluates these at compile time (they are
 ``constexpr_function``s, so they are part of its cache key) and the torch emulation
-(``tests/test_halo_schedule.py``) runs the same functions against the float64 reference.
+(``tests/kernels/test_halo_schedule.py``) runs the same functions against the float64 reference.
 
 **Virtual grid.** The input of a stride-``s`` conv is split into ``s_h * s_w`` sub-pixel
 *planes*: plane ``(py, px)`` holds input pixels ``(j * s_h + py, c * s_w + px)``. Along one axis

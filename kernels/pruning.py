@@ -27,7 +27,7 @@ MAX_BLOCK_CB = 128
 # layout. Calibrated on the compile tier's sm_80/sm_90 reports (bench/results/compile-report-*):
 # with 16-bit NHWC operands, configs estimated <= 128 compiled without spills and those at
 # 144-152 spilled; NCHW operands (strided channel loads, no 16-byte vectors) and fp32 operands
-# spill earlier. A heuristic, checked config by config by tests/test_compile_tier.py.
+# spill earlier. A heuristic, checked config by config by tests/kernels/test_compile_tier.py.
 ACC_BUDGET = {(2, False): 128, (2, True): 96, (4, False): 100, (4, True): 80}
 
 # The v2 forward's register model (`fwd_registers`, wgmma tiles) budget, calibrated on sm_90

@@ -296,7 +296,7 @@ def build_source(
     16-divisible, and for constexprs as the installed Triton wants them (Triton 3.6 gives a
     string constexpr an empty entry, Triton 3.9 every constexpr). The source hash, and so the
     on-disk cache key, is then the runtime's: a cache filled by the compile tier is hit by
-    the launchers (tests/test_compile_tier.py compares the two keys)."""
+    the launchers (tests/kernels/test_compile_tier.py compares the two keys)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
 

@@ -1,7 +1,7 @@
-"""Roofline model of the backward, v1 (HEAD 500eb1d) vs v2 (issue 9), at the ResNet18-CIFAR
+"""Roofline model of the backward, v1 (commit 500eb1d) vs v2, at the ResNet18-CIFAR
 benchmark shapes: batch 256, bf16, keep-basis, C_b = C_out/4, no bias, all four gradients.
 Prints the tables of the "v2 backward" section of bench/NOTES.md. PREDICTIONS, not
-measurements (no GPU in this session). Same assumptions as the forward section, so the two
+measurements (made without a GPU). Same assumptions as the forward section, so the two
 can be added:
 
 * H100 SXM: 989 TFLOP/s dense bf16, 3.35 TB/s HBM, ~7 TB/s L2 (assumed, not published).

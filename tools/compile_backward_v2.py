@@ -1,8 +1,8 @@
 """Compile the v2 backward kernels (grad_z, grad_x, wgrad, bwd_reduce) for sm_90 at the
 ResNet18-CIFAR benchmark shapes (batch 256, C_b = C_out/4) and print, per kept config, the
 tensor-core instruction, spills, registers, shared memory and pipelined loops. Used for the
-"v2 backward" section of bench/NOTES.md; run with each Triton (system python: 3.9,
-/work/venv-old: 3.6):
+"v2 backward" section of bench/NOTES.md; run it with each Triton CI tests (3.6 and the
+newest):
 
     python tools/compile_backward_v2.py [--all] [--json OUT]
 

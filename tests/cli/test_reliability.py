@@ -1,8 +1,8 @@
-"""Reliability of long runs and saved state (issue 14): every case of the issue, mostly as a
-subprocess of the real CLI -- exit code, one clear line on stderr without a traceback, and
-nothing in the output folder damaged or left behind by a refused start.
+"""Reliability of long runs and saved state: every failure case, mostly as a subprocess of
+the real CLI -- exit code, one clear line on stderr without a traceback, and nothing in the
+output folder damaged or left behind by a refused start.
 
-Tiny settings as tests/test_cli.py (quarter-of-a-quarter ResNet18 on 8x8 digits, a few
+Tiny settings as tests/cli/test_cli.py (quarter-of-a-quarter ResNet18 on 8x8 digits, a few
 steps): one CLI training run is ~10 s on the 2-core CI machine."""
 
 from __future__ import annotations
@@ -572,7 +572,7 @@ def test_tune_cache_of_any_content_is_ignored(tmp_path, monkeypatch):
     ]
     for content in junk:
         (tmp_path / tune_cache.TIMINGS_FILE).write_bytes(content)
-        # the pre-issue-11 autotune-config file: no longer read, whatever it holds
+        # an older version's autotune-config file: not read, whatever it holds
         (tmp_path / "autotune-configs.json").write_bytes(content)
         tune_cache.clear_memory()
         try:

@@ -310,8 +310,8 @@ def _tiny_train(data8, out: Path, resume: bool, epochs: int = 1):
 
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device", "dangling"])
 def test_resume_from_a_checkpoint_of_any_kind_is_refused_not_restarted(kind, data8, tmp_path):
-    """A FIFO where last.pt belongs used to read as "no checkpoint": the run silently started
-    over (and replaced the FIFO)."""
+    """A FIFO where last.pt belongs must not read as "no checkpoint" (the run would silently
+    start over and replace the FIFO)."""
     path = tmp_path / "last.pt"
     if kind == "dangling":
         path.symlink_to(tmp_path / "moved-away.pt")

@@ -1,5 +1,6 @@
-"""Deploy paths (tritonbasis/deploy.py): ONNX export that keeps the factorization, checked with
-onnxruntime; torch.export + decompose; torch.export + AOTInductor on CPU.
+"""Deploy paths (tritonbasis/conversion/deploy.py): ONNX export that keeps the
+factorization, checked with onnxruntime; torch.export + decompose; torch.export + AOTInductor
+on CPU.
 
 The graph assertions are what make these tests able to fail: a merged dense conv, a lost
 Concat/Gather or a custom op left in the graph changes the node list or the Conv weight shapes.

@@ -3,7 +3,7 @@ the kernel-tier shapes and larger ResNet-like shapes. Skipped, with the reason, 
 
 The GPU runbook runs this dtype matrix in two halves (``-m gpu -k bfloat16``, then ``-k "not
 bfloat16"``); offsets past 2**31 and the production-shape config sweep are in
-tests/test_gpu_production.py."""
+tests/gpu/test_gpu_production.py."""
 
 import pytest
 import torch

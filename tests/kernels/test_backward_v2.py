@@ -1,4 +1,4 @@
-"""v2 backward (issue 9): gradients vs the float64 reference through the Triton kernels
+"""v2 backward: gradients vs the float64 reference through the Triton kernels
 (interpreter tier on CPU, tiny shapes), launch counts (Triton launches AND aten compute/fill ops:
 <= 4 in all), only the requested gradients, and bitwise determinism run to run."""
 

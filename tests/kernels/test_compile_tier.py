@@ -13,8 +13,8 @@ bf16 covers every config on both archs; fp16 and fp32 (TF32) the first config of
 
 Benchmark shapes (``aot.bench_shapes()``: the ResNet18-CIFAR cases of ``tritonbasis bench`` at
 batch 256, C_b = C_out/4, keep-basis, channels_last bf16): every config ``configs.prune``
-keeps there, for every kernel, is compiled for sm_90 and must be **wgmma with 0 spills**
-(issue 9); the forward must be one software-pipelined K loop with async copies. There the v2
+keeps there, for every kernel, is compiled for sm_90 and must be **wgmma with 0 spills**;
+the forward must be one software-pipelined K loop with async copies. There the v2
 forward's configs are checked on sm_90 (instead of at the representative shape); sm_80
 compiles them at the representative shape.
 
@@ -168,7 +168,7 @@ def _counted(c: Case) -> bool:
 
 @pytest.fixture(scope="session")
 def compiled(request) -> dict:
-    """Reports for every Case selected in this session, compiled in one parallel batch."""
+    """Reports for every Case selected in this pytest run, compiled in one parallel batch."""
     cases = []
     for item in request.session.items:
         case = getattr(item, "callspec", None) and item.callspec.params.get("case")
@@ -274,7 +274,7 @@ def test_prune_drops_what_spilled() -> None:
 def test_kept_configs_at_benchmark_shapes_are_wgmma_without_spills(
     case: Case, compiled: dict
 ) -> None:
-    """Issue 9: every config prune keeps at a benchmark shape compiles to wgmma on sm_90 with
+    """Every config prune keeps at a benchmark shape compiles to wgmma on sm_90 with
     0 spills; the forward is one software-pipelined K loop fed by async copies."""
     r = compiled[case]
     _check(case, r)
@@ -283,7 +283,9 @@ def test_kept_configs_at_benchmark_shapes_are_wgmma_without_spills(
     if case.kernel == "fwd":
         # the K loop, plus the epilogue's loop over coefficient tiles when it runs here
         assert r["async_copies"] and r["pipelined_loops"] >= 1, _describe(r)
-        assert r["loops"] <= 2, f"{r['loops']} loops (v1 had 9 tap loops): {_describe(r)}"
+        assert r["loops"] <= 2, (
+            f"{r['loops']} loops (one loop per tap drains 9 times): {_describe(r)}"
+        )
 
 
 @pytest.mark.parametrize("case", MAX_CB_CASES, ids=[c.id for c in MAX_CB_CASES])
@@ -344,8 +346,8 @@ def test_aot_cache_keys_match_the_runtime() -> None:
 
 
 def _v2_at(tag: str, compiled: dict) -> list[tuple[Case, dict]]:
-    """The v2 forward's reports at benchmark shape ``tag`` (compiled here when this session
-    did not select their own tests)."""
+    """The v2 forward's reports at benchmark shape ``tag`` (compiled here when this pytest
+    run did not select their own tests)."""
     cases = [c for c in BENCH_CASES if c.kernel == "fwd" and c.tag == tag]
     todo = [c for c in cases if c not in compiled]
     if todo:

@@ -150,7 +150,7 @@ def test_halo_never_runs_in_the_interpreter(force):
     if "fwd_halo" not in RECORDS:
         pytest.skip("this triton has no Gluon: no halo variant")
     if DEVICE == "cuda":
-        pytest.skip("on CUDA it runs where it applies (tests/test_gpu*)")
+        pytest.skip("on CUDA it runs where it applies (tests/gpu/)")
     force("fwd_halo")
     assert _ran(Case(C_in=8, channels_last=True)) == "fwd"
 

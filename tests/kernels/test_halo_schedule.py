@@ -10,7 +10,7 @@ dense grid masks), and must reproduce the float64 convolution over a fuzz of
 geometries: strides 1-3, padding, dilation, odd and tiny sizes, several images per tile, tiles
 that start in one image and end in the next. Any schedule error (a window too short, a wrong
 offset, a zero row missing from the virtual grid) gives an O(1) error or an out-of-window
-slice. The kernel compiles for sm_90 from the same functions (tests/test_compile_tier.py).
+slice. The kernel compiles for sm_90 from the same functions (tests/kernels/test_compile_tier.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The energy rule means the same thing in both forms: the initial basis spans at least the
-asked fraction of the filters' squared Frobenius norm (issue 12, item 5)."""
+asked fraction of the filters' squared Frobenius norm."""
 
 from __future__ import annotations
 
@@ -47,6 +47,32 @@ def test_curve_is_the_projection_of_the_filters(keep_basis):
     else:
         s2 = torch.linalg.svdvals(h) ** 2
         assert torch.allclose(curve, torch.cumsum(s2, 0) / s2.sum(), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(24, 72), (64, 27), (16, 16)], ids=str)
+def test_pivoted_qr_matches_lapack_geqp3(shape):
+    """The torch pivoted QR picks the filters LAPACK's geqp3 picks, with the same |R|."""
+    linalg = pytest.importorskip("scipy.linalg", reason="SciPy gives the LAPACK reference")
+    g = torch.Generator().manual_seed(sum(shape))
+    decay = 0.9 ** torch.arange(shape[1], dtype=torch.float64)
+    h = torch.randn(*shape, generator=g, dtype=torch.float64) * decay
+    r, piv = _pivoted_qr(h)
+    r_ref, piv_ref = linalg.qr(h.t().numpy(), mode="r", pivoting=True)
+    assert piv.tolist() == piv_ref.tolist()
+    r_ref = torch.from_numpy(r_ref)[: r.shape[0]]
+    assert torch.allclose(r.abs(), r_ref.abs(), rtol=0, atol=1e-12 * float(h.abs().max()))
+
+
+def test_pivoted_qr_of_a_rank_deficient_matrix():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    h = h @ torch.randn(3, 30, generator=g, dtype=torch.float64)
+    r, piv = _pivoted_qr(h)
+    assert sorted(piv.tolist()) == list(range(10))
+    rows = (r * r).sum(1)
+    assert torch.all(rows[3:] < 1e-20 * rows[0]) and torch.all(rows[:3] > 1e-6 * rows[0])
+    curve = captured_energy(h, True)
+    assert float(curve[2]) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_a_subset_of_filters_captures_no_more_than_the_svd():

@@ -486,9 +486,8 @@ def test_choose_mode_cuda_tiny_pixels_pick_weight():
     g = geometry(1, 128, 4, 4, 32, 128, 3)
     assert g.pixels < MIN_FUSED_PIXELS
     assert choose_mode(g, CUDA) == "weight"
-    # CPU has its own calibrated rule (tritonbasis.modes, bench/NOTES.md): this call saves
+    # CPU has its own calibrated rule (tritonbasis.nn.modes, bench/NOTES.md): this call saves
     # 1.7M MACs at C_b=32, below the 8M the CPU's fixed cost of the basis path needs
-    # (behaviour changed on purpose: it used to be "fused" on CPU too)
     assert choose_mode(g, "cpu") == "weight"
     # the threshold itself: k=1, H=W=1, pixels = N
     assert choose_mode(geometry(MIN_FUSED_PIXELS, 128, 1, 1, 32, 128, 1), CUDA) == "fused"

@@ -1,4 +1,4 @@
-"""mode="auto": decided once (convert / tune / first forward), by tritonbasis.modes, and the
+"""mode="auto": decided once (convert / tune / first forward), by tritonbasis.nn.modes, and the
 report says what runs. Timings are injected: no wall-clock assertions."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The output-channel permutation ``perm`` is validated where it enters the op: every bad form
-is a clear ValueError before anything runs (a non-permutation used to give wrong output or write
+is a clear ValueError before anything runs (a non-permutation would give wrong output or write
 out of bounds in the Triton kernels), a non-contiguous valid perm works.
 
 Runs on the torch path and, without CUDA, on the Triton kernels through the interpreter.

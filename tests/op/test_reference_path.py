@@ -465,7 +465,7 @@ def test_weight_mode_matches_reference(case):
 # a test below asserts that, so both branches of auto are compared with the reference here.
 AUTO_CASES = [
     Case(N=2, C_in=3, H=15, W=15, C_b=16, C_rest=48, k=3, padding=1),
-    # N=3: the CPU cost model (tritonbasis.modes) needs >= 16M MACs saved per call at C_b=16
+    # N=3: the CPU cost model (tritonbasis.nn.modes) needs >= 16M MACs saved per call at C_b=16
     Case(N=3, C_in=64, H=15, W=15, C_b=16, C_rest=48, k=3, padding=1, channels_last=True),
     Case(N=2, C_in=16, H=9, W=9, C_b=5, C_rest=16, k=3, stride=2, padding=1, keep_basis=False),
 ]

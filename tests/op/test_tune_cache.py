@@ -174,7 +174,7 @@ def test_unwritable_cache_warns_once_and_keeps_results_in_memory(tmp_path, monke
 # --------------------------------------------------------------------------------------------
 # autotune results: triton's own cache (triton.autotune(..., cache_results=True))
 #
-# The real autotuner runs in a subprocess without TRITON_INTERPRET (this session interprets
+# The real autotuner runs in a subprocess without TRITON_INTERPRET (the test process interprets
 # without CUDA, and triton switches its result cache off when interpreting), with a stand-in
 # driver: GPUTarget sm_90 (what triton's cache key reads) and a fake benchmarker that times
 # each config by a fixed rule; the kernel's launch is replaced by a recorder. Everything else
@@ -274,7 +274,7 @@ def test_autotuner_uses_tritons_result_cache_keyed_on_layout(tmp_path):
 
 
 def test_old_config_file_is_ignored(cache):
-    """Autotune configs are no longer stored here: a config file left by an older version is
+    """Autotune configs are not stored here: a config file left by an older version is
     neither read nor reported."""
     cache.mkdir(parents=True)
     (cache / "autotune-configs.json").write_text("{not json")
@@ -304,7 +304,7 @@ def test_tune_cache_does_not_import_the_launchers_at_import():
 
 
 def _wide_layer_geometry(n=2):
-    # 128 channels, C_b=32 (was 32/8): the CPU cost model (tritonbasis.modes, calibrated on
+    # 128 channels, C_b=32: the CPU cost model (tritonbasis.nn.modes, calibrated on
     # CPU) needs this much work per call to pick fused; the tests need its pick to be fused
     x = torch.randn(n, 128, 8, 8)
     m = tb.BasisConv2d(128, 128, 3, basis_channels=32, padding=1, mode="auto")

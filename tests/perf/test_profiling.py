@@ -117,7 +117,7 @@ def test_profile_cli_help(capsys):
 def test_profile_cli_writes_trace_naming_the_layers(tmp_path, capsys, one_thread):
     out = tmp_path / "prof"
     # mode "fused" in the plan: at these tiny shapes mode="auto" runs weight modification on a
-    # CPU (tritonbasis.modes), and the trace must show the op's ranges
+    # CPU (tritonbasis.nn.modes), and the trace must show the op's ranges
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"_default": {"ratio": 0.25, "keep_basis": True, "mode": "fused"}}))
     rc = main(

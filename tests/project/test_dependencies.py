@@ -1,5 +1,7 @@
-"""Dependencies: every third-party import is declared in pyproject.toml; optional ones
-(matplotlib, onnx...) are imported lazily; the torch floor is the oldest torch CI tests; and no
+"""Dependencies: the core depends on torch alone; every third-party import is declared in
+pyproject.toml; optional ones (an extra's: numpy, torchvision, matplotlib, onnx...) are imported
+lazily, except the [search] extra's inside the recipes (which check for it on import); the
+extras and tritonbasis.util.extras agree; the torch floor is the oldest torch CI tests; and no
 upper cap on torch."""
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ DIST = {"sklearn": "scikit-learn"}
 # Imported but deliberately not declared: triton comes with torch's Linux wheels and the package
 # works without it (CPU path; kernels load on first use).
 UNDECLARED_OK = {"triton"}
+# The recipes are the [search] extra: they may import its modules at module level
+# (tritonbasis/recipes/__init__.py raises one clear error when the extra is missing).
+EXTRA_FOLDERS = {"search": "tritonbasis/recipes/"}
 
 
 def _pyproject() -> dict:
@@ -51,6 +56,10 @@ def _imports(folder: str):
     return out
 
 
+def test_core_dependencies_are_torch_alone():
+    assert [_name(r) for r in _pyproject()["project"]["dependencies"]] == ["torch"]
+
+
 def test_every_import_is_declared_and_optional_ones_are_lazy():
     meta = _pyproject()["project"]
     core = {_name(r) for r in meta["dependencies"]}
@@ -66,11 +75,27 @@ def test_every_import_is_declared_and_optional_ones_are_lazy():
             if module_level and not path.startswith("kernels/"):
                 problems.append(f"{path}: {mod} imported at module level")
         elif dist in optional:
-            if module_level:
+            gated = any(
+                dist in extras[e] and path.startswith(folder) for e, folder in EXTRA_FOLDERS.items()
+            )
+            if module_level and not gated:
                 problems.append(f"{path}: optional {dist} imported at module level")
         elif dist not in core:
             problems.append(f"{path}: imports {mod} ({dist}), declared nowhere")
     assert not problems, problems
+
+
+def test_extras_table_matches_pyproject():
+    """tritonbasis.util.extras.EXTRAS (import names, for the one-line error) lists exactly the
+    distributions pyproject.toml's extras hold."""
+    from tritonbasis.util.extras import EXTRAS
+
+    extras = {
+        e: {_name(r) for r in reqs}
+        for e, reqs in _pyproject()["project"]["optional-dependencies"].items()
+    }
+    for extra, modules in EXTRAS.items():
+        assert {DIST.get(m, m) for m in modules} == extras[extra], extra
 
 
 def test_extras():
@@ -79,14 +104,21 @@ def test_extras():
         for e, reqs in _pyproject()["project"]["optional-dependencies"].items()
     }
     assert extras["plots"] == {"matplotlib"}
+    assert {"numpy", "scipy", "scikit-learn", "tqdm", "torchvision"} == extras["search"]
     assert {"onnx", "onnxscript", "onnxruntime"} <= extras["onnx"]
     test = " ".join(_pyproject()["project"]["optional-dependencies"]["test"])
-    assert "pytest" in extras["test"] and "plots" in test and "onnx" in test
-    assert "ruff" in extras["dev"]
+    assert "pytest" in extras["test"] and all(e in test for e in ("search", "plots", "onnx"))
+    assert {"ruff", "mypy"} <= extras["dev"]
 
 
 def test_torch_floor_is_the_oldest_ci_stack_and_there_is_no_cap():
     (torch_req,) = [r for r in _pyproject()["project"]["dependencies"] if _name(r) == "torch"]
+    (vision_req,) = [
+        r
+        for r in _pyproject()["project"]["optional-dependencies"]["search"]
+        if _name(r) == "torchvision"
+    ]
+    assert "<" not in vision_req and "==" not in vision_req, vision_req
     assert "<" not in torch_req and "==" not in torch_req and "~=" not in torch_req, torch_req
     floor = re.search(r">=\s*([0-9.]+)", torch_req).group(1)
     ci = (ROOT / ".ci" / "run").read_text()

@@ -33,7 +33,7 @@ PUBLIC = {
     "tune",
     "use_backend",
 }
-# internals that used to be top-level -> where they live
+# internals, not top-level -> where they live
 INTERNAL = {
     "check_inputs": "tritonbasis.op.geometry",
     "ConvGeometry": "tritonbasis.op.geometry",

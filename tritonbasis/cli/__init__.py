@@ -13,33 +13,58 @@
   profile   training steps under torch.profiler: Chrome trace, op / kernel / layer tables
 
 The subcommands are thin: they call the same Python API (tritonbasis.convert, .train, ...).
+convert, train, search, tune and profile need the [search] extra (models, data, training):
+pip install "tritonbasis[search]"; demo and bench run on torch alone.
 """
 # One module per subcommand (demo, convert, train, search, bench, tune, profile), each with
 # add_parser(subparsers), run(args) and optionally check(parser, args) (parse-time checks);
 # the shared helpers in .common, the guards (locks, argparse types, one-line errors) in .guard.
+# The subcommand modules load when the parser is built: search and train import the recipes,
+# which need the [search] extra; without it they stay listed and say so in one line (as do
+# convert, tune and profile when they reach the recipes).
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Iterator, Mapping
+from types import ModuleType
 
-from . import bench, convert, demo, profile, search, train, tune
+from ..util.extras import extra_of, message
 from .common import Parser, UsageError, check_args
 from .guard import debug_enabled, known_errors, one_line, out_of_memory
 
 __all__ = ["COMMANDS", "UsageError", "main"]
 
-# name -> module, in the order `tritonbasis -h` lists them
-COMMANDS = {
-    "demo": demo,
-    "convert": convert,
-    "train": train,
-    "search": search,
-    "bench": bench,
-    "tune": tune,
-    "profile": profile,
-}
+# in the order `tritonbasis -h` lists them
+_NAMES = ("demo", "convert", "train", "search", "bench", "tune", "profile")
 DISTRIBUTED = ("train", "search")  # under torchrun: one rank of a distributed job
+
+
+class _Commands(Mapping[str, ModuleType]):
+    """name -> subcommand module, imported on first access."""
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in _NAMES:
+            raise KeyError(name)
+        return importlib.import_module(f"{__name__}.{name}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_NAMES)
+
+    def __len__(self) -> int:
+        return len(_NAMES)
+
+
+COMMANDS: Mapping[str, ModuleType] = _Commands()
+
+
+def _missing_extra(e: ImportError) -> str | None:
+    """The extra whose absence ``e`` reports, or None (a real bug: re-raised)."""
+    if not isinstance(e, ModuleNotFoundError):
+        return None
+    return extra_of(e.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--debug", action="store_true", help="show Python tracebacks (also TRITONBASIS_DEBUG=1)"
     )
+    p.needs_extra = {}  # command -> the missing extra it needs
     sub = p.add_subparsers(dest="cmd", required=True)
-    for mod in COMMANDS.values():
+    for name in _NAMES:
+        try:
+            mod = COMMANDS[name]
+        except ModuleNotFoundError as e:
+            extra = _missing_extra(e)
+            if extra is None:
+                raise
+            # listed, takes any arguments, and _main answers with the one line
+            sub.add_parser(name, help=f"(needs the [{extra}] extra)", add_help=False)
+            p.needs_extra[name] = extra
+            continue
         mod.add_parser(sub)
     return p
 
@@ -80,6 +116,12 @@ def main(argv=None) -> int:
             raise
         print(f"tritonbasis: error: {one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
+    except ModuleNotFoundError as e:
+        extra = _missing_extra(e)
+        if debug or extra is None:
+            raise
+        print(message(f"tritonbasis {_command(argv)}".rstrip(), extra), file=sys.stderr)
+        return 1
     except (MemoryError, RuntimeError) as e:
         line = out_of_memory(e)
         if debug or line is None:
@@ -88,8 +130,17 @@ def main(argv=None) -> int:
         return 1
 
 
+def _command(argv) -> str:
+    """The subcommand named in ``argv`` ("" if none)."""
+    return next((a for a in argv if a in _NAMES), "")
+
+
 def _main(argv) -> int:
     p = build_parser()
+    cmd = _command(argv)
+    if cmd in p.needs_extra:  # before parsing: its arguments are not known here
+        print(message(f"tritonbasis {cmd}", p.needs_extra[cmd]), file=sys.stderr)
+        return 1
     args = p.parse_args(argv)
     check_args(p, args)
     mod = COMMANDS[args.cmd]

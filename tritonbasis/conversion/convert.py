@@ -135,7 +135,7 @@ def _conv_macs_per_pixel(c_in, c_out, k, cb=None, rest=None) -> int:
 
 
 def _resolve(layer: BasisConv2d, in_chw, batch: int, device) -> str:
-    """What ``mode="auto"`` will run for ``layer`` (tritonbasis.modes): with the input size
+    """What ``mode="auto"`` will run for ``layer`` (tritonbasis.nn.modes): with the input size
     known, the decision for a call of ``batch`` images of it (meta tensors: no memory, no
     compute); without, the per-pixel rule. The layer remembers it (``layer.resolved``)."""
     if layer.mode != "auto":

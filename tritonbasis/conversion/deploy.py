@@ -62,10 +62,14 @@ ONNX_PACKAGES = ("onnx", "onnxscript")
 def _require(modules: Sequence[str], what: str) -> None:
     import importlib.util
 
+    from ..util.extras import MissingExtraError, install_hint
+
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(
-            f'{what} needs {", ".join(missing)} (not installed): pip install "tritonbasis[onnx]"'
+        raise MissingExtraError(
+            f"{what} needs the [onnx] extra ({', '.join(missing)} not installed): "
+            f"{install_hint('onnx')}",
+            name=missing[0],
         )
 
 

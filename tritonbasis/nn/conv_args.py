@@ -5,11 +5,13 @@ plan its forward follows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, cast
 
 from ..op.geometry import pair
 from .functional import MODES
 from .spec import BasisSpec
 
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -26,7 +28,7 @@ class ConvArgs:
     padding: str | tuple[int, int]
     dilation: tuple[int, int]
     basis_channels: int
-    padding_mode: str
+    padding_mode: PaddingMode
     call_padding: tuple[int, int]
     op_padding: tuple[int, int]
     pre_pad: tuple[int, int, int, int] | None
@@ -120,6 +122,7 @@ def check_conv_args(
         sides = [(p[0], p[0]), (p[1], p[1])]
     (top, bottom), (left, right) = sides
     op_padding = (top, left)
+    pre_pad: tuple[int, int, int, int] | None
     if padding_mode != "zeros":  # nn.Conv2d: F.pad(x, ..., mode=padding_mode), conv padding 0
         pre_pad, call_padding = (left, right, top, bottom), (0, 0)
         if top == bottom == left == right == 0:
@@ -139,7 +142,7 @@ def check_conv_args(
         padding if isinstance(padding, str) else (top, left),
         dilation,
         basis_channels,
-        padding_mode,
+        cast(PaddingMode, padding_mode),  # one of PADDING_MODES (checked above)
         call_padding,
         op_padding,
         pre_pad,

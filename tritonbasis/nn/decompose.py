@@ -7,7 +7,7 @@
   error is the root-sum-square of the discarded singular values). The singular values are split
   evenly (``sqrt(S)`` on each side) so neither factor starts tiny or huge under SGD.
 * keep-basis form, ``init="svd"``: choose C_b of the existing filters as the basis by
-  column-pivoted QR of ``H^T`` (LAPACK geqp3 via SciPy: a greedy column-subset selection), then
+  column-pivoted QR of ``H^T`` (LAPACK geqp3's greedy column-subset selection), then
   the other filters' coefficients by least squares. Outputs stay in the original channel order
   through the layer's ``out_perm`` (applied inside the kernels' stores, no extra pass).
 * ``init="random"``: BasisConv2d's own init (variance-matched to nn.Conv2d); with
@@ -20,11 +20,11 @@ of all filters onto the basis), measured on *that form's own* basis (:func:`capt
 For the full form that is BasisConv's rule, ``cumsum(sigma^2) / sum(sigma^2) >= t``. A subset
 of the original filters spans less than the top singular subspace of the same size, so the
 keep-basis form needs the same or more channels: reading C_b off the SVD spectrum and then
-keeping a filter subset of that size (what an earlier version did, issue 12) captured less
-than asked (a digits CNN at ``t = 0.9``: 0.846). So its C_b is the SVD's C_b grown until the
-subset's own curve reaches ``t`` (capped at C_out; at ``C_b = rank(H)`` the subset spans
-everything). :class:`Factors` carries the captured fraction, ``from_conv`` keeps it on the
-layer (``captured_energy``) and the conversion report prints it per layer.
+keeping a filter subset of that size would capture less than asked (a digits CNN at ``t =
+0.9``: 0.846). So its C_b is the SVD's C_b grown until the subset's own curve reaches ``t``
+(capped at C_out; at ``C_b = rank(H)`` the subset spans everything). :class:`Factors` carries
+the captured fraction, ``from_conv`` keeps it on the layer (``captured_energy``) and the
+conversion report prints it per layer.
 """
 
 from __future__ import annotations
@@ -55,13 +55,32 @@ def singular_values(conv: nn.Conv2d) -> torch.Tensor:
 
 
 def _pivoted_qr(h: torch.Tensor):
-    """Column-pivoted QR of ``H^T`` (columns = filters): ``(R, pivots)``. The pivot order is a
-    greedy subset selection: filter ``piv[k]`` is the one farthest from the span of the first
-    ``k`` picks."""
-    from scipy.linalg import qr
-
-    r, piv = qr(h.t().numpy(), mode="r", pivoting=True)
-    return torch.from_numpy(r), torch.from_numpy(piv.astype("int64"))
+    """Column-pivoted QR of ``H^T`` (columns = filters): ``(R, pivots)``, R of shape
+    ``(min(D, C_out), C_out)`` in pivot order. The pivot order is a greedy subset selection:
+    filter ``piv[k]`` is the one farthest from the span of the first ``k`` picks (LAPACK
+    geqp3's rule, in torch: Householder reflections, ``C_out`` small steps). Float64."""
+    a = h.t().to(torch.float64).clone()  # (D, C_out), deflated in place
+    d, n = a.shape
+    piv = torch.arange(n)
+    steps = min(d, n)
+    r = torch.zeros(steps, n, dtype=torch.float64)
+    for k in range(steps):
+        # residual column norms recomputed exactly, not downdated (no cancellation)
+        j = k + int(torch.argmax((a[k:, k:] * a[k:, k:]).sum(0)))
+        if j != k:
+            a[:, [k, j]] = a[:, [j, k]]
+            r[:, [k, j]] = r[:, [j, k]]
+            piv[[k, j]] = piv[[j, k]]
+        x = a[k:, k]
+        alpha = float(x.norm())
+        if alpha == 0.0:
+            break  # the remaining filters are in the span already: R's rows below are 0
+        v = x.clone()
+        v[0] += alpha if float(x[0]) >= 0 else -alpha
+        v /= v.norm()
+        a[k:, k:] -= 2.0 * torch.outer(v, v @ a[k:, k:])
+        r[k, k:] = a[k, k:]
+    return r, piv
 
 
 def captured_energy(h: torch.Tensor, keep_basis: bool, qr=None, sv=None) -> torch.Tensor:
@@ -135,7 +154,7 @@ def factors(conv: nn.Conv2d, spec: BasisSpec) -> Factors:
     return Factors(cb, *init, captured=float(curve[cb - 1]))
 
 
-def _svd_init(svd, cb: int):
+def _svd_init(svd, cb: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     u, s, vh = svd
     root = s[:cb].sqrt()
     basis = root[:, None] * vh[:cb]
@@ -143,7 +162,9 @@ def _svd_init(svd, cb: int):
     return basis, coeff, None
 
 
-def _keep_basis_init(h: torch.Tensor, cb: int, piv: torch.Tensor):
+def _keep_basis_init(
+    h: torch.Tensor, cb: int, piv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first C_b filters of the pivoted-QR order are the basis; least squares for the
     rest."""
     idx, rest = piv[:cb], piv[cb:]

@@ -11,7 +11,7 @@ from ..op.geometry import ConvGeometry, check_inputs
 from ..util.compat import autocast_enabled as _autocast_enabled
 from ..util.compat import jit_tracing as _jit_tracing
 
-# The decision lives in tritonbasis.modes (constants re-exported here for old imports).
+# The decision lives in tritonbasis.nn.modes (its constants re-exported here).
 from .modes import FUSED_EFFICIENCY, MIN_FUSED_PIXELS, _has_symbolic, decide  # noqa: F401
 
 MODES = ("fused", "weight", "auto")

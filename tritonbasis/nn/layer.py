@@ -15,7 +15,7 @@ from ..util import compat
 from ..util.compat import tensor_version
 from ..util.ranges import layer_range
 from . import decompose
-from .conv_args import check_conv_args
+from .conv_args import PaddingMode, check_conv_args
 from .functional import basis_conv2d, choose_mode, onnx_exporting
 from .spec import BasisSpec, as_spec
 
@@ -141,7 +141,7 @@ class BasisConv2d(nn.Module):
     # class defaults: modules pickled whole before these attributes existed still unpickle
     # (and then pad as they always did: zeros, by the op, padding = the stored pair)
     groups: int = 1
-    padding_mode: str = "zeros"
+    padding_mode: PaddingMode = "zeros"
     _pre_pad: tuple[int, int, int, int] | None = None
     _pad_mode: str = "constant"
     resolved: str | None = None
@@ -315,8 +315,8 @@ class BasisConv2d(nn.Module):
 
     def _out_perm_problem(self, perm) -> str | None:
         """Why ``perm`` (from a state_dict) is not a permutation of range(C_out), or None. A
-        non-permutation used to load silently: forward maps channels by argsort(perm),
-        backward by perm, which agree only for a permutation (gradients were wrong)."""
+        non-permutation must not load: forward maps channels by argsort(perm), backward by
+        perm, which agree only for a permutation (the gradients would be wrong)."""
         if not isinstance(perm, torch.Tensor):
             return f"is a {type(perm).__name__}, not a tensor"
         if perm.dtype not in (torch.int64, torch.int32):
@@ -382,7 +382,7 @@ class BasisConv2d(nn.Module):
             dtype=self.basis.dtype,
         )
         conv.weight.copy_(self.merged_weight())
-        if self.bias is not None:
+        if self.bias is not None and conv.bias is not None:
             conv.bias.copy_(self.bias)
         return conv
 
@@ -430,7 +430,7 @@ def from_conv(
     the layer's ``captured_energy`` says what its initial basis spans (``init="svd"``).
     ``factors``: ``decompose.factors(conv, spec)`` already computed (the conversion does, to
     size the layer before building it), so the filters are not decomposed twice."""
-    spec = as_spec(spec) if spec is not None else BasisSpec(**kw)
+    spec = as_spec(spec) or BasisSpec(**kw)
     f = factors if factors is not None else decompose.factors(conv, spec)
     w = conv.weight
     layer = BasisConv2d(
@@ -449,12 +449,12 @@ def from_conv(
         mode=spec.mode,
     )
     with torch.no_grad():
-        if f.basis is not None:
+        if f.basis is not None and f.coeff is not None:
             layer.basis.copy_(f.basis.reshape(layer.basis.shape))
             layer.coeff.copy_(f.coeff)
             if f.perm is not None:
                 layer.set_out_perm(f.perm.to(w.device))
-            if conv.bias is not None:
+            if conv.bias is not None and layer.bias is not None:
                 layer.bias.copy_(conv.bias)
         elif not spec.trainable_basis:
             layer.basis.copy_(decompose.orthogonal_basis(layer.basis))

@@ -110,6 +110,7 @@ class BasisSpec:
             return max(1, min(c_out, round(self.ratio * c_out)))
         if captured is None:
             raise ValueError("energy-based C_b needs the captured-energy curve of the filters")
+        assert self.energy is not None  # exactly one of the three rules is set (validated)
         import torch
 
         # 1e-12: a full-rank basis captures 1.0 up to float64 rounding (energy=1.0 -> exact)

@@ -6,6 +6,7 @@ it is also safe on fake tensors under ``torch.compile``.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ def pair(v, name: str) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {kind}") from None
     if len(items) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return items  # type: ignore[return-value]
+    return (items[0], items[1])
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ def _perm_state(perm: torch.Tensor):
     return (perm.data_ptr(), tensor_version(perm))
 
 
+def _forget_perm(key: int, _ref: object) -> None:
+    _PERM_CHECKED.pop(key, None)  # the tensor is gone: its id may be reused
+
+
 def _perm_unchanged(perm: torch.Tensor, hit) -> bool:
     if hit[0]() is not perm:
         return False
@@ -195,7 +200,7 @@ def check_perm(perm, C_out: int, device: torch.device | None = None) -> None:
             why = f"value {int(vals[counts > 1][0])} appears more than once"
         raise ValueError(f"perm must be a permutation of range({C_out}): {why}")
     _PERM_CHECKED[key] = (
-        weakref.ref(perm, lambda _r, k=key: _PERM_CHECKED.pop(k, None)),
+        weakref.ref(perm, functools.partial(_forget_perm, key)),
         _perm_state(perm),
     )
 

@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -143,6 +144,13 @@ def triton_version() -> str:
 
 
 @functools.cache
+def _source_file(fn) -> Path:
+    src = inspect.getsourcefile(fn)
+    if src is None:  # a kernel defined without a source file cannot be hashed
+        raise RuntimeError(f"no source file for {fn!r}")
+    return Path(src)
+
+
 def source_hash(name: str | None = None) -> str:
     """sha256 (16 hex digits) of the source files of kernel ``name`` (all kernels if None) and
     of ``kernels/configs.py`` (the records) and ``kernels/pruning.py``: any edit of a kernel's
@@ -150,7 +158,7 @@ def source_hash(name: str | None = None) -> str:
     configs = _kernels()[1]
     names = [name] if name is not None else sorted(configs.RECORDS)
     fns = [configs.RECORDS[n].fn for n in names]
-    files = {Path(inspect.getsourcefile(getattr(f, "fn", f))) for f in fns}
+    files = {_source_file(getattr(f, "fn", f)) for f in fns}
     files |= {Path(configs.__file__), Path(configs.pruning.__file__)}
     h = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.name):
@@ -327,12 +335,12 @@ def _measure(variants: list[str], build) -> str:
     the split-K reduce, the same for all, is left out), by CUDA events."""
     import triton.testing
 
-    times = {}
+    times: dict[Any, float] = {}
     for v in variants:
         lc = build(v)
         run([lc])  # autotunes (or reads triton's cache)
         times[v] = triton.testing.do_bench(lambda lc=lc: run([lc]), warmup=5, rep=20)
-    return min(times, key=times.get)
+    return min(times, key=lambda v: times[v])
 
 
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):

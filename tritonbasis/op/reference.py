@@ -1,6 +1,6 @@
 """Plain-PyTorch basis convolution: the oracle for tests and benchmarks, and the CPU path.
 
-Two things live here, next to each other on purpose (DESIGN.md §3):
+Two things live here, next to each other on purpose (one source per formula):
 
 * :func:`basis_conv2d_reference` -- the obvious composition ``F.conv2d(x, basis)`` then the 1x1
   combination (``cat(Z, coeff.Z)`` or ``coeff.Z``) plus bias, differentiated by autograd. Tests
@@ -310,7 +310,9 @@ def _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c):
         n, hw = g.N, g.Ho * g.Wo
         g3 = grad.view(n, g.C_out, hw)
         g_b3, g_r3 = g3[:, : g.C_b], g3[:, g.C_b :]
-        dcoeff = torch.bmm(g_r3, z.reshape(n, g.C_b, hw).transpose(1, 2)).sum(0) if need_c else None
+        dcoeff = None
+        if z is not None:  # need_c
+            dcoeff = torch.bmm(g_r3, z.reshape(n, g.C_b, hw).transpose(1, 2)).sum(0)
         dz = (
             torch.baddbmm(g_b3, coeff.t().expand(n, g.C_b, g.C_rest), g_r3).view(
                 n, g.C_b, g.Ho, g.Wo

@@ -2,9 +2,10 @@
 implementation runs.
 
 Registration route: ``torch.library.custom_op`` + ``register_fake`` + ``register_autograd``
-(available since torch 2.4; our floor is 2.6). The op is opaque to ``torch.compile`` (no graph
-break, the compiled graph calls it), which is what we want: the kernels autotune themselves and
-Inductor must not re-trace them. See README "Developer notes" for the probe of the routes.
+(available since torch 2.4; the floor is torch 2.11). The op is opaque to ``torch.compile`` (no
+graph break, the compiled graph calls it), which is what we want: the kernels autotune
+themselves and Inductor must not re-trace them. See README "Developer notes" for the probe of
+the routes.
 
 Ops:
 * ``tritonbasis::basis_conv2d(x, basis, coeff, bias?, perm?, stride, padding, dilation,
@@ -393,7 +394,10 @@ def input_grads(ctx, grad_out, backward, geometry) -> tuple:
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(need[2]), bool(need[3])]
     if torch.is_grad_enabled():
-        return differentiable_grads(grad_out, x, basis, coeff, bias, perm, *geometry, mask)
+        stride, padding, dilation, keep_basis = geometry
+        return differentiable_grads(
+            grad_out, x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, mask
+        )
     empty = grad_out.new_empty(0)
     dx, db, dc, dbias = backward(
         grad_out,
@@ -432,7 +436,7 @@ def differentiable_grads(
         )
         got = torch.autograd.grad(y, inputs, grad_out, create_graph=True, allow_unused=True)
     it = iter(got)
-    out = []
+    out: list[torch.Tensor | None] = []
     for t, m in zip((x, basis, coeff, bias), mask):
         if not m:
             out.append(None)
@@ -488,7 +492,9 @@ basis_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 # FLOP formulas (FlopCounterMode reports basis FLOPs, not dense ones)
 
 
-def _shapes(x_shape, basis_shape, coeff_shape, stride, padding, dilation) -> tuple:
+def _shapes(
+    x_shape, basis_shape, coeff_shape, stride, padding, dilation
+) -> tuple[int, int, int, int, int, int]:
     """``(C_in, C_b, C_rest, KH, KW, output pixels)`` from the op's argument shapes."""
     N, C_in, H, W = x_shape
     C_b, _, KH, KW = basis_shape

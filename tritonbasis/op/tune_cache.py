@@ -3,17 +3,18 @@
 What Triton cannot keep for us. The autotune results of the kernels (the best config of every
 launch key) are Triton's: ``triton.autotune(..., cache_results=True)`` stores them in Triton's
 cache (``$TRITON_CACHE_DIR``, default ``~/.triton/cache``; see :mod:`.launchers`), so a second
-process does not re-tune. (Until issue 11 this module kept them too, in
-``autotune-configs.json``; such a file is now ignored.)
+process does not re-tune. An ``autotune-configs.json`` left in the cache folder by an older
+version is ignored.
 
 One JSON file in :func:`cache_dir` (``$TRITONBASIS_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/tritonbasis``, else ``~/.cache/tritonbasis``):
 
 * ``mode-timings.json`` -- one entry per (device name, layer geometry): fused and weight
   medians (ms, forward and forward+backward) and the faster ``mode``, written by
-  ``tritonbasis tune`` (:func:`tritonbasis.tune.tune_shapes`). :func:`tritonbasis.nn.choose_mode`
-  uses that ``mode`` when there is an entry, and the FLOP model otherwise. Entries measured on a
-  GPU are only used with the same triton version and kernel source.
+  ``tritonbasis tune`` (:func:`tritonbasis.perf.tune.tune_model`).
+  :func:`tritonbasis.nn.choose_mode` uses that ``mode`` when there is an entry, and the FLOP
+  model otherwise. Entries measured on a GPU are only used with the same triton version and
+  kernel source.
 
 The file is written atomically (temporary file + ``os.replace``) under an advisory lock, so
 concurrent processes never read half a file; a file that is not valid cache JSON is ignored
@@ -136,6 +137,7 @@ class _Store:
         JSON, whatever it holds or is (binary, wrong types, NaN, a FIFO, a device, a huge
         file: read without blocking, size-capped, util.fileio.load_json); malformed entries
         are dropped with a warning."""
+        why: str | None = None
         try:
             data = load_json(path, "tuning cache")
         except FileNotFoundError:
@@ -150,14 +152,13 @@ class _Store:
         except BadFileError as e:
             data, why = None, f"it {' '.join(e.problem.split())[:160]}"
         else:
-            why = None
             if not isinstance(data, dict):
                 why = "top level is not an object"
             elif data.get("format") != FORMAT:
                 why = f"format {data.get('format')!r}, expected {FORMAT!r}"
             elif not isinstance(data.get("entries"), dict):
                 why = "no 'entries' object"
-        good = {}
+        good: dict[str, dict] = {}
         if why is None:
             good = {
                 k: v for k, v in data["entries"].items() if isinstance(v, dict) and _entry_ok(v)
@@ -165,6 +166,7 @@ class _Store:
             if len(good) < len(data["entries"]) and not good:
                 why = f"none of its {len(data['entries'])} entries is well-formed"
         if why is not None:
+            seen: tuple
             try:
                 st = path.stat()
                 seen = (str(path), st.st_size, st.st_mtime_ns)

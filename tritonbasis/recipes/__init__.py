@@ -14,4 +14,10 @@ Within recipes the imports go ``search`` -> ``train`` -> ``distributed`` -> ``ev
 (the training loop and DDP evaluation share :mod:`.evaluation`, so neither imports the other).
 Imports ``tritonbasis.conversion`` and below; nothing here is imported by the layers below.
 Submodules load on first use (``import tritonbasis`` does not import torchvision or tqdm).
+They need the ``[search]`` extra (numpy, SciPy, scikit-learn, tqdm, torchvision): without it,
+importing this package raises one :class:`~tritonbasis.util.extras.MissingExtraError` naming it.
 """
+
+from ..util.extras import require as _require
+
+_require("search", "tritonbasis.recipes (the search, training, data and models)")

@@ -78,7 +78,7 @@ __all__ = [
 TIMEOUT_ENV = "TRITONBASIS_DIST_TIMEOUT_MIN"
 DEFAULT_TIMEOUT_MIN = 60
 # Test hook: "RANK:N" makes that rank exit (os._exit(EXIT_CODE)) when about to start its
-# (N+1)-th probe of this run, as a killed rank would -- tests/test_distributed.py uses it.
+# (N+1)-th probe of this run, as a killed rank would -- tests/recipes/test_distributed.py uses it.
 TEST_EXIT_ENV = "TRITONBASIS_TEST_EXIT_RANK_AFTER_PROBES"
 EXIT_CODE = 17
 

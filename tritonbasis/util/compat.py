@@ -7,7 +7,7 @@ reads are how it knows it may run). Each one is looked up once, here; when a tor
 drops or renames one, its public fallback takes over: results are the same, some calls are
 slower (the op route instead of the eager one, a profiler range always recorded, a cache not
 reused). ``TRITONBASIS_PUBLIC_TORCH_ONLY=1`` in the environment before the first import
-makes every name here take its fallback (tests/test_compat.py runs the op, the layer,
+makes every name here take its fallback (tests/util/test_compat.py runs the op, the layer,
 ``torch.compile`` and export that way and compares the results).
 
 Not here, on purpose: ``nn.Module._load_from_state_dict`` (the documented override point of

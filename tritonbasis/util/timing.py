@@ -16,11 +16,11 @@ beforehand) does that inside ``fn`` or before the call.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = ["GRAPH_REPLAYS", "Timing", "time_fn"]
@@ -55,8 +55,10 @@ def _triton_testing():
 
 
 def _quantiles(ms, reps: int, method: str) -> Timing:
-    a = np.asarray(ms, dtype=np.float64)
-    p20, med, p80 = np.percentile(a, [20, 50, 80])
+    # linear interpolation between order statistics (numpy.percentile's default)
+    a = torch.as_tensor(list(ms), dtype=torch.float64)
+    q = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    p20, med, p80 = torch.quantile(a, q).tolist()
     return Timing(float(med), float(p20), float(p80), int(reps), method)
 
 
@@ -98,7 +100,7 @@ def _cuda_events(tt, fn, warmup_ms: float, rep_ms: float, min_reps: int) -> Timi
     for _ in range(3):  # do_bench sizes by time: a call longer than rep_ms gets 1 repetition
         if len(ms) >= min_reps:
             break
-        more = (min_reps - len(ms)) * float(np.median(ms)) * 1.25
+        more = (min_reps - len(ms)) * statistics.median(ms) * 1.25
         ms += list(tt.do_bench(fn, warmup=0, rep=more, return_mode="all"))
     return _quantiles(
         ms, len(ms), "triton.testing.do_bench (CUDA events per call, L2 flushed before each)"
@@ -110,7 +112,7 @@ def _cuda_graph(tt, fn, rep_ms: float) -> Timing:
     ms = list(tt.do_bench_cudagraph(fn, rep=rep, return_mode="all"))
     # the graph holds int(rep / estimate) calls (triton's rule); the estimate is not returned,
     # so the count below is the same rule on the measured median
-    calls = max(1, int(rep / max(float(np.median(ms)), 1e-6)))
+    calls = max(1, int(rep / max(statistics.median(ms), 1e-6)))
     return _quantiles(
         ms,
         calls * len(ms),
@@ -135,7 +137,7 @@ def _blocked(fn, min_time_s: float, min_reps: int, device: torch.device) -> Timi
     n = len(per_call) * number
     where = "" if device.type == "cpu" else ", CUDA synchronised: triton unavailable"
     return _quantiles(
-        np.asarray(per_call) * 1e3,
+        [t * 1e3 for t in per_call],
         n,
         f"torch.utils.benchmark blocked_autorange ({threads} threads{where})",
     )

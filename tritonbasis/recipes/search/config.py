@@ -175,8 +175,8 @@ def help_texts(cls) -> dict[str, str]:
 
 
 def validate(c: SearchConfig) -> None:
-    """Every field checked before anything is written (a NaN budget used to run the whole
-    search and die writing the report; a zero batch size left a state that blocked the
+    """Every field checked before anything is written (a NaN budget would run the whole
+    search and die writing the report; a zero batch size would leave a state that blocks the
     corrected rerun)."""
     BasisSpec.from_dict(c.spec)  # validates
     for name, allowed in (
