@@ -72,3 +72,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# Every test carries the marker of the package layer its folder mirrors (tests/op -> `op`), so
+# CI legs and developers select tiers by marker: `-m "op or kernels"`, `-m "not slow"`.
+LAYERS = ("op", "nn", "kernels", "conversion", "recipes", "perf", "cli", "util", "project", "gpu")
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        rel = os.path.relpath(str(item.path), _TESTS)
+        layer = rel.split(os.sep, 1)[0]
+        if layer in LAYERS:
+            item.add_marker(layer)
+        # the compile tier compiles every kernel x config for two targets: exhaustive, not quick
+        if item.get_closest_marker("compile_tier") is not None:
+            item.add_marker("slow")

@@ -93,6 +93,7 @@ def test_train_cifar_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "download option" not in err  # the CLI has none
 
 
+@pytest.mark.slow
 def test_search_cli_tiny_run(capsys, tmp_path, one_thread):
     rc = main(
         [

@@ -176,6 +176,7 @@ def two_runs(tmp_path_factory):
     return root, ra, rb
 
 
+@pytest.mark.slow
 def test_cli_train_is_reproducible_from_seed(two_runs):
     root, ra, rb = two_runs
     assert ra.returncode == 0, ra.stderr[-3000:]
@@ -224,6 +225,7 @@ def test_rerun_into_a_finished_train_folder_is_refused(two_runs, tmp_path):
     assert _digest_tree(out) == before
 
 
+@pytest.mark.slow
 def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(two_runs, tmp_path):
     root, ra, _ = two_runs
     assert ra.returncode == 0
@@ -331,6 +333,7 @@ def test_cli_bad_arguments_fail_at_parse_time(cmd, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_plan_file_problems_are_one_line(tmp_path):
     binary = tmp_path / "bin.json"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
@@ -468,6 +471,7 @@ def _search(data8, out, cfg, **kw):
     )
 
 
+@pytest.mark.slow
 def test_search_state_is_validated_and_config_changes_are_named(data8, tmp_path, one_thread):
     _search(data8, tmp_path, _fast_config())
     state = tmp_path / "state.json"
@@ -515,6 +519,7 @@ def test_refused_search_config_writes_nothing(data8, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_over_budget_plan_warns_loudly(data8, tmp_path, monkeypatch, capsys, one_thread):
     """Every layer alone costs nothing, together they cost 50 pp; with one back-off allowed
     the search must end over budget and say so on stderr and in summary.md."""

@@ -37,6 +37,7 @@ def _model(name):
     TORCHVISION,
     ids=[f"{n}-{'keep' if k else 'full'}" for n, k in TORCHVISION],
 )
+@pytest.mark.slow
 def test_full_rank_conversion_reproduces_torchvision_models(name, keep_basis):
     m = _model(name)
     x = torch.randn(2, 3, 32, 32)

@@ -110,6 +110,7 @@ def _id(c: dict) -> str:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", FIXED + FUZZ, ids=[_id(c) for c in FIXED + FUZZ])
 def test_emulated_schedule_matches_float64_convolution(c):
     gen = torch.Generator().manual_seed(zlib.crc32(_id(c).encode()))

@@ -71,6 +71,7 @@ def quick_run(tmp_path_factory):
     return out, jsons[0], json.loads(jsons[0].read_text())
 
 
+@pytest.mark.slow
 def test_quick_json_has_the_issue_shape(quick_run):
     out, path, res = quick_run
     assert set(res) == TOP_KEYS

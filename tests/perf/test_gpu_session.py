@@ -84,6 +84,7 @@ def _statuses(summary):
     return {s["name"]: s["status"] for s in summary["steps"]}
 
 
+@pytest.mark.slow
 @needs_no_cuda
 def test_dry_run_every_part_in_two_windows(tmp_path):
     out1, out2 = tmp_path / "w1", tmp_path / "w2"
@@ -154,6 +155,7 @@ def _repo_copy(dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_install_fallback_imports_kernels_the_way_steps_run(tmp_path):
     """A machine where ``pip install -e .`` fails (setuptools < 77 there): simulated by
     GPU_SESSION_PIP=fail in a copy of the checkout, with this interpreter's own install of

@@ -201,14 +201,7 @@ def _text(doc: str) -> str:
     return m.group(0) if section else text[: m.start()] + text[m.end() :]
 
 
-TESTS_SECTION = pytest.param(
-    "README.md#Tests",
-    marks=pytest.mark.xfail(
-        strict=True,
-        reason="README's Tests section still cites tests/test_*.py from before the tests moved "
-        "into tests/<subpackage>/ (that section is being rewritten); remove this mark then",
-    ),
-)
+TESTS_SECTION = "README.md#Tests"
 
 
 @pytest.mark.parametrize("doc", [*DOCS, TESTS_SECTION])

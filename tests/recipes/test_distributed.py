@@ -96,6 +96,7 @@ def dist_search(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_rank_search_equals_single_process(dist_search, tmp_path, one_thread):
     rep = json.loads((dist_search / "report.json").read_text())
     state = json.loads((dist_search / "state.json").read_text())["stages"]
@@ -124,6 +125,7 @@ def test_two_rank_search_equals_single_process(dist_search, tmp_path, one_thread
         assert rep[key] == ref[key], key
 
 
+@pytest.mark.slow
 def test_killed_rank_resumes_without_redoing_probes(dist_search, tmp_path):
     out = tmp_path / "killed"
     # with the final trainings (DDP), cut to one seed and one fine-tuning epoch
@@ -268,6 +270,7 @@ def _ddp_worker(rank, folder, world):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_training_matches_single_process_and_resumes(tmp_path, one_thread):
     import torch.multiprocessing as mp
 
@@ -344,6 +347,7 @@ def _fsdp2_batch():
     return torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
 
 
+@pytest.mark.slow
 def test_fsdp2_gradients_match_single_process(tmp_path, one_thread):
     """FSDP2 (fully_shard) over the converted model on 2 gloo ranks: the reduce-scattered
     gradients of basis/coeff/bias equal the single-process ones on the whole batch."""
@@ -368,6 +372,7 @@ def test_fsdp2_gradients_match_single_process(tmp_path, one_thread):
         assert err <= rel * p.grad.abs().max().item() + 1e-12, (n, err)
 
 
+@pytest.mark.slow
 def test_cli_train_under_torchrun_writes_on_rank0_and_resumes(tmp_path):
     out = tmp_path / "run"
     args = [

@@ -69,6 +69,7 @@ def _strip_timing(d):
     return d
 
 
+@pytest.mark.slow
 def test_tiny_search_end_to_end(data8, tmp_path):
     train_data, val_data = data8
     rep = S.sensitivity_search(
@@ -186,6 +187,7 @@ def _fake_infer_time(module, x, steps):
     return 1.5
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_to_the_same_report(data8, tmp_path, monkeypatch):
     """Kill during the probes, resume: the same report. The layer timings are injected only
     to keep the test fast (real ones take >= 0.2 s per layer and mode); what the runs compute
@@ -301,6 +303,7 @@ def test_same_seed_gives_the_same_search_whatever_the_timings(data8, tmp_path, m
     assert plans[0] == plans[1]
 
 
+@pytest.mark.slow
 def test_mismatched_or_corrupt_state_is_refused(data8, tmp_path):
     train_data, val_data = data8
     cfg = _tiny_config(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False)
