@@ -212,6 +212,7 @@ def test_stale_lock_is_taken_over_with_a_message_and_released(two_runs):
     assert not (root / "a" / LOCK_NAME).exists() and not (root / "b" / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_rerun_into_a_finished_train_folder_is_refused(two_runs, tmp_path):
     root, ra, _ = two_runs
     assert ra.returncode == 0
@@ -272,6 +273,7 @@ def _main_inprocess(capsys, *args):
 # One of each kind as a real subprocess (the console path: exit code, stderr, no traceback);
 # the rest of the matrix in-process, where the same main() refuses them (saves ~1 min of
 # interpreter start-ups on CI).
+@pytest.mark.slow
 def test_bad_arguments_in_a_subprocess(tmp_path):
     out = tmp_path / "s"
     _refused(
@@ -353,6 +355,7 @@ def test_plan_file_problems_are_one_line(tmp_path):
     assert "match no Conv2d" in r.stderr and "converted 0/20" in r.stdout
 
 
+@pytest.mark.slow
 def test_missing_cifar_is_one_line_and_leaves_no_folder(tmp_path):
     out = tmp_path / "t"
     r = _cli("train", "--data", "cifar10", "--data-dir", tmp_path / "nope", "--out", out)
@@ -411,6 +414,7 @@ def test_lock_from_another_host_is_refused_and_explained(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     r = _cli(
         "--debug",

@@ -156,6 +156,7 @@ def test_plan_precedence_and_skip():
     assert lookup(normalize_plan({"re:conv": {"ratio": 0.5}}), "layer1.0.conv1")[0] is False
 
 
+@pytest.mark.slow
 def test_convert_by_plan_reports_every_conv():
     m = _model("resnet18")
     plan = {"re:layer[34]\\.\\d\\.conv[12]": {"ratio": 0.25}, "conv1": None}

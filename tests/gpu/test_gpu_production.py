@@ -154,6 +154,7 @@ NAMES = ("dx", "dbasis", "dcoeff", "dbias")
 # CPU: the check itself
 
 
+@pytest.mark.slow
 def test_check_close_calibration():
     """The bf16 torch path (the kernels' rounding points: Z rounded once, fp32 accumulation)
     at the four shapes with a smaller batch stays 5x inside the bounds; a forward missing one

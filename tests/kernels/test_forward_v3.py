@@ -112,6 +112,7 @@ def _fuzz(n: int, seed: int):
 FUZZ = _fuzz(6, seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fwd_l1", "fwd_tma"])
 @pytest.mark.parametrize("case", FUZZ, ids=[c.id() for c in FUZZ])
 def test_variant_fuzz(case, variant, force):

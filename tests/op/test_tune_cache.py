@@ -244,6 +244,7 @@ def _probe_tuner(tmp_path, layouts: str) -> list[dict]:
     return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_autotuner_uses_tritons_result_cache_keyed_on_layout(tmp_path):
     """A second process reads the first one's autotune result from triton's cache instead of

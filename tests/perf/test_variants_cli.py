@@ -46,6 +46,7 @@ def test_a_full_check_needs_cuda(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fwd_tma", "fwd_halo"])
 def test_quick_dry_run_writes_the_result(tmp_path, variant):
     from tritonbasis.kernels import RECORDS

@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # every module of every extra, and matplotlib ([plots]); test_blocked_is_every_extra
@@ -128,6 +130,7 @@ def test_core_runs_without_the_extras():
     ) in r.stdout, r.stdout
 
 
+@pytest.mark.slow
 def test_commands_that_need_the_search_extra_say_so_in_one_line():
     code = "from tritonbasis.cli import main; sys.exit(main(sys.argv[1:]))"
     r = _run(code, "search")

@@ -158,6 +158,7 @@ def test_killed_rank_resumes_without_redoing_probes(dist_search, tmp_path):
     assert rep["final"]["naive"]["converted"] == len(rep["layers"])
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_split_is_refused_before_any_state(tmp_path):
     out = tmp_path / "odd"
     p = _torchrun([*SEARCH, "--batch-size", "63", "--out", str(out)], cwd=tmp_path)
