@@ -83,6 +83,7 @@ SEARCH_OUTPUTS = (
     "summary.md",
     "sensitivity.png",
     "tradeoff.png",
+    "ladder_tradeoff.png",
     "baseline.pt",
 )
 SEARCH_DIRS = ("baseline", "probe_tmp", "final_chosen", "final_naive")

@@ -173,4 +173,8 @@ def verdict_lines(v: dict) -> list[str]:
             f"{t['rounds']} rounds, whose max - min spread is {t.get('spread_ms', 0):.2f} "
             f"ms): chosen is {speed}."
         )
+    if v.get("ladder"):
+        from .verdict_peers import peer_lines  # it imports this module
+
+        lines += peer_lines(v["ladder"])
     return lines
