@@ -20,6 +20,7 @@ those rounds is the timing noise the summary states), and the report's ``mode`` 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -34,7 +35,15 @@ from ..train import train
 from .context import SearchContext
 from .probes import convert_only, pp
 
-__all__ = ["FinalInputs", "apply_modes", "mean_sd", "measure", "run_final"]
+__all__ = [
+    "FinalInputs",
+    "apply_modes",
+    "mean_sd",
+    "measure",
+    "noise_pp",
+    "pct_saved",
+    "run_final",
+]
 
 NAMES = ("dense", "chosen", "naive")
 
@@ -66,6 +75,17 @@ def mean_sd(xs) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     xs = [float(x) for x in xs]
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def pct_saved(after: float, before: float) -> float:
+    """Percent of ``before`` saved by ``after`` (one decimal)."""
+    return round(100.0 * (1.0 - after / before), 1) if before else 0.0
+
+
+def noise_pp(p_a: float, p_b: float, n: int) -> float:
+    """95% half-width (pp) of the difference of two accuracies measured on ``n`` images
+    (binomial, normal approximation)."""
+    return 100.0 * 1.96 * math.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / n)
 
 
 def apply_modes(model: nn.Module, fqns, gains: dict, device) -> None:

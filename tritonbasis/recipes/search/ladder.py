@@ -23,7 +23,6 @@ plan on any machine load."""
 from __future__ import annotations
 
 import heapq
-from dataclasses import replace
 
 import torch.nn as nn
 
@@ -31,7 +30,7 @@ from ...conversion.convert import convert_with_report
 from ...nn.spec import BasisSpec
 from .. import distributed as D
 from .context import Probe, SearchContext
-from .selection import SCORE_FLOOR_LOSS, SCORE_FLOOR_PP, _bisect, sensitivity_of
+from .selection import SCORE_FLOOR_LOSS, SCORE_FLOOR_PP, _bisect, sensitivity_of, spec_with
 
 __all__ = [
     "Costs",
@@ -44,11 +43,6 @@ __all__ = [
     "spec_with",
     "upgrade_sequence",
 ]
-
-
-def spec_with(spec: BasisSpec, cb: int) -> BasisSpec:
-    """``spec`` (its form, init, mode) with C_b fixed to ``cb``."""
-    return replace(spec, ratio=None, energy=None, basis_channels=int(cb))
 
 
 def plan_specs(plan: dict[str, int], spec: BasisSpec) -> dict[str, BasisSpec]:

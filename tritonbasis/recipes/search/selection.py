@@ -16,6 +16,7 @@ verified set within budget keeps the smallest set it probed, flagged OVER BUDGET
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from ...conversion.convert import LayerReport
 from ...nn.spec import BasisSpec
@@ -30,6 +31,7 @@ __all__ = [
     "run_selection",
     "select",
     "sensitivity_of",
+    "spec_with",
     "warn_over_budget",
 ]
 
@@ -224,13 +226,16 @@ def plan_of(rows: list[dict], spec: BasisSpec, ranks: dict | None = None) -> dic
     """The plan (FQN -> spec dict, or None to keep the conv) of the chosen rows; with
     ``ranks`` (a ladder's ``{layer: C_b}``) each chosen layer gets its own C_b."""
     if ranks is not None:
-        from .ladder import spec_with  # ladder imports this module
-
         return {
             r["fqn"]: (spec_with(spec, ranks[r["fqn"]]).to_dict() if r["fqn"] in ranks else None)
             for r in rows
         }
     return {r["fqn"]: (spec.to_dict() if r["chosen"] else None) for r in rows}
+
+
+def spec_with(spec: BasisSpec, cb: int) -> BasisSpec:
+    """``spec`` (its form, init, mode) with C_b fixed to ``cb``."""
+    return replace(spec, ratio=None, energy=None, basis_channels=int(cb))
 
 
 def mark_ladder(rows: list[dict], lad: dict) -> None:

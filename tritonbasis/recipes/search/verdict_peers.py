@@ -7,8 +7,9 @@ difference of two accuracies, as :mod:`.verdict` computes it for chosen vs naive
 from __future__ import annotations
 
 from .final import mean_sd
+from .final import noise_pp as _noise_pp
+from .final import pct_saved as _pct_saved
 from .peers import RULES
-from .verdict import _noise_pp, _pct_saved
 
 __all__ = ["peer_lines", "peer_verdict"]
 
