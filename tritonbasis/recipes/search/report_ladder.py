@@ -100,7 +100,7 @@ def ladder_plot(report, out: Path) -> dict[str, Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     keys = (("macs", "MACs saved (%)"), ("train_step_ms", "train step time saved (%)"))
     for ax, (key, label) in zip(axes, keys):
-        for name, (color, marker) in STYLE.items():
+        for i, (name, (color, marker)) in enumerate(STYLE.items()):
             f = final.get(name)
             if not f:
                 continue
@@ -115,7 +115,13 @@ def ladder_plot(report, out: Path) -> dict[str, Path]:
                 capsize=4,
                 label=name,
             )
-            ax.annotate(name, (x, f.get("drop_pp", 0.0)), textcoords="offset points", xytext=(5, 5))
+            # staggered labels: two rules can pick the same plan (same point)
+            ax.annotate(
+                name,
+                (x, f.get("drop_pp", 0.0)),
+                textcoords="offset points",
+                xytext=(5, 5 - 11 * (i % 3)),
+            )
         ax.axhline(report.config["max_drop"], color="k", ls="--", lw=1, label="budget")
         ax.set_xlabel(label)
         ax.set_ylabel("val accuracy drop (pp, mean +- sd)")
