@@ -14,6 +14,9 @@ rungs (or dense), not just yes/no at one ratio.
   The plan is the longest prefix of that sequence whose *combined* probe fits the budget,
   found by bisection over the prefix length (about log2(steps) combined probes), each step
   recorded with its predicted and verified drop, like the single-ratio selection.
+* **refinement** (:func:`run_ladder_refine`): from the best verified plan so far (the
+  ladder's, or a peer rule's that saves more), the remaining steps one at a time in score
+  order, each kept only if the combined probe still fits.
 
 Plans are ``{layer: C_b}``; a layer not in a plan stays dense. Combined probes of plans are
 cached in the state (``"plan_probes"``), shared with the peer rules (:mod:`.peers`): a plan
@@ -330,30 +333,65 @@ def run_ladder_refine(
     verify: PlanProbes,
 ) -> dict:
     """From ``start`` -- the plan that saves most among those verified within the budget
-    (the ladder's or a peer rule's) -- the longest prefix of the remaining upgrade steps (the
-    rungs harsher than ``start``'s, in score order) whose combined probe with ``start`` still
-    fits, by bisection; saved as ``"ladder_refine"`` (a resume re-uses it)."""
+    (the ladder's or a peer rule's) -- the remaining upgrade steps (the rungs harsher than
+    ``start``'s), one at a time in score order: a step is kept when the combined probe of
+    the plan with it still fits, and skipped otherwise (a bisection over them stalls on one
+    bad early step); a step harsher than a plan already over budget is skipped without a
+    probe; it stops after ``max_backoff`` over-budget probes. Saved as ``"ladder_refine"``
+    (a resume re-uses it, and every combined probe through the state's cache)."""
     ref = ctx.state.get("ladder_refine")
     if ref is not None:
         return ref
     cfg = ctx.cfg
-    rest = [s for s in seq if s["C_b"] < start.get(s["fqn"], 1 << 30)]
+    big = 1 << 30
+    rest = [s for s in seq if s["C_b"] < start.get(s["fqn"], big)]
     ctx.log(f"[4/5] ladder refinement: {len(rest)} rank steps on top of the best plan so far")
-    check, log_steps = _checker(ctx, start, probes, costs, verify)
-    chosen, done, fails = _bisect(rest, check, cfg)
-    plan = {**start, **plan_of_prefix(chosen)}
+    plan, drop, fails, kept, log_steps = dict(start), start_drop, 0, 0, []
+    for i, step in enumerate(rest):
+        if fails >= cfg.max_backoff:
+            break
+        f, cb = step["fqn"], step["C_b"]
+        if cb >= plan.get(f, big):
+            continue
+        cand = {**plan, f: cb}
+        if any(harsher_or_equal(cand, a) for a in verify.failed(cfg.max_drop)):
+            continue
+        done = verify(cand)
+        fits = done["probe_drop"] <= cfg.max_drop
+        log_steps.append(
+            {
+                "n_steps": i + 1,
+                "n_layers": len(cand),
+                "saved": costs.plan_saved(cand, cfg.gain),
+                "predicted_drop": round(
+                    sum(
+                        max(probes.get(rung_key(g, c), {}).get("probe_drop", 0.0), 0.0)
+                        for g, c in cand.items()
+                    ),
+                    4,
+                ),
+                "verified_drop": done["probe_drop"],
+                "verified_loss_delta": done.get("probe_loss_delta"),
+                "fits": fits,
+            }
+        )
+        ctx.log(
+            f"      + {f} at C_b {cb}: verified {done['probe_drop']:.2f} pp "
+            f"({'kept' if fits else 'over budget, skipped'})"
+        )
+        if fits:
+            plan, drop, kept = cand, done["probe_drop"], kept + 1
+        else:
+            fails += 1
     ref = {
         "start": dict(start),
-        "n_steps": len(chosen),
+        "n_steps": kept,
         "plan": plan,
         "saved": costs.plan_saved(plan, cfg.gain),
-        "verified_drop": done["probe_drop"] if (chosen and done) else start_drop,
+        "verified_drop": drop,
         "within_budget": True,
         "steps": log_steps,
         "backoffs": fails,
     }
-    if chosen and done["probe_drop"] > cfg.max_drop:  # stopped over budget: keep the start
-        ref.update(plan=dict(start), saved=costs.plan_saved(start, cfg.gain), n_steps=0)
-        ref["verified_drop"] = start_drop
     ctx.state.put("ladder_refine", D.broadcast_object(ref))
     return ctx.state.get("ladder_refine")

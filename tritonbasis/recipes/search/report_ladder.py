@@ -37,13 +37,16 @@ def ladder_markdown(report) -> list[str]:
         )
     lines.append("")
     for title, steps in (
-        ("Ladder selection", sel.get("steps", [])),
-        ("Refinement from the best plan so far", lad.get("refine", {}).get("steps", [])),
+        ("Ladder selection (bisection over the score-ordered rank steps)", sel.get("steps", [])),
+        (
+            "Refinement from the best plan so far (one step at a time)",
+            lad.get("refine", {}).get("steps", []),
+        ),
     ):
         if not steps:
             continue
         lines += [
-            f"### {title} (bisection over the score-ordered rank steps)",
+            f"### {title}",
             "",
             "| probe | steps | layers | saved | predicted (pp) | verified (pp) | fits |",
             "|---|---|---|---|---|---|---|",
