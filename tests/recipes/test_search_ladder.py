@@ -314,3 +314,43 @@ def test_state_schema_checks_ladder_fields():
     assert any("ladder_probes" in x for x in found)
     found = state_problems(doc({"peers": {"uniform": {"rule": "bogus"}}}), layers=["conv1"])
     assert any("peers" in x for x in found)
+
+
+@pytest.mark.slow
+def test_two_rank_ladder_equals_single_process(tmp_path, one_thread):
+    """The ladder's rung probes spread over 2 torchrun ranks give the single-process rung
+    probes, ladder selection, peers and plan (same baseline: the DDP-trained one)."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from tritonbasis.cli import main
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    from test_distributed import SEARCH, _torchrun
+
+    args = [*SEARCH, "--no-final", "--ladder", "--ladder-ratios", "0.25", "0.5"]
+    args += ["--peer-energies", "0.8", "--no-probe-groups"]
+    out = tmp_path / "dist"
+    p = _torchrun([*args, "--out", str(out)], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert {v["rank"] for v in rep["ladder"]["probes"].values() if "rank" in v} == {0, 1}
+    single = tmp_path / "single"
+    single.mkdir()
+    doc = json.loads((out / "state.json").read_text())
+    doc["stages"] = {k: v for k, v in doc["stages"].items() if k.startswith("baseline")}
+    (single / "state.json").write_text(json.dumps(doc))
+    shutil.copy(out / "baseline.pt", single / "baseline.pt")
+    assert main([*args, "--out", str(single)]) == 0
+    ref = json.loads((single / "report.json").read_text())
+
+    def strip(lad):
+        lad = json.loads(json.dumps(lad))
+        for v in lad["probes"].values():
+            v.pop("rank", None)
+        return lad
+
+    assert strip(rep["ladder"]) == strip(ref["ladder"])
+    assert rep["plan"] == ref["plan"]
