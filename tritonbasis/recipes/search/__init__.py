@@ -29,6 +29,11 @@ it, so a corrupt file is an error, never trusted):
    ``final_epochs``; paired drops per seed, params, MACs, train step and inference time
    (``time_rounds`` interleaved rounds); the verdict (:mod:`.verdict`) in numbers and words.
 
+With ``ladder=True`` (:mod:`.ladder_stage`), after stage 4: rung probes per (layer, C_b) and
+a per-layer-rank plan (:mod:`.ladder`), the peer rules at their best fitting settings
+(:mod:`.peers`), a refinement from the best verified plan; the final stage then fine-tunes
+that plan ("chosen") and every peer rule's beside dense and naive.
+
 :func:`run_experiment` (:mod:`.experiment`) runs the whole default experiment -- data, model,
 search, final over seeds, summary, plots -- from an :class:`ExperimentConfig` and a
 :class:`SearchConfig` (what ``tritonbasis search`` calls).

@@ -1,8 +1,9 @@
 """The ladder's stage (``ladder=True``), run after the single-ratio selection: rung probes,
 the ladder's plan, the peer rules' best fitting settings (:mod:`.ladder`, :mod:`.peers`),
-and the chosen plan: the one saving the most ``gain`` among the plans whose combined probe
-fits the budget (the ladder's, unless a peer rule's verified plan saves strictly more: then
-that one, and ``source`` says so)."""
+a refinement, and the chosen plan: the refinement starts from the plan saving the most
+``gain`` among those whose combined probe fits the budget (the ladder's, unless a peer rule's
+saves strictly more) and adds rank steps while they fit; ``source`` names where the plan
+started ("ladder", a rule's name, or "ladder from <rule>" when steps were added to it)."""
 
 from __future__ import annotations
 
