@@ -83,6 +83,7 @@ SEARCH_OUTPUTS = (
     "summary.md",
     "sensitivity.png",
     "tradeoff.png",
+    "ladder_tradeoff.png",
     "baseline.pt",
 )
 SEARCH_DIRS = ("baseline", "probe_tmp", "final_chosen", "final_naive")
@@ -166,8 +167,16 @@ def _run(args, out: Path, cfg: SearchConfig) -> int:
     print(report.table())
     print()
     s = report.selection
+    lad = report.ladder
+    if lad:
+        print(
+            f"rank ladder: {len(lad['plan'])}/{len(report.layers)} layers converted at their "
+            f"own C_b (source {lad['source']}), verified {lad['verified_drop']:.2f} pp; "
+            f"{len(lad['probes'])} (layer, rank) probes"
+        )
     print(
-        f"chosen {len(s['chosen'])}/{len(report.layers)} layers, predicted drop "
+        f"{'single-ratio subset: ' if lad else ''}chosen "
+        f"{len(s['chosen'])}/{len(report.layers)} layers, predicted drop "
         f"{s['predicted_drop']:.2f} pp, verified {s['verified_drop']:.2f} pp "
         f"(budget {cfg.max_drop}); zero-shot vs probe Spearman rho "
         f"{report.spearman_zero_shot_vs_probe}; {report.seconds:.0f} s"
@@ -177,7 +186,10 @@ def _run(args, out: Path, cfg: SearchConfig) -> int:
     for line in verdict_lines(report.verdict):
         print(f"  {line}")
     print()
-    print(f"outputs: {out}/report.json, plan.json, summary.md, sensitivity.png, tradeoff.png")
+    print(
+        f"outputs: {out}/report.json, plan.json, summary.md, sensitivity.png, tradeoff.png"
+        + (", ladder_tradeoff.png" if lad else "")
+    )
     print(
         f"next: tritonbasis train --plan {out}/plan.json --width {exp.width} "
         f"--image-size {exp.image_size}"

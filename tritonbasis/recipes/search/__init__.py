@@ -29,6 +29,11 @@ it, so a corrupt file is an error, never trusted):
    ``final_epochs``; paired drops per seed, params, MACs, train step and inference time
    (``time_rounds`` interleaved rounds); the verdict (:mod:`.verdict`) in numbers and words.
 
+With ``ladder=True`` (:mod:`.ladder_stage`), after stage 4: rung probes per (layer, C_b) and
+a per-layer-rank plan (:mod:`.ladder`), the peer rules at their best fitting settings
+(:mod:`.peers`), a refinement from the best verified plan; the final stage then fine-tunes
+that plan ("chosen") and every peer rule's beside dense and naive.
+
 :func:`run_experiment` (:mod:`.experiment`) runs the whole default experiment -- data, model,
 search, final over seeds, summary, plots -- from an :class:`ExperimentConfig` and a
 :class:`SearchConfig` (what ``tritonbasis search`` calls).
@@ -60,6 +65,7 @@ from .baseline import run_baseline
 from .config import ExperimentConfig, SearchConfig, help_texts
 from .context import SearchContext
 from .final import FinalInputs, run_final
+from .ladder_stage import final_plans, run_ladder_stage
 from .probes import (
     ProbeSetup,
     candidates,
@@ -70,10 +76,11 @@ from .probes import (
 )
 from .probes import probe as _probe
 from .report import SearchReport, plot, summary_markdown, write_outputs
-from .selection import layer_rows, plan_of, run_selection
+from .selection import layer_rows, mark_ladder, plan_of, run_selection
 from .state import SearchState, SearchStateError, config_hash
 from .state import default_device as _default_device  # noqa: F401 (S._default_device)
 from .verdict import verdict, verdict_lines
+from .verdict_peers import peer_verdict
 
 __all__ = [
     "ExperimentConfig",
@@ -148,14 +155,28 @@ def sensitivity_search(
     gains = measure_gains(ctx, dense, cands)  # 3
     rows = layer_rows(cands, conv_rows, probes, gains, cfg.gain, cfg.sensitivity)  # 4
     selection = run_selection(ctx, rows, probe)
+    lad, plans, chosen = {}, {}, sorted(selection["chosen"])
+    if cfg.ladder:  # per-layer ranks, and the peer rules at their best fitting settings
+        lad = run_ladder_stage(ctx, dense, cands, conv_rows, probes, selection, probe)
+        plans, chosen = final_plans(ctx, lad), sorted(lad["plan"])
+        mark_ladder(rows, lad)
     final = ctx.state.get("final", {})  # 5
     if cfg.final:
         final = run_final(
             ctx,
             FinalInputs(
-                model, init_state, dense, baseline, sorted(selection["chosen"]), cands, gains
+                model,
+                init_state,
+                dense,
+                baseline,
+                chosen,
+                cands,
+                gains,
+                plans=plans,
+                base_cb=lad.get("base_cb", {}),
             ),
         )
+    chosen_sel = {**selection, "chosen": chosen}
 
     report = SearchReport(
         config=asdict(cfg),
@@ -168,13 +189,18 @@ def sensitivity_search(
         ),
         selection=selection,
         final=final,
-        plan=plan_of(rows, ctx.spec),
+        plan=plan_of(rows, ctx.spec, lad.get("plan")),
         seconds=round(ctx.state.get("seconds", 0.0) + time.perf_counter() - t_start, 2),
         world_size=D.world_size(),
         verdict=(
-            verdict(final, selection, len(rows), identity.get("val_size")) if cfg.final else {}
+            verdict(final, chosen_sel, len(rows), identity.get("val_size")) if cfg.final else {}
         ),
+        ladder={k: v for k, v in lad.items() if k != "base_cb"},
     )
+    if report.verdict and lad:
+        report.verdict["ladder"] = peer_verdict(
+            final, report.ladder, cfg.max_drop, identity.get("val_size")
+        )
     ctx.state.put("seconds", report.seconds)
     if D.is_main():
         write_outputs(report, ctx.out)

@@ -106,6 +106,27 @@ class SearchConfig:
         "many times, interleaved; the spread of those rounds is the "
         "timing noise the summary states",
     )
+    ladder: bool = _f(
+        False,
+        "rank ladder: choose each layer's C_b among ladder_ratios (or dense) by probes "
+        "and verified combined probes, and compare it with the peer rules",
+    )
+    ladder_ratios: list[float] = _f(
+        [0.0625, 0.125, 0.25, 0.5],
+        "ladder: the C_b / C_out rungs each layer may get; a layer is probed from the "
+        "mildest rung to harsher ones and stops at the first whose probe loses more than "
+        "max_drop",
+    )
+    peers: bool = _f(
+        True,
+        "ladder: also find, verify and fine-tune the peer rules' best fitting settings "
+        "(uniform ratio, uniform energy threshold, channel threshold, single-ratio subset)",
+    )
+    peer_energies: list[float] = _f(
+        [0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+        "ladder: the energy thresholds the energy peer rule may use (per layer the "
+        "smallest C_b whose basis keeps that fraction of the filters' energy)",
+    )
     seed: int = _f(0, "seed of the baseline, the probes and the first final seed")
     device: str | None = _f(None, "device (none: CUDA if available, else CPU)")
 
@@ -207,6 +228,16 @@ def validate(c: SearchConfig) -> None:
             raise ValueError(f"SearchConfig.{name} must be an int >= {lo}, got {v!r}")
 
     number("max_drop", 0)
+    for name, hi in (("ladder_ratios", 1.0), ("peer_energies", 1.0)):
+        v = getattr(c, name)
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError(f"SearchConfig.{name} must be a non-empty list, got {v!r}")
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= hi:
+                raise ValueError(f"SearchConfig.{name} values must be in (0, {hi}], got {x!r}")
+    if c.ladder and c.gain == "time":
+        # per-rung timings would be 4x the per-layer ones and make the plan depend on load
+        raise ValueError("SearchConfig.ladder supports gain macs or params, not time")
     for name in ("lr", "probe_lr", "final_lr"):
         number(name, 0, lo_open=True)
     for name in ("baseline_epochs", "probe_steps", "max_backoff", "seed", "final_epochs"):

@@ -20,6 +20,7 @@ those rounds is the timing noise the summary states), and the report's ``mode`` 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -34,7 +35,15 @@ from ..train import train
 from .context import SearchContext
 from .probes import convert_only, pp
 
-__all__ = ["FinalInputs", "apply_modes", "mean_sd", "measure", "run_final"]
+__all__ = [
+    "FinalInputs",
+    "apply_modes",
+    "mean_sd",
+    "measure",
+    "noise_pp",
+    "pct_saved",
+    "run_final",
+]
 
 NAMES = ("dense", "chosen", "naive")
 
@@ -50,12 +59,33 @@ class FinalInputs:
     chosen: list[str]  # the selected layers
     candidates: list[str]  # every candidate layer (the naive model converts them all)
     gains: dict = field(default_factory=dict)  # per layer, with the measured faster "mode"
+    # ladder: {name: {layer: BasisSpec}} of mixed-rank plans ("chosen" replaces the subset;
+    # the peer rules' names add models), and the C_b the gains were timed at, per layer
+    plans: dict = field(default_factory=dict)
+    base_cb: dict = field(default_factory=dict)
+
+    def layers(self) -> dict:
+        """``{model name: layers (list: at the spec) or plan (dict: own specs)}``."""
+        out = {"dense": [], "chosen": self.chosen, "naive": self.candidates}
+        out.update(self.plans)
+        return out
 
 
 def mean_sd(xs) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
     xs = [float(x) for x in xs]
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def pct_saved(after: float, before: float) -> float:
+    """Percent of ``before`` saved by ``after`` (one decimal)."""
+    return round(100.0 * (1.0 - after / before), 1) if before else 0.0
+
+
+def noise_pp(p_a: float, p_b: float, n: int) -> float:
+    """95% half-width (pp) of the difference of two accuracies measured on ``n`` images
+    (binomial, normal approximation)."""
+    return 100.0 * 1.96 * math.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / n)
 
 
 def apply_modes(model: nn.Module, fqns, gains: dict, device) -> None:
@@ -143,13 +173,13 @@ def _converted(
 def _run_seeds(ctx: SearchContext, inp: FinalInputs) -> dict:
     """``{seed: {name: {"val_acc", "val_loss"}}}``, each entry saved as it is done."""
     runs = ctx.state.get("final_runs", {})
-    layers = {"dense": [], "chosen": inp.chosen, "naive": inp.candidates}
+    layers = inp.layers()
     for seed in ctx.cfg.final_seed_list():
         r = runs.setdefault(str(seed), {})
-        if all(n in r for n in NAMES):
+        if all(n in r for n in layers):
             continue
         dense = _dense_for_seed(ctx, inp, seed)
-        for name in NAMES:
+        for name in layers:
             if name in r:
                 continue
             m = dense if name == "dense" else _converted(ctx, inp, dense, name, layers[name], seed)
@@ -166,15 +196,25 @@ def _timings(ctx: SearchContext, inp: FinalInputs) -> dict:
     timing = ctx.state.get("final_timing")
     if timing is not None:
         return timing
-    ctx.log(f"[5/5] final: timing dense / chosen / naive ({ctx.cfg.time_rounds} rounds)")
+    names = list(inp.layers())
+    ctx.log(f"[5/5] final: timing {' / '.join(names)} ({ctx.cfg.time_rounds} rounds)")
     models = {"dense": inp.dense}
-    for name, layers in (("chosen", inp.chosen), ("naive", inp.candidates)):
+    for name, layers in inp.layers().items():
+        if name == "dense":
+            continue
         m = convert_only(inp.dense, layers, ctx.spec) if layers else copy.deepcopy(inp.dense)
-        apply_modes(m, layers, inp.gains, ctx.cfg.device)
+        # the measured modes are those of the spec's C_b: a layer at another rank keeps the
+        # mode convert resolves
+        timed = [
+            f
+            for f in layers
+            if not isinstance(layers, dict) or layers[f].basis_channels == inp.base_cb.get(f)
+        ]
+        apply_modes(m, timed, inp.gains, ctx.cfg.device)
         models[name] = m
-    timing = {n: {"train_step_ms": [], "infer_ms": []} for n in NAMES}
+    timing = {n: {"train_step_ms": [], "infer_ms": []} for n in names}
     for _ in range(ctx.cfg.time_rounds):
-        for n in NAMES:
+        for n in names:
             t = measure(ctx, models[n])
             for k in ("train_step_ms", "infer_ms"):
                 timing[n][k].append(t[k])
@@ -193,7 +233,8 @@ def run_final(ctx: SearchContext, inp: FinalInputs) -> dict:
     timing = _timings(ctx, inp)
     seeds = [str(s) for s in ctx.cfg.final_seed_list()]
     final = {}
-    for name in NAMES:
+    all_layers = inp.layers()
+    for name in all_layers:
         accs = [runs[s][name]["val_acc"] for s in seeds]
         drops = [pp(runs[s]["dense"]["val_acc"], runs[s][name]["val_acc"]) for s in seeds]
         t = timing[name]
@@ -208,9 +249,7 @@ def run_final(ctx: SearchContext, inp: FinalInputs) -> dict:
             "drop_sd_pp": round(drop_sd, 4),
             "drop_per_seed_pp": drops,
             "seeds": [int(s) for s in seeds],
-            "converted": {"dense": 0, "chosen": len(inp.chosen), "naive": len(inp.candidates)}[
-                name
-            ],
+            "converted": len(all_layers[name]),
             "params": t["params"],
             "macs": t["macs"],
             "train_step_ms": round(statistics.median(t["train_step_ms"]), 4),

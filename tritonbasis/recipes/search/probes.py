@@ -58,7 +58,10 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 
 
 def convert_only(model: nn.Module, fqns, spec: BasisSpec) -> nn.Module:
-    """A copy of ``model`` with exactly ``fqns`` converted to ``spec``."""
+    """A copy of ``model`` with exactly ``fqns`` converted: each to ``spec``, or, when
+    ``fqns`` is a dict (a mixed-rank plan), each to its own spec."""
+    if isinstance(fqns, dict):
+        return convert(model, dict(fqns), inplace=False)
     return convert(model, {f: spec for f in fqns}, inplace=False)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ...conversion.plan import save_plan
 from ...util.fileio import atomic_write_text
+from .report_ladder import ladder_markdown, ladder_plot
 from .verdict import verdict_lines
 
 __all__ = ["SearchReport", "plot", "summary_markdown", "write_outputs"]
@@ -35,6 +36,9 @@ class SearchReport:
     seconds: float = 0.0
     world_size: int = 1  # ranks of the (last) run; each probe row says which rank ran it
     verdict: dict = field(default_factory=dict)  # .verdict.verdict's numbers
+    # ladder=True: rungs, rung probes, the ladder's selection, the peer rules, the chosen
+    # {layer: C_b} plan and its source (.ladder_stage)
+    ladder: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +63,7 @@ class SearchReport:
                 f"{r['fqn'][:28]:28s} {shape:>15s} {r['C_b']:>4d} {r['zero_shot_drop']:>8.2f}p "
                 f"{r['probe_drop']:>6.2f}p {r['macs_saved']:>11,} "
                 f"{'' if ts is None else f'{ts:.3f}':>8s} {_runs(r):>13s}  "
-                f"{'yes' if r['chosen'] else ''}"
+                f"{_chosen(r)}"
             )
         lines.append(
             "(drops in percentage points of validation accuracy vs the baseline; "
@@ -74,7 +78,7 @@ class SearchReport:
                 f"{'drop pp':>14s} {'params':>10s} {'MACs/img':>11s} "
                 f"{'train step ms':>14s} {'infer ms':>9s}"
             )
-            for name in ("dense", "chosen", "naive"):
+            for name in self.final:
                 f = self.final.get(name)
                 if f:
                     acc = f"{100 * f['val_acc']:.2f} +- {100 * f.get('val_acc_sd', 0):.2f}%"
@@ -149,7 +153,8 @@ def summary_markdown(report: SearchReport) -> str:
         f"{s.get('method', 'greedy')}",
         f"* baseline val acc {100 * b['val_acc']:.2f}%, {b['params']:,} params, "
         f"{b['macs']:,} MACs/image",
-        f"* chosen {len(s['chosen'])} of {len(report.layers)} layers; predicted drop "
+        f"* {'single-ratio subset search: ' if report.ladder else ''}chosen "
+        f"{len(s['chosen'])} of {len(report.layers)} layers; predicted drop "
         f"{s['predicted_drop']:.2f} pp (sum of single-layer probes), verified "
         f"{s['verified_drop']:.2f} pp (combined probe), {s['backoffs']} over-budget probes",
         f"* zero-shot vs probe ranking (Spearman rho): {report.spearman_zero_shot_vs_probe}",
@@ -182,6 +187,7 @@ def summary_markdown(report: SearchReport) -> str:
             for i, st in enumerate(s["steps"])
         ]
         lines.append("")
+    lines += ladder_markdown(report)
     if report.groups:
         lines += [
             "| group | layers | probe drop (pp) | sum of its layers' drops |",
@@ -266,7 +272,15 @@ def plot(report: SearchReport, out: Path) -> dict[str, Path]:
         paths["tradeoff_png"] = out / "tradeoff.png"
         fig.savefig(paths["tradeoff_png"], dpi=120)
         plt.close(fig)
+    paths.update(ladder_plot(report, out))
     return paths
+
+
+def _chosen(row: dict) -> str:
+    """The chosen column: ``yes``, or the chosen C_b of a ladder plan."""
+    if "chosen_C_b" in row:
+        return "" if row["chosen_C_b"] is None else f"C_b {row['chosen_C_b']}"
+    return "yes" if row["chosen"] else ""
 
 
 def _runs(row: dict) -> str:

@@ -16,6 +16,7 @@ verified set within budget keeps the smallest set it probed, flagged OVER BUDGET
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from ...conversion.convert import LayerReport
 from ...nn.spec import BasisSpec
@@ -23,7 +24,16 @@ from .. import distributed as D
 from .config import SearchConfig
 from .context import Probe, SearchContext
 
-__all__ = ["layer_rows", "plan_of", "run_selection", "select", "sensitivity_of", "warn_over_budget"]
+__all__ = [
+    "layer_rows",
+    "mark_ladder",
+    "plan_of",
+    "run_selection",
+    "select",
+    "sensitivity_of",
+    "spec_with",
+    "warn_over_budget",
+]
 
 # sensitivity floors in the score: layers that lose nothing still rank by their gain
 SCORE_FLOOR_PP = 0.05  # accuracy drop, percentage points
@@ -212,9 +222,34 @@ def run_selection(ctx: SearchContext, rows: list[dict], probe_fn: Probe) -> dict
     return selection
 
 
-def plan_of(rows: list[dict], spec: BasisSpec) -> dict:
-    """The plan (FQN -> spec dict, or None to keep the conv) of the chosen rows."""
+def plan_of(rows: list[dict], spec: BasisSpec, ranks: dict | None = None) -> dict:
+    """The plan (FQN -> spec dict, or None to keep the conv) of the chosen rows; with
+    ``ranks`` (a ladder's ``{layer: C_b}``) each chosen layer gets its own C_b."""
+    if ranks is not None:
+        return {
+            r["fqn"]: (spec_with(spec, ranks[r["fqn"]]).to_dict() if r["fqn"] in ranks else None)
+            for r in rows
+        }
     return {r["fqn"]: (spec.to_dict() if r["chosen"] else None) for r in rows}
+
+
+def spec_with(spec: BasisSpec, cb: int) -> BasisSpec:
+    """``spec`` (its form, init, mode) with C_b fixed to ``cb``."""
+    return replace(spec, ratio=None, energy=None, basis_channels=int(cb))
+
+
+def mark_ladder(rows: list[dict], lad: dict) -> None:
+    """Per row: the ladder's rung probes (``ladder``: C_b -> probe drop), the chosen C_b
+    (``chosen_C_b``, None: dense) and ``chosen`` = converted by the chosen plan."""
+    for r in rows:
+        f = r["fqn"]
+        r["ladder"] = {
+            str(cb): lad["probes"][f"{f}@{cb}"]["probe_drop"]
+            for cb in lad["rungs"].get(f, [])
+            if f"{f}@{cb}" in lad["probes"]
+        }
+        r["chosen_C_b"] = lad["plan"].get(f)
+        r["chosen"] = f in lad["plan"]
 
 
 def warn_over_budget(selection: dict, log) -> str | None:

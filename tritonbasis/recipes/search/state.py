@@ -32,6 +32,7 @@ from ...util.fileio import (
 )
 from ...util.schema import Bool, Int, Json, List, Map, Name, Num, Obj, Opt, Str, problems
 from .config import SearchConfig
+from .peers import RULES
 
 __all__ = [
     "STATE_FORMAT",
@@ -190,7 +191,8 @@ _PROBE = {
     "probe_loss_delta": Num(),
 }
 _MODE = Str(("fused", "weight"))
-_MODELS = Str(("dense", "chosen", "naive"))
+_MODELS = Str(("dense", "chosen", "naive", *RULES))
+_PLAN = Map(Int(1), key=_LAYER)  # {layer: C_b}
 _SEED = Str(pattern=r"[0-9]{1,9}")
 _FINAL = Obj(
     {"val_acc": _ACC, "params": _COUNT, "macs": _COUNT, "train_step_ms": _MS, "infer_ms": _MS},
@@ -225,7 +227,53 @@ STATE_SCHEMA = Obj(
                     }
                 ),
                 "baseline_sha256": Str(pattern=r"[0-9a-f]{64}"),
-                "probe_runs": List(Obj({"world_size": Int(1), "probes": List(_LAYER)})),
+                # a probe's name: a layer, or "layer@C_b" (a ladder rung; checked below)
+                "probe_runs": List(Obj({"world_size": Int(1), "probes": List(Str())})),
+                "ladder_probes": Map(
+                    Obj(_PROBE, {"rank": _COUNT}), key=Str(pattern=r".+@[0-9]{1,6}")
+                ),
+                "plan_probes": List(Obj({"plan": List(List(Json(), min_len=2)), **_PROBE})),
+                "ladder_selection": Obj(
+                    {
+                        "plan": _PLAN,
+                        "saved": Num(),
+                        "verified_drop": _PP,
+                        "within_budget": Bool(),
+                        "backoffs": _COUNT,
+                        "max_drop": Num(0),
+                    },
+                    {
+                        "sequence": List(Map(Json())),
+                        "n_steps": _COUNT,
+                        "verified_loss_delta": Opt(Num()),
+                        "steps": List(Map(Json())),
+                    },
+                ),
+                "ladder_refine": Obj(
+                    {
+                        "start": _PLAN,
+                        "plan": _PLAN,
+                        "saved": Num(),
+                        "verified_drop": _PP,
+                        "within_budget": Bool(),
+                        "backoffs": _COUNT,
+                    },
+                    {"n_steps": _COUNT, "steps": List(Map(Json()))},
+                ),
+                "peers": Map(
+                    Obj(
+                        {
+                            "rule": Str(RULES),
+                            "setting": Map(Json()),
+                            "plan": _PLAN,
+                            "saved": Num(),
+                            "verified_drop": _PP,
+                            "fits": Bool(),
+                        },
+                        {"tried": List(Map(Json()))},
+                    ),
+                    key=Str(RULES),
+                ),
                 "probes": Map(Obj(_PROBE, {"rank": _COUNT}), key=_LAYER),
                 "groups": List(
                     Obj(
@@ -328,8 +376,17 @@ def state_problems(doc, layers=None) -> list[str]:
             if f not in st.get("probes", {})
         ]
     for name in ("final_timing", "final"):
-        if name in st and set(st[name]) != {"dense", "chosen", "naive"}:
+        if name in st and not {"dense", "chosen", "naive"} <= set(st[name]):
             found.append(f"stages.{name} holds {sorted(st[name])}, not dense, chosen and naive")
+    names = None if layers is None else set(layers)
+    for i, run in enumerate(st.get("probe_runs", [])):
+        for j, p in enumerate(run["probes"]):
+            f = p.rsplit("@", 1)[0] if "@" in p else p
+            if names is not None and f not in names:
+                found.append(f"stages.probe_runs[{i}].probes[{j}]: {p!r} names no candidate layer")
+    for k in st.get("ladder_probes", {}):
+        if names is not None and k.rsplit("@", 1)[0] not in names:
+            found.append(f"stages.ladder_probes: {k!r} names no candidate layer")
     return found
 
 

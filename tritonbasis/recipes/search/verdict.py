@@ -23,12 +23,11 @@ import math
 import statistics
 
 from .final import mean_sd
+from .final import noise_pp as _noise_pp
+from .final import pct_saved as _pct_saved
+from .verdict_peers import peer_lines
 
 __all__ = ["verdict", "verdict_lines"]
-
-
-def _pct_saved(after: float, before: float) -> float:
-    return round(100.0 * (1.0 - after / before), 1) if before else 0.0
 
 
 def _spread(xs) -> float:
@@ -56,11 +55,6 @@ def _timing(final: dict, key: str) -> dict:
         "rounds": len(d.get(f"{key}_rounds", [])),
         "not_slower": c[key] <= d[key] + noise,
     }
-
-
-def _noise_pp(p_a: float, p_b: float, n: int) -> float:
-    """95% half-width (pp) of the difference of two accuracies measured on ``n`` images."""
-    return 100.0 * 1.96 * math.sqrt((p_a * (1 - p_a) + p_b * (1 - p_b)) / n)
 
 
 def verdict(final: dict, selection: dict, n_layers: int, val_size: int | None = None) -> dict:
@@ -173,4 +167,6 @@ def verdict_lines(v: dict) -> list[str]:
             f"{t['rounds']} rounds, whose max - min spread is {t.get('spread_ms', 0):.2f} "
             f"ms): chosen is {speed}."
         )
+    if v.get("ladder"):
+        lines += peer_lines(v["ladder"])
     return lines

@@ -1,0 +1,356 @@
+"""The rank ladder and the peer rules: the upgrade sequence, the peers' settings and pruning,
+resume of the ladder stages with a synthetic probe (no training), and a cut-down run of the
+whole ladder + peers experiment end to end (report structure and invariants, the plan through
+conversion, the same plan whatever the timings)."""
+
+import json
+
+import pytest
+import torch
+
+import tritonbasis as tb
+from tritonbasis.conversion.plan import load_plan
+from tritonbasis.recipes import search as S
+from tritonbasis.recipes.data import digits
+from tritonbasis.recipes.models import resnet18_cifar
+from tritonbasis.recipes.search import final, ladder, peers, probes
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Bitwise-reproducible CPU runs, fast on the 2-core CI machine (conftest's fixture)."""
+
+
+@pytest.fixture(scope="module")
+def data8():
+    return digits(size=8, seed=0)
+
+
+def _model():
+    torch.manual_seed(0)
+    return resnet18_cifar(num_classes=10, width=0.125)
+
+
+def _config(**kw):
+    base = dict(
+        spec={"ratio": 0.25},
+        max_drop=2.0,
+        baseline_epochs=1,
+        batch_size=64,
+        probe_steps=2,
+        probe_lr=0.01,
+        verify_steps=2,
+        probe_groups=False,
+        time_batch=8,
+        time_steps=1,
+        final_seeds=2,
+        final_epochs=1,
+        time_rounds=1,
+        ladder=True,
+        ladder_ratios=[0.25, 0.5],
+        peer_energies=[0.5, 0.9],
+        seed=0,
+    )
+    base.update(kw)
+    return S.SearchConfig(**base)
+
+
+class _Costs:
+    """A Costs stand-in: saving = C_out - C_b per layer."""
+
+    def __init__(self, c_out):
+        self.c_out = c_out
+
+    def saved(self, f, cb, what):
+        return self.c_out[f] - cb
+
+    def plan_saved(self, plan, what):
+        return sum(self.saved(f, cb, what) for f, cb in plan.items())
+
+
+def _p(drop, loss):
+    return {"probe_drop": drop, "probe_loss_delta": loss}
+
+
+def test_upgrade_sequence_keeps_each_layers_rungs_in_order_and_ranks_by_score():
+    rungs = {"a": [8, 4, 2], "b": [8, 4, 2]}
+    pr = {
+        "a@8": _p(0.0, 0.01),
+        "a@4": _p(0.5, 0.02),
+        "a@2": _p(3.0, 0.5),  # over the 2 pp stop: not a step
+        "b@8": _p(0.5, 0.2),
+        "b@4": _p(0.6, 0.21),  # cheap step after an expensive one
+        "b@2": _p(0.7, 0.22),
+    }
+    seq = ladder.upgrade_sequence(rungs, pr, _Costs({"a": 16, "b": 16}), "macs", "loss", 2.0)
+    steps = [(s["fqn"], s["C_b"]) for s in seq]
+    assert ("a", 2) not in steps and len(steps) == 5
+    for f in ("a", "b"):  # a layer's harsher rung never comes before its milder one
+        cbs = [cb for g, cb in steps if g == f]
+        assert cbs == sorted(cbs, reverse=True)
+    assert steps[0] == ("a", 8)  # 8 saved for 0.01 loss: the best first step
+    # b@4 and b@2 (high score) become available only after b@8 (low score)
+    assert steps.index(("b", 8)) < steps.index(("b", 4)) < steps.index(("b", 2))
+    assert ladder.plan_of_prefix(seq[:3]) == dict(steps[:3])
+
+
+def test_harsher_or_equal_prunes_plans_that_include_a_failed_one():
+    failed = {"a": 4}
+    assert ladder.harsher_or_equal({"a": 4, "b": 8}, failed)
+    assert ladder.harsher_or_equal({"a": 2}, failed)
+    assert not ladder.harsher_or_equal({"a": 8, "b": 2}, failed)
+    assert not ladder.harsher_or_equal({"b": 2}, failed)
+
+
+def _synthetic_probe(calls):
+    """A probe without training: each converted layer costs (C_out / C_b - 1) * 0.3 pp, and
+    layers interact a little (+10 % per extra layer); deterministic."""
+
+    def probe(dense, fqns, setup, steps):
+        calls.append(steps)
+        specs = fqns if isinstance(fqns, dict) else {f: setup.spec for f in fqns}
+        cost = 0.0
+        for f, spec in specs.items():
+            c_out = dense.get_submodule(f).out_channels
+            cb = spec.channels_for(c_out)
+            cost += 0.3 * (c_out / cb - 1)
+        cost *= 1 + 0.1 * max(len(specs) - 1, 0)
+        d = round(cost, 4)
+        return {
+            "zero_shot_acc": 0.5,
+            "zero_shot_drop": d,
+            "zero_shot_loss_delta": d / 10,
+            "probe_acc": 0.5,
+            "probe_drop": d,
+            "probe_loss_delta": d / 10,
+        }
+
+    return probe
+
+
+def _search(data8, out, cfg, **kw):
+    tr, va = data8
+    return S.sensitivity_search(
+        _model(), tr, va, config=cfg, out=out, progress=False, log=lambda *a: None, **kw
+    )
+
+
+def test_ladder_stages_resume_and_pick_ranks_within_the_verified_budget(
+    data8, tmp_path, monkeypatch
+):
+    """With a synthetic probe: the ladder's plan mixes ranks, fits the budget in its own
+    combined probe, saves at least what every fitting peer rule saves; a search killed
+    inside the ladder probes resumes to the same report, re-probing only what was missing."""
+    monkeypatch.setattr(probes, "time_fwd_bwd", lambda *a: 1.0)
+    monkeypatch.setattr(probes, "time_infer", lambda *a: 1.0)
+    cfg = _config(baseline_epochs=0, final=False, max_drop=3.0, ladder_ratios=[0.125, 0.25, 0.5])
+    calls = []
+    monkeypatch.setattr(S, "_probe", _synthetic_probe(calls))
+    ref = _search(data8, tmp_path / "a", cfg)
+    lad = ref.ladder
+    assert set(lad["peers"]) == set(peers.RULES)
+    plan = lad["plan"]
+    assert plan and len(set(plan.values())) >= 1
+    state = json.loads((tmp_path / "a" / "state.json").read_text())["stages"]
+    mine = [
+        v for v in state["plan_probes"] if v["plan"] == [[f, cb] for f, cb in sorted(plan.items())]
+    ]
+    assert mine and mine[0]["probe_drop"] <= cfg.max_drop
+    for p in lad["peers"].values():
+        if p["fits"]:
+            assert lad["saved"] >= p["saved"]
+    # the ladder stopped climbing at the first rung over the budget alone
+    for f, cbs in lad["rungs"].items():
+        seen = [cb for cb in cbs if f"{f}@{cb}" in lad["probes"]]
+        assert seen == cbs[: len(seen)]
+        over = [cb for cb in seen if lad["probes"][f"{f}@{cb}"]["probe_drop"] > cfg.max_drop]
+        assert len(over) <= 1 and (not over or over[0] == seen[-1])
+    # the report rows and plan.json carry each layer's chosen C_b
+    doc = json.loads((tmp_path / "a" / "plan.json").read_text())["plan"]
+    for r in ref.layers:
+        assert r["chosen_C_b"] == plan.get(r["fqn"])
+        assert (doc[r["fqn"]] or {}).get("basis_channels") == plan.get(r["fqn"])
+
+    # killed during the 3rd ladder probe, then resumed
+    n = {"k": 0}
+    real = _synthetic_probe([])
+
+    def dying(dense, fqns, setup, steps):
+        if isinstance(fqns, dict) and len(fqns) == 1:
+            n["k"] += 1
+            if n["k"] == 3:
+                raise KeyboardInterrupt("killed")
+        return real(dense, fqns, setup, steps)
+
+    monkeypatch.setattr(S, "_probe", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _search(data8, tmp_path / "b", cfg)
+    saved = json.loads((tmp_path / "b" / "state.json").read_text())["stages"]
+    assert len(saved["ladder_probes"]) == 2
+    again = []
+    monkeypatch.setattr(S, "_probe", _synthetic_probe(again))
+    resumed = _search(data8, tmp_path / "b", cfg)
+    assert len(again) < len(calls) - 2
+    a, b = ref.to_dict(), resumed.to_dict()
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+
+
+def test_peer_settings_follow_their_rules(data8):
+    tr, _ = data8
+    m = _model()
+    cands, rows = probes.candidates(m, tb.BasisSpec(ratio=0.25), tuple(tr[0][0].shape))
+    costs = ladder.Costs(m, tb.BasisSpec(ratio=0.25), tuple(tr[0][0].shape), cands, rows)
+    cfg = _config()
+    uni = peers.settings("uniform", costs, cfg, tb.BasisSpec(ratio=0.25))
+    assert [s["ratio"] for s, _ in uni] == [0.25, 0.5]
+    for s, plan in uni:
+        for f, cb in plan.items():
+            assert cb == max(1, round(s["ratio"] * rows[f].C_out))
+    ch = peers.settings("channels", costs, cfg, tb.BasisSpec(ratio=0.25))
+    for s, plan in ch:
+        assert all(min(rows[f].C_in, rows[f].C_out) >= s["min_channels"] for f in plan)
+    en = dict(
+        (s["energy"], p) for s, p in peers.settings("energy", costs, cfg, tb.BasisSpec(ratio=0.25))
+    )
+    # the conversion's own energy rule: a higher threshold never gets a smaller basis
+    for f in en[0.5]:
+        assert en[0.9].get(f, rows[f].C_out) >= en[0.5][f]
+    for f, cb in en[0.9].items():
+        layer = tb.convert(m, {f: tb.BasisSpec(energy=0.9)}).get_submodule(f)
+        assert layer.basis_channels == cb
+
+
+def test_mixed_rank_plan_converts_through_the_plan_file(tmp_path):
+    m = _model()
+    plan = {"layer3.0.conv2": 4, "layer4.0.conv1": 16, "layer4.1.conv2": 32}
+    from tritonbasis.conversion.plan import save_plan
+
+    save_plan(ladder.plan_specs(plan, tb.BasisSpec(ratio=0.25)), tmp_path / "p.json")
+    conv = tb.convert(m, load_plan(tmp_path / "p.json"))
+    for f, cb in plan.items():
+        assert isinstance(conv.get_submodule(f), tb.BasisConv2d)
+        assert conv.get_submodule(f).basis_channels == cb
+    assert conv.eval()(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_cut_down_ladder_and_peers_end_to_end_same_plan_whatever_the_timings(
+    data8, tmp_path, monkeypatch
+):
+    """The whole ladder + peers experiment, cut down (tiny model, 8 px digits, 2 seeds, 2
+    probe steps), twice with timings that make every layer's measured mode differ: the
+    report's structure and invariants, and the same plan and numbers both times."""
+    monkeypatch.setattr(
+        final,
+        "measure_step_time",
+        lambda *a, **k: {"train_step_ms": 1.0, "infer_ms": 1.0, "device_name": "cpu"},
+    )
+    reps = {}
+    for fast in ("fused", "weight"):
+        t = lambda module, x, steps, fast=fast: {fast: 1.0, None: 1.5}.get(  # noqa: E731
+            getattr(module, "mode", None), 2.0
+        )
+        monkeypatch.setattr(probes, "time_fwd_bwd", t)
+        monkeypatch.setattr(probes, "time_infer", t)
+        reps[fast] = _search(data8, tmp_path / fast, _config())
+    rep = reps["fused"]
+    lad, v = rep.ladder, rep.verdict
+    # chosen plan within the budget in its own verified probe
+    assert lad["verified_drop"] <= rep.config["max_drop"]
+    # every peer rule present, each fitting one fine-tuned and scored over the same seeds
+    assert set(lad["peers"]) == set(peers.RULES)
+    for rule, p in lad["peers"].items():
+        if p["fits"] and p["plan"]:
+            assert rule in rep.final and rep.final[rule]["seeds"] == rep.final["chosen"]["seeds"]
+            assert p["verified_drop"] <= rep.config["max_drop"]
+    # naive shown; the verdict compares the chosen plan with the peer rules
+    assert rep.final["naive"]["converted"] == len(rep.layers)
+    assert v["ladder"]["chosen"]["source"] == lad["source"]
+    assert set(v["ladder"]["rules"]) == set(lad["peers"])
+    assert (tmp_path / "fused" / "ladder_tradeoff.png").stat().st_size > 0
+    assert "Rank ladder" in (tmp_path / "fused" / "summary.md").read_text()
+    # same seed -> same plan and numbers, whatever the timings
+    plans = [json.loads((tmp_path / f / "plan.json").read_text()) for f in ("fused", "weight")]
+    assert plans[0] == plans[1]
+    a, b = ({k: reps[f].to_dict()[k] for k in ("ladder", "selection")} for f in ("fused", "weight"))
+    assert a == b
+    for name in rep.final:
+        assert rep.final[name]["val_acc_per_seed"] == reps["weight"].final[name]["val_acc_per_seed"]
+
+
+def test_ladder_config_is_validated():
+    with pytest.raises(ValueError, match="ladder_ratios"):
+        S.SearchConfig(ladder=True, ladder_ratios=[0.0])
+    with pytest.raises(ValueError, match="peer_energies"):
+        S.SearchConfig(peer_energies=[])
+    with pytest.raises(ValueError, match="gain"):
+        S.SearchConfig(ladder=True, gain="time")
+
+
+def test_state_schema_checks_ladder_fields():
+    from tritonbasis.recipes.search.state import state_problems
+
+    probe = {
+        "zero_shot_acc": 0.5,
+        "zero_shot_drop": 0.0,
+        "zero_shot_loss_delta": 0.0,
+        "probe_acc": 0.5,
+        **_p(0.1, 0.0),
+    }
+
+    def doc(stages):
+        return {
+            "format": "tritonbasis-search-state/1",
+            "config_hash": "0" * 64,
+            "identity": {},
+            "stages": stages,
+        }
+
+    assert state_problems(doc({"ladder_probes": {"conv1@4": probe}}), layers=["conv1"]) == []
+    found = state_problems(doc({"ladder_probes": {"nope@4": probe}}), layers=["conv1"])
+    assert any("nope@4" in x for x in found)
+    found = state_problems(doc({"ladder_probes": {"conv1": probe}}), layers=["conv1"])
+    assert any("ladder_probes" in x for x in found)
+    found = state_problems(doc({"peers": {"uniform": {"rule": "bogus"}}}), layers=["conv1"])
+    assert any("peers" in x for x in found)
+
+
+@pytest.mark.slow
+def test_two_rank_ladder_equals_single_process(tmp_path, one_thread):
+    """The ladder's rung probes spread over 2 torchrun ranks give the single-process rung
+    probes, ladder selection, peers and plan (same baseline: the DDP-trained one)."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from tritonbasis.cli import main
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    from test_distributed import SEARCH, _torchrun
+
+    args = [*SEARCH, "--no-final", "--ladder", "--ladder-ratios", "0.25", "0.5"]
+    args += ["--peer-energies", "0.8", "--no-probe-groups"]
+    out = tmp_path / "dist"
+    p = _torchrun([*args, "--out", str(out)], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert {v["rank"] for v in rep["ladder"]["probes"].values() if "rank" in v} == {0, 1}
+    single = tmp_path / "single"
+    single.mkdir()
+    doc = json.loads((out / "state.json").read_text())
+    doc["stages"] = {k: v for k, v in doc["stages"].items() if k.startswith("baseline")}
+    (single / "state.json").write_text(json.dumps(doc))
+    shutil.copy(out / "baseline.pt", single / "baseline.pt")
+    assert main([*args, "--out", str(single)]) == 0
+    ref = json.loads((single / "report.json").read_text())
+
+    def strip(lad):
+        lad = json.loads(json.dumps(lad))
+        for v in lad["probes"].values():
+            v.pop("rank", None)
+        return lad
+
+    assert strip(rep["ladder"]) == strip(ref["ladder"])
+    assert rep["plan"] == ref["plan"]
