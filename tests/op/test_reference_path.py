@@ -328,13 +328,14 @@ def test_risky_pairs_present():
 @pytest.fixture(params=["conv", "gemm"])
 def pointwise(request, monkeypatch):
     """The CPU path computes its pointwise products by 1x1 convs for small outputs and by
-    batched GEMMs for large NCHW ones (op.reference._GEMM_MIN_HW / _GEMM_MIN_NUMEL): the
-    tests' small shapes run both."""
+    batched GEMMs for large NCHW ones at few threads (op.reference._GEMM_MIN_HW /
+    _GEMM_MIN_NUMEL / _GEMM_MAX_THREADS): the tests' small shapes run both."""
     from tritonbasis.op import reference
 
     limit = 0 if request.param == "gemm" else 1 << 62
     monkeypatch.setattr(reference, "_GEMM_MIN_NUMEL", limit)
     monkeypatch.setattr(reference, "_GEMM_MIN_HW", limit)
+    monkeypatch.setattr(reference, "_GEMM_MAX_THREADS", 1 << 30)
     return request.param
 
 

@@ -141,12 +141,11 @@ def basis_conv2d_standard_ops(
 # pair's copies, in the input's memory format. Relayouts to channels_last and back cost more
 # than they save (at 64ch@32px, batch 32: 42 layout copies were 36% of a forward+backward).
 #
-# * Keep-basis, no perm, NCHW, >= _GEMM_MIN_HW output pixels per image: Z and coeff . Z are
-#   two channel slices of the output. Z is written into its slice, one batched GEMM writes
-#   coeff . Z (+ bias) into the other: no cat. Backward: dZ = G_b + coeff^T . G_r is one
-#   batched GEMM over the two slices of G (no slice copies, no sum), d coeff another (at
-#   128ch@16px, batch 64, C_b 32, 1 thread: 1.4 vs 8.9 ms forward for the stock conv + cat,
-#   2.8 vs 5.0 ms for its 1x1 backward with the slice copy and the sum).
+# * Keep-basis, no perm, NCHW, one intra-op thread, >= _GEMM_MIN_HW output pixels per image:
+#   Z and coeff . Z are two channel slices of the output. Z is written into its slice, one
+#   batched GEMM writes coeff . Z (+ bias) into the other: no cat. Backward: dZ = G_b +
+#   coeff^T . G_r is one batched GEMM over the two slices of G (no slice copies, no sum),
+#   d coeff another.
 # * Keep-basis with perm: one product with W = [I; coeff], rows permuted, writes the output in
 #   output order (no cat, no gather; +C_b^2 MACs per pixel, +3% at C_b = C_out/4, 3x3); the
 #   backward multiplies G as it is (dZ = W^T . G, d W = G x Z, d coeff its rows), no gathered
@@ -154,15 +153,20 @@ def basis_conv2d_standard_ops(
 # * Full form: W = coeff with rows permuted (perm and bias folded into the one product); its
 #   backward is oneDNN's 1x1 convolution_backward (dZ and d coeff in one call, as autograd
 #   runs for the stock pair).
-# * Below _GEMM_MIN_HW pixels per image the batched GEMMs are small: the products are 1x1
-#   convs (oneDNN) as in the stock pair (at 256ch@8px the GEMMs lost 1.4 vs 0.8 ms).
+# * Otherwise the products are 1x1 convs (oneDNN) as in the stock pair. Measured against the
+#   stock pair in one run, alternating, C_b = C_out/4 (stock time / ours, GEMM vs 1x1 conv):
+#   1 thread, 64ch@32px batch 32 keep fwd 1.08 vs 0.98, but 128ch@16px 0.93 vs 0.97 and
+#   256ch@8px equal; 2 threads, the GEMMs lose where oneDNN splits the work: 64ch@32px keep
+#   fwd 0.72 vs 0.98, fwd+bwd 0.86 vs 0.94.
 # bench/cpu_path.py measures the whole against the stock pair.
 
-# Per-image output pixels from which the pointwise products are batched GEMMs (NCHW), and the
+# Per-image output pixels from which the pointwise products are batched GEMMs (NCHW), the
 # output size below which they are 1x1 convs anyway (lower fixed cost: 7.4 vs 10.7 us at
-# 1x16x8x8, the per-call host time of small layers).
-_GEMM_MIN_HW = 256
+# 1x16x8x8, the per-call host time of small layers), and the most intra-op threads at which
+# the GEMMs still win.
+_GEMM_MIN_HW = 512
 _GEMM_MIN_NUMEL = 1 << 15
+_GEMM_MAX_THREADS = 1
 
 _EYES: dict[tuple, torch.Tensor] = {}
 
@@ -189,9 +193,10 @@ def pointwise_weight(coeff, perm, g: ConvGeometry) -> torch.Tensor:
 
 
 def _gemm(t: torch.Tensor, g: ConvGeometry) -> bool:
-    """Batched GEMMs over ``t`` (Z or G): NCHW and large enough."""
+    """Batched GEMMs over ``t`` (Z or G): NCHW, large enough, few threads."""
     return (
         t.is_contiguous()
+        and torch.get_num_threads() <= _GEMM_MAX_THREADS
         and g.Ho * g.Wo >= _GEMM_MIN_HW
         and g.N * g.C_out * g.Ho * g.Wo >= _GEMM_MIN_NUMEL
     )
