@@ -139,12 +139,11 @@ def _poison(device, nbytes: int = 2**30) -> None:
     """Fill the allocator's free memory with NaN (0xFF bytes) so that an output element a kernel
     never writes reads NaN: the next allocations (up to ``nbytes`` in all) are carved from
     these cached blocks."""
-    if device.type != "cuda":
-        return
-    torch.cuda.empty_cache()
-    big = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(255)
-    small = [torch.empty(2**20, dtype=torch.uint8, device=device).fill_(255) for _ in range(16)]
-    del big, small
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        big = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(255)
+        small = [torch.empty(2**20, dtype=torch.uint8, device=device).fill_(255) for _ in range(16)]
+        del big, small
 
 
 NAMES = ("dx", "dbasis", "dcoeff", "dbias")

@@ -289,6 +289,25 @@ def basis_outputs(out, z_saved, bias, perm, g: ConvGeometry) -> torch.Tensor:
     return z
 
 
+def _pointwise_backward(grad, z, w, need_dz: bool):
+    """oneDNN's 1x1 backward of ``w . z``: ``(dZ or None, d w)`` in one call, as autograd runs
+    it for the stock pair's 1x1 conv."""
+    dz, dw, _ = torch.ops.aten.convolution_backward(
+        grad,
+        z,
+        w[:, :, None, None],
+        None,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [need_dz, True, False],
+    )
+    return dz, dw[:, :, 0, 0]
+
+
 def _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c):
     """(dZ or None, d coeff or None) of the keep-basis form: G in computed order, sliced."""
     if perm is not None and _gemm(grad, g) and g.C_rest:
@@ -327,20 +346,7 @@ def _keep_grads(grad, coeff, out, z_saved, bias, perm, g, need_dz, need_c):
         )
         return dz, dcoeff
     if need_c:
-        dz_r, dw, _ = torch.ops.aten.convolution_backward(
-            g_r,
-            z,
-            coeff[:, :, None, None],
-            None,
-            [1, 1],
-            [0, 0],
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            [need_dz, True, False],
-        )
-        dcoeff = dw[:, :, 0, 0]
+        dz_r, dcoeff = _pointwise_backward(g_r, z, coeff, need_dz)
     else:
         dz_r, dcoeff = (F.conv2d(g_r, coeff.t()[:, :, None, None]) if need_dz else None), None
     return (dz_r.add_(g_b) if need_dz else None), dcoeff
@@ -364,20 +370,8 @@ def backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, m
     elif need_dz or need_c:
         w = coeff if perm is None else coeff.index_select(0, inverse_permutation(perm))
         if need_c:  # oneDNN's 1x1 backward: dZ and d W in one call
-            dz, dw, _ = torch.ops.aten.convolution_backward(
-                grad,
-                z_saved,
-                w[:, :, None, None],
-                None,
-                [1, 1],
-                [0, 0],
-                [1, 1],
-                False,
-                [0, 0],
-                1,
-                [need_dz, True, False],
-            )
-            dw = dw[:, :, 0, 0]  # rows in output order: d coeff = d W[perm]
+            dz, dw = _pointwise_backward(grad, z_saved, w, need_dz)
+            # dw's rows are in output order: d coeff = d W[perm]
             dcoeff = dw.index_select(0, perm) if perm is not None else dw.clone()
         else:
             dz = _pointwise(grad, w.t(), None, _gemm(grad, g))  # W^T . G
