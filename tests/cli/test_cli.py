@@ -112,6 +112,7 @@ def test_search_cli_tiny_run(capsys, tmp_path, one_thread):
             str(tmp_path),
             "--quiet",
             "--no-final",
+            "--no-ladder",
         ]
     )
     assert rc == 0

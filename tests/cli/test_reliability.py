@@ -65,6 +65,7 @@ TINY_SEARCH = [
     "1",
     "--quiet",
     "--no-final",
+    "--no-ladder",
 ]
 
 
@@ -455,6 +456,7 @@ def _fast_config(**kw):
         time_steps=1,
         final=False,
         probe_groups=False,
+        ladder=False,
         seed=0,
     )
     base.update(kw)

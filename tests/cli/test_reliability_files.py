@@ -55,6 +55,7 @@ TRAIN = [
 SEARCH = [
     "search",
     *TINY,
+    "--no-ladder",
     "--epochs",
     "1",
     "--batch-size",

@@ -49,6 +49,7 @@ SEARCH = [
     "2",
     "--max-drop",
     "3",
+    "--no-ladder",
     "--quiet",
 ]
 PROBE_KEYS = (

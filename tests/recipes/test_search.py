@@ -42,6 +42,7 @@ def _tiny_config(**kw):
         final_epochs=1,
         time_rounds=1,
         verify_steps=None,
+        ladder=False,
         seed=0,
     )
     base.update(kw)
@@ -477,3 +478,23 @@ def test_state_without_a_new_field_resumes_as_its_default(data8, tmp_path, monke
                 selection="greedy",
             ),
         )
+
+
+def test_state_from_before_the_ladder_existed_reads_as_single_ratio(data8, tmp_path, monkeypatch):
+    """The rank ladder became the default after states without a ``ladder`` field were
+    written: such a state ran the single-ratio search, so it resumes with ``ladder=False``
+    and is refused, naming the field, by the (new default) ladder search."""
+    monkeypatch.setattr(probes, "time_fwd_bwd", _fake_layer_time)
+    monkeypatch.setattr(probes, "time_infer", _fake_infer_time)
+    kw = dict(baseline_epochs=0, probe_steps=0, final=False, probe_groups=False)
+    first = _run(data8, tmp_path, _tiny_config(**kw))
+    path = tmp_path / "state.json"
+    doc = json.loads(path.read_text())
+    for k in [k for k in doc["config"] if k.startswith(("ladder", "peer"))]:
+        del doc["config"][k]
+    doc["config_hash"] = "0" * 64
+    path.write_text(json.dumps(doc))
+    assert _run(data8, tmp_path, _tiny_config(**kw)).selection == first.selection
+    assert S.SearchConfig().ladder is True
+    with pytest.raises(S.SearchStateError, match=r"ladder \(state False, now True\)"):
+        _run(data8, tmp_path, _tiny_config(**kw, ladder=True))

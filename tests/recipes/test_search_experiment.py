@@ -1,9 +1,11 @@
-"""The default experiment, cut down to CI time (about 20 s on one thread): a quarter-width
-ResNet18 on 8x8 digits at C_b = C_out/16 with the default budget (1 pp), shorter training and
-probes, 2 seeds. Converting every layer must lose more than the budget and the searched plan
-must stay within it, each by a margin larger than the seed-to-seed spread measured here.
-The same check at full size is the committed run (bench/results/search-cpu-digits-*), and
-docs/experiments.md records this cut-down's numbers (seed 0 and seed 1)."""
+"""The default experiment, cut down to CI time (about 35 s on one thread): a quarter-width
+ResNet18 on 8x8 digits, the default rank-ladder search (rungs C_out x {1/16, 1/8, 1/4, 1/2})
+with the default budget (1 pp), shorter training and probes, 2 seeds. Converting every layer
+at C_b = C_out/16 must lose more than the budget and the searched plan must stay within it,
+each by a margin larger than the seed-to-seed spread measured here; the mixed-rank plan must
+save more MACs than the single-ratio subset search and than every other peer rule that
+fits. The same check at full size is the committed run
+(bench/results/search-ladder-cpu-digits-*); docs/experiments.md records this cut-down's numbers."""
 
 import pytest
 
@@ -55,5 +57,12 @@ def test_cut_down_default_naive_over_budget_chosen_within(tmp_path, monkeypatch)
     assert v["naive_minus_chosen_pp"] > v["naive_minus_chosen_sd_pp"], v
     assert v["larger_than_noise"] is True and v["naive_over_budget"]
     assert v["chosen_within_budget"]
+    # the default is the rank ladder: the chosen plan is its mixed-rank plan
+    assert rep.config["ladder"] is True and rep.ladder["plan"], rep.ladder
+    lad, rules = v["ladder"], v["ladder"]["rules"]
+    assert lad["chosen_seeds_within_budget"] == v["seeds"], lad
+    assert lad["saves_more_macs_than_every_peer"], lad
+    assert rules["subset"]["fits"], rules["subset"]
+    assert v["chosen_macs_saved_pct"] > rules["subset"]["macs_saved_pct"], (v, rules)
     text = (tmp_path / "summary.md").read_text()
     assert "LARGER than the noise" in text and "within the 1.0 pp budget" in text

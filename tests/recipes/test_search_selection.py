@@ -188,7 +188,7 @@ def _report(final):
             },
         ],
     }
-    cfg = {**S.SearchConfig().__dict__, "final_seeds": 3}
+    cfg = {**S.SearchConfig(ladder=False).__dict__, "final_seeds": 3}
     return S.SearchReport(
         config=cfg,
         identity={"model": "m", "width": 0.25},

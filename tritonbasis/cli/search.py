@@ -96,6 +96,15 @@ def add_parser(sub) -> None:
     add_config_arguments(
         se, SearchConfig, exclude=("spec",), help=HELP, names=NAMES, types=TYPES, choices=CHOICES
     )
+    # the ladder is the default; --ladder is still accepted, so commands written when it was
+    # a switch run the same search
+    se.add_argument(
+        "--ladder",
+        dest="ladder",
+        action="store_true",
+        default=SearchConfig.ladder,
+        help="the rank-ladder search (the default; --no-ladder: the single-ratio search)",
+    )
     se.add_argument(
         "--out",
         default=None,

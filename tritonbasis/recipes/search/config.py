@@ -7,8 +7,9 @@ there; a field added here is read as its default from a state written before it 
 (:func:`.state.config_diffs`), so old states resume.
 
 The defaults are the experiment recorded in ``docs/experiments.md``: a quarter-width ResNet18
-on 16x16 digits at C_b = C_out/16, where converting every layer loses clearly more than the
-1 pp budget and the searched subset stays within it."""
+on 16x16 digits, converting every layer at C_b = C_out/16 loses clearly more than the 1 pp
+budget, the single-ratio subset search at that C_b stays within it, and the rank ladder
+(the default, ``ladder``) gives each layer its own C_b within the same budget."""
 
 from __future__ import annotations
 
@@ -107,9 +108,10 @@ class SearchConfig:
         "timing noise the summary states",
     )
     ladder: bool = _f(
-        False,
+        True,
         "rank ladder: choose each layer's C_b among ladder_ratios (or dense) by probes "
-        "and verified combined probes, and compare it with the peer rules",
+        "and verified combined probes, and compare it with the peer rules; off: only the "
+        "single-ratio subset search at the spec's C_b (about half the time)",
     )
     ladder_ratios: list[float] = _f(
         [0.0625, 0.125, 0.25, 0.5],

@@ -150,15 +150,21 @@ def normalized(config: dict) -> dict:
     return c
 
 
+# Fields whose default changed: a state written before the field existed ran with this
+# value, not with today's default (the rank ladder became the default search later).
+ABSENT_MEANS = {"ladder": False}
+
+
 def config_diffs(doc: dict, config: dict | None, identity: dict) -> list[str] | None:
     """Names of the fields in which the saved config/identity differs from this run's (after
     :func:`normalized`); None when the state predates stored configs. A field missing from
     the saved config (added to :class:`SearchConfig` after the state was written) reads as
-    its default, so old states resume unless this run sets that field to something else."""
+    the value those runs had (its default, or :data:`ABSENT_MEANS`), so old states resume
+    unless this run sets that field to something else."""
     saved = doc.get("config")
     if saved is None or config is None:
         return None
-    defaults = dataclass_defaults(SearchConfig)
+    defaults = {**dataclass_defaults(SearchConfig), **ABSENT_MEANS}
     a = normalized({**{k: v for k, v in defaults.items() if k in config}, **saved})
     b = normalized(config)
     diffs = [
