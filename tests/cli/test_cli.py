@@ -1,6 +1,7 @@
 """The command line: demo, convert, train (tiny runs on the embedded digits)."""
 
 import json
+import sys
 
 import pytest
 
@@ -21,6 +22,16 @@ def test_demo_checks_against_reference(capsys):
     assert main(["demo", "--channels", "32", "--batch", "8", "--size", "8", "--reps", "1"]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "fewer" in out
+    assert "on 8 digits images" in out, out
+
+
+def test_demo_names_random_images_without_scikit_learn(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    assert main(["demo", "--channels", "16", "--batch", "4", "--size", "8", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "scikit-learn not installed" in out and "on 4 random images" in out, out
+    assert "digits images" not in out, out
 
 
 def test_convert_prints_report(capsys, tmp_path):

@@ -258,16 +258,18 @@ def converted_model(args, default_ratio=None):
     return model, report
 
 
-def digits_batch(n: int, size: int, channels: int, device, dtype) -> torch.Tensor:
-    """n real handwritten digits (8x8, scikit-learn's bundled copy), resized to size x size and
-    lifted to `channels` channels by a fixed random 1x1 projection."""
+def digits_batch(n: int, size: int, channels: int, device, dtype) -> tuple[torch.Tensor, str]:
+    """``(images, what)``: n real handwritten digits (8x8, scikit-learn's bundled copy), resized
+    to size x size and lifted to `channels` channels by a fixed random 1x1 projection, and
+    ``"digits"``; without scikit-learn n random images and ``"random"`` (the caller names
+    what it ran on)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # the demo still runs; say so
         print("scikit-learn not installed: using random images instead of digits")
-        return torch.randn(n, channels, size, size, device=device, dtype=dtype)
+        return torch.randn(n, channels, size, size, device=device, dtype=dtype), "random"
     imgs = torch.tensor(load_digits().images[:n], dtype=torch.float32)[:, None] / 16.0
     imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False)
     proj = torch.randn(channels, 1, 1, 1, generator=torch.Generator().manual_seed(0))
     x = F.conv2d(imgs - imgs.mean(), proj)
-    return x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    return x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last), "digits"

@@ -41,13 +41,13 @@ def run(args) -> int:
     dtype = torch.float32
     C, cb = args.channels, max(1, args.channels // args.ratio)
     torch.manual_seed(0)
-    x = digits_batch(args.batch, args.size, C, device, dtype)
+    x, images = digits_batch(args.batch, args.size, C, device, dtype)
     layer = BasisConv2d(C, C, 3, basis_channels=cb, padding=1, mode="fused").to(device)
     g = check_inputs(x, layer.basis, layer.coeff, layer.bias, 1, 1, 1, True)
     backend = resolve_backend(x, g)
     print(
         f"tritonbasis demo: BasisConv2d({C} -> {C}, 3x3, C_b={cb}) on {args.batch} "
-        f"digits images at {args.size}x{args.size}, {device}, backend={backend}"
+        f"{images} images at {args.size}x{args.size}, {device}, backend={backend}"
     )
 
     # 1. correctness against the float64 reference

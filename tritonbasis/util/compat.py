@@ -162,6 +162,21 @@ def module_dicts(module: torch.nn.Module) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# Compilation settings (benchmarks only): AOTAutograd's config module, looked up when asked
+# (importing it at package import would cost every user its import time).
+
+
+def aot_autograd_config():
+    """``torch._functorch.config`` (AOTAutograd's settings), or None where it is missing or
+    PUBLIC_ONLY: the caller then compiles with torch's defaults."""
+    import importlib
+
+    return _private(
+        "torch._functorch.config", lambda: importlib.import_module("torch._functorch.config")
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Environment
 
 

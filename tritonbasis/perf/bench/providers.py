@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ...nn.functional import basis_conv2d
 from ...op import reference
 from ...op.geometry import MAX_BASIS_CHANNELS, check_inputs
+from ...util import compat
 from .cases import DIRECTIONS, PROVIDERS, Variant
 
 __all__ = [
@@ -215,9 +216,8 @@ def _noop() -> None:
 
 def _no_donated_buffers():
     """AOTAutograd's ``donated_buffer`` off while compiling (torch >= 2.6 has the option)."""
-    import torch._functorch.config as aot_config
-
-    if not hasattr(aot_config, "donated_buffer"):
+    aot_config = compat.aot_autograd_config()
+    if aot_config is None or not hasattr(aot_config, "donated_buffer"):
         return contextlib.nullcontext()
     return aot_config.patch(donated_buffer=False)
 
