@@ -508,3 +508,40 @@ def test_ladder_with_gain_time_follows_the_measured_savings(data8, tmp_path, mon
     assert lad["time_saved_ms"] == pytest.approx(
         sum(lad["rung_gains"][f"{f}@{cb}"]["time_saved_ms"] for f, cb in lad["plan"].items())
     )
+
+
+def test_peer_verdict_compares_measured_time_where_the_search_optimises_it():
+    """gain=time: the best peer rule is the one saving the most summed per-layer time (not
+    the most MACs), and the verdict and its words state the time saved beside the MACs."""
+    from tritonbasis.recipes.search.verdict_peers import peer_lines, peer_verdict
+
+    def model(macs, drops):
+        return {"macs": macs, "params": macs // 10, "train_step_ms": 10.0, "infer_ms": 5.0,
+                "drop_per_seed_pp": drops, "val_acc_per_seed": [0.9 - d / 100 for d in drops],
+                "converted": 3}  # fmt: skip
+
+    final = {
+        "dense": model(1000, [0.0, 0.0]),
+        "chosen": model(700, [0.5, 0.4]),
+        "uniform": model(500, [0.6, 0.5]),  # the most MACs saved
+        "energy": model(800, [0.2, 0.3]),  # the most time saved among the peers
+    }
+
+    def peer(saved):
+        return {"setting": {}, "fits": True, "verified_drop": 0.5, "saved": saved, "plan": {}}
+
+    lad = {"gain": "time", "source": "ladder", "time_saved_ms": 4.0}
+    lad["peers"] = {"uniform": peer(1.0), "energy": peer(3.0)}
+    pv = peer_verdict(final, lad, 1.0, 500)
+    assert pv["best_peer"] == "energy" and pv["chosen"]["time_saved_ms"] == 4.0
+    assert pv["rules"]["uniform"]["time_saved_ms"] == 1.0
+    assert pv["saves_more_time_than_every_peer"] is True
+    assert pv["saves_more_macs_than_every_peer"] is False
+    words = " ".join(peer_lines(pv))
+    assert "4.000 ms" in words and "saves more time than every peer rule" in words
+    lad["peers"]["energy"] = peer(5.0)
+    assert peer_verdict(final, lad, 1.0, 500)["saves_more_time_than_every_peer"] is False
+    # gain macs: no time in the verdict, the best peer by MACs
+    pv = peer_verdict(final, {**lad, "gain": "macs"}, 1.0, 500)
+    assert pv["best_peer"] == "uniform" and "saves_more_time_than_every_peer" not in pv
+    assert "time_saved_ms" not in pv["chosen"]
