@@ -104,7 +104,7 @@ def test_harsher_or_equal_prunes_plans_that_include_a_failed_one():
 
 def _synthetic_probe(calls):
     """A probe without training: each converted layer costs (C_out / C_b - 1) * 0.3 pp, and
-    layers interact a little (+10 % per extra layer); deterministic."""
+    layers interact a little (+10 % per extra layer), at most 100 pp; deterministic."""
 
     def probe(dense, fqns, setup, steps):
         calls.append(steps)
@@ -115,7 +115,7 @@ def _synthetic_probe(calls):
             cb = spec.channels_for(c_out)
             cost += 0.3 * (c_out / cb - 1)
         cost *= 1 + 0.1 * max(len(specs) - 1, 0)
-        d = round(cost, 4)
+        d = round(min(cost, 100.0), 4)  # an accuracy drop: at most 100 pp
         return {
             "zero_shot_acc": 0.5,
             "zero_shot_drop": d,
@@ -284,8 +284,8 @@ def test_ladder_config_is_validated():
         S.SearchConfig(ladder=True, ladder_ratios=[0.0])
     with pytest.raises(ValueError, match="peer_energies"):
         S.SearchConfig(peer_energies=[])
-    with pytest.raises(ValueError, match="gain"):
-        S.SearchConfig(ladder=True, gain="time")
+    # measured time is an objective of the ladder too
+    assert S.SearchConfig(ladder=True, gain="time").gain == "time"
 
 
 def test_state_schema_checks_ladder_fields():
@@ -314,6 +314,14 @@ def test_state_schema_checks_ladder_fields():
     assert any("ladder_probes" in x for x in found)
     found = state_problems(doc({"peers": {"uniform": {"rule": "bogus"}}}), layers=["conv1"])
     assert any("peers" in x for x in found)
+    timing = {"time_dense_ms": 2.0, "time_basis_ms": 1.0, "time_saved_ms": 1.0, "mode": "fused"}
+    assert state_problems(doc({"rung_gains": {"conv1@4": timing}}), layers=["conv1"]) == []
+    found = state_problems(doc({"rung_gains": {"nope@4": timing}}), layers=["conv1"])
+    assert any("nope@4" in x for x in found)
+    found = state_problems(
+        doc({"rung_gains": {"conv1@4": {**timing, "mode": "x"}}}), layers=["conv1"]
+    )
+    assert any("rung_gains" in x for x in found)
 
 
 @pytest.mark.slow
@@ -354,3 +362,186 @@ def test_two_rank_ladder_equals_single_process(tmp_path, one_thread):
 
     assert strip(rep["ladder"]) == strip(ref["ladder"])
     assert rep["plan"] == ref["plan"]
+
+
+def test_upgrade_sequence_jumps_over_rungs_that_save_no_more_time():
+    """Measured time need not grow with a harsher rung: a rung saving no more than the
+    layer's milder one is no step (the next step jumps over it), and a layer slower than
+    dense at every rung has no step at all."""
+    saved = {("a", 8): 1.0, ("a", 4): 0.5, ("a", 2): 3.0, ("b", 8): -1.0, ("b", 4): -0.2}
+
+    class Times:
+        def saved(self, f, cb, what):
+            return saved[(f, cb)]
+
+    pr = {f"{f}@{cb}": _p(0.1, 0.01 * (9 - cb)) for f, cb in saved}
+    seq = ladder.upgrade_sequence({"a": [8, 4, 2], "b": [8, 4]}, pr, Times(), "time", "loss", 2.0)
+    assert [(s["fqn"], s["C_b"], s["saved"]) for s in seq] == [("a", 8, 1.0), ("a", 2, 2.0)]
+
+
+def _time_search_config(**kw):
+    return _config(
+        baseline_epochs=0, final=False, max_drop=3.0, ladder_ratios=[0.125, 0.25, 0.5],
+        gain="time", **kw,
+    )  # fmt: skip
+
+
+def _basis_ms(module, x, steps):
+    """Fake per-layer timings: dense 10 ms; a basis layer 2 + 0.1 C_b ms fused, 1 ms more
+    in weight mode (fused is the faster mode, so a (layer, C_b) saves 8 - 0.1 C_b ms)."""
+    if isinstance(module, tb.BasisConv2d):
+        return 2.0 + 0.1 * module.basis_channels + (0.0 if module.mode == "fused" else 1.0)
+    return 10.0
+
+
+def test_ladder_with_gain_time_saves_recorded_timings_and_resumes_without_retiming(
+    data8, tmp_path, monkeypatch
+):
+    """gain=time with the ladder and the peers: every (layer, C_b) the selection or a peer
+    rule compares is timed once (the real time_layer over a fake timer), kept in the state,
+    and the plan's and the peers' savings are the sums of those timings; a search killed
+    during the rung timings resumes re-timing nothing it had timed, and a finished one
+    re-times nothing."""
+    monkeypatch.setattr(probes, "time_fwd_bwd", _basis_ms)
+    monkeypatch.setattr(probes, "time_infer", _basis_ms)
+    monkeypatch.setattr(S, "_probe", _synthetic_probe([]))
+    real, calls = probes.time_layer, []
+
+    def counted(*a, **k):
+        calls.append(k.get("infer", True))
+        return real(*a, **k)
+
+    monkeypatch.setattr(probes, "time_layer", counted)
+    cfg = _time_search_config()
+    ref = _search(data8, tmp_path / "a", cfg)
+    lad = ref.ladder
+    state = json.loads((tmp_path / "a" / "state.json").read_text())["stages"]
+    ms = lambda cb: 8.0 - 0.1 * cb  # noqa: E731
+    for k, v in state["rung_gains"].items():
+        assert v["time_saved_ms"] == pytest.approx(ms(int(k.rsplit("@", 1)[1])), abs=1e-4)
+        assert v["mode"] == "fused" and v["time_dense_ms"] == 10.0
+    n_layers, n_rungs = len(ref.layers), len(state["rung_gains"])
+    assert calls.count(True) == n_layers and calls.count(False) == n_rungs
+    assert lad["gain"] == "time" and lad["plan"]
+    assert lad["saved"] == lad["time_saved_ms"]
+    assert lad["time_saved_ms"] == pytest.approx(
+        sum(ms(cb) for cb in lad["plan"].values()), abs=1e-3
+    )
+    for p in lad["peers"].values():
+        assert p["saved"] == pytest.approx(sum(ms(cb) for cb in p["plan"].values()), abs=1e-3)
+        assert "macs_saved" in p
+        if p["fits"]:
+            assert lad["saved"] >= p["saved"]
+    # every pair a plan holds was timed (or is the layer's own gains row)
+    for plan in [lad["plan"], *(p["plan"] for p in lad["peers"].values())]:
+        assert all(f"{f}@{cb}" in lad["rung_gains"] for f, cb in plan.items())
+    assert "time saved (ms) per C_b" in (tmp_path / "a" / "summary.md").read_text()
+
+    calls.clear()  # finished: a rerun re-times nothing
+    again = _search(data8, tmp_path / "a", cfg)
+    assert calls == [] and again.ladder == lad
+
+    def dying(*a, **k):  # killed during the 3rd rung timing
+        if not k.get("infer", True) and calls.count(False) == 2:
+            raise KeyboardInterrupt("killed")
+        return counted(*a, **k)
+
+    calls.clear()
+    monkeypatch.setattr(probes, "time_layer", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _search(data8, tmp_path / "b", cfg)
+    saved = json.loads((tmp_path / "b" / "state.json").read_text())["stages"]
+    assert len(saved["rung_gains"]) == 2
+    calls.clear()
+    monkeypatch.setattr(probes, "time_layer", counted)
+    resumed = _search(data8, tmp_path / "b", cfg)
+    assert calls.count(True) == 0 and calls.count(False) == n_rungs - 2
+    assert resumed.ladder == lad
+
+
+def test_ladder_with_gain_time_follows_the_measured_savings(data8, tmp_path, monkeypatch):
+    """Faked timings: one small layer's mildest rung saves far more time than anything else
+    (and its harsher rungs less), the layer with the largest MAC saving runs slower than
+    dense at every rung: the selection takes the fast rung first, never a harsher rung of
+    that layer, and never the slow layer -- the measured objective drives the choice."""
+    fast, slow = "layer1.0.conv1", "layer4.1.conv2"
+    model = _model()
+    model.get_submodule(fast)._fake = "fast"
+    model.get_submodule(slow)._fake = "slow"
+
+    def fake(dense_layer, layer, x, steps, *, infer=True, dense=None):
+        kind, cb, c_out = (
+            getattr(dense_layer, "_fake", ""),
+            layer.basis_channels,
+            layer.out_channels,
+        )
+        t = {"fast": 0.1 if cb == c_out // 2 else 9.5, "slow": 12.0}.get(kind, 9.0 + cb / c_out)
+        row = {"time_dense_ms": 10.0, "time_basis_ms": t, "time_saved_ms": round(10.0 - t, 4),
+               "time_fused_ms": t, "time_weight_ms": t + 1.0, "mode": "fused"}  # fmt: skip
+        if infer:
+            row.update(time_dense_infer_ms=5.0, time_fused_infer_ms=t / 2,
+                       time_weight_infer_ms=t / 2, mode_infer="weight")  # fmt: skip
+        return row
+
+    monkeypatch.setattr(probes, "time_layer", fake)
+    monkeypatch.setattr(S, "_probe", _synthetic_probe([]))
+    tr, va = data8
+    rep = S.sensitivity_search(
+        model, tr, va, config=_time_search_config(peers=False), out=tmp_path,
+        progress=False, log=lambda *a: None,
+    )  # fmt: skip
+    lad = rep.ladder
+    seq = [(s["fqn"], s["C_b"]) for s in lad["selection"]["sequence"]]
+    assert seq[0] == (fast, 4)
+    assert [cb for f, cb in seq if f == fast] == [4]
+    assert all(f != slow for f, _ in seq)
+    assert lad["plan"][fast] == 4 and slow not in lad["plan"]
+    # without the peers, only the rungs the selection may step to are timed
+    usable = set()
+    for f, cbs in lad["rungs"].items():
+        for cb in cbs:
+            p = lad["probes"].get(f"{f}@{cb}")
+            if p is None or p["probe_drop"] > rep.config["max_drop"]:
+                break
+            usable.add(f"{f}@{cb}")
+    assert set(lad["rung_gains"]) == usable
+    assert lad["time_saved_ms"] == pytest.approx(
+        sum(lad["rung_gains"][f"{f}@{cb}"]["time_saved_ms"] for f, cb in lad["plan"].items())
+    )
+
+
+def test_peer_verdict_compares_measured_time_where_the_search_optimises_it():
+    """gain=time: the best peer rule is the one saving the most summed per-layer time (not
+    the most MACs), and the verdict and its words state the time saved beside the MACs."""
+    from tritonbasis.recipes.search.verdict_peers import peer_lines, peer_verdict
+
+    def model(macs, drops):
+        return {"macs": macs, "params": macs // 10, "train_step_ms": 10.0, "infer_ms": 5.0,
+                "drop_per_seed_pp": drops, "val_acc_per_seed": [0.9 - d / 100 for d in drops],
+                "converted": 3}  # fmt: skip
+
+    final = {
+        "dense": model(1000, [0.0, 0.0]),
+        "chosen": model(700, [0.5, 0.4]),
+        "uniform": model(500, [0.6, 0.5]),  # the most MACs saved
+        "energy": model(800, [0.2, 0.3]),  # the most time saved among the peers
+    }
+
+    def peer(saved):
+        return {"setting": {}, "fits": True, "verified_drop": 0.5, "saved": saved, "plan": {}}
+
+    lad = {"gain": "time", "source": "ladder", "time_saved_ms": 4.0}
+    lad["peers"] = {"uniform": peer(1.0), "energy": peer(3.0)}
+    pv = peer_verdict(final, lad, 1.0, 500)
+    assert pv["best_peer"] == "energy" and pv["chosen"]["time_saved_ms"] == 4.0
+    assert pv["rules"]["uniform"]["time_saved_ms"] == 1.0
+    assert pv["saves_more_time_than_every_peer"] is True
+    assert pv["saves_more_macs_than_every_peer"] is False
+    words = " ".join(peer_lines(pv))
+    assert "4.000 ms" in words and "saves more time than every peer rule" in words
+    lad["peers"]["energy"] = peer(5.0)
+    assert peer_verdict(final, lad, 1.0, 500)["saves_more_time_than_every_peer"] is False
+    # gain macs: no time in the verdict, the best peer by MACs
+    pv = peer_verdict(final, {**lad, "gain": "macs"}, 1.0, 500)
+    assert pv["best_peer"] == "uniform" and "saves_more_time_than_every_peer" not in pv
+    assert "time_saved_ms" not in pv["chosen"]

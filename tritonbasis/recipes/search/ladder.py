@@ -20,8 +20,11 @@ rungs (or dense), not just yes/no at one ratio.
 
 Plans are ``{layer: C_b}``; a layer not in a plan stays dense. Combined probes of plans are
 cached in the state (``"plan_probes"``), shared with the peer rules (:mod:`.peers`): a plan
-two rules propose is probed once. Nothing here reads a timing: the same seed gives the same
-plan on any machine load."""
+two rules propose is probed once. With ``gain`` macs or params nothing here reads a timing:
+the same seed gives the same plan on any machine load. With ``gain="time"`` the saving of a
+(layer, C_b) is its measured forward+backward time saved (:attr:`Costs.times`, timed once
+and kept in the state by :mod:`.ladder_stage`), so the plan depends on the machine and its
+load when the timings were taken -- what optimising measured time means."""
 
 from __future__ import annotations
 
@@ -63,13 +66,17 @@ def plan_key(plan: dict[str, int]) -> list[list]:
 
 
 class Costs:
-    """What converting a layer to C_b saves (MACs per image and parameters), from the
-    conversion report of the trained model (one source with ``convert``), cached."""
+    """What converting a layer to C_b saves: MACs per image and parameters from the
+    conversion report of the trained model (one source with ``convert``), cached; ``"time"``:
+    the measured forward+backward ms saved, from :attr:`times` (filled by the caller from
+    :func:`tritonbasis.recipes.search.probes.time_layer`'s rows; a pair not timed is an
+    error, never a guess)."""
 
     def __init__(self, dense: nn.Module, spec: BasisSpec, shape, cands: list[str], conv_rows):
         self.dense, self.spec, self.shape, self.cands = dense, spec, shape, list(cands)
         self.rows: dict[tuple[str, int], dict] = {}
         self.layer = conv_rows  # {layer: LayerReport}: its C_in, C_out
+        self.times: dict[tuple[str, int], float] = {}  # (layer, C_b) -> ms saved (may be < 0)
 
     def ensure(self, pairs) -> None:
         """Conversion-report rows for every ``(layer, C_b)`` in ``pairs`` (one conversion
@@ -95,11 +102,18 @@ class Costs:
                     }
             todo = rest
 
-    def saved(self, fqn: str, cb: int, what: str) -> int:
+    def saved(self, fqn: str, cb: int, what: str) -> int | float:
+        if what == "time":
+            t = self.times.get((fqn, int(cb)))
+            if t is None:
+                raise KeyError(f"no time measured for {fqn} at C_b {int(cb)}")
+            return t
         self.ensure([(fqn, cb)])
         return self.rows[(fqn, int(cb))][what]
 
-    def plan_saved(self, plan: dict[str, int], what: str) -> int:
+    def plan_saved(self, plan: dict[str, int], what: str) -> int | float:
+        if what == "time":  # ms, rounded as the timings are (a sum of floats)
+            return round(sum(self.saved(f, cb, what) for f, cb in plan.items()), 4)
         self.ensure(plan.items())
         return sum(self.rows[(f, int(cb))][what] for f, cb in plan.items())
 
@@ -170,7 +184,8 @@ def upgrade_sequence(
 ) -> list[dict]:
     """The steps "layer one rung harsher", best score first (see the module docstring);
     each step: layer, C_b, the saving and sensitivity it adds, its score and its probe drop.
-    Only rungs probed within ``stop`` pp on their own are steps."""
+    Only rungs probed within ``stop`` pp on their own are steps, and only those that save
+    more than the layer's milder step before them (see below)."""
     floor = SCORE_FLOOR_LOSS if how == "loss" else SCORE_FLOOR_PP
     options: dict[str, list[dict]] = {}
     for f, cbs in rungs.items():
@@ -180,12 +195,20 @@ def upgrade_sequence(
             if p is None or p["probe_drop"] > stop:
                 break
             saved, sens = costs.saved(f, cb, gain), sensitivity_of(p, how)
+            if saved <= prev_saved:
+                # A rung that saves no more than the layer's milder one (MACs and params
+                # always grow with a harsher rung; measured time need not: a basis conv
+                # slower than dense, or a smaller C_b on a worse kernel tile) is never
+                # worth its accuracy. Ranking it last would not keep it out -- the
+                # bisection takes the longest prefix that fits -- so it is no step: the
+                # layer's next step jumps over it to the next rung that saves more.
+                continue
             d_saved = saved - prev_saved
             steps.append(
                 {
                     "fqn": f,
                     "C_b": cb,
-                    "saved": d_saved,
+                    "saved": round(d_saved, 4) if gain == "time" else d_saved,
                     "score": round(d_saved / max(sens - prev_sens, floor), 6),
                     "probe_drop": p["probe_drop"],
                 }
@@ -336,9 +359,10 @@ def run_ladder_refine(
     (the ladder's or a peer rule's) -- the remaining upgrade steps (the rungs harsher than
     ``start``'s), one at a time in score order: a step is kept when the combined probe of
     the plan with it still fits, and skipped otherwise (a bisection over them stalls on one
-    bad early step); a step harsher than a plan already over budget is skipped without a
-    probe; it stops after ``max_backoff`` over-budget probes. Saved as ``"ladder_refine"``
-    (a resume re-uses it, and every combined probe through the state's cache)."""
+    bad early step); a step harsher than a plan already over budget, or one that saves
+    no more than the plan (measured time), is skipped without a probe; it stops after
+    ``max_backoff`` over-budget probes. Saved as ``"ladder_refine"`` (a resume re-uses it,
+    and every combined probe through the state's cache)."""
     ref = ctx.state.get("ladder_refine")
     if ref is not None:
         return ref
@@ -354,6 +378,8 @@ def run_ladder_refine(
         if cb >= plan.get(f, big):
             continue
         cand = {**plan, f: cb}
+        if costs.plan_saved(cand, cfg.gain) <= costs.plan_saved(plan, cfg.gain):
+            continue  # measured time: slower than the plan's own C_b (MACs never are)
         if any(harsher_or_equal(cand, a) for a in verify.failed(cfg.max_drop)):
             continue
         done = verify(cand)

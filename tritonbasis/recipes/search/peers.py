@@ -66,13 +66,25 @@ def settings(rule: str, costs: Costs, cfg, spec: BasisSpec) -> list[tuple[dict, 
     return [(s, p) for s, p in out if p]
 
 
+def _savings(costs: Costs, plan: dict, gain: str) -> dict:
+    """``saved`` in the search's ``gain``, and the MACs beside it when that is not MACs."""
+    out = {"saved": costs.plan_saved(plan, gain)}
+    if gain != "macs":
+        out["macs_saved"] = costs.plan_saved(plan, "macs")
+    return out
+
+
 def _best(rule, cands, costs: Costs, verify: PlanProbes, cfg, log) -> dict:
-    """The first setting by saving (largest first) whose combined probe fits."""
+    """The first setting by saving (largest first) whose combined probe fits. A setting
+    that saves nothing (measured time: its layers run no faster than dense) is not tried:
+    staying dense beats it at no accuracy cost."""
     order = sorted(
         cands, key=lambda sp: (-costs.plan_saved(sp[1], cfg.gain), str(sorted(sp[0].items())))
     )
     tried, fails = [], 0
     for setting, plan in order:
+        if costs.plan_saved(plan, cfg.gain) <= 0:
+            break  # sorted: none after it saves anything either
         if fails >= cfg.max_backoff:
             break
         if any(harsher_or_equal(plan, a) for a in verify.failed(cfg.max_drop)):
@@ -90,14 +102,14 @@ def _best(rule, cands, costs: Costs, verify: PlanProbes, cfg, log) -> dict:
                 "rule": rule,
                 "setting": setting,
                 "plan": plan,
-                "saved": costs.plan_saved(plan, cfg.gain),
+                **_savings(costs, plan, cfg.gain),
                 "verified_drop": done["probe_drop"],
                 "fits": True,
                 "tried": tried,
             }
         fails += 1
-    return {"rule": rule, "setting": {}, "plan": {}, "saved": 0, "verified_drop": 0.0,
-            "fits": False, "tried": tried}  # fmt: skip
+    return {"rule": rule, "setting": {}, "plan": {}, **_savings(costs, {}, cfg.gain),
+            "verified_drop": 0.0, "fits": False, "tried": tried}  # fmt: skip
 
 
 def run_peers(
@@ -118,7 +130,7 @@ def run_peers(
                 "rule": rule,
                 "setting": {"ratio_spec": dict(cfg.spec)},
                 "plan": plan,
-                "saved": costs.plan_saved(plan, cfg.gain),
+                **_savings(costs, plan, cfg.gain),
                 "verified_drop": selection["verified_drop"] if plan else 0.0,
                 "fits": bool(plan) and selection["within_budget"],
                 "tried": [],

@@ -32,6 +32,7 @@ __all__ = [
     "ProbeSetup",
     "candidates",
     "convert_only",
+    "layer_inputs",
     "measure_gains",
     "pp",
     "probe",
@@ -39,6 +40,8 @@ __all__ = [
     "run_layer_probes",
     "spearman",
     "time_fwd_bwd",
+    "time_layer",
+    "timed_on_main",
 ]
 
 
@@ -223,57 +226,107 @@ def time_infer(module: nn.Module, x: torch.Tensor, steps: int) -> float:
         module.train(was_training)
 
 
+def time_layer(
+    dense_layer: nn.Module,
+    layer: nn.Module,
+    x: torch.Tensor,
+    steps: int,
+    *,
+    infer: bool = True,
+    dense: dict | None = None,
+) -> dict:
+    """One (layer, spec)'s timings, the one source of every per-layer time the search uses:
+    the dense conv's forward+backward (:func:`time_fwd_bwd`) against the basis ``layer``'s in
+    both modes; the faster mode (:func:`tritonbasis.nn.modes.from_timings`) is the one the
+    layer runs in training and its time the basis time. With ``infer``, the same for the
+    forward without autograd (:func:`time_infer`): ``mode_infer``, what the layer runs at
+    inference (a fused path that wins fwd+bwd can lose the forward alone). ``dense``: the
+    dense conv's timings already taken at this input (the row of another spec of the same
+    layer), re-used instead of timed again. ``layer.mode`` is left at ``"auto"``."""
+    if dense is None:
+        dense = {"time_dense_ms": round(time_fwd_bwd(dense_layer, x, steps), 4)}
+        if infer:
+            dense["time_dense_infer_ms"] = round(time_infer(dense_layer, x, steps), 4)
+    t, t_inf = {}, {}
+    for mode in ("fused", "weight"):
+        layer.mode = mode
+        t[mode] = time_fwd_bwd(layer, x, steps)
+        if infer:
+            t_inf[mode] = time_infer(layer, x, steps)
+    layer.mode = "auto"
+    mode = from_timings(t)
+    row = {
+        "time_dense_ms": dense["time_dense_ms"],
+        "time_basis_ms": round(t[mode], 4),
+        "time_saved_ms": round(dense["time_dense_ms"] - t[mode], 4),
+        "time_fused_ms": round(t["fused"], 4),
+        "time_weight_ms": round(t["weight"], 4),
+        "mode": mode,
+    }
+    if infer:  # without autograd (inference): weight mode reuses its merged weight
+        row.update(
+            time_dense_infer_ms=dense["time_dense_infer_ms"],
+            time_fused_infer_ms=round(t_inf["fused"], 4),
+            time_weight_infer_ms=round(t_inf["weight"], 4),
+            mode_infer=from_timings(t_inf),
+        )
+    return row
+
+
+def layer_inputs(ctx: SearchContext, dense: nn.Module, fqns) -> dict[str, torch.Tensor]:
+    """Per layer a random input of its shape at batch ``time_batch`` (channels-last on CUDA,
+    the layout the models train in), what :func:`time_layer` times it at."""
+    device = next(dense.parameters()).device
+    out = {}
+    for f, c in module_calls(dense, ctx.shape, fqns=list(fqns)).items():
+        x = torch.randn(ctx.cfg.time_batch, *c.in_shape, device=device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        out[f] = x
+    return out
+
+
+def timed_on_main(ctx: SearchContext, key: str, todo: list, time_all, desc: str) -> dict:
+    """The state's ``key`` (``{name: timings}``) completed for every name of ``todo``:
+    ``time_all(todo)`` yields ``(name, timings)`` pairs and runs on the main rank only (the
+    other ranks would time on the same machine at the same moment and slow each other; an
+    error there reaches every rank, :func:`tritonbasis.recipes.distributed.on_main`). Each
+    is saved in the state as it is taken (a resumed search re-uses them, never re-times: a
+    re-timed layer could flip its mode or its rank on a loaded machine); rank 0's values
+    are then every rank's, so every rank selects from the same numbers."""
+
+    def run():
+        done = dict(ctx.state.get(key) or {})
+        for name, row in time_all(ctx.bar(todo, desc=desc, unit="layer")):
+            done[name] = row
+            ctx.state.put(key, done)
+        return done
+
+    ctx.state.put(key, D.on_main(run))
+    return ctx.state.get(key)
+
+
 def measure_gains(ctx: SearchContext, dense: nn.Module, cands: list[str]) -> dict:
-    """Per layer: the dense conv's forward+backward time at its input shape (batch
-    ``time_batch``) against the converted layer's in both modes; the faster mode is the one the
-    layer will run in training (:func:`tritonbasis.nn.modes.from_timings`) and its time the
-    basis time. The same for the forward without autograd: ``mode_infer``, what the layer runs
-    at inference (training and inference differ: a fused path that wins fwd+bwd can lose the
-    forward alone).
-    Each layer's timings are saved in the state as they are taken, so a resumed search re-uses
-    them instead of re-timing (a re-timed layer could flip its mode on a loaded machine, and
-    the final models -- which run those modes -- would then differ from the first run's)."""
-    gains = dict(ctx.state.get("gains") or {})
+    """Per layer: :func:`time_layer` of the dense conv against the converted one (the
+    search's spec) at the layer's input shape (batch ``time_batch``), in training and at
+    inference; saved in the state as ``"gains"`` as they are taken (a resume re-uses them:
+    the final models run the modes measured here, and a re-timed layer could flip its mode
+    on a loaded machine)."""
+    gains = ctx.state.get("gains") or {}
     todo = [f for f in cands if f not in gains]
     if not todo:
         return gains
-    cfg = ctx.cfg
     ctx.log(
         f"[3/5] gains: timing dense conv vs basis op per layer shape ({len(todo)} of "
         f"{len(cands)} layers)"
     )
-    device = next(dense.parameters()).device
-    in_shapes = {f: c.in_shape for f, c in module_calls(dense, ctx.shape, fqns=todo).items()}
-    converted = convert_only(dense, todo, ctx.spec)
-    for f in ctx.bar(todo, desc="timing", unit="layer"):
-        x = torch.randn(cfg.time_batch, *in_shapes[f], device=device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        t_dense = time_fwd_bwd(dense.get_submodule(f), x, cfg.time_steps)
-        t_dense_inf = time_infer(dense.get_submodule(f), x, cfg.time_steps)
-        layer = converted.get_submodule(f)
-        t, t_inf = {}, {}
-        for mode in ("fused", "weight"):
-            layer.mode = mode
-            t[mode] = time_fwd_bwd(layer, x, cfg.time_steps)
-            t_inf[mode] = time_infer(layer, x, cfg.time_steps)
-        layer.mode = "auto"
-        mode, mode_inf = from_timings(t), from_timings(t_inf)
-        gains[f] = {
-            "time_dense_ms": round(t_dense, 4),
-            "time_basis_ms": round(t[mode], 4),
-            "time_saved_ms": round(t_dense - t[mode], 4),
-            "time_fused_ms": round(t["fused"], 4),
-            "time_weight_ms": round(t["weight"], 4),
-            "mode": mode,
-            # without autograd (inference): weight mode reuses its merged weight
-            "time_dense_infer_ms": round(t_dense_inf, 4),
-            "time_fused_infer_ms": round(t_inf["fused"], 4),
-            "time_weight_infer_ms": round(t_inf["weight"], 4),
-            "mode_infer": mode_inf,
-        }
-        if D.is_main():
-            ctx.state.put("gains", gains)
+
+    def time_all(fqns):
+        xs, converted = layer_inputs(ctx, dense, todo), convert_only(dense, todo, ctx.spec)
+        for f in fqns:
+            layer = converted.get_submodule(f)
+            yield f, time_layer(dense.get_submodule(f), layer, xs[f], ctx.cfg.time_steps)
+
+    gains = timed_on_main(ctx, "gains", todo, time_all, "timing")
     dense.zero_grad(set_to_none=True)
-    ctx.state.put("gains", D.broadcast_object(gains))
-    return ctx.state.get("gains")
+    return gains

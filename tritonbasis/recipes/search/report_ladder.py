@@ -11,29 +11,57 @@ from pathlib import Path
 __all__ = ["ladder_markdown", "ladder_plot"]
 
 
+UNITS = {"macs": "MACs", "params": "params", "time": "ms"}
+
+
+def _num(v) -> str:
+    """A saving: counts with thousands separators, milliseconds to 3 decimals."""
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.3f}"
+
+
 def ladder_markdown(report) -> list[str]:
     lad = report.ladder
     if not lad:
         return []
     sel = lad["selection"]
+    gain = lad.get("gain", report.config.get("gain", "macs"))
+    timed = lad.get("rung_gains")
+    t = (
+        f", {lad['time_saved_ms']:.3f} ms forward+backward time (the summed per-layer "
+        "timings on this device)"
+        if "time_saved_ms" in lad
+        else ""
+    )
     lines = [
         "## Rank ladder: C_b per layer",
         "",
         f"Chosen plan: {len(lad['plan'])} of {len(report.layers)} layers converted, source "
         f"{lad['source']}, {lad.get('macs_saved', 0):,} MACs/image and "
-        f"{lad.get('params_saved', 0):,} params saved, verified combined-probe drop "
+        f"{lad.get('params_saved', 0):,} params saved{t}, verified combined-probe drop "
         f"{lad.get('verified_drop', 0.0):.2f} pp (budget {report.config['max_drop']} pp). "
         f"{len(lad['probes'])} (layer, rank) probes; a layer stops at the first rung whose "
         "own probe loses more than the budget.",
         "",
-        "| layer | C_out | probe drop (pp) per C_b | chosen C_b |",
-        "|---|---|---|---|",
+        "| layer | C_out | probe drop (pp) per C_b |"
+        + (" time saved (ms) per C_b |" if timed else "")
+        + " chosen C_b |",
+        "|---|---|---|" + ("---|" if timed else "") + "---|",
     ]
     for r in report.layers:
         rungs = ", ".join(f"{cb}: {d:.2f}" for cb, d in (r.get("ladder") or {}).items())
         cb = r.get("chosen_C_b")
+        ms = ""
+        if timed:
+            f = r["fqn"]
+            ms = ", ".join(
+                f"{k.rsplit('@', 1)[1]}: {v['time_saved_ms']:.3f}"
+                for k, v in timed.items()
+                if k.rsplit("@", 1)[0] == f
+            )
+            ms = f" {ms or '-'} |"
         lines.append(
-            f"| {r['fqn']} | {r['C_out']} | {rungs or '-'} | {cb if cb is not None else 'dense'} |"
+            f"| {r['fqn']} | {r['C_out']} | {rungs or '-'} |{ms} "
+            f"{cb if cb is not None else 'dense'} |"
         )
     lines.append("")
     for title, steps in (
@@ -48,11 +76,12 @@ def ladder_markdown(report) -> list[str]:
         lines += [
             f"### {title}",
             "",
-            "| probe | steps | layers | saved | predicted (pp) | verified (pp) | fits |",
+            f"| probe | steps | layers | saved ({UNITS[gain]}) | predicted (pp) | "
+            "verified (pp) | fits |",
             "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {i + 1} | {s['n_steps']} | {s['n_layers']} | {s['saved']:,} | "
+            f"| {i + 1} | {s['n_steps']} | {s['n_layers']} | {_num(s['saved'])} | "
             f"{s['predicted_drop']:.2f} | {s['verified_drop']:.2f} | "
             f"{'yes' if s['fits'] else 'no'} |"
             for i, s in enumerate(steps)
@@ -62,14 +91,17 @@ def ladder_markdown(report) -> list[str]:
         lines += [
             "### Peer rules: best setting within the budget (combined probe)",
             "",
-            "| rule | best setting | layers | saved | verified (pp) | settings tried |",
-            "|---|---|---|---|---|---|",
+            f"| rule | best setting | layers | saved ({UNITS[gain]}) |"
+            + (" MACs saved |" if gain != "macs" else "")
+            + " verified (pp) | settings tried |",
+            "|---|---|---|---|" + ("---|" if gain != "macs" else "") + "---|---|",
         ]
         for rule, p in lad["peers"].items():
             tried = "; ".join(_tried(t) for t in p.get("tried", []))
+            macs = f" {p.get('macs_saved', 0):,} |" if gain != "macs" else ""
             lines.append(
                 f"| {rule} | {p['setting'] if p['fits'] else 'none fits'} | {len(p['plan'])} | "
-                f"{p['saved']:,} | {p['verified_drop']:.2f} | {tried or '-'} |"
+                f"{_num(p['saved'])} |{macs} {p['verified_drop']:.2f} | {tried or '-'} |"
             )
         lines.append("")
     return lines

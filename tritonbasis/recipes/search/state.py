@@ -238,6 +238,14 @@ STATE_SCHEMA = Obj(
                 "ladder_probes": Map(
                     Obj(_PROBE, {"rank": _COUNT}), key=Str(pattern=r".+@[0-9]{1,6}")
                 ),
+                # gain=time with the ladder: per "layer@C_b" its forward+backward timings
+                "rung_gains": Map(
+                    Obj(
+                        {"time_dense_ms": _MS, "time_basis_ms": _MS, "time_saved_ms": Num()},
+                        {"time_fused_ms": _MS, "time_weight_ms": _MS, "mode": _MODE},
+                    ),
+                    key=Str(pattern=r".+@[0-9]{1,6}"),
+                ),
                 "plan_probes": List(Obj({"plan": List(List(Json(), min_len=2)), **_PROBE})),
                 "ladder_selection": Obj(
                     {
@@ -276,7 +284,7 @@ STATE_SCHEMA = Obj(
                             "verified_drop": _PP,
                             "fits": Bool(),
                         },
-                        {"tried": List(Map(Json()))},
+                        {"tried": List(Map(Json())), "macs_saved": _COUNT},
                     ),
                     key=Str(RULES),
                 ),
@@ -390,9 +398,10 @@ def state_problems(doc, layers=None) -> list[str]:
             f = p.rsplit("@", 1)[0] if "@" in p else p
             if names is not None and f not in names:
                 found.append(f"stages.probe_runs[{i}].probes[{j}]: {p!r} names no candidate layer")
-    for k in st.get("ladder_probes", {}):
-        if names is not None and k.rsplit("@", 1)[0] not in names:
-            found.append(f"stages.ladder_probes: {k!r} names no candidate layer")
+    for key in ("ladder_probes", "rung_gains"):
+        for k in st.get(key, {}):
+            if names is not None and k.rsplit("@", 1)[0] not in names:
+                found.append(f"stages.{key}: {k!r} names no candidate layer")
     return found
 
 

@@ -2,7 +2,12 @@
 (:mod:`.peers`) -- MACs, params and measured time saved, the accuracy drop over the seeds
 (paired, mean +- sample sd), and whether the chosen plan saves more than the best peer rule
 and loses no more than it beyond the noise (the per-seed 95% measurement noise of the
-difference of two accuracies, as :mod:`.verdict` computes it for chosen vs naive)."""
+difference of two accuracies, as :mod:`.verdict` computes it for chosen vs naive).
+
+With ``gain="time"`` the objective is measured time: each plan's ``time_saved_ms`` (its
+layers' forward+backward time saved, summed from the per-(layer, C_b) timings the search
+took) is stated beside the MACs, the best peer rule is the one saving the most of it, and
+``saves_more_time_than_every_peer`` compares it."""
 
 from __future__ import annotations
 
@@ -34,12 +39,17 @@ def peer_verdict(final: dict, ladder: dict, budget: float, val_size: int | None)
     """Numbers of the comparison (empty without a ladder or a final comparison)."""
     if not ladder or not final or "chosen" not in final:
         return {}
+    timed = ladder.get("gain") == "time"
     out = {"chosen": {**_entry(final, "chosen"), "source": ladder.get("source")}, "rules": {}}
+    if timed:
+        out["chosen"]["time_saved_ms"] = ladder["time_saved_ms"]
     for rule in RULES:
         p = ladder.get("peers", {}).get(rule)
         if p is None:
             continue
         row = {"setting": p["setting"], "fits": p["fits"], "verified_drop": p["verified_drop"]}
+        if timed:
+            row["time_saved_ms"] = p["saved"]
         if rule in final:
             row.update(_entry(final, rule))
         out["rules"][rule] = row
@@ -47,7 +57,8 @@ def peer_verdict(final: dict, ladder: dict, budget: float, val_size: int | None)
     if not scored:
         out["best_peer"] = None
         return out
-    best = max(scored, key=lambda r: (scored[r]["macs_saved_pct"], -RULES.index(r)))
+    key = "time_saved_ms" if timed else "macs_saved_pct"  # the objective the search maximised
+    best = max(scored, key=lambda r: (scored[r][key], -RULES.index(r)))
     b, c = scored[best], out["chosen"]
     diff = [x - y for x, y in zip(c["drop_per_seed_pp"], b["drop_per_seed_pp"])]
     noise = None
@@ -72,6 +83,10 @@ def peer_verdict(final: dict, ladder: dict, budget: float, val_size: int | None)
         macs_vs_best_peer=round(macs_left(c) / macs_left(b), 4),
         chosen_seeds_within_budget=sum(x <= budget for x in c["drop_per_seed_pp"]),
     )
+    if timed:
+        out["saves_more_time_than_every_peer"] = all(
+            c["time_saved_ms"] > v["time_saved_ms"] for v in scored.values()
+        )
     return out
 
 
@@ -81,11 +96,15 @@ def peer_lines(pv: dict) -> list[str]:
         return []
     c = pv["chosen"]
     per = lambda xs: " / ".join(f"{x:+.2f}" for x in xs)  # noqa: E731
+    # with gain=time: the summed per-layer timings the plans were chosen by
+    ms = lambda v: (  # noqa: E731
+        f", {v['time_saved_ms']:.3f} ms per-layer time saved" if "time_saved_ms" in v else ""
+    )
     lines = [
         f"Ladder plan (source: {c['source']}): {c['macs_saved_pct']:.1f}% fewer MACs, "
-        f"{c['params_saved_pct']:.1f}% fewer params, train step {c['train_step_saved_pct']:+.1f}%"
-        f" saved; drop {c['drop_pp']:+.2f} +- {c['drop_sd_pp']:.2f} pp "
-        f"(per seed {per(c['drop_per_seed_pp'])})."
+        f"{c['params_saved_pct']:.1f}% fewer params{ms(c)}, train step "
+        f"{c['train_step_saved_pct']:+.1f}% saved; drop {c['drop_pp']:+.2f} +- "
+        f"{c['drop_sd_pp']:.2f} pp (per seed {per(c['drop_per_seed_pp'])})."
     ]
     for rule, v in pv["rules"].items():
         if "macs_saved_pct" not in v:
@@ -93,7 +112,7 @@ def peer_lines(pv: dict) -> list[str]:
             continue
         lines.append(
             f"Peer {rule} {v['setting']}: {v['macs_saved_pct']:.1f}% fewer MACs, "
-            f"{v['params_saved_pct']:.1f}% fewer params, drop {v['drop_pp']:+.2f} +- "
+            f"{v['params_saved_pct']:.1f}% fewer params{ms(v)}, drop {v['drop_pp']:+.2f} +- "
             f"{v['drop_sd_pp']:.2f} pp (per seed {per(v['drop_per_seed_pp'])})."
         )
     if pv.get("best_peer"):
@@ -115,4 +134,12 @@ def peer_lines(pv: dict) -> list[str]:
             )
             + "."
         )
+        if "saves_more_time_than_every_peer" in pv:
+            more = "saves" if pv["saves_more_time_than_every_peer"] else "does NOT save"
+            lines.append(
+                "Measured time (the search's objective): the chosen plan saves "
+                f"{c['time_saved_ms']:.3f} ms of per-layer forward+backward time, the best "
+                f"peer rule {b['time_saved_ms']:.3f} ms; it {more} more time than every peer "
+                "rule."
+            )
     return lines
