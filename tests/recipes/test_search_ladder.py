@@ -545,3 +545,43 @@ def test_peer_verdict_compares_measured_time_where_the_search_optimises_it():
     pv = peer_verdict(final, {**lad, "gain": "macs"}, 1.0, 500)
     assert pv["best_peer"] == "uniform" and "saves_more_time_than_every_peer" not in pv
     assert "time_saved_ms" not in pv["chosen"]
+
+
+def test_final_times_a_ladder_layer_in_its_rungs_measured_mode(data8, tmp_path, monkeypatch):
+    """gain=time: the final's step times run each plan layer in the mode its own rung was
+    measured faster in (a layer at the spec's C_b: its gains row), not the spec's mode."""
+    monkeypatch.setattr(S, "_probe", _synthetic_probe([]))
+
+    def fake(dense_layer, layer, x, steps, *, infer=True, dense=None):
+        # at the spec's C_b (C_out/4) fused is faster; C_out/2 saves more, in weight mode
+        spec_cb = max(1, layer.out_channels // 4)
+        t = 5.0 if layer.basis_channels == spec_cb else 3.0
+        mode = "fused" if layer.basis_channels == spec_cb else "weight"
+        row = {"time_dense_ms": 10.0, "time_basis_ms": t, "time_saved_ms": 10.0 - t,
+               "time_fused_ms": t, "time_weight_ms": t, "mode": mode}  # fmt: skip
+        if infer:
+            row.update(time_dense_infer_ms=5.0, time_fused_infer_ms=2.0,
+                       time_weight_infer_ms=2.0, mode_infer="fused")  # fmt: skip
+        return row
+
+    monkeypatch.setattr(probes, "time_layer", fake)
+    applied = {}
+    real_apply = final.apply_modes
+
+    def recording(model, fqns, gains, device):
+        for f in fqns:
+            applied.setdefault(id(model), {})[f] = gains[f]["mode"]
+        return real_apply(model, fqns, gains, device)
+
+    monkeypatch.setattr(final, "apply_modes", recording)
+    cfg = _config(
+        baseline_epochs=0, max_drop=3.0, gain="time", peers=False,
+        final=True, final_epochs=0, final_seeds=1, time_rounds=1,
+    )  # fmt: skip
+    rep = _search(data8, tmp_path, cfg)
+    plan, base = rep.ladder["plan"], {r["fqn"]: r["C_b"] for r in rep.layers}
+    assert any(cb != base[f] for f, cb in plan.items()), plan  # a layer at another rung
+    chosen = [m for m in applied.values() if set(m) == set(plan)]
+    assert chosen, applied
+    for f, cb in plan.items():
+        assert chosen[0][f] == ("fused" if cb == base[f] else "weight"), (f, cb)

@@ -174,6 +174,7 @@ def sensitivity_search(
                 gains,
                 plans=plans,
                 base_cb=lad.get("base_cb", {}),
+                rung_gains=lad.get("rung_gains", {}),
             ),
         )
     chosen_sel = {**selection, "chosen": chosen}

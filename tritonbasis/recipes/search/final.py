@@ -33,6 +33,7 @@ from ..evaluation import evaluate
 from ..measure import count_macs, count_params, measure_step_time
 from ..train import train
 from .context import SearchContext
+from .ladder import rung_key
 from .probes import convert_only, pp
 
 __all__ = [
@@ -63,6 +64,9 @@ class FinalInputs:
     # the peer rules' names add models), and the C_b the gains were timed at, per layer
     plans: dict = field(default_factory=dict)
     base_cb: dict = field(default_factory=dict)
+    # ladder with gain="time": {"layer@C_b": timings with the measured faster "mode"} of the
+    # other rungs (forward+backward only)
+    rung_gains: dict = field(default_factory=dict)
 
     def layers(self) -> dict:
         """``{model name: layers (list: at the spec) or plan (dict: own specs)}``."""
@@ -203,14 +207,21 @@ def _timings(ctx: SearchContext, inp: FinalInputs) -> dict:
         if name == "dense":
             continue
         m = convert_only(inp.dense, layers, ctx.spec) if layers else copy.deepcopy(inp.dense)
-        # the measured modes are those of the spec's C_b: a layer at another rank keeps the
-        # mode convert resolves
+        # the measured modes are those of the spec's C_b; a layer at another rank takes its
+        # rung's measured mode where the ladder timed it (gain="time"), else the mode convert
+        # resolves
         timed = [
             f
             for f in layers
             if not isinstance(layers, dict) or layers[f].basis_channels == inp.base_cb.get(f)
         ]
         apply_modes(m, timed, inp.gains, ctx.cfg.device)
+        if isinstance(layers, dict):
+            rungs = {
+                f: inp.rung_gains.get(rung_key(f, sp.basis_channels)) for f, sp in layers.items()
+            }
+            rungs = {f: r for f, r in rungs.items() if r is not None and f not in timed}
+            apply_modes(m, list(rungs), rungs, ctx.cfg.device)
         models[name] = m
     timing = {n: {"train_step_ms": [], "infer_ms": []} for n in names}
     for _ in range(ctx.cfg.time_rounds):
