@@ -11,8 +11,9 @@ import torch.nn as nn
 
 import tritonbasis as tb
 from tritonbasis.nn import choose_mode, modes
+from tritonbasis.nn.functional import FUSED_EFFICIENCY, MIN_FUSED_PIXELS
 from tritonbasis.op import reference, tune_cache
-from tritonbasis.op.geometry import check_inputs
+from tritonbasis.op.geometry import MAX_BASIS_CHANNELS, check_inputs
 
 
 @pytest.fixture(autouse=True)
@@ -190,3 +191,97 @@ def test_old_state_dicts_load():
     del m.__dict__["resolved"], m.__dict__["resolved_device"], m.__dict__["_mode_memo"]
     assert m.resolved is None
     m(x)
+
+
+# --------------------------------------------------------------------------------------------
+# The cost model
+
+
+def geometry(N, C_in, H, W, C_b, C_out, k, keep_basis=True, stride=1, padding=None):
+    """ConvGeometry of a call, built from meta tensors (any size, no memory)."""
+    padding = k // 2 if padding is None else padding
+    rows = C_out - C_b if keep_basis else C_out
+    x = torch.empty(N, C_in, H, W, device="meta")
+    basis = torch.empty(C_b, C_in, k, k, device="meta")
+    coeff = torch.empty(rows, C_b, device="meta")
+    return check_inputs(x, basis, coeff, None, stride, padding, 1, keep_basis)
+
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("keep_basis", [True, False], ids=["keep", "full"])
+def test_choose_mode_stem_picks_weight(keep_basis):
+    # 3 -> 64, 3x3, C_b = 16: C_b*C_in*9 + rest*C_b is not < 0.6 x dense MACs
+    g = geometry(32, 3, 224, 224, 16, 64, 3, keep_basis)
+    assert choose_mode(g, "cpu") == "weight"
+    assert choose_mode(g, CUDA) == "weight"
+
+
+def test_choose_mode_wide_layer_picks_fused():
+    g = geometry(32, 128, 56, 56, 32, 128, 3)
+    assert g.pixels >= MIN_FUSED_PIXELS
+    assert choose_mode(g, "cpu") == "fused"
+    assert choose_mode(g, CUDA) == "fused"
+    assert choose_mode(g, "cuda") == "fused"  # a string device works too
+
+
+def test_choose_mode_cuda_tiny_pixels_pick_weight():
+    g = geometry(1, 128, 4, 4, 32, 128, 3)
+    assert g.pixels < MIN_FUSED_PIXELS
+    assert choose_mode(g, CUDA) == "weight"
+    # CPU has its own calibrated rule (tritonbasis.nn.modes, bench/NOTES.md): this call saves
+    # 1.7M MACs at C_b=32, below the 8M the CPU's fixed cost of the basis path needs
+    assert choose_mode(g, "cpu") == "weight"
+    # the threshold itself: k=1, H=W=1, pixels = N
+    assert choose_mode(geometry(MIN_FUSED_PIXELS, 128, 1, 1, 32, 128, 1), CUDA) == "fused"
+    assert choose_mode(geometry(MIN_FUSED_PIXELS - 1, 128, 1, 1, 32, 128, 1), CUDA) == "weight"
+
+
+def test_choose_mode_cuda_large_basis_picks_weight():
+    big = geometry(4, 2048, 32, 32, MAX_BASIS_CHANNELS + 1, 2048, 1)
+    edge = geometry(4, 2048, 32, 32, MAX_BASIS_CHANNELS, 2048, 1)
+    assert big.macs()["fused"] < FUSED_EFFICIENCY * big.macs()["dense"]  # FLOPs favour fused
+    assert choose_mode(big, CUDA) == "weight"
+    assert choose_mode(big, "cpu") == "fused"
+    assert choose_mode(edge, CUDA) == "fused"
+
+
+def test_choose_mode_cb_close_to_cout_picks_weight():
+    g = geometry(32, 128, 56, 56, 120, 128, 3)
+    assert choose_mode(g, "cpu") == "weight"
+
+
+def test_resolved_mode():
+    stem = tb.BasisConv2d(3, 64, 3, basis_channels=16, padding=1)
+    wide = tb.BasisConv2d(128, 128, 3, basis_channels=32, padding=1)
+    assert stem.mode == wide.mode == "auto"
+    assert stem.resolved_mode(torch.randn(1, 3, 16, 16)) == "weight"
+    assert wide.resolved_mode(torch.randn(1, 128, 16, 16)) == "fused"
+    fixed = tb.BasisConv2d(3, 64, 3, basis_channels=16, mode="fused")
+    assert fixed.resolved_mode(torch.randn(1, 3, 16, 16)) == "fused"
+    with pytest.raises(ValueError, match="basis expects 128 input channels"):
+        wide.resolved_mode(torch.randn(1, 3, 16, 16))
+
+
+def test_auto_mode_runs_what_it_resolves(monkeypatch):
+    """mode='auto' in forward dispatches to the path resolved_mode names."""
+    calls = []
+    real_weight = reference.weight_modified
+    real_fwd = reference.forward
+    monkeypatch.setattr(
+        reference,
+        "weight_modified",
+        lambda *a, **k: calls.append("weight") or real_weight(*a, **k),
+    )
+    monkeypatch.setattr(
+        reference, "forward", lambda *a, **k: calls.append("fused") or real_fwd(*a, **k)
+    )
+    for m, cin in (
+        (tb.BasisConv2d(3, 64, 3, basis_channels=16, padding=1), 3),
+        (tb.BasisConv2d(128, 128, 3, basis_channels=32, padding=1), 128),
+    ):
+        x = torch.randn(1, cin, 12, 12)
+        calls.clear()
+        m(x)
+        assert calls == [m.resolved_mode(x)]
