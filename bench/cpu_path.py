@@ -2,17 +2,18 @@
 ``F.conv2d(x, basis)`` then the 1x1 ``F.conv2d`` with the coefficients (+ ``torch.cat`` for
 the keep-basis form, + the channel gather for a keep-basis layer with an output permutation,
 as converted models have), forward (no grad) and forward+backward (``torch.autograd.grad`` of
-x and every parameter, so no gradient accumulation on either side).
+x and every parameter, so no gradient accumulation on either side). A third provider runs the
+same pair as two ``nn.Conv2d`` modules (a module call each), the form a model holds it in.
 
 Shapes (C_b = C_out / 4, 3x3, padding 1, no bias): 128ch@16px batch 64, 256ch@8px batch 64,
 64ch@32px batch 32; forms keep-basis, keep-basis with perm, full.
 
 Timer: ``torch.utils.benchmark.Timer.timeit`` (torch's thread count; wall clock, or with
 ``--threads 1 --cpu-time`` the process's CPU time, which leaves out the time other jobs hold
-the core on a shared machine). A round alternates the two providers measurement by
+the core on a shared machine). A round alternates the providers measurement by
 measurement (``--pairs`` each, ``--number`` calls per measurement), so a busy spell hits both
 alike; the speed ratio (stock time / ours: >= 1 means the basis conv is at least as fast) is
-taken per round from the round's two medians, and its median over ``--rounds`` rounds is
+taken per round from the round's medians (likewise modules time / ours), and its median over ``--rounds`` rounds is
 reported with its min and max. The machine's load average before and after, torch's thread
 count and version and the commit are recorded.
 
@@ -70,17 +71,47 @@ def _case(C: int, H: int, N: int, form: str) -> dict:
             y = y.index_select(1, inv)
         return y
 
+    modules = StockModules(basis, w1, keep, inv)
     return {
         "layer": layer,
         "stock": stock,
+        "modules": modules,
         "x": x,
         "gy": gy,
-        "params": {"ours": [x, layer.basis, layer.coeff], "stock": [x, basis, w1]},
+        "params": {
+            "ours": [x, layer.basis, layer.coeff],
+            "stock": [x, basis, w1],
+            "modules": [x, modules.conv.weight, modules.comb.weight],
+        },
     }
 
 
+class StockModules(torch.nn.Module):
+    """The same pair as a model holds it: two ``nn.Conv2d`` (+ cat, + gather), with copies of
+    the given weights; what a user who writes the pair as layers runs (a module call each)."""
+
+    def __init__(self, basis, w1, keep: bool, inv):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(basis.shape[1], basis.shape[0], 3, padding=1, bias=False)
+        self.comb = torch.nn.Conv2d(w1.shape[1], w1.shape[0], 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(basis)
+            self.comb.weight.copy_(w1)
+        self.keep = keep
+        self.register_buffer("inv", inv)
+
+    def forward(self, x):
+        z = self.conv(x)
+        y = self.comb(z)
+        if self.keep:
+            y = torch.cat([z, y], dim=1)
+        if self.inv is not None:
+            y = y.index_select(1, self.inv)
+        return y
+
+
 def _callables(c: dict) -> dict:
-    fns = {"ours": c["layer"], "stock": c["stock"]}
+    fns = {"ours": c["layer"], "stock": c["stock"], "modules": c["modules"]}
     out = {}
     for name, f in fns.items():
 
@@ -158,12 +189,13 @@ def run(
             c = _case(C, H, N, form)
             fns = _callables(c)
             for direction in ("fwd", "fwd+bwd"):
-                times = {"ours": [], "stock": []}
+                times = {"ours": [], "stock": [], "modules": []}
                 for _ in range(rounds):
-                    fs = {"stock": fns["stock"][direction], "ours": fns["ours"][direction]}
+                    fs = {n: fns[n][direction] for n in ("stock", "ours", "modules")}
                     for name, ms in _round_ms(fs, pairs, number, cpu_time).items():
                         times[name].append(ms)
                 ratios = [s / o for s, o in zip(times["stock"], times["ours"])]
+                ratios_m = [m / o for m, o in zip(times["modules"], times["ours"])]
                 row = {
                     "C": C,
                     "H": H,
@@ -176,14 +208,20 @@ def run(
                     "ratio": statistics.median(ratios),
                     "ratio_min": min(ratios),
                     "ratio_max": max(ratios),
+                    "modules_ms": statistics.median(times["modules"]),
+                    "ratio_modules": statistics.median(ratios_m),
+                    "ratio_modules_min": min(ratios_m),
+                    "ratio_modules_max": max(ratios_m),
                     "ours_ms_rounds": times["ours"],
                     "stock_ms_rounds": times["stock"],
+                    "modules_ms_rounds": times["modules"],
                 }
                 res["rows"].append(row)
                 print(
                     f"{C:4d}ch@{H}px N={N:<3d} {form:10s} {direction:8s} ours "
                     f"{row['ours_ms']:8.2f} ms  stock {row['stock_ms']:8.2f} ms  "
-                    f"ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})",
+                    f"ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  "
+                    f"modules {row['modules_ms']:8.2f} ms  ratio {row['ratio_modules']:.2f}",
                     flush=True,
                 )
     res["load_after"] = os.getloadavg()
@@ -201,16 +239,25 @@ def markdown(res: dict) -> str:
         f"{res['calls_per_measurement']} calls. Ratio = stock time / BasisConv2d time, per round, "
         "median (min-max) over rounds: >= 1 means the basis conv is at least as fast. "
         "C_b = C_out/4, 3x3, padding 1, no bias, float32, NCHW. GLIBC_TUNABLES: "
-        f"{res.get('glibc_tunables') or 'unset (glibc defaults)'}.",
+        f"{res.get('glibc_tunables') or 'unset (glibc defaults)'}. Stock pair: `F.conv2d` "
+        "twice (+ cat, + gather); as modules: the same in two `nn.Conv2d` (a module call "
+        "each, as a model holds them).",
         "",
-        "| shape | form | direction | BasisConv2d ms | stock pair ms | ratio |",
-        "|---|---|---|---:|---:|---:|",
+        "| shape | form | direction | BasisConv2d ms | stock pair ms | ratio | as modules ms "
+        "| ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
+        mod = "| |"
+        if "modules_ms" in r:
+            mod = (
+                f"| {r['modules_ms']:.2f} | {r['ratio_modules']:.2f} "
+                f"({r['ratio_modules_min']:.2f}-{r['ratio_modules_max']:.2f}) |"
+            )
         lines.append(
             f"| {r['C']}ch@{r['H']}px, N={r['N']} | {r['form']} | {r['direction']} | "
             f"{r['ours_ms']:.2f} | {r['stock_ms']:.2f} | {r['ratio']:.2f} "
-            f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |"
+            f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) {mod}"
         )
     return "\n".join(lines) + "\n"
 
