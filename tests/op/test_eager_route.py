@@ -231,8 +231,14 @@ def test_profiler_sees_the_op_names_on_the_eager_route(routes):
     assert names.count(eager.BACKWARD_NAME) == 1
 
 
-def test_eager_route_reports_inplace_edit_of_saved_output():
-    """Saved for d coeff (keep-basis form): an in-place edit is caught, as on the op route."""
+def test_eager_route_reports_inplace_edit_of_saved_output(monkeypatch):
+    """Where the output is saved for d coeff (keep-basis with Z read back from it, the GPU
+    rule, forced here): an in-place edit is caught, as on the op route. (On a CPU the
+    keep-basis form saves Z instead; tests/nn/test_layer.py checks that such a model trains.)"""
+    from tritonbasis.op import reference
+
+    real = reference.saves_z
+    monkeypatch.setattr(reference, "saves_z", lambda *a: real(*a[:4], False))
     x, basis, coeff, bias = Case().make(requires_grad=True)
     y = tb.basis_conv2d(x, basis, coeff, bias, padding=1)
     y.relu_()

@@ -79,7 +79,7 @@ def _op_decomposition(x, basis, coeff, bias, perm, stride, padding, dilation, ke
         x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm
     )
     # the op's second output (used only by its backward), as the op decides it
-    if saves_z(keep_basis, bias is not None, x.dtype, need_z):
+    if saves_z(keep_basis, bias is not None, x.dtype, need_z, x.device.type == "cpu"):
         return y, F.conv2d(x, basis, None, list(stride), list(padding), list(dilation))
     return y, x.new_empty(0)
 

@@ -437,17 +437,26 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
 _ROUNDED_OUT_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def saves_z(keep_basis: bool, has_bias: bool, dtype: torch.dtype, need_z: bool) -> bool:
+def saves_z(
+    keep_basis: bool, has_bias: bool, dtype: torch.dtype, need_z: bool, cpu: bool = False
+) -> bool:
     """Whether the forward returns Z (the basis outputs before bias) for the backward's d coeff;
-    ``need_z``: d coeff will be needed. The full form always saves it (no output channel is Z);
-    the keep-basis form reads it back as ``out[:, :C_b] - bias``, except with a bias in a
-    16-bit dtype, where that subtraction loses Z's low bits."""
-    return need_z and (not keep_basis or (has_bias and dtype in _ROUNDED_OUT_DTYPES))
+    ``need_z``: d coeff will be needed. The full form always saves it (no output channel is Z).
+    On a GPU the keep-basis form reads it back as ``out[:, :C_b] - bias`` (the fused kernel
+    never writes Z apart from the output), except with a bias in a 16-bit dtype, where that
+    subtraction loses Z's low bits. On a CPU (``cpu``) the keep-basis form saves it too: the
+    CPU path holds Z in memory anyway (two stock convs, as the pair a user would write, which
+    also keeps it for its backward), and reading it back from the output's channel slice is a
+    copy (+1-3 % of a forward+backward at 2 threads, C_b = C_out/4)."""
+    return need_z and (not keep_basis or cpu or (has_bias and dtype in _ROUNDED_OUT_DTYPES))
 
 
-def saved_z_format(keep_basis: bool, out_format: torch.memory_format) -> torch.memory_format:
-    """Memory format of the saved Z: the output's (``out_format``) in the full form;
-    channels_last in the keep-basis form, whatever the output's: grad_z reads Z as [pixels,
-    C_b] tiles, which NHWC makes 16-byte vector loads (with NCHW bf16 operands, grad_z's
-    m32_n32 config spilled 24 B on sm_90 reading an NCHW Z, 0 B reading an NHWC one)."""
-    return torch.channels_last if keep_basis else out_format
+def saved_z_format(
+    keep_basis: bool, out_format: torch.memory_format, cpu: bool = False
+) -> torch.memory_format:
+    """Memory format of the saved Z: the output's (``out_format``) in the full form and on a
+    CPU (Z as the CPU path computed it, no copy); channels_last in the keep-basis form on a
+    GPU, whatever the output's: grad_z reads Z as [pixels, C_b] tiles, which NHWC makes
+    16-byte vector loads (with NCHW bf16 operands, grad_z's m32_n32 config spilled 24 B on
+    sm_90 reading an NCHW Z, 0 B reading an NHWC one)."""
+    return torch.channels_last if keep_basis and not cpu else out_format

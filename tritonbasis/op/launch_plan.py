@@ -396,9 +396,10 @@ def plan_forward(
     configs = _configs()
     fmt = output_memory_format(x)
     y = _empty_4d((g.N, g.C_out, g.Ho, g.Wo), x, fmt)
-    store_z = saves_z(g.keep_basis, bias is not None, x.dtype, need_z)
+    cpu = x.device.type == "cpu"  # the interpreter: the op's outputs as on any CPU
+    store_z = saves_z(g.keep_basis, bias is not None, x.dtype, need_z, cpu)
     z = (
-        _empty_4d((g.N, g.C_b, g.Ho, g.Wo), x, saved_z_format(g.keep_basis, fmt))
+        _empty_4d((g.N, g.C_b, g.Ho, g.Wo), x, saved_z_format(g.keep_basis, fmt, cpu))
         if store_z
         else x.new_empty(0)
     )

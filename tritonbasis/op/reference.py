@@ -223,8 +223,8 @@ def _pointwise(z, w, bias, gemm: bool) -> torch.Tensor:
 
 def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     """Returns ``(y, z_saved)``; ``z_saved`` is Z when :func:`~.geometry.saves_z` says the
-    backward reads it (the full form, or keep-basis with a 16-bit bias), else empty. ``y`` has
-    the input's memory format."""
+    backward reads it (the full form; keep-basis on a CPU, or with a 16-bit bias), else
+    empty. ``y`` has the input's memory format."""
     fmt = output_memory_format(x)
     z = F.conv2d(x, basis, None, g.stride, g.padding, g.dilation)
     gemm = _gemm(z, g)
@@ -233,15 +233,19 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
         y = _pointwise(z, w, bias, gemm)
         z_saved = z.contiguous(memory_format=fmt) if need_z else x.new_empty(0)
         return y.contiguous(memory_format=fmt), z_saved
-    # a copy, not a view: the branches below may add the bias to Z in place
-    z_saved = (
-        z.clone(memory_format=saved_z_format(True, fmt))
-        if saves_z(True, bias is not None, x.dtype, need_z)
-        else x.new_empty(0)
-    )
+    cpu = x.device.type == "cpu"
+    save = saves_z(True, bias is not None, x.dtype, need_z, cpu)
+    if save and not cpu:  # the 16-bit bias case on a GPU: in the kernels' layout
+        z_saved = z.clone(memory_format=saved_z_format(True, fmt, cpu))
+    elif save:  # Z exists here anyway: saved as it is (no branch below writes into it)
+        z_saved = z.contiguous(memory_format=fmt)
+    else:
+        z_saved = x.new_empty(0)
     if perm is not None:
         y = _pointwise(z, pointwise_weight(coeff, perm, g), bias, gemm)
-    elif gemm and g.C_rest:
+    elif not g.C_rest:  # C_out = C_b: the output is Z (+ bias), never Z_saved itself
+        y = z + bias[:, None, None] if bias is not None else (z.clone() if save else z)
+    elif gemm:
         n, hw = g.N, g.Ho * g.Wo
         y = z.new_empty((n, g.C_out, g.Ho, g.Wo))
         y3, z3 = y.view(n, g.C_out, hw), z.view(n, g.C_b, hw)
@@ -251,14 +255,10 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
             torch.add(z3, bias[: g.C_b, None], out=y3[:, : g.C_b])
         _bmm_into(y3[:, g.C_b :], coeff, z3, None if bias is None else bias[g.C_b :])
     else:  # the stock pair's own ops: the combined channels, then one cat
-        rest = (
-            F.conv2d(z, coeff[:, :, None, None], None if bias is None else bias[g.C_b :])
-            if g.C_rest
-            else None
-        )
-        if bias is not None:
-            z = z.add_(bias[: g.C_b, None, None])  # after rest, which reads Z without it
-        y = torch.cat([z, rest], dim=1) if rest is not None else z
+        rest = F.conv2d(z, coeff[:, :, None, None], None if bias is None else bias[g.C_b :])
+        y = torch.cat([z, rest], dim=1)
+        if bias is not None:  # on the output's basis channels: Z itself stays without it
+            y[:, : g.C_b].add_(bias[: g.C_b, None, None])
     # (a copy only where Z is both NCHW and NHWC, e.g. C_b = 1, and x is channels_last)
     return y.contiguous(memory_format=fmt), z_saved
 

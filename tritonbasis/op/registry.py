@@ -220,12 +220,13 @@ def _(x, basis, coeff, bias, perm, stride, padding, dilation, keep_basis, need_z
     g = check_inputs(x, basis, coeff, bias, stride, padding, dilation, keep_basis, perm)
     fmt = output_memory_format(x)
     out = torch.empty((g.N, g.C_out, g.Ho, g.Wo), dtype=x.dtype, device=x.device, memory_format=fmt)
-    if saves_z(keep_basis, bias is not None, x.dtype, need_z):
+    cpu = x.device.type == "cpu"
+    if saves_z(keep_basis, bias is not None, x.dtype, need_z, cpu):
         z = torch.empty(
             (g.N, g.C_b, g.Ho, g.Wo),
             dtype=x.dtype,
             device=x.device,
-            memory_format=saved_z_format(keep_basis, fmt),
+            memory_format=saved_z_format(keep_basis, fmt, cpu),
         )
     else:
         z = x.new_empty(0)
