@@ -13,9 +13,9 @@ Timer: ``torch.utils.benchmark.Timer.timeit`` (torch's thread count; wall clock,
 the core on a shared machine). A round alternates the providers measurement by
 measurement (``--pairs`` each, ``--number`` calls per measurement), so a busy spell hits both
 alike; the speed ratio (stock time / ours: >= 1 means the basis conv is at least as fast) is
-taken per round from the round's medians (likewise modules time / ours), and its median over ``--rounds`` rounds is
-reported with its min and max. The machine's load average before and after, torch's thread
-count and version and the commit are recorded.
+taken per round from the round's medians (likewise modules time / ours), and its median over
+``--rounds`` rounds is reported with its min and max. The machine's load average before and
+after, torch's thread count and version and the commit are recorded.
 
     python bench/cpu_path.py                        # writes bench/results/cpu-path-<date>.*
     python bench/cpu_path.py --rounds 3 --pairs 3 --out /tmp/x   # quicker
