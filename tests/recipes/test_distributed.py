@@ -268,8 +268,21 @@ def _ddp_worker(rank, folder, world):
             },
             f"{folder}/resumed_rank{rank}.pt",
         )
+        del m, res
+        _leave_together()
     finally:
         dist.destroy_process_group()
+
+
+def _leave_together() -> None:
+    """Both ranks reach the teardown together, holding no collective's work objects: gloo's
+    worker threads still holding one while a peer exits can abort the process at interpreter
+    finalization ("terminate called without an active exception", SIGABRT), as the package's
+    own run_command does with its barrier."""
+    import gc
+
+    gc.collect()
+    dist.barrier()
 
 
 @pytest.mark.slow
@@ -340,6 +353,8 @@ def _fsdp2_worker(rank, folder, world):
         grads = {n: p.grad.full_tensor() for n, p in m.named_parameters()}
         if rank == 0:
             torch.save(grads, f"{folder}/fsdp2_grads.pt")
+        del m, loss, grads
+        _leave_together()
     finally:
         dist.destroy_process_group()
 
