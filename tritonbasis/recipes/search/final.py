@@ -207,21 +207,19 @@ def _timings(ctx: SearchContext, inp: FinalInputs) -> dict:
         if name == "dense":
             continue
         m = convert_only(inp.dense, layers, ctx.spec) if layers else copy.deepcopy(inp.dense)
-        # the measured modes are those of the spec's C_b; a layer at another rank takes its
-        # rung's measured mode where the ladder timed it (gain="time"), else the mode convert
-        # resolves
-        timed = [
-            f
-            for f in layers
-            if not isinstance(layers, dict) or layers[f].basis_channels == inp.base_cb.get(f)
-        ]
-        apply_modes(m, timed, inp.gains, ctx.cfg.device)
-        if isinstance(layers, dict):
-            rungs = {
-                f: inp.rung_gains.get(rung_key(f, sp.basis_channels)) for f, sp in layers.items()
-            }
-            rungs = {f: r for f, r in rungs.items() if r is not None and f not in timed}
-            apply_modes(m, list(rungs), rungs, ctx.cfg.device)
+        # each layer's measured modes: its gains row at the spec's C_b; at another rank its
+        # rung's row where the ladder timed it (gain="time"), else the mode convert resolves
+        rows = {}
+        for f in layers:
+            cb = layers[f].basis_channels if isinstance(layers, dict) else inp.base_cb.get(f)
+            row = (
+                inp.gains.get(f)
+                if cb == inp.base_cb.get(f)
+                else inp.rung_gains.get(rung_key(f, cb))
+            )
+            if row is not None:
+                rows[f] = row
+        apply_modes(m, list(rows), rows, ctx.cfg.device)
         models[name] = m
     timing = {n: {"train_step_ms": [], "infer_ms": []} for n in names}
     for _ in range(ctx.cfg.time_rounds):

@@ -41,6 +41,7 @@ from .selection import SCORE_FLOOR_LOSS, SCORE_FLOOR_PP, _bisect, sensitivity_of
 __all__ = [
     "Costs",
     "PlanProbes",
+    "parse_rung_key",
     "plan_specs",
     "rung_key",
     "run_ladder_probes",
@@ -57,8 +58,14 @@ def plan_specs(plan: dict[str, int], spec: BasisSpec) -> dict[str, BasisSpec]:
 
 
 def rung_key(fqn: str, cb: int) -> str:
-    """The state's key of one layer's probe at C_b ``cb``."""
+    """The state's key of one layer's probe (or timing) at C_b ``cb``."""
     return f"{fqn}@{int(cb)}"
+
+
+def parse_rung_key(key: str) -> tuple[str, int]:
+    """``(layer, C_b)`` of a :func:`rung_key`."""
+    fqn, cb = key.rsplit("@", 1)
+    return fqn, int(cb)
 
 
 def plan_key(plan: dict[str, int]) -> list[list]:
@@ -167,8 +174,8 @@ def run_ladder_probes(
         )
 
         def one(key):
-            f, cb = key.rsplit("@", 1)
-            return probe_fn(plan_specs({f: int(cb)}, ctx.spec), ctx.cfg.probe_steps)
+            f, cb = parse_rung_key(key)
+            return probe_fn(plan_specs({f: cb}, ctx.spec), ctx.cfg.probe_steps)
 
         done = dict(D.run_probes(todo, one, ctx.state, key="ladder_probes", bar=ctx.bar))
     return {

@@ -18,6 +18,7 @@ from .context import Probe, SearchContext
 from .ladder import (
     Costs,
     PlanProbes,
+    parse_rung_key,
     plan_specs,
     run_ladder_probes,
     run_ladder_refine,
@@ -78,12 +79,12 @@ def run_rung_timings(
         )
 
         def time_all(keys):
-            xs = layer_inputs(ctx, dense, sorted({k.rsplit("@", 1)[0] for k in todo}))
+            xs = layer_inputs(ctx, dense, sorted({parse_rung_key(k)[0] for k in todo}))
             model, batch = None, None
             for k in keys:
-                f, cb = k.rsplit("@", 1)
-                if batch is None or batch.get(f) != int(cb):
-                    batch = next(b for b in rounds if b.get(f) == int(cb))
+                f, cb = parse_rung_key(k)
+                if batch is None or batch.get(f) != cb:
+                    batch = next(b for b in rounds if b.get(f) == cb)
                     model = convert_only(dense, plan_specs(batch, ctx.spec), ctx.spec)
                 layer = model.get_submodule(f)
                 # P.time_layer: looked up per call, so one patch counts or fakes every timing
@@ -125,10 +126,7 @@ def run_ladder_stage(
     if cfg.gain == "time":  # the layers' own timings: measure_gains, run before this stage
         pairs = timed_pairs(ctx, costs, rungs, rung_probes, selection)
         rung_gains = run_rung_timings(ctx, dense, pairs, ctx.state.get("gains"), base_cb)
-        costs.times = {
-            (k.rsplit("@", 1)[0], int(k.rsplit("@", 1)[1])): v["time_saved_ms"]
-            for k, v in rung_gains.items()
-        }
+        costs.times = {parse_rung_key(k): v["time_saved_ms"] for k, v in rung_gains.items()}
     verify = PlanProbes(ctx, probe_fn, costs)
     sel = run_ladder_selection(ctx, rungs, rung_probes, costs, verify)
     peers = run_peers(ctx, costs, verify, selection, base_cb) if cfg.peers else {}

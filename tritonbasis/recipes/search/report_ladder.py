@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .ladder import parse_rung_key
+
 __all__ = ["ladder_markdown", "ladder_plot"]
 
 
@@ -54,9 +56,9 @@ def ladder_markdown(report) -> list[str]:
         if timed:
             f = r["fqn"]
             ms = ", ".join(
-                f"{k.rsplit('@', 1)[1]}: {v['time_saved_ms']:.3f}"
-                for k, v in timed.items()
-                if k.rsplit("@", 1)[0] == f
+                f"{cb}: {v['time_saved_ms']:.3f}"
+                for (layer, cb), v in ((parse_rung_key(k), v) for k, v in timed.items())
+                if layer == f
             )
             ms = f" {ms or '-'} |"
         lines.append(
