@@ -8,17 +8,20 @@ same pair as two ``nn.Conv2d`` modules (a module call each), the form a model ho
 Shapes (C_b = C_out / 4, 3x3, padding 1, no bias): 128ch@16px batch 64, 256ch@8px batch 64,
 64ch@32px batch 32; forms keep-basis, keep-basis with perm, full.
 
-Timer: ``torch.utils.benchmark.Timer.timeit`` (torch's thread count; wall clock, or with
-``--threads 1 --cpu-time`` the process's CPU time, which leaves out the time other jobs hold
-the core on a shared machine). A round alternates the providers measurement by
-measurement (``--pairs`` each, ``--number`` calls per measurement), so a busy spell hits both
-alike; the speed ratio (stock time / ours: >= 1 means the basis conv is at least as fast) is
-taken per round from the round's medians (likewise modules time / ours), and its median over
-``--rounds`` rounds is reported with its min and max. The machine's load average before and
-after, torch's thread count and version and the commit are recorded.
+Timer: paired single calls. An iteration calls every provider once, in a fresh random order
+(``time.perf_counter``, or with ``--threads 1 --cpu-time`` the process's CPU time, which
+leaves out the time other jobs hold the core on a shared machine), so each ratio compares calls
+made within milliseconds of each other and a busy spell or a slower phase of a shared VM hits
+every provider alike. The speed ratio (stock time / ours: >= 1 means the basis conv is at least
+as fast) is taken per iteration; reported: its median over all iterations with a 95 %
+bootstrap interval of that median, and the per-round medians' min and max (``--rounds``
+rounds of ``--iters`` iterations). An A/A control -- the stock pair timed against itself as a
+fourth provider -- shows the method's own spread beside every row. The machine's load average
+before and after, torch's thread count and version, glibc's malloc settings and the commit are
+recorded.
 
     python bench/cpu_path.py                        # writes bench/results/cpu-path-<date>.*
-    python bench/cpu_path.py --rounds 3 --pairs 3 --out /tmp/x   # quicker
+    python bench/cpu_path.py --rounds 3 --iters 20 --out /tmp/x   # quicker
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -36,7 +40,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils import benchmark
 
 import tritonbasis as tb
 
@@ -110,8 +113,12 @@ class StockModules(torch.nn.Module):
         return y
 
 
+PROVIDERS = ("ours", "stock", "modules", "stock_aa")
+
+
 def _callables(c: dict) -> dict:
-    fns = {"ours": c["layer"], "stock": c["stock"], "modules": c["modules"]}
+    fns = {"ours": c["layer"], "stock": c["stock"], "modules": c["modules"], "stock_aa": c["stock"]}
+    params = dict(c["params"], stock_aa=c["params"]["stock"])
     out = {}
     for name, f in fns.items():
 
@@ -119,29 +126,40 @@ def _callables(c: dict) -> dict:
             with torch.no_grad():
                 f(c["x"])
 
-        def fwd_bwd(f=f, ps=c["params"][name]):
+        def fwd_bwd(f=f, ps=params[name]):
             torch.autograd.grad(f(c["x"]), ps, c["gy"])
 
         out[name] = {"fwd": fwd, "fwd+bwd": fwd_bwd}
     return out
 
 
-def _round_ms(fns: dict, pairs: int, number: int, cpu_time: bool) -> dict:
-    """One round: ``pairs`` alternating measurements of each provider (``Timer.timeit(number)``:
-    stock, ours, stock, ours, ...), so a busy spell of a shared machine hits both alike;
-    the median per provider, in ms."""
-    kw = {"timer": time.process_time} if cpu_time else {}
-    timers = {
-        n: benchmark.Timer(
-            stmt="fn()", globals={"fn": f}, num_threads=torch.get_num_threads(), **kw
-        )
-        for n, f in fns.items()
-    }
+def _paired_ms(fns: dict, iters: int, rng: random.Random, cpu_time: bool) -> dict:
+    """``iters`` iterations, each calling every provider once in a fresh random order: the
+    times in ms, per provider, in iteration order (so entry i of two providers pair up)."""
+    clock = time.process_time if cpu_time else time.perf_counter
     got = {n: [] for n in fns}
-    for _ in range(pairs):
-        for n, t in timers.items():
-            got[n].append(t.timeit(number).median * 1e3)
-    return {n: statistics.median(v) for n, v in got.items()}
+    names = list(fns)
+    for _ in range(iters):
+        rng.shuffle(names)
+        for n in names:
+            t0 = clock()
+            fns[n]()
+            got[n].append((clock() - t0) * 1e3)
+    return got
+
+
+def _median_ci(values: list, rng: random.Random, boots: int = 1000) -> tuple:
+    """The median and a 95 % bootstrap interval of it (percentile method)."""
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(boots))
+    return statistics.median(values), meds[int(0.025 * boots)], meds[int(0.975 * boots) - 1]
+
+
+def _ratio_stats(num: list, den: list, per_round: int, rng: random.Random) -> dict:
+    """Per-iteration ratios num/den: median, 95 % interval, per-round medians' min and max."""
+    r = [a / b for a, b in zip(num, den, strict=True)]
+    med, lo, hi = _median_ci(r, rng)
+    rounds = [statistics.median(r[i : i + per_round]) for i in range(0, len(r), per_round)]
+    return {"median": med, "ci": [lo, hi], "round_min": min(rounds), "round_max": max(rounds)}
 
 
 def _commit() -> str:
@@ -159,12 +177,14 @@ def _commit() -> str:
 
 def run(
     rounds: int = 5,
-    pairs: int = 5,
-    number: int = 3,
+    iters: int = 40,
     shapes=SHAPES,
     forms=FORMS,
     cpu_time: bool = False,
+    warmup: int = 3,
+    seed: int = 0,
 ) -> dict:
+    rng = random.Random(seed)
     res = {
         "torch": torch.__version__,
         "python": sys.version.split()[0],
@@ -175,8 +195,7 @@ def run(
         "commit": _commit(),
         "date": datetime.date.today().isoformat(),
         "rounds": rounds,
-        "pairs_per_round": pairs,
-        "calls_per_measurement": number,
+        "iters_per_round": iters,
         "load_before": os.getloadavg(),
         # glibc malloc settings: its dynamic mmap threshold makes some output-sized
         # allocations fresh mmaps (page faults on first touch, ~8k per fwd+bwd call at
@@ -189,13 +208,17 @@ def run(
             c = _case(C, H, N, form)
             fns = _callables(c)
             for direction in ("fwd", "fwd+bwd"):
-                times = {"ours": [], "stock": [], "modules": []}
+                fs = {n: fns[n][direction] for n in PROVIDERS}
+                for f in fs.values():
+                    for _ in range(warmup):
+                        f()
+                times = {n: [] for n in PROVIDERS}
                 for _ in range(rounds):
-                    fs = {n: fns[n][direction] for n in ("stock", "ours", "modules")}
-                    for name, ms in _round_ms(fs, pairs, number, cpu_time).items():
-                        times[name].append(ms)
-                ratios = [s / o for s, o in zip(times["stock"], times["ours"])]
-                ratios_m = [m / o for m, o in zip(times["modules"], times["ours"])]
+                    for name, ms in _paired_ms(fs, iters, rng, cpu_time).items():
+                        times[name].extend(ms)
+                ours = _ratio_stats(times["stock"], times["ours"], iters, rng)
+                mods = _ratio_stats(times["modules"], times["ours"], iters, rng)
+                aa = _ratio_stats(times["stock"], times["stock_aa"], iters, rng)
                 row = {
                     "C": C,
                     "H": H,
@@ -205,23 +228,26 @@ def run(
                     "direction": direction,
                     "ours_ms": statistics.median(times["ours"]),
                     "stock_ms": statistics.median(times["stock"]),
-                    "ratio": statistics.median(ratios),
-                    "ratio_min": min(ratios),
-                    "ratio_max": max(ratios),
                     "modules_ms": statistics.median(times["modules"]),
-                    "ratio_modules": statistics.median(ratios_m),
-                    "ratio_modules_min": min(ratios_m),
-                    "ratio_modules_max": max(ratios_m),
-                    "ours_ms_rounds": times["ours"],
-                    "stock_ms_rounds": times["stock"],
-                    "modules_ms_rounds": times["modules"],
+                    "ratio": ours["median"],
+                    "ratio_ci": ours["ci"],
+                    "ratio_min": ours["round_min"],
+                    "ratio_max": ours["round_max"],
+                    "ratio_modules": mods["median"],
+                    "ratio_modules_ci": mods["ci"],
+                    "ratio_modules_min": mods["round_min"],
+                    "ratio_modules_max": mods["round_max"],
+                    "aa": aa["median"],
+                    "aa_ci": aa["ci"],
+                    "ms": times,
                 }
                 res["rows"].append(row)
                 print(
                     f"{C:4d}ch@{H}px N={N:<3d} {form:10s} {direction:8s} ours "
                     f"{row['ours_ms']:8.2f} ms  stock {row['stock_ms']:8.2f} ms  "
-                    f"ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  "
-                    f"modules {row['modules_ms']:8.2f} ms  ratio {row['ratio_modules']:.2f}",
+                    f"ratio {row['ratio']:.3f} ({ours['ci'][0]:.3f}-{ours['ci'][1]:.3f})  "
+                    f"modules {row['ratio_modules']:.3f}  A/A {row['aa']:.3f} "
+                    f"({aa['ci'][0]:.3f}-{aa['ci'][1]:.3f})",
                     flush=True,
                 )
     res["load_after"] = os.getloadavg()
@@ -234,30 +260,30 @@ def markdown(res: dict) -> str:
         "",
         f"torch {res['torch']}, {res['threads']} threads on {res['cpus']} CPUs "
         f"({res['machine']}); load average {res['load_before'][0]:.2f} before, "
-        f"{res['load_after'][0]:.2f} after; {res['timer']}; {res['rounds']} rounds, each "
-        f"{res['pairs_per_round']} alternating measurements per provider of "
-        f"{res['calls_per_measurement']} calls. Ratio = stock time / BasisConv2d time, per round, "
-        "median (min-max) over rounds: >= 1 means the basis conv is at least as fast. "
-        "C_b = C_out/4, 3x3, padding 1, no bias, float32, NCHW. GLIBC_TUNABLES: "
+        f"{res['load_after'][0]:.2f} after; {res['timer']}; {res['rounds']} rounds of "
+        f"{res['iters_per_round']} iterations, each calling every provider once in a random "
+        "order. Ratio = stock time / BasisConv2d time per iteration: median over all "
+        "iterations [95 % bootstrap interval] and the per-round medians' (min-max); >= 1 means "
+        "the basis conv is at least as fast. A/A: the stock pair against itself, the method's "
+        "own spread. C_b = C_out/4, 3x3, padding 1, no bias, float32, NCHW. GLIBC_TUNABLES: "
         f"{res.get('glibc_tunables') or 'unset (glibc defaults)'}. Stock pair: `F.conv2d` "
         "twice (+ cat, + gather); as modules: the same in two `nn.Conv2d` (a module call "
         "each, as a model holds them).",
         "",
         "| shape | form | direction | BasisConv2d ms | stock pair ms | ratio | as modules ms "
-        "| ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| ratio | A/A |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
-        mod = "| |"
-        if "modules_ms" in r:
-            mod = (
-                f"| {r['modules_ms']:.2f} | {r['ratio_modules']:.2f} "
-                f"({r['ratio_modules_min']:.2f}-{r['ratio_modules_max']:.2f}) |"
-            )
+        lo, hi = r["ratio_ci"]
+        mlo, mhi = r["ratio_modules_ci"]
+        alo, ahi = r["aa_ci"]
         lines.append(
             f"| {r['C']}ch@{r['H']}px, N={r['N']} | {r['form']} | {r['direction']} | "
-            f"{r['ours_ms']:.2f} | {r['stock_ms']:.2f} | {r['ratio']:.2f} "
-            f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) {mod}"
+            f"{r['ours_ms']:.2f} | {r['stock_ms']:.2f} | {r['ratio']:.3f} [{lo:.3f}-{hi:.3f}] "
+            f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['modules_ms']:.2f} | "
+            f"{r['ratio_modules']:.3f} [{mlo:.3f}-{mhi:.3f}] | {r['aa']:.3f} "
+            f"[{alo:.3f}-{ahi:.3f}] |"
         )
     return "\n".join(lines) + "\n"
 
@@ -265,8 +291,9 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--pairs", type=int, default=5, help="alternating measurements per round")
-    p.add_argument("--number", type=int, default=3, help="calls per measurement")
+    p.add_argument(
+        "--iters", type=int, default=40, help="iterations per round (each: every provider once)"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -289,7 +316,7 @@ def main(argv=None) -> int:
         p.error("--cpu-time needs --threads 1 (CPU time sums over threads)")
     if a.threads:
         torch.set_num_threads(a.threads)
-    res = run(a.rounds, a.pairs, a.number, cpu_time=a.cpu_time)
+    res = run(a.rounds, a.iters, cpu_time=a.cpu_time)
     stem = Path(a.out) if a.out else ROOT / "bench" / "results" / f"cpu-path-{res['date']}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(res, indent=1)), (".md", markdown(res))):

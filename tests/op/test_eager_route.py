@@ -1,7 +1,8 @@
-"""The two routes of ``basis_conv2d(mode="fused")``: in plain eager an ``autograd.Function``
-(``tritonbasis.op.eager``) around the registry's own forward and backward bodies; traced,
-under a dispatch / function mode or with a tensor subclass, the custom op
-``torch.ops.tritonbasis.basis_conv2d``. Same numbers either way (float64, exact), gradcheck
+"""The two routes of ``basis_conv2d(mode="fused")``: in plain eager ``tritonbasis.op.eager``
+-- on the CPU path the stock ops recorded by autograd ("autograd"), elsewhere an
+``autograd.Function`` around the registry's own forward and backward bodies ("function",
+forced here on CPU); traced, under a dispatch / function mode or with a tensor subclass, the
+custom op ``torch.ops.tritonbasis.basis_conv2d``. Same numbers either way (float64), gradcheck
 through the eager route, and which route each situation takes (spies, no timing)."""
 
 import pytest
@@ -51,7 +52,14 @@ def routes(monkeypatch):
     monkeypatch.setattr(functional, "_OP", spy_op)
     monkeypatch.setattr(registry, "run_backward", spy_bwd)
     calls["force_op"] = lambda: monkeypatch.setattr(eager, "eager_ok", lambda *a: False)
+    # the eager route's autograd.Function where the CPU path would let autograd record it
+    calls["force_function"] = lambda: monkeypatch.setattr(
+        registry, "autograd_differentiates", lambda *a: False
+    )
     return calls
+
+
+EAGER_FORMS = ["autograd", "function"]
 
 
 def _run(case, which, perm, grad_out_seed=1):
@@ -69,29 +77,42 @@ def _run(case, which, perm, grad_out_seed=1):
     return y, grads, type(y.grad_fn).__name__ if y.grad_fn is not None else None
 
 
+@pytest.mark.parametrize("form", EAGER_FORMS)
 @pytest.mark.parametrize("grad_set", list(GRAD_SETS), ids=list(GRAD_SETS))
 @pytest.mark.parametrize("case", CASES, ids=[c.id() for c in CASES])
-def test_eager_and_op_routes_agree(case, grad_set, routes):
+def test_eager_and_op_routes_agree(case, grad_set, form, routes):
     perm = case.make_perm()
     which = GRAD_SETS[grad_set]
     if case.bias is False:
         which = tuple(i for i in which if i != 3)
+    if form == "function":
+        routes["force_function"]()
     y_e, g_e, fn_e = _run(case, which, perm)
     assert routes["eager"] == 1 and routes["op"] == 0
-    assert fn_e == EAGER_GRAD_FN
-    assert routes["run_backward"] == 1  # the registry's backward body, no backward op
+    if form == "function":
+        assert fn_e == EAGER_GRAD_FN
+        assert routes["run_backward"] == 1  # the registry's backward body, no backward op
+    elif case.C_rest == 0:  # no combined channels: the Function (d coeff is zeros)
+        assert fn_e in (EAGER_GRAD_FN, None)
+    else:  # autograd's own nodes over the stock ops, no backward body of ours
+        assert fn_e in ("ConvolutionBackward0", "CatBackward0"), fn_e
+        assert routes["run_backward"] == 0
+    bodies = routes["run_backward"]
     routes["force_op"]()
     y_o, g_o, fn_o = _run(case, which, perm)
     assert routes["eager"] == 1 and routes["op"] == 1
     assert fn_o != EAGER_GRAD_FN
-    assert routes["run_backward"] == 2  # the backward op runs the same body
+    assert routes["run_backward"] == bodies + 1  # the backward op runs the registry's body
     assert y_e.dtype == torch.float64 and torch.equal(y_e, y_o)
     assert y_e.is_contiguous(memory_format=torch.channels_last) == y_o.is_contiguous(
         memory_format=torch.channels_last
     )
     assert len(g_e) == len(g_o) == len(which)
     for a, b in zip(g_e, g_o, strict=True):
-        assert torch.equal(a, b)
+        if form == "function":  # the same body: the same bits
+            assert torch.equal(a, b)
+        else:  # the same products; d bias may sum in another order (float64 roundoff)
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
 def test_eager_route_without_grad_runs_no_function(routes):
@@ -112,8 +133,11 @@ def test_eager_route_without_grad_runs_no_function(routes):
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("form", EAGER_FORMS)
 @pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=["keep_perm", "full_perm"])
-def test_gradcheck_through_the_eager_route(case, routes):
+def test_gradcheck_through_the_eager_route(case, form, routes):
+    if form == "function":
+        routes["force_function"]()
     x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
     perm = case.make_perm()
     assert torch.autograd.gradcheck(
@@ -140,8 +164,33 @@ def test_validation_once_per_call(monkeypatch):
 def test_layer_takes_the_eager_route(routes):
     layer = tb.BasisConv2d(4, 8, 3, basis_channels=3, padding=1, mode="fused")
     y = layer(torch.randn(2, 4, 6, 6))
-    assert type(y.grad_fn).__name__ == EAGER_GRAD_FN
+    assert type(y.grad_fn).__name__ == "CatBackward0"  # the CPU path's ops, recorded
     assert routes["eager"] == 1 and routes["op"] == 0
+    routes["force_function"]()
+    y = layer(torch.randn(2, 4, 6, 6))
+    assert type(y.grad_fn).__name__ == EAGER_GRAD_FN
+    assert routes["eager"] == 2 and routes["op"] == 0
+
+
+def test_cpu_gemm_branches_keep_the_function(routes, monkeypatch):
+    """Where the CPU path multiplies by batched GEMMs (out= writes autograd cannot record;
+    NCHW, one thread, large enough) the eager route takes its autograd.Function; its
+    gradients equal the float64 reference's."""
+    from tritonbasis.op import reference
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    case = Case(N=2, C_in=3, C_b=2, C_rest=14, H=32, W=32, perm=True)
+    x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
+    g = geometry.check_inputs(x, basis, coeff, bias, **case.kwargs(), perm=case.make_perm())
+    assert reference.takes_gemms(x, g) and not registry.autograd_differentiates(x, g)
+    y = tb.basis_conv2d(x, basis, coeff, bias, **case.kwargs(), perm=case.make_perm())
+    assert type(y.grad_fn).__name__ == EAGER_GRAD_FN
+    got = torch.autograd.grad(y.square().sum(), (x, basis, coeff, bias))
+    ref_in = [t.detach().clone().requires_grad_() for t in (x, basis, coeff, bias)]
+    ref = tb.basis_conv2d_reference(*ref_in, **case.kwargs(), perm=case.make_perm())
+    want = torch.autograd.grad(ref.square().sum(), ref_in)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_flop_counter_mode_takes_the_op(routes):
@@ -239,6 +288,7 @@ def test_eager_route_reports_inplace_edit_of_saved_output(monkeypatch):
 
     real = reference.saves_z
     monkeypatch.setattr(reference, "saves_z", lambda *a: real(*a[:4], False))
+    monkeypatch.setattr(registry, "autograd_differentiates", lambda *a: False)
     x, basis, coeff, bias = Case().make(requires_grad=True)
     y = tb.basis_conv2d(x, basis, coeff, bias, padding=1)
     y.relu_()
@@ -252,15 +302,18 @@ DOUBLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("route", ["eager", "op"])
+@pytest.mark.parametrize("route", ["eager", "function", "op"])
 @pytest.mark.parametrize("case", DOUBLE_CASES, ids=[c.id() for c in DOUBLE_CASES])
 def test_double_backward_mode_fused(case, route, routes):
-    """Second order through mode="fused" on both routes (the eager autograd.Function and the
-    custom op's registered autograd): gradgradcheck in float64, and a gradient penalty's
-    gradients equal the float64 reference's -- including with allow_unused=True, which must
-    return real gradients, never a silent None."""
+    """Second order through mode="fused" on every route (the CPU path's ops under autograd,
+    the eager autograd.Function and the custom op's registered autograd): gradgradcheck in
+    float64, and a gradient penalty's gradients equal the float64 reference's -- including
+    with allow_unused=True, which must return real gradients, never a silent None."""
     if route == "op":
         routes["force_op"]()
+    if route == "function":
+        routes["force_function"]()
+    route = "op" if route == "op" else "eager"
     x, basis, coeff, bias = case.make(dtype=torch.float64, requires_grad=True)
     perm = case.make_perm()
 
@@ -284,8 +337,9 @@ def test_double_backward_mode_fused(case, route, routes):
 
 
 def test_first_backward_keeps_the_fast_path(routes):
-    """Without create_graph the backward runs the registry's body (the kernels' backward on
-    CUDA), not the differentiable recomputation."""
+    """Without create_graph the autograd.Function's backward runs the registry's body (the
+    kernels' backward on CUDA), not the differentiable recomputation."""
+    routes["force_function"]()
     x, basis, coeff, bias = Case().make(requires_grad=True)
     tb.basis_conv2d(x, basis, coeff, bias, padding=1).sum().backward()
     assert routes["run_backward"] == 1

@@ -40,11 +40,29 @@ def test_every_provider_computes_the_layers_function_and_gradients(form):
 
 
 def test_tiny_run_reports_every_provider(capsys):
-    res = cpu_path.run(rounds=1, pairs=1, number=1, shapes=[(8, 4, 2)], forms=["keep"])
+    res = cpu_path.run(rounds=2, iters=3, shapes=[(8, 4, 2)], forms=["keep"], warmup=1)
     assert len(res["rows"]) == 2
     for r in res["rows"]:
-        for k in ("ours_ms", "stock_ms", "modules_ms", "ratio", "ratio_modules"):
+        for k in ("ours_ms", "stock_ms", "modules_ms", "ratio", "ratio_modules", "aa"):
             assert r[k] > 0, (k, r)
-        assert r["ratio"] == pytest.approx(r["stock_ms"] / r["ours_ms"])
+        for n in cpu_path.PROVIDERS:
+            assert len(r["ms"][n]) == 6  # rounds x iters single calls, paired by position
+        per_iter = [s / o for s, o in zip(r["ms"]["stock"], r["ms"]["ours"], strict=True)]
+        assert r["ratio"] == pytest.approx(sorted(per_iter)[2] / 2 + sorted(per_iter)[3] / 2)
+        lo, hi = r["ratio_ci"]
+        assert min(per_iter) <= lo <= r["ratio"] <= hi <= max(per_iter)
+        assert r["ratio_min"] <= r["ratio_max"]
     md = cpu_path.markdown(res)
-    assert "as modules ms" in md and md.count("| 8ch@4px, N=2 | keep |") == 2
+    assert "as modules ms" in md and "A/A" in md and md.count("| 8ch@4px, N=2 | keep |") == 2
+
+
+def test_ratio_stats_pair_by_iteration():
+    """The ratio is taken per iteration (paired calls), not from two separate medians: a
+    provider twice as slow in every iteration gives exactly 0.5, whatever the drift."""
+    import random
+
+    ours = [1.0, 4.0, 2.0, 8.0]
+    stock = [t / 2 for t in ours]
+    st = cpu_path._ratio_stats(stock, ours, 2, random.Random(0))
+    assert st["median"] == st["ci"][0] == st["ci"][1] == 0.5
+    assert st["round_min"] == st["round_max"] == 0.5

@@ -126,7 +126,7 @@ def basis_conv2d(
         return reference.weight_modified(
             x, basis, coeff, bias, g.stride, g.padding, g.dilation, keep_basis, perm
         )
-    need_z = coeff.requires_grad and torch.is_grad_enabled()  # d coeff: the op may save Z
+    need_z = torch.is_grad_enabled() and coeff.requires_grad  # d coeff: the op may save Z
     if not tracing and eager.eager_ok(x, basis, coeff, bias, perm):
         # plain eager: the autograd.Function around the op's own forward/backward bodies,
         # no custom-op dispatch (op/eager.py); traced, under a mode or with a subclass: the op

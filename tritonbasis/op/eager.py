@@ -104,12 +104,20 @@ _apply = BasisConv2dFunction.apply
 def basis_conv2d(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool) -> torch.Tensor:
     """The output through the eager route; ``g`` from ``check_inputs`` (validated by the
     caller, once per call). Without grad (grad mode off, or no input requiring grad) the
-    forward body runs directly, with no ``autograd.Function`` at all. While a profiler runs,
-    inside a range named like the op."""
+    forward body runs directly, with no ``autograd.Function`` at all. With grad, where the
+    torch backend runs stock ops autograd can differentiate
+    (:func:`registry.autograd_differentiates`: the CPU path, except its batched-GEMM branches)
+    autograd records those ops and its backward is theirs, as for the pair a user would write
+    (the ``autograd.Function`` cost ~2 % of a forward+backward on a 2-core CPU, bench/NOTES.md
+    "CPU path against the stock pair"); elsewhere the ``autograd.Function``. While a profiler
+    runs: the ``autograd.Function`` inside ranges named like the ops, so traces name them
+    (the same aten calls)."""
     if _profiling():
         with torch.autograd.profiler.record_function(FORWARD_NAME):
             return _run(x, basis, coeff, bias, perm, g, need_z)
     if torch.is_grad_enabled() and _any_requires_grad(x, basis, coeff, bias):
+        if registry.autograd_differentiates(x, g):
+            return registry.run_forward_differentiable(x, basis, coeff, bias, perm, g)
         return _apply(x, basis, coeff, bias, (perm, g, need_z))
     return registry.run_forward(x, basis, coeff, bias, perm, g, need_z)[0]
 

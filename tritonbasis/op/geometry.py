@@ -422,11 +422,9 @@ def _check_window(stride, padding, dilation) -> None:
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     """The output follows the input: channels_last if x is channels_last (and not also plainly
     contiguous, which happens when C == 1 or H == W == 1), else contiguous."""
-    if (
-        x.dim() == 4
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
-    ):
+    if x.is_contiguous():  # the common case in one call
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
 

@@ -194,11 +194,13 @@ def pointwise_weight(coeff, perm, g: ConvGeometry) -> torch.Tensor:
 
 def _gemm(t: torch.Tensor, g: ConvGeometry) -> bool:
     """Batched GEMMs over ``t`` (Z or G): NCHW, large enough, few threads."""
+    # the geometry's ints first, then one torch call at a time (each costs several times its
+    # warm time right after a large conv)
     return (
-        t.is_contiguous()
-        and torch.get_num_threads() <= _GEMM_MAX_THREADS
-        and g.Ho * g.Wo >= _GEMM_MIN_HW
+        g.Ho * g.Wo >= _GEMM_MIN_HW
         and g.N * g.C_out * g.Ho * g.Wo >= _GEMM_MIN_NUMEL
+        and torch.get_num_threads() <= _GEMM_MAX_THREADS
+        and t.is_contiguous()
     )
 
 
@@ -228,13 +230,23 @@ def _pointwise(z, w, bias, gemm: bool) -> torch.Tensor:
     return y
 
 
-def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
+def takes_gemms(x: torch.Tensor, g: ConvGeometry) -> bool:
+    """Whether :func:`forward` and :func:`backward` multiply by batched GEMMs for input ``x``
+    (an NCHW ``x`` gives an NCHW Z and G): then the hand-written backward is the faster one."""
+    return _gemm(x, g)
+
+
+def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool, differentiable=False):
     """Returns ``(y, z_saved)``; ``z_saved`` is Z when :func:`~.geometry.saves_z` says the
     backward reads it (the full form; keep-basis on a CPU, or with a 16-bit bias), else
-    empty. ``y`` has the input's memory format."""
+    empty. ``y`` has the input's memory format.
+
+    ``differentiable``: only ops autograd differentiates (no batched-GEMM writes into the
+    output), so that autograd can record the call: its backward is then autograd's own over
+    these stock ops, as for the pair a user would write."""
     fmt = output_memory_format(x)
     z = F.conv2d(x, basis, None, g.stride, g.padding, g.dilation)
-    gemm = _gemm(z, g)
+    gemm = not differentiable and _gemm(z, g)
     if not g.keep_basis:
         w = coeff if perm is None else coeff.index_select(0, inverse_permutation(perm))
         y = _pointwise(z, w, bias, gemm)
@@ -263,9 +275,11 @@ def forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
         _bmm_into(y3[:, g.C_b :], coeff, z3, None if bias is None else bias[g.C_b :])
     else:  # the stock pair's own ops: the combined channels, then one cat
         rest = F.conv2d(z, _1x1(coeff), None if bias is None else bias[g.C_b :])
-        y = torch.cat([z, rest], dim=1)
-        if bias is not None:  # on the output's basis channels: Z itself stays without it
-            y[:, : g.C_b].add_(bias[: g.C_b, None, None])
+        # the basis channels' bias on a copy of Z (Z itself stays without it), not in place
+        # on the output: under autograd an in-place write into the cat's output would copy
+        # the whole output gradient in the backward
+        zb = z if bias is None else z + bias[: g.C_b, None, None]
+        y = torch.cat([zb, rest], dim=1)
     # (a copy only where Z is both NCHW and NHWC, e.g. C_b = 1, and x is channels_last)
     return y.contiguous(memory_format=fmt), z_saved
 

@@ -188,6 +188,23 @@ def run_forward(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool):
     return _impl(x, g).forward(x, basis, coeff, bias, perm, g, need_z)
 
 
+def autograd_differentiates(x: torch.Tensor, g: ConvGeometry) -> bool:
+    """Whether autograd can differentiate this call's forward as it runs, and its backward
+    is then as fast as the hand-written one: the torch backend (stock ops) where it takes no
+    batched-GEMM branch (:func:`reference.takes_gemms`), and a keep-basis layer has combined
+    channels (with ``C_out = C_b`` the output does not depend on ``coeff``, whose gradient
+    the hand-written backward returns as zeros)."""
+    return _impl(x, g) is reference and g.C_rest > 0 and not reference.takes_gemms(x, g)
+
+
+def run_forward_differentiable(x, basis, coeff, bias, perm, g: ConvGeometry) -> torch.Tensor:
+    """The output of :func:`run_forward`'s torch backend in ops autograd records (where
+    :func:`autograd_differentiates`): no ``autograd.Function``, no Python in the backward."""
+    if perm is not None:
+        perm = perm.contiguous()
+    return reference.forward(x, basis, coeff, bias, perm, g, False, differentiable=True)[0]
+
+
 def run_backward(grad, x, basis, coeff, out, z_saved, bias, perm, g: ConvGeometry, mask):
     """The one backward body of both routes: ``(dx, dbasis, dcoeff, dbias)``, an unrequested
     one empty (``mask``: x, basis, coeff, bias)."""
