@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -288,6 +289,15 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _dumps(res: dict) -> str:
+    """JSON, indented, with each list of numbers on one line (the per-call times: 800 per
+    row) and times rounded to 0.1 us."""
+    for r in res["rows"]:
+        r["ms"] = {n: [round(t, 4) for t in v] for n, v in r["ms"].items()}
+    text = json.dumps(res, indent=1)
+    return re.sub(r"\[\s*([-0-9.e+,\s]+?)\s*\]", lambda m: "[" + " ".join(m[1].split()) + "]", text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -319,7 +329,7 @@ def main(argv=None) -> int:
     res = run(a.rounds, a.iters, cpu_time=a.cpu_time)
     stem = Path(a.out) if a.out else ROOT / "bench" / "results" / f"cpu-path-{res['date']}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(res, indent=1)), (".md", markdown(res))):
+    for suffix, text in ((".json", _dumps(res)), (".md", markdown(res))):
         tmp = stem.with_name(stem.name + suffix + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, stem.with_name(stem.name + suffix))
