@@ -19,6 +19,7 @@ CASES = [
     Case(C_in=3, C_b=3, C_rest=5, stride=2, perm=True),
     Case(C_in=4, C_b=2, C_rest=4, padding=2, dilation=2, bias=False),
     Case(C_in=3, C_b=4, C_rest=0, keep_basis=True),  # keep-basis, no combined channels
+    Case(C_in=3, C_b=2, C_rest=4, channels_last=True),  # keep-basis + bias, no perm: the cat
     Case(C_in=4, C_b=3, C_rest=5, keep_basis=False, channels_last=True),
     Case(C_in=3, C_b=2, C_rest=4, keep_basis=False, stride=2, padding=0, perm=True),
     Case(C_in=3, C_b=3, C_rest=3, keep_basis=False, dilation=2, padding=2, bias=False),
