@@ -294,7 +294,12 @@ def _dumps(res: dict) -> str:
     row) and times rounded to 0.1 us."""
     for r in res["rows"]:
         r["ms"] = {n: [round(t, 4) for t in v] for n, v in r["ms"].items()}
-    text = json.dumps(res, indent=1)
+    return compact_json(res)
+
+
+def compact_json(obj) -> str:
+    """``json.dumps(obj, indent=1)`` with every list of numbers on one line."""
+    text = json.dumps(obj, indent=1)
     return re.sub(r"\[\s*([-0-9.e+,\s]+?)\s*\]", lambda m: "[" + " ".join(m[1].split()) + "]", text)
 
 
