@@ -39,6 +39,10 @@ MIN_FUSED_PIXELS = 2048
 # wins only with C_b >= 8 and a saving of at least ~256M/C_b MACs per call (C_b=16: 16M, e.g.
 # 64->64 3x3 at 4x4 px, batch 64: fused 1.80 ms vs weight 2.05 ms; C_b=8 at 27.5M saved: weight
 # 2.14 vs fused 2.36 ms). Every stem / C_b <= 4 layer measured slower fused (up to 5x).
+# `python bench/cpu_modes.py` scores the rule against the current CPU path (bench/NOTES.md,
+# "mode=auto on CPU, re-scored"): its picks sum to +1.9 % over the per-shape best fwd+bwd;
+# its misses are weight picks where fused wins (1x1 downsamples at C_b = 128, small C_b = 32
+# layers, the 3->64 stem at 32 px).
 CPU_MIN_BASIS = 8
 CPU_SAVED_MACS_X_CB = 256e6
 # Per-pixel rule on CPU (no input shape known): fused only for C_b >= 32, where even one 1x1 px
