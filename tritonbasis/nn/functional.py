@@ -128,8 +128,9 @@ def basis_conv2d(
         )
     need_z = torch.is_grad_enabled() and coeff.requires_grad  # d coeff: the op may save Z
     if not tracing and eager.eager_ok(x, basis, coeff, bias, perm):
-        # plain eager: the autograd.Function around the op's own forward/backward bodies,
-        # no custom-op dispatch (op/eager.py); traced, under a mode or with a subclass: the op
+        # plain eager: the op's own forward/backward bodies without custom-op dispatch
+        # (op/eager.py: an autograd.Function, or on the CPU path autograd over its stock ops);
+        # traced, under a mode or with a subclass: the op
         return eager.basis_conv2d(x, basis, coeff, bias, perm, g, need_z)
     return _OP(x, basis, coeff, bias, perm, g.stride, g.padding, g.dilation, g.keep_basis, need_z)[
         0

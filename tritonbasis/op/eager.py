@@ -14,7 +14,10 @@ FakeTensorMode, ...), functorch transforms, tensor subclasses -- gets the custom
 One source: the forward is :func:`registry.run_forward` (backend choice included), the saved
 tensors :func:`registry.save_for_backward`, the gradients :func:`registry.input_grads` over
 :func:`registry.run_backward` -- the very functions the custom op and its registered autograd
-call. Nothing here dispatches through ``torch.ops.tritonbasis``.
+call. Nothing here dispatches through ``torch.ops.tritonbasis``. One exception to the
+Function: on the CPU path with grad (:func:`registry.autograd_differentiates`), autograd
+records the forward body's own stock ops (:func:`registry.run_forward_differentiable`) and
+differentiates them itself, which is faster than any Python backward.
 
 Profiler: while a profiler runs, the forward and the backward run inside
 ``record_function`` ranges named like the ops (``tritonbasis::basis_conv2d``,
@@ -109,9 +112,9 @@ def basis_conv2d(x, basis, coeff, bias, perm, g: ConvGeometry, need_z: bool) -> 
     (:func:`registry.autograd_differentiates`: the CPU path, except its batched-GEMM branches)
     autograd records those ops and its backward is theirs, as for the pair a user would write
     (the ``autograd.Function`` cost ~2 % of a forward+backward on a 2-core CPU, bench/NOTES.md
-    "CPU path against the stock pair"); elsewhere the ``autograd.Function``. While a profiler
-    runs: the ``autograd.Function`` inside ranges named like the ops, so traces name them
-    (the same aten calls)."""
+    "CPU path against the stock pair: paired timing"); elsewhere the ``autograd.Function``.
+    While a profiler runs: the ``autograd.Function`` inside ranges named like the ops, so
+    traces name them (the same aten calls)."""
     if _profiling():
         with torch.autograd.profiler.record_function(FORWARD_NAME):
             return _run(x, basis, coeff, bias, perm, g, need_z)
