@@ -36,7 +36,7 @@ from tritonbasis.op.geometry import check_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
-    from cpu_path import _commit, _median_ci, compact_json
+    from cpu_path import _commit, _median_ci, compact_json, write_results
 finally:
     sys.path.pop(0)
 
@@ -79,27 +79,19 @@ def conv_shapes(widths, sizes, batch: int) -> list[dict]:
 def _layers(s: dict) -> tuple:
     """The same basis conv in both modes (shared parameter values), an input, a gradient."""
     g = torch.Generator().manual_seed(s["C_in"] * 7919 + s["C_out"] * 31 + s["H"])
-    fused = tb.BasisConv2d(
-        s["C_in"],
-        s["C_out"],
-        s["k"],
-        stride=s["stride"],
-        padding=s["padding"],
-        bias=False,
-        basis_channels=s["C_b"],
-        keep_basis=True,
-        mode="fused",
-    )
-    weight = tb.BasisConv2d(
-        s["C_in"],
-        s["C_out"],
-        s["k"],
-        stride=s["stride"],
-        padding=s["padding"],
-        bias=False,
-        basis_channels=s["C_b"],
-        keep_basis=True,
-        mode="weight",
+    fused, weight = (
+        tb.BasisConv2d(
+            s["C_in"],
+            s["C_out"],
+            s["k"],
+            stride=s["stride"],
+            padding=s["padding"],
+            bias=False,
+            basis_channels=s["C_b"],
+            keep_basis=True,
+            mode=mode,
+        )
+        for mode in ("fused", "weight")
     )
     weight.load_state_dict(fused.state_dict())
     x = torch.randn(s["N"], s["C_in"], s["H"], s["H"], generator=g, requires_grad=True)
@@ -256,13 +248,8 @@ def main(argv=None) -> int:
     res["score"] = score(res["rows"])
     res["score_fwd"] = score(res["rows"], "fwd")
     stem = Path(a.out) if a.out else ROOT / "bench" / "results" / f"cpu-modes-{res['date']}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", _dumps(res)), (".md", markdown(res))):
-        tmp = stem.with_name(stem.name + suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_name(stem.name + suffix))
     print(markdown(res).split("\n\n")[2])
-    print(f"wrote {stem}.json and .md")
+    write_results(stem, _dumps(res), markdown(res))
     return 0
 
 

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import tritonbasis as tb
+from tritonbasis.util.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(128, 16, 64), (256, 8, 64), (64, 32, 32)]  # (C, H = W, N)
@@ -297,6 +298,14 @@ def _dumps(res: dict) -> str:
     return compact_json(res)
 
 
+def write_results(stem: Path, json_text: str, md_text: str) -> None:
+    """``<stem>.json`` and ``<stem>.md``, each written atomically."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json_text), (".md", md_text)):
+        atomic_write_text(stem.with_name(stem.name + suffix), text)
+    print(f"wrote {stem}.json and .md")
+
+
 def compact_json(obj) -> str:
     """``json.dumps(obj, indent=1)`` with every list of numbers on one line."""
     text = json.dumps(obj, indent=1)
@@ -333,12 +342,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     res = run(a.rounds, a.iters, cpu_time=a.cpu_time)
     stem = Path(a.out) if a.out else ROOT / "bench" / "results" / f"cpu-path-{res['date']}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", _dumps(res)), (".md", markdown(res))):
-        tmp = stem.with_name(stem.name + suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, stem.with_name(stem.name + suffix))
-    print(f"wrote {stem}.json and .md")
+    write_results(stem, _dumps(res), markdown(res))
     return 0
 
 
