@@ -134,6 +134,7 @@ def ptx_loop_loads(ptx: str, threads: int) -> dict | None:
         path = files.get(file_id)
         if path is None:
             return False
+        path = source_in_this_checkout(path)
         if path not in tagged_lines:
             tagged_lines[path] = _tagged_statement_lines(path)
         return line_no in tagged_lines[path]
@@ -163,6 +164,23 @@ def ptx_loop_loads(ptx: str, threads: int) -> dict | None:
             out["activations" if tagged(*loc) else "other"] += nbytes
             out["instructions"] += 1
     return out
+
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def source_in_this_checkout(path: str) -> str:
+    """The file a PTX ``.file`` names, as this checkout holds it. Triton's cache key holds a
+    kernel's source and its first line number but not its file's path, so a kernel compiled
+    from another clone (a CI clone, a worktree, since deleted or edited) comes back from the
+    cache naming that clone's file. The same relative path here has the same kernel at the
+    same lines (the key says so); outside this checkout (triton's own files) the path as is."""
+    parts = Path(path).parts
+    for i in range(1, len(parts)):
+        candidate = _REPO.joinpath(*parts[i:])
+        if candidate.is_file():
+            return str(candidate)
+    return path
 
 
 def _tagged_statement_lines(path: str) -> set[int]:
