@@ -26,13 +26,14 @@ waited for before that operand's registers can be reused.
 Not interpretable (Gluon has no interpreter): the CPU tier checks the schedule by emulation,
 and this kernel compiles for sm_90 from the same schedule functions
 (tests/kernels/test_compile_tier.py).
-Triton 3.6 only: Triton 3.9 rejects the re-view (its footprint exceeds the one-pixel view it
-starts from; it offers ``shared_memory_descriptor.gather`` instead, not used here).
+Triton 3.6 only: Triton 3.8 and 3.9 reject the re-view (its footprint exceeds the one-pixel
+view it starts from; 3.9 offers ``shared_memory_descriptor.gather`` instead, not used here).
 
 16-bit operands only (bf16 / fp16), NHWC activations and a C_in-contiguous basis (the
 record's ``applies``); split-K writes the same fp32 workspace as v2, summed by ``fwd_reduce``.
 """
 
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as _cp
@@ -48,7 +49,13 @@ from .gluon_epilogue import fwd_epilogue
 # Gluon's names that differ between Triton releases
 _async_copy = getattr(_cp, "async_copy_global_to_shared", None) or _cp.async_load
 _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
-AVAILABLE = hasattr(gl.shared_memory_descriptor, "_reinterpret")  # Triton 3.6's re-view
+# The re-view of a one-pixel entry as BLOCK_M pixels: Triton 3.6 compiles it; 3.8 has
+# ``_reinterpret`` too but refuses a view larger than its source ("source and result must have
+# the same logical storage size"), and 3.9 has no re-view at all. Only the release where it
+# compiles turns the variant on (others run v2).
+AVAILABLE = hasattr(gl.shared_memory_descriptor, "_reinterpret") and tuple(
+    int(p) for p in triton.__version__.split(".")[:2]
+) == (3, 6)
 
 # elements after each pixel's BLOCK_K channels: 16 bytes at 16 bits, so the 8 rows (pixels) a
 # warp's A-operand load touches at once start in 8 different 4-bank groups (pitch 80 or 144 B)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import pytest
 
-pytest.importorskip("triton", reason="the compile tier needs triton (a CPU-only install)")
+triton = pytest.importorskip("triton", reason="the compile tier needs triton (a CPU-only install)")
 
-import aot  # tools/aot.py (pyproject: pytest's pythonpath)
+import aot  # noqa: E402  (tools/aot.py; pyproject: pytest's pythonpath)
 from tritonbasis.kernels import configs  # noqa: E402
 
 from tritonbasis.op import geometry  # noqa: E402
@@ -48,6 +48,16 @@ pytestmark = [
 
 ARCHS = (90, 80)
 STRICT = os.environ.get("TRITONBASIS_STRICT_COMPILE_TIER", "0") == "1"
+
+# Spills one Triton release's toolchain makes in a config prune keeps, measured, each with its
+# bound in bytes: the check fails if one grows past it or a spill appears anywhere else.
+# Triton 3.8 runs its ptxas (CUDA 12.9) with --regAllocOptLevel=2, which holds grad_z's
+# m32_n32 tile at 128 registers with an 8 B stack frame (12 B of spill traffic); Triton 3.6
+# gives it 154 registers and 3.9 compiles it clean. Lifting the cap with .maxnreg would change
+# 3.6's allocation too (154 -> 186 registers, fewer blocks per SM), untimed on a GPU, so the
+# config stays as the GPU machine's Triton compiles it.
+TOOLCHAIN_SPILLS = {("3.8", "grad_z", "m32_n32_w4_s2", 90, ""): 16}
+_TRITON_MINOR = ".".join(triton.__version__.split(".")[:2])
 
 # The largest basis the fused kernels accept, in a ResNet stage-4-like layer (14x14, 3x3).
 MAX_CB_SHAPE = aot.Shape(N=32, C_in=256, H=14, W=14, C_out=512, C_b=configs.MAX_BLOCK_CB)
@@ -216,7 +226,10 @@ def _check(case: Case, r: dict) -> None:
         case.kernel, cfg, case.shape, case.dtype, case.arch
     )
     if kept or STRICT:
-        assert r["spills"] == 0, (
+        allowed = TOOLCHAIN_SPILLS.get(
+            (_TRITON_MINOR, case.kernel, case.config, case.arch, case.tag), 0
+        )
+        assert r["spills"] <= allowed, (
             f"register spills in a config prune keeps ({'kept' if kept else 'strict'}): "
             f"{_describe(r)}"
         )
@@ -414,15 +427,14 @@ def test_halo_variant_reads_a_fifth_of_v2s_activation_bytes(case: Case, compiled
 
 
 def test_halo_variant_exists_where_gluon_can_express_it() -> None:
-    """Triton 3.6 (the GPU machine's) compiles it; Triton 3.9's Gluon has no re-view of the
-    halo from an offset (its reinterpret refuses a view larger than the one-pixel entry it
-    starts from), so there the variant is absent and v2 runs."""
-    import triton
+    """Triton 3.6 (the GPU machine's) compiles it; Triton 3.8 and 3.9 refuse the re-view of
+    the halo from an offset (a view larger than the one-pixel entry it starts from), so there
+    the variant is absent and v2 runs (where it is present, the variant cases above compile
+    it)."""
     from tritonbasis.kernels import forward_halo
 
+    present = any(c.kernel == "fwd_halo" for c in VARIANT_CASES)
     if triton.__version__.startswith("3.6."):
-        assert forward_halo.AVAILABLE and any(c.kernel == "fwd_halo" for c in VARIANT_CASES)
+        assert forward_halo.AVAILABLE and present
     else:
-        if forward_halo.AVAILABLE:
-            pytest.skip(f"Triton {triton.__version__} has the 3.6 re-view: checked above")
-        assert not any(c.kernel == "fwd_halo" for c in VARIANT_CASES)
+        assert not forward_halo.AVAILABLE and not present, triton.__version__
