@@ -127,14 +127,18 @@ def ptx_loop_loads(ptx: str, threads: int) -> dict | None:
     loop = _ptx_main_loop(lines)
     if loop is None:
         return None
-    files = {int(m.group(1)): m.group(2) for m in map(_PTX_FILE.match, lines) if m}
+    # each .file resolved once (a stat per path suffix), not per load
+    files = {
+        int(m.group(1)): source_in_this_checkout(m.group(2))
+        for m in map(_PTX_FILE.match, lines)
+        if m
+    }
     tagged_lines: dict[str, set[int]] = {}
 
     def tagged(file_id: int, line_no: int) -> bool:
         path = files.get(file_id)
         if path is None:
             return False
-        path = source_in_this_checkout(path)
         if path not in tagged_lines:
             tagged_lines[path] = _tagged_statement_lines(path)
         return line_no in tagged_lines[path]
