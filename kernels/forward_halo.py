@@ -49,13 +49,11 @@ from .gluon_epilogue import fwd_epilogue
 # Gluon's names that differ between Triton releases
 _async_copy = getattr(_cp, "async_copy_global_to_shared", None) or _cp.async_load
 _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
-# The re-view of a one-pixel entry as BLOCK_M pixels: Triton 3.6 compiles it; 3.8 has
-# ``_reinterpret`` too but refuses a view larger than its source ("source and result must have
-# the same logical storage size"), and 3.9 has no re-view at all. Only the release where it
-# compiles turns the variant on (others run v2).
-AVAILABLE = hasattr(gl.shared_memory_descriptor, "_reinterpret") and tuple(
-    int(p) for p in triton.__version__.split(".")[:2]
-) == (3, 6)
+# The re-view of a one-pixel entry as BLOCK_M pixels (``_reinterpret``): Triton 3.6 compiles
+# it; 3.8 has the method too but refuses a view larger than its source ("source and result must
+# have the same logical storage size"), and 3.9 has none. Only the release where it compiles
+# turns the variant on (others run v2).
+AVAILABLE = triton.__version__.startswith("3.6.")
 
 # elements after each pixel's BLOCK_K channels: 16 bytes at 16 bits, so the 8 rows (pixels) a
 # warp's A-operand load touches at once start in 8 different 4-bank groups (pitch 80 or 144 B)

@@ -127,7 +127,7 @@ def ptx_loop_loads(ptx: str, threads: int) -> dict | None:
     loop = _ptx_main_loop(lines)
     if loop is None:
         return None
-    # each .file resolved once (a stat per path suffix), not per load
+    # resolved here, once per .file: the lookup stats a path per suffix, and loads are many
     files = {
         int(m.group(1)): source_in_this_checkout(m.group(2))
         for m in map(_PTX_FILE.match, lines)
